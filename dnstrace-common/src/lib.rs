@@ -1,0 +1,180 @@
+//! Types shared by dnstrace's kernel programs and its userspace agent.
+//!
+//! Everything here is `#[repr(C)]` plain data with a layout both sides agree
+//! on. The kernel half writes [`EventHeader`] followed by the captured DNS
+//! payload into one ring buffer record; the userspace half reads it back.
+#![no_std]
+
+/// Bytes of DNS payload copied per message. At least 1,232 so that an EDNS
+/// answer at the recommended UDP size is whole; a power of two so the verifier
+/// can bound the copy with a mask.
+pub const MAX_PAYLOAD: usize = 2048;
+
+/// How many DNS ports `--port` may name.
+pub const MAX_PORTS: usize = 8;
+
+/// Length of a task's comm, as the kernel defines it.
+pub const COMM_LEN: usize = 16;
+
+/// Which way a message went, seen from the process that owns the socket.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Send = 0,
+    Recv = 1,
+}
+
+/// Transport protocol numbers, as in the IP header.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Address family of `local_addr`/`remote_addr`.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// Which kernel program produced an event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    CgroupSkbEgress = 0,
+    CgroupSkbIngress = 1,
+}
+
+/// [`EventHeader::flags`]: the process fields are known (from the sending task,
+/// or from the socket's owner recorded earlier).
+pub const EVENT_OWNER_KNOWN: u8 = 1 << 0;
+/// [`EventHeader::flags`]: the process fields came from the socket's recorded
+/// owner rather than from the current task.
+pub const EVENT_OWNER_FROM_SOCKET: u8 = 1 << 1;
+
+/// Fixed part of every ring buffer record; `captured_len` payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_ns`: CLOCK_MONOTONIC.
+    pub timestamp_ns: u64,
+    pub socket_cookie: u64,
+    pub cgroup_id: u64,
+    /// `bpf_get_netns_cookie`, or 0 where the kernel cannot give it.
+    pub netns_cookie: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Length of the DNS message on the wire.
+    pub payload_len: u32,
+    /// How many payload bytes follow this header (at most [`MAX_PAYLOAD`]).
+    pub captured_len: u32,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// IPv4 addresses use the first four bytes.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub comm: [u8; COMM_LEN],
+    pub family: u8,
+    pub direction: u8,
+    pub protocol: u8,
+    pub hook: u8,
+    pub flags: u8,
+    pub _padding: [u8; 3],
+}
+
+/// Who owns a socket: recorded when the socket sends, looked up when it
+/// receives, because a receive runs in the sender's context, not the owner's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SocketOwner {
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// 1 when the owner passed the process filters.
+    pub selected: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Load-time configuration, written into the program's read-only data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CaptureConfig {
+    /// DNS ports; entries past `port_count` are ignored.
+    pub ports: [u16; MAX_PORTS],
+    pub port_count: u32,
+    /// `FILTER_*` bits.
+    pub filters: u32,
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    /// Process name to select, NUL padded, when `FILTER_COMM` is set.
+    pub comm: [u8; COMM_LEN],
+    /// 1 where cgroup_skb programs may call the current-task helpers
+    /// (pid, comm, cgroup, netns). Debian 6.1 refuses them; the verifier
+    /// prunes the dead branch because this value is read-only.
+    pub skb_task_helpers: u32,
+    pub _padding: u32,
+}
+
+/// Only processes whose tgid is in the `SELECTED_PIDS` map, or whose comm
+/// matches `comm` (either selector admits a process).
+pub const FILTER_PID: u32 = 1 << 0;
+pub const FILTER_COMM: u32 = 1 << 1;
+/// Only this cgroup (v2 id).
+pub const FILTER_CGROUP: u32 = 1 << 2;
+/// Only this network namespace (by netns cookie).
+pub const FILTER_NETNS: u32 = 1 << 3;
+
+impl CaptureConfig {
+    pub const fn default_dns() -> Self {
+        let mut ports = [0; MAX_PORTS];
+        ports[0] = 53;
+        Self {
+            ports,
+            port_count: 1,
+            filters: 0,
+            cgroup_id: 0,
+            netns_cookie: 0,
+            comm: [0; COMM_LEN],
+            skb_task_helpers: 1,
+            _padding: 0,
+        }
+    }
+
+    /// Whether `port` is one of the configured DNS ports. A fixed-bound loop,
+    /// so the kernel half can use it too.
+    #[inline(always)]
+    pub fn is_dns_port(&self, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if (i as u32) < self.port_count && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// Names shared by both halves, so a rename cannot split them.
+pub mod names {
+    pub const CONFIG: &str = "CONFIG";
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const SOCKETS: &str = "SOCKETS";
+    pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
+    pub const SKB_EGRESS: &str = "dns_skb_egress";
+    pub const SKB_INGRESS: &str = "dns_skb_ingress";
+    pub const CONNECT4: &str = "dns_connect4";
+    pub const CONNECT6: &str = "dns_connect6";
+    pub const SENDMSG4: &str = "dns_sendmsg4";
+    pub const SENDMSG6: &str = "dns_sendmsg6";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `repr(C)` data with explicit padding fields; every bit
+    // pattern is valid.
+    unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketOwner {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CaptureConfig {}
+}

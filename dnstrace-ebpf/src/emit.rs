@@ -1,0 +1,115 @@
+//! Copies one DNS message into the ring buffer, or counts it as lost.
+
+use core::hint::black_box;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::SkBuffContext,
+};
+use dnstrace_common::{Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner};
+
+use crate::{
+    maps::{EVENTS, EventBuffer, LOST, SCRATCH},
+    skb::Datagram,
+};
+
+const HEADER_LEN: u32 = size_of::<EventHeader>() as u32;
+
+#[inline(always)]
+pub fn message(
+    ctx: &SkBuffContext,
+    datagram: &Datagram,
+    direction: Direction,
+    hook: Hook,
+    cookie: u64,
+    owner: Option<&SocketOwner>,
+    owner_flags: u8,
+) {
+    let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU map value lives for the whole program run and no
+    // other program on this CPU runs until we return.
+    let buffer = unsafe { &mut *buffer };
+    let header = &mut buffer.header;
+    // SAFETY: a helper without arguments.
+    header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    header.socket_cookie = cookie;
+    header.payload_len = datagram.payload_len;
+    header.family = datagram.family;
+    header.protocol = datagram.protocol;
+    header.direction = direction as u8;
+    header.hook = hook as u8;
+    let (local, remote, local_port, remote_port) = match direction {
+        Direction::Send => (
+            &datagram.source,
+            &datagram.destination,
+            datagram.source_port,
+            datagram.destination_port,
+        ),
+        Direction::Recv => (
+            &datagram.destination,
+            &datagram.source,
+            datagram.destination_port,
+            datagram.source_port,
+        ),
+    };
+    header.local_addr = *local;
+    header.remote_addr = *remote;
+    header.local_port = local_port;
+    header.remote_port = remote_port;
+    match owner {
+        Some(owner) => {
+            header.pid = owner.pid;
+            header.tid = owner.tid;
+            header.uid = owner.uid;
+            header.cgroup_id = owner.cgroup_id;
+            header.netns_cookie = owner.netns_cookie;
+            header.comm = owner.comm;
+            header.flags = owner_flags;
+        }
+        None => {
+            header.pid = 0;
+            header.tid = 0;
+            header.uid = 0;
+            header.cgroup_id = 0;
+            header.netns_cookie = 0;
+            header.comm = [0; 16];
+            header.flags = 0;
+        }
+    }
+
+    // The copy is never longer than what the skb holds past the header.
+    let in_skb = ctx.len().saturating_sub(datagram.payload_offset);
+    let wanted = datagram.payload_len.min(in_skb).min(MAX_PAYLOAD as u32);
+    let mut captured = 0;
+    if wanted > 0 {
+        // The verifier needs a length it can prove lies in [1, MAX_PAYLOAD];
+        // a plain clamp loses its lower bound after LLVM's rewrites.
+        let len = ((black_box(wanted) - 1) & (MAX_PAYLOAD as u32 - 1)) + 1;
+        // SAFETY: the destination holds MAX_PAYLOAD bytes and len is at most that.
+        let loaded = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                datagram.payload_offset,
+                buffer.payload.as_mut_ptr().cast(),
+                len,
+            )
+        };
+        if loaded == 0 {
+            captured = len;
+        }
+    }
+    buffer.header.captured_len = captured;
+
+    let size = (HEADER_LEN + captured) as usize;
+    // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
+    let record = unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
+    if EVENTS.output(record, 0).is_err()
+        && let Some(lost) = LOST.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's own counter; nothing else touches it now.
+        unsafe { *lost += 1 };
+    }
+}

@@ -1,0 +1,35 @@
+//! dnstrace's kernel programs.
+//!
+//! `skb` sees every DNS packet a socket sends or receives, in every network
+//! namespace, from cgroup_skb hooks on the cgroup v2 root. `sock_addr` records
+//! socket owners from connect/sendmsg on kernels whose cgroup_skb programs may
+//! not ask who the current task is. `maps` and `emit` are shared by both.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod emit;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod owner;
+#[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
+mod sock_addr;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+// On the host (clippy, `cargo test`) this crate is an empty binary.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,99 @@
+//! The cgroup backends: cgroup_skb egress and ingress on the cgroup v2 root,
+//! which sees every socket of every process in every network namespace, with
+//! a stable UAPI context (no kernel struct offsets).
+//!
+//! `cgroup-skb` asks the kernel who the sending task is from the egress
+//! program. `cgroup-sockaddr` is for kernels that refuse those helpers in
+//! cgroup_skb (Debian's 6.1): connect and sendmsg hooks, which run in the
+//! calling process, record each DNS socket's owner instead.
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap,
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+    },
+};
+use dnstrace_common::names;
+
+use super::{Backend, CaptureRequest, PROBES};
+
+/// Loads the probes for `backend` and attaches them to `cgroup_root`.
+/// The error is the reason this backend cannot run here.
+pub fn attach(backend: Backend, request: &CaptureRequest, cgroup_root: &Path) -> Result<Ebpf, String> {
+    let mut config = request.config;
+    config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::CONFIG, &config, true)
+        .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
+        .load(PROBES)
+        .map_err(|e| format!("loading the probes failed: {e}"))?;
+
+    if !request.pids.is_empty() {
+        let mut selected: HashMap<_, u32, u8> = ebpf
+            .map_mut(names::SELECTED_PIDS)
+            .ok_or("the probes lack the pid map")?
+            .try_into()
+            .map_err(|e| format!("pid map: {e}"))?;
+        for pid in &request.pids {
+            selected
+                .insert(pid, &1, 0)
+                .map_err(|e| format!("cannot select pid {pid}: {e}"))?;
+        }
+    }
+
+    let cgroup = File::open(cgroup_root)
+        .map_err(|e| format!("cannot open {}: {e}", cgroup_root.display()))?;
+    for (name, attach_type) in [
+        (names::SKB_EGRESS, CgroupSkbAttachType::Egress),
+        (names::SKB_INGRESS, CgroupSkbAttachType::Ingress),
+    ] {
+        let program: &mut CgroupSkb = program(&mut ebpf, name)?;
+        program.load().map_err(|e| explain(name, e))?;
+        program
+            .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(|e| explain(name, e))?;
+    }
+    if backend == Backend::CgroupSockaddr {
+        for name in [names::CONNECT4, names::CONNECT6, names::SENDMSG4, names::SENDMSG6] {
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program.load().map_err(|e| explain(name, e))?;
+            program
+                .attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|e| explain(name, e))?;
+        }
+    }
+    Ok(ebpf)
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("the probes lack program {name}"))?
+        .try_into()
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// A verifier rejection gives a long log; its last line says why.
+fn explain(name: &str, error: ProgramError) -> String {
+    match &error {
+        ProgramError::LoadError { verifier_log, .. } => {
+            let log = verifier_log.to_string();
+            // The log ends with statistics ("processed N insns ..."); the
+            // verdict is the last line before them.
+            let reason = log
+                .lines()
+                .rev()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .find(|line| !line.starts_with("processed ") && !line.starts_with("verification time"))
+                .unwrap_or("no reason given");
+            format!("the kernel refused {name}: {reason}")
+        }
+        _ => format!("{name}: {error}"),
+    }
+}

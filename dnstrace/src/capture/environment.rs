@@ -1,0 +1,81 @@
+//! What the host must offer before any program loads: privileges and a
+//! cgroup v2 hierarchy. Each lack becomes one line the user can act on.
+
+use std::{fs, path::PathBuf};
+
+use crate::failure::Failure;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Loading needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN, which older
+/// kernels ask for), and attaching to a cgroup needs CAP_NET_ADMIN.
+pub fn check_privileges() -> Result<(), Failure> {
+    let status = fs::read_to_string("/proc/self/status")
+        .map_err(|e| Failure::setup(format!("cannot read /proc/self/status: {e}")))?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let can_load = has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON));
+    if can_load && has(CAP_NET_ADMIN) {
+        return Ok(());
+    }
+    Err(Failure::setup(
+        "not permitted: dnstrace needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN \
+         (try: sudo dnstrace)",
+    ))
+}
+
+/// Where the cgroup v2 hierarchy is mounted: programs attached at its root
+/// see every socket on the host.
+pub fn cgroup2_root() -> Result<PathBuf, Failure> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| Failure::setup(format!("cannot read /proc/self/mountinfo: {e}")))?;
+    cgroup2_root_in(&mountinfo).ok_or_else(|| {
+        Failure::setup(
+            "no cgroup v2 hierarchy is mounted (try: mount -t cgroup2 none /sys/fs/cgroup)",
+        )
+    })
+}
+
+/// The cgroup2 mount whose root is the hierarchy's root; the shortest path
+/// wins when there are several.
+fn cgroup2_root_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // Fields: id parent major:minor root mount-point options ... - fstype source ...
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mut fields = left.split_whitespace().skip(3);
+            let root = fields.next()?;
+            let mount_point = fields.next()?;
+            (fstype == "cgroup2" && root == "/").then(|| PathBuf::from(mount_point))
+        })
+        .min_by_key(|path| path.as_os_str().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_hybrid_unified_mount() {
+        let mountinfo = "\
+25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw
+26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+27 25 0:25 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
+        assert_eq!(cgroup2_root_in(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+    }
+
+    #[test]
+    fn ignores_a_cgroup2_mount_of_a_subtree() {
+        let mountinfo = "40 1 0:30 /kubepods /host/cgroup rw - cgroup2 cgroup2 rw";
+        assert_eq!(cgroup2_root_in(mountinfo), None);
+    }
+}

@@ -1,0 +1,146 @@
+//! Capture: loads the kernel programs, attaches them, and hands out raw
+//! records. One backend per file; this module picks among them.
+
+mod cgroup;
+mod environment;
+mod record;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf},
+};
+use dnstrace_common::{CaptureConfig, names};
+use tokio::io::unix::AsyncFd;
+
+pub use self::record::{RawMessage, parse_record};
+use crate::{cli::BackendChoice, failure::Failure};
+
+/// The object file `dnstrace/build.rs` built from `dnstrace-ebpf`.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dnstrace-probes"));
+
+/// What the user asked the kernel side to capture.
+pub struct CaptureRequest {
+    pub config: CaptureConfig,
+    pub pids: Vec<u32>,
+    pub backend: BackendChoice,
+    pub ring_buffer_bytes: u32,
+}
+
+/// A backend that could run here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    CgroupSkb,
+    CgroupSockaddr,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CgroupSkb => "cgroup-skb",
+            Self::CgroupSockaddr => "cgroup-sockaddr",
+        }
+    }
+}
+
+/// Attached programs and the maps userspace reads. Dropping it detaches
+/// everything: the programs hang on bpf_links owned by `ebpf`, and the kernel
+/// closes those when the process dies, however it dies.
+pub struct Capture {
+    ebpf: Ebpf,
+    events: AsyncFd<RingBuf<MapData>>,
+    lost: PerCpuArray<MapData, u64>,
+    pub backend: Backend,
+    /// Backends passed over, each with the reason.
+    pub passed_over: Vec<(Backend, String)>,
+}
+
+impl Capture {
+    pub fn start(request: &CaptureRequest) -> Result<Self, Failure> {
+        environment::check_privileges()?;
+        let cgroup_root = environment::cgroup2_root()?;
+        let candidates: &[Backend] = match request.backend {
+            BackendChoice::Auto => &[Backend::CgroupSkb, Backend::CgroupSockaddr],
+            BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
+            BackendChoice::CgroupSockaddr => &[Backend::CgroupSockaddr],
+        };
+        let mut passed_over = Vec::new();
+        for &backend in candidates {
+            match cgroup::attach(backend, request, &cgroup_root) {
+                Ok(ebpf) => return Self::fromebpf(ebpf, backend, passed_over),
+                Err(reason) => passed_over.push((backend, reason)),
+            }
+        }
+        let reasons: Vec<String> = passed_over
+            .iter()
+            .map(|(backend, reason)| format!("{}: {reason}", backend.name()))
+            .collect();
+        Err(Failure::setup(format!(
+            "no capture backend works on this kernel ({})",
+            reasons.join("; ")
+        )))
+    }
+
+    fn fromebpf(
+        mut ebpf: Ebpf,
+        backend: Backend,
+        passed_over: Vec<(Backend, String)>,
+    ) -> Result<Self, Failure> {
+        let map = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| Failure::setup(format!("internal: the probes lack map {name}")))
+        };
+        let events = RingBuf::try_from(map(&mut ebpf, names::EVENTS)?)
+            .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::EVENTS)))?;
+        let lost = PerCpuArray::try_from(map(&mut ebpf, names::LOST)?)
+            .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
+        // SAFETY: the RingBuf owns its map fd, keeps it open until it is
+        // dropped, and always returns that same fd.
+        let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+            .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
+        Ok(Self {
+            ebpf: ebpf,
+            events,
+            lost,
+            backend,
+            passed_over,
+        })
+    }
+
+    /// Waits until the ring has records. Readiness is cleared before the
+    /// caller drains, so a record written meanwhile wakes the next wait.
+    pub async fn wait(&self) -> std::io::Result<()> {
+        let mut guard = self.events.readable().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Detaches every program, so that a following `drain` sees the last
+    /// record: nothing can arrive between the two.
+    pub fn detach(&mut self) {
+        for (_, program) in self.ebpf.programs_mut() {
+            // Unloading drops the program's links; an error means it was
+            // never loaded, which leaves nothing to detach.
+            let _ = match program {
+                aya::programs::Program::CgroupSkb(program) => program.unload(),
+                aya::programs::Program::CgroupSockAddr(program) => program.unload(),
+                _ => Ok(()),
+            };
+        }
+    }
+
+    /// Hands over every record already in the ring, without waiting.
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) {
+        let ring = self.events.get_mut();
+        while let Some(item) = ring.next() {
+            handle(&item);
+        }
+    }
+
+    /// Records dropped in the kernel because the ring was full, per CPU.
+    pub fn lost_per_cpu(&self) -> Result<Vec<u64>, String> {
+        self.lost
+            .get(&0, 0)
+            .map(|values| values.iter().copied().collect())
+            .map_err(|e| format!("cannot read the lost-event counters: {e}"))
+    }
+}

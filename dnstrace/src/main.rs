@@ -1,0 +1,87 @@
+//! dnstrace: which process is failing DNS, and why.
+//!
+//! The agent reads as its pipeline: `capture` (kernel programs, one backend
+//! per file) → `decode` → `message` (the event model) → `output` (one module
+//! per format). `agent` runs it live; this file only wires the parts.
+
+mod agent;
+mod capture;
+mod cli;
+mod clock;
+mod decode;
+mod failure;
+mod message;
+mod output;
+mod process;
+mod selection;
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use clap::Parser;
+
+use crate::{
+    agent::Pipeline,
+    capture::{Capture, CaptureRequest},
+    cli::{Args, ColorChoice, Format},
+    failure::Failure,
+    output::{Destination, Output, json::JsonOutput, text::TextOutput},
+};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("dnstrace: {failure}");
+            ExitCode::from(failure.exit_code)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Failure> {
+    if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
+        return Err(Failure::setup("--ring-buffer-mib must be a power of two up to 1024"));
+    }
+    let request = CaptureRequest {
+        config: selection::capture_config(&args)?,
+        pids: args.pids.clone(),
+        backend: args.backend,
+        ring_buffer_bytes: args.ring_buffer_mib << 20,
+    };
+    // Open the output before loading anything, so a bad path fails fast.
+    let destination = Destination::open(args.output.as_deref())?;
+    let output: Box<dyn Output> = match args.format {
+        Format::Json => Box::new(JsonOutput::new(destination)),
+        Format::Text => {
+            let color = match args.color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => destination.is_terminal && std::io::stderr().is_terminal(),
+            };
+            Box::new(
+                TextOutput::new(destination, color)
+                    .map_err(|e| Failure::setup(format!("cannot write output: {e}")))?,
+            )
+        }
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::setup(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let capture = Capture::start(&request)?;
+        for (backend, reason) in &capture.passed_over {
+            eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
+        }
+        eprintln!("dnstrace: attached, backend {}", capture.backend.name());
+        let summary = agent::run(
+            capture,
+            Pipeline::new(vec![output]),
+            args.duration.map(Duration::from_secs),
+        )
+        .await?;
+        eprintln!("dnstrace: {}", summary.line());
+        Ok(())
+    })
+}

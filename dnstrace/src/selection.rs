@@ -1,0 +1,136 @@
+//! Turns the CLI's filters into the kernel programs' configuration, so
+//! unselected traffic is dropped before it reaches the ring buffer.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+};
+
+use dnstrace_common::{
+    COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
+};
+
+use crate::{cli::Args, failure::Failure};
+
+pub fn capture_config(args: &Args) -> Result<CaptureConfig, Failure> {
+    let mut config = CaptureConfig::default_dns();
+    if args.ports.len() > MAX_PORTS {
+        return Err(Failure::setup(format!("at most {MAX_PORTS} --port options")));
+    }
+    config.ports = [0; MAX_PORTS];
+    config.ports[..args.ports.len()].copy_from_slice(&args.ports);
+    config.port_count = args.ports.len() as u32;
+
+    if !args.pids.is_empty() {
+        config.filters |= FILTER_PID;
+    }
+    if let Some(comm) = &args.comm {
+        config.comm = comm_bytes(comm)?;
+        config.filters |= FILTER_COMM;
+    }
+    if let Some(path) = &args.cgroup {
+        config.cgroup_id = cgroup_id(path)?;
+        config.filters |= FILTER_CGROUP;
+    }
+    if let Some(netns) = &args.netns {
+        config.netns_cookie = netns_cookie(netns)?;
+        config.filters |= FILTER_NETNS;
+    }
+    Ok(config)
+}
+
+/// The kernel keeps 15 bytes of a thread's name; match what it keeps.
+fn comm_bytes(comm: &str) -> Result<[u8; COMM_LEN], Failure> {
+    if comm.is_empty() || comm.contains('\0') {
+        return Err(Failure::setup("--comm needs a non-empty name"));
+    }
+    let mut bytes = [0; COMM_LEN];
+    let kept = comm.len().min(COMM_LEN - 1);
+    bytes[..kept].copy_from_slice(&comm.as_bytes()[..kept]);
+    Ok(bytes)
+}
+
+/// A cgroup v2 directory's inode number is its cgroup id.
+fn cgroup_id(path: &Path) -> Result<u64, Failure> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let failure = |why: String| Failure::setup(format!("--cgroup {}: {why}", path.display()));
+    let dir = File::open(path).map_err(|e| failure(e.to_string()))?;
+    // SAFETY: statfs writes into the zeroed struct we own; the fd is open.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut stat) } != 0 {
+        return Err(failure(std::io::Error::last_os_error().to_string()));
+    }
+    if stat.f_type as i64 != CGROUP2_SUPER_MAGIC {
+        return Err(failure("not a directory of the cgroup v2 hierarchy".into()));
+    }
+    Ok(dir.metadata().map_err(|e| failure(e.to_string()))?.ino())
+}
+
+/// The kernel identifies a network namespace by a cookie that only a socket
+/// inside it can tell: enter the namespace on a short-lived thread (setns
+/// moves only the calling thread) and ask a socket there.
+fn netns_cookie(name_or_path: &str) -> Result<u64, Failure> {
+    let path = if name_or_path.contains('/') {
+        name_or_path.to_string()
+    } else {
+        format!("/run/netns/{name_or_path}")
+    };
+    let failure = |why: String| Failure::setup(format!("--netns {name_or_path}: {why}"));
+    let namespace = File::open(&path).map_err(|e| failure(format!("{path}: {e}")))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| cookie_inside(&namespace))
+            .join()
+            .unwrap_or_else(|_| Err("the namespace thread failed".into()))
+    })
+    .map_err(failure)
+}
+
+fn cookie_inside(namespace: &File) -> Result<u64, String> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let os_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: setns on an open namespace fd affects only this thread, which
+    // exits right after.
+    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(os_error("not a network namespace, or cannot enter it"));
+    }
+    // SAFETY: a plain socket call; the fd is closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if socket < 0 {
+        return Err(os_error("socket"));
+    }
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+    let status = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    let result = if status == 0 {
+        Ok(cookie)
+    } else {
+        Err(os_error("this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE)"))
+    };
+    // SAFETY: we own the socket.
+    unsafe { libc::close(socket) };
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_keep_what_the_kernel_keeps() {
+        let bytes = comm_bytes("a-very-long-thread-name").unwrap();
+        assert_eq!(&bytes[..15], b"a-very-long-thr");
+        assert_eq!(bytes[15], 0);
+        assert!(comm_bytes("").is_err());
+    }
+}

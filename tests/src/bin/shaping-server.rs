@@ -1,0 +1,270 @@
+//! A DNS server that answers in odd shapes on purpose, to provoke the stub
+//! resolver behaviour in shared/notes/resolver-behaviour.md.
+//!
+//! Usage: `shaping-server ADDR:PORT...` (UDP). The shape comes from the label
+//! just before the zone: `<anything>.<shape>.example.test.` Without a known
+//! shape label, a name gets a normal authoritative answer. Each query is
+//! logged to stderr as `query <id> <qtype> <qname> from <addr>`, a log the
+//! tests can use as ground truth.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    thread,
+};
+
+use dnstrace_tests::servers::{ANSWER_V4, ANSWER_V6, HUGE_TXT_RECORDS, ZONE};
+
+const TYPE_A: u16 = 1;
+const TYPE_SOA: u16 = 6;
+const TYPE_TXT: u16 = 16;
+const TYPE_AAAA: u16 = 28;
+const TYPE_OPT: u16 = 41;
+const CLASS_IN: u16 = 1;
+
+const FLAG_QR: u16 = 0x8000;
+const FLAG_AA: u16 = 0x0400;
+const FLAG_TC: u16 = 0x0200;
+const FLAG_RD: u16 = 0x0100;
+const FLAG_RA: u16 = 0x0080;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// Authoritative answer, EDNS echoed.
+    Normal,
+    /// A answered with `qr,rd` only; AAAA a lame NODATA: the cached CoreDNS
+    /// answers of the case behind the project.
+    LameAaaa,
+    /// Both types lame NODATA: no AA, no RA, no records but an SOA.
+    Lame,
+    Rcode(u16),
+    /// TC=1 and nothing else.
+    Truncated,
+    /// No answer at all.
+    Drop,
+    /// A answered, AAAA never.
+    DropAaaa,
+    /// The answer carries another ID.
+    WrongId,
+    /// TXT answered with [`HUGE_TXT_RECORDS`] records, whatever the
+    /// client's EDNS size.
+    Huge,
+}
+
+impl Shape {
+    fn from_label(label: &str) -> Self {
+        match label {
+            "lame-aaaa" => Shape::LameAaaa,
+            "lame" => Shape::Lame,
+            "formerr" => Shape::Rcode(1),
+            "servfail" => Shape::Rcode(2),
+            "nxdomain" => Shape::Rcode(3),
+            "notimp" => Shape::Rcode(4),
+            "refused" => Shape::Rcode(5),
+            "tc" => Shape::Truncated,
+            "drop" => Shape::Drop,
+            "drop-aaaa" => Shape::DropAaaa,
+            "wrong-id" => Shape::WrongId,
+            "huge" => Shape::Huge,
+            _ => Shape::Normal,
+        }
+    }
+}
+
+/// The parts of a query an answer needs.
+struct Query<'a> {
+    id: u16,
+    rd: bool,
+    /// The question section as sent, echoed in the answer.
+    question: &'a [u8],
+    qname: String,
+    qtype: u16,
+    edns: bool,
+}
+
+fn parse(packet: &[u8]) -> Option<Query<'_>> {
+    let word = |at: usize| Some(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]));
+    let (id, flags, qdcount, arcount) = (word(0)?, word(2)?, word(4)?, word(10)?);
+    if flags & FLAG_QR != 0 || qdcount != 1 {
+        return None;
+    }
+    let mut at = 12;
+    let mut labels = Vec::new();
+    loop {
+        let len = usize::from(*packet.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // Queries carry no compression pointers.
+        if len > 63 {
+            return None;
+        }
+        labels.push(String::from_utf8_lossy(packet.get(at..at + len)?).to_lowercase());
+        at += len;
+    }
+    let qtype = word(at)?;
+    let question = packet.get(12..at + 4)?;
+    let qname = labels.iter().map(|l| format!("{l}.")).collect();
+    Some(Query {
+        id,
+        rd: flags & FLAG_RD != 0,
+        question,
+        qname,
+        qtype,
+        edns: arcount > 0,
+    })
+}
+
+fn shape_of(qname: &str) -> Shape {
+    qname
+        .strip_suffix(&format!("{ZONE}."))
+        .and_then(|rest| rest.strip_suffix('.'))
+        .and_then(|rest| rest.rsplit('.').next())
+        .map_or(Shape::Normal, Shape::from_label)
+}
+
+/// Builds a DNS message; records always name the question (pointer 0xc00c).
+struct Answer {
+    bytes: Vec<u8>,
+    counts: [u16; 3],
+}
+
+impl Answer {
+    fn new(id: u16, flags: u16, question: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(512);
+        for word in [id, flags, 1, 0, 0, 0] {
+            bytes.extend(word.to_be_bytes());
+        }
+        bytes.extend(question);
+        Self {
+            bytes,
+            counts: [0; 3],
+        }
+    }
+
+    /// Adds a record to `section` (0 answer, 1 authority, 2 additional).
+    fn record(&mut self, section: usize, rtype: u16, rdata: &[u8]) {
+        self.bytes.extend([0xc0, 0x0c]);
+        self.bytes.extend(rtype.to_be_bytes());
+        self.bytes.extend(CLASS_IN.to_be_bytes());
+        self.bytes.extend(300u32.to_be_bytes());
+        let len = u16::try_from(rdata.len()).expect("rdata fits a record");
+        self.bytes.extend(len.to_be_bytes());
+        self.bytes.extend(rdata);
+        self.counts[section] += 1;
+    }
+
+    fn soa(&mut self) {
+        // Root names keep the record short: MNAME ".", RNAME ".", then times.
+        let mut rdata = vec![0, 0];
+        for value in [1u32, 3600, 900, 604_800, 300] {
+            rdata.extend(value.to_be_bytes());
+        }
+        self.record(1, TYPE_SOA, &rdata);
+    }
+
+    fn opt(&mut self) {
+        self.bytes.push(0);
+        self.bytes.extend(TYPE_OPT.to_be_bytes());
+        self.bytes.extend(1232u16.to_be_bytes());
+        self.bytes.extend([0, 0, 0, 0, 0, 0]);
+        self.counts[2] += 1;
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        for (i, count) in self.counts.into_iter().enumerate() {
+            self.bytes[6 + 2 * i..8 + 2 * i].copy_from_slice(&count.to_be_bytes());
+        }
+        self.bytes
+    }
+}
+
+fn answer(query: &Query) -> Option<Vec<u8>> {
+    let shape = shape_of(&query.qname);
+    let rd = if query.rd { FLAG_RD } else { 0 };
+    let authoritative = FLAG_QR | FLAG_AA | rd | FLAG_RA;
+    let address = |answer: &mut Answer| match query.qtype {
+        TYPE_A => answer.record(0, TYPE_A, &ANSWER_V4.octets()),
+        TYPE_AAAA => answer.record(0, TYPE_AAAA, &ANSWER_V6.octets()),
+        _ => answer.soa(),
+    };
+    let answer = match shape {
+        Shape::Drop => return None,
+        Shape::DropAaaa if query.qtype == TYPE_AAAA => return None,
+        Shape::Normal | Shape::DropAaaa | Shape::WrongId | Shape::Huge => {
+            let id = if shape == Shape::WrongId {
+                !query.id
+            } else {
+                query.id
+            };
+            let mut answer = Answer::new(id, authoritative, query.question);
+            if shape == Shape::Huge && query.qtype == TYPE_TXT {
+                for n in 0..HUGE_TXT_RECORDS {
+                    let mut rdata = vec![200];
+                    rdata.extend(format!("{n:0>200}").bytes());
+                    answer.record(0, TYPE_TXT, &rdata);
+                }
+            } else {
+                address(&mut answer);
+            }
+            if query.edns {
+                answer.opt();
+            }
+            answer
+        }
+        Shape::LameAaaa if query.qtype == TYPE_A => {
+            let mut answer = Answer::new(query.id, FLAG_QR | rd, query.question);
+            address(&mut answer);
+            answer
+        }
+        Shape::LameAaaa | Shape::Lame => {
+            let mut answer = Answer::new(query.id, FLAG_QR | rd, query.question);
+            answer.soa();
+            answer
+        }
+        Shape::Rcode(rcode) => {
+            Answer::new(query.id, FLAG_QR | rd | FLAG_RA | rcode, query.question)
+        }
+        Shape::Truncated => Answer::new(query.id, authoritative | FLAG_TC, query.question),
+    };
+    Some(answer.finish())
+}
+
+fn serve(socket: UdpSocket) {
+    let mut buffer = [0u8; 65536];
+    loop {
+        let (len, peer) = socket.recv_from(&mut buffer).expect("recv_from");
+        let Some(query) = parse(&buffer[..len]) else {
+            eprintln!("unparsable {len} bytes from {peer}");
+            continue;
+        };
+        eprintln!(
+            "query {} {} {} from {peer}",
+            query.id, query.qtype, query.qname
+        );
+        if let Some(answer) = answer(&query) {
+            socket.send_to(&answer, peer).expect("send_to");
+        }
+    }
+}
+
+fn main() {
+    let addrs: Vec<SocketAddr> = std::env::args()
+        .skip(1)
+        .map(|arg| {
+            arg.parse()
+                .unwrap_or_else(|e| panic!("address {arg:?}: {e}"))
+        })
+        .collect();
+    assert!(!addrs.is_empty(), "usage: shaping-server ADDR:PORT...");
+    let servers: Vec<_> = addrs
+        .into_iter()
+        .map(|addr| {
+            let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            thread::spawn(move || serve(socket))
+        })
+        .collect();
+    for server in servers {
+        server.join().expect("server thread");
+    }
+}

@@ -1,0 +1,419 @@
+//! Real stub resolvers run in the client namespace. Each starts paused, so a
+//! test can learn its pid (for `--pid`, or a cgroup) before it sends anything.
+//! Every client gets a private resolv.conf, nsswitch.conf and hosts through a
+//! bind mount in a mount namespace of its own; the host's files are never
+//! touched.
+
+use std::{
+    fs,
+    io::{self, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::{
+    netns::Topology,
+    process::{run, wait_bounded},
+    servers::{ANSWER_V4, ANSWER_V6, ZONE, dig_target},
+    target_dir, unique_name, workspace_dir,
+};
+
+/// How long one client run may take. glibc alone may wait 2 × 5 s for a lost
+/// answer; twice that is still bounded.
+const RUN_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The uid the Python client drops to, so `uid` is checked against a value
+/// other than root's.
+pub const NOBODY: u32 = 65534;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Client {
+    /// BIND's dig: A, then AAAA, from a network thread.
+    Dig,
+    /// glibc `getaddrinfo` via `getent ahosts`: A+AAAA in one sendmmsg.
+    Getent,
+    /// glibc `getaddrinfo` via Python, run as [`NOBODY`], `lookups` times.
+    Python { lookups: u32 },
+    /// musl's resolver, statically linked.
+    Musl,
+    /// Go's pure resolver.
+    Go,
+    /// dnsperf sending `queries` distinct names once each.
+    Dnsperf { queries: u32 },
+}
+
+impl Client {
+    /// The clients a user would meet, each doing one lookup.
+    pub const RESOLVERS: [Client; 5] = [
+        Client::Dig,
+        Client::Getent,
+        Client::Python { lookups: 1 },
+        Client::Musl,
+        Client::Go,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Dig => "dig",
+            Client::Getent => "getent",
+            Client::Python { .. } => "python",
+            Client::Musl => "musl",
+            Client::Go => "go",
+            Client::Dnsperf { .. } => "dnsperf",
+        }
+    }
+
+    /// Whether `comm` is the name the kernel gives this client's threads.
+    pub fn comm_matches(self, comm: &str) -> bool {
+        match self {
+            // dig does its network I/O on libisc's threads.
+            Client::Dig => comm.starts_with("isc-net-"),
+            Client::Getent => comm == "getent",
+            Client::Python { .. } => comm == "python3",
+            Client::Musl => comm == MUSL_CLIENT,
+            // Go threads keep the executable's name.
+            Client::Go => comm == GO_CLIENT,
+            Client::Dnsperf { .. } => comm == "dnsperf",
+        }
+    }
+
+    /// Clients with one thread: every message's tid is the pid.
+    pub fn is_single_threaded(self) -> bool {
+        matches!(self, Client::Getent | Client::Python { .. } | Client::Musl)
+    }
+
+    pub fn uid(self) -> u32 {
+        match self {
+            Client::Python { .. } => NOBODY,
+            _ => 0,
+        }
+    }
+
+    /// Starts the client in `net`'s client namespace, stopped before it
+    /// sends anything; [`PausedClient::run`] lets it go.
+    pub fn prepare(self, net: &Topology, lookup: &Lookup) -> PausedClient {
+        let files = tempfile::tempdir().expect("client files dir");
+        let etc = [
+            (
+                "resolv.conf",
+                format!("nameserver {}\n", lookup.server.ip()),
+            ),
+            ("nsswitch.conf", "hosts: files dns\n".to_owned()),
+            ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
+        ];
+        for (name, content) in &etc {
+            fs::write(files.path().join(name), content).expect("write client /etc file");
+        }
+        let mut command = net.client.command("unshare");
+        // A private mount namespace, so the bind mounts stay with this client.
+        command.args(["--mount", "--propagation", "private", "sh", "-c"]);
+        command.arg(
+            "set -e; for f in resolv.conf nsswitch.conf hosts; do \
+             mount --bind \"$0/$f\" \"/etc/$f\"; done; read -r _; exec \"$@\"",
+        );
+        command.arg(files.path());
+        command.args(self.argv(lookup, files.path()));
+        if self == Client::Go {
+            command.env("GODEBUG", "netdns=go");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        let go = child.stdin.take().expect("stdin is piped");
+        PausedClient {
+            client: self,
+            domain: lookup.domain.clone(),
+            child,
+            go,
+            _files: files,
+        }
+    }
+
+    /// Prepares and runs at once.
+    pub fn run(self, net: &Topology, lookup: &Lookup) -> ClientRun {
+        self.prepare(net, lookup).run()
+    }
+
+    /// The command line, run after the wrapper has set up `/etc`.
+    fn argv(self, lookup: &Lookup, files: &Path) -> Vec<String> {
+        let domain = &lookup.domain;
+        let needs_port_53 = || {
+            assert_eq!(
+                lookup.server.port(),
+                53,
+                "{} reads resolv.conf, which has no port",
+                self.name()
+            )
+        };
+        match self {
+            Client::Dig => {
+                let mut argv = vec!["dig".to_owned()];
+                argv.extend(dig_target(lookup.server));
+                argv.extend(["+tries=1", "+time=5", "+short"].map(String::from));
+                argv.extend([domain.clone(), "A".into(), domain.clone(), "AAAA".into()]);
+                argv
+            }
+            Client::Getent => {
+                needs_port_53();
+                vec!["getent".into(), "ahosts".into(), domain.clone()]
+            }
+            Client::Python { lookups } => {
+                needs_port_53();
+                let script = workspace_dir().join("tests/clients/getaddrinfo.py");
+                vec![
+                    "setpriv".into(),
+                    format!("--reuid={NOBODY}"),
+                    format!("--regid={NOBODY}"),
+                    "--clear-groups".into(),
+                    "/usr/bin/python3".into(),
+                    script.display().to_string(),
+                    domain.clone(),
+                    lookups.to_string(),
+                ]
+            }
+            Client::Musl => {
+                needs_port_53();
+                vec![musl_client().display().to_string(), domain.clone()]
+            }
+            Client::Go => {
+                needs_port_53();
+                vec![go_client().display().to_string(), domain.clone()]
+            }
+            Client::Dnsperf { queries } => {
+                let input = files.join("queries");
+                let names: String = (0..queries).map(|i| format!("q{i}.{domain} A\n")).collect();
+                fs::write(&input, names).expect("write dnsperf input");
+                vec![
+                    "dnsperf".into(),
+                    "-s".into(),
+                    lookup.server.ip().to_string(),
+                    "-p".into(),
+                    lookup.server.port().to_string(),
+                    "-d".into(),
+                    input.display().to_string(),
+                    // Once through the names, at a modest rate, bounded in time.
+                    "-n".into(),
+                    "1".into(),
+                    "-Q".into(),
+                    "2000".into(),
+                    "-l".into(),
+                    "60".into(),
+                ]
+            }
+        }
+    }
+}
+
+/// What a client looks up, and from which server.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// A name no other lookup uses; dnsperf queries names under it.
+    pub domain: String,
+    pub server: SocketAddr,
+}
+
+impl Lookup {
+    pub fn new(label: &str, server: SocketAddr) -> Self {
+        Self::in_subzone(label, "", server)
+    }
+
+    /// A name under `subzone` of [`ZONE`] (see [`crate::servers::TXT_SUBZONES`]).
+    pub fn in_subzone(label: &str, subzone: &str, server: SocketAddr) -> Self {
+        let subzone = if subzone.is_empty() {
+            String::new()
+        } else {
+            format!("{subzone}.")
+        };
+        Self {
+            domain: format!("{}.{subzone}{ZONE}", unique_name(label)),
+            server,
+        }
+    }
+}
+
+/// A client waiting to start; dropping it ends it without a query.
+pub struct PausedClient {
+    client: Client,
+    domain: String,
+    child: Child,
+    go: ChildStdin,
+    _files: TempDir,
+}
+
+impl PausedClient {
+    /// The pid the client will have: the wrapper execs it in place.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the client go, waits for it, and checks that the lookup worked.
+    pub fn run(self) -> ClientRun {
+        let (status, run, stderr) = self.finish();
+        assert!(
+            status.success(),
+            "{} failed with {status}:\n{}{stderr}",
+            run.client.name(),
+            run.stdout
+        );
+        run.assert_resolved();
+        run
+    }
+
+    /// Lets the client go and checks that the lookup failed, as it must
+    /// against answers it rejects.
+    pub fn run_expecting_failure(self) -> ClientRun {
+        let (status, run, _) = self.finish();
+        assert!(
+            !status.success(),
+            "{} resolved {}:\n{}",
+            run.client.name(),
+            run.domain,
+            run.stdout
+        );
+        run
+    }
+
+    /// Starts the client and waits (bounded) for it; returns its exit status,
+    /// the run and its stderr.
+    fn finish(mut self) -> (ExitStatus, ClientRun, String) {
+        self.go.write_all(b"\n").expect("start client");
+        let Some(status) = wait_bounded(&mut self.child, RUN_PATIENCE) else {
+            panic!(
+                "{} did not finish within {RUN_PATIENCE:?}",
+                self.client.name()
+            );
+        };
+        let stdout = self.child.stdout.take().map(io::read_to_string);
+        let stderr = self.child.stderr.take().map(io::read_to_string);
+        let (Some(Ok(stdout)), Some(Ok(stderr))) = (stdout, stderr) else {
+            panic!("read {}'s output", self.client.name());
+        };
+        let run = ClientRun {
+            client: self.client,
+            pid: self.child.id(),
+            domain: format!("{}.", self.domain),
+            stdout,
+        };
+        (status, run, stderr)
+    }
+}
+
+impl Drop for PausedClient {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A finished client and what the trace should show for it.
+#[derive(Clone, Debug)]
+pub struct ClientRun {
+    pub client: Client,
+    pub pid: u32,
+    /// The looked-up name with its trailing dot, as dnstrace prints qnames.
+    pub domain: String,
+    pub stdout: String,
+}
+
+impl ClientRun {
+    /// Whether `qname` is one this run asked for.
+    pub fn asked_for(&self, qname: &str) -> bool {
+        qname == self.domain
+            || qname
+                .strip_suffix(self.domain.as_str())
+                .is_some_and(|prefix| prefix.ends_with('.'))
+    }
+
+    fn assert_resolved(&self) {
+        if let Client::Dnsperf { queries } = self.client {
+            let sent = self
+                .stdout
+                .lines()
+                .find_map(|line| line.trim().strip_prefix("Queries sent:"))
+                .and_then(|count| count.trim().parse::<u32>().ok());
+            assert_eq!(
+                sent,
+                Some(queries),
+                "dnsperf sent fewer queries:\n{}",
+                self.stdout
+            );
+            return;
+        }
+        for want in [ANSWER_V4.to_string(), ANSWER_V6.to_string()] {
+            assert!(
+                self.stdout.contains(&want),
+                "{} for {} printed no {want:?}:\n{}",
+                self.client.name(),
+                self.domain,
+                self.stdout
+            );
+        }
+    }
+}
+
+/// The musl client's executable name, which is also its comm.
+const MUSL_CLIENT: &str = "musl-resolve";
+const GO_CLIENT: &str = "go-resolve";
+
+/// Builds the musl client once per test process.
+fn musl_client() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let source = workspace_dir().join("tests/clients/musl-resolve.c");
+        build_client(MUSL_CLIENT, |output| {
+            let mut command = Command::new("musl-gcc");
+            command
+                .arg("-static")
+                .arg("-O2")
+                .arg("-o")
+                .arg(output)
+                .arg(source);
+            command
+        })
+    })
+}
+
+/// Builds the Go client once per test process, without modules or cgo.
+fn go_client() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let source = workspace_dir().join("tests/clients/go-resolve/main.go");
+        let go_home = target_dir().join("dnstrace-tests/go");
+        build_client(GO_CLIENT, |output| {
+            let mut command = Command::new("go");
+            command
+                .args(["build", "-tags", "netgo", "-o"])
+                .arg(output)
+                .arg(source)
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .env("GOFLAGS", "")
+                // HOME may be unset in CI; keep Go's state in target/.
+                .env("GOPATH", go_home.join("path"))
+                .env("GOCACHE", go_home.join("cache"));
+            command
+        })
+    })
+}
+
+/// Builds into target/ under a temporary name, then renames, so concurrent
+/// test processes never run a half-written binary.
+fn build_client(name: &str, command: impl FnOnce(&Path) -> Command) -> PathBuf {
+    let dir = target_dir().join("dnstrace-tests/clients");
+    fs::create_dir_all(&dir).expect("create client build dir");
+    let built = dir.join(name);
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    run(&mut command(&partial));
+    fs::rename(&partial, &built).expect("move built client into place");
+    built
+}

@@ -1,0 +1,155 @@
+//! Every message of every client is captured exactly once, with the right
+//! process, socket and DNS header, over IPv4 and IPv6, against dnsmasq, knot
+//! and unbound. The ground truth is tcpdump on the link.
+
+use std::collections::BTreeSet;
+
+use dnstrace_tests::{
+    clients::{Client, ClientRun, Lookup},
+    expect::{assert_client_run_captured_once, assert_server_side_captured_once},
+    netns::{Family, Topology},
+    servers::{DnsServer, ServerKind},
+    trace::{Direction, Message, Tracer},
+    wire::PacketCapture,
+};
+
+/// No filter: the tracer sees every process on the host, and the assertions
+/// pick this test's messages by their unique names.
+const EVERYTHING: [&str; 0] = [];
+
+/// Runs `client` against every server over both families, under one tracer
+/// and one packet capture, and checks each run's messages with `check` after
+/// the common checks.
+fn check_each_lookup(client: Client, check: impl Fn(&ClientRun, &[&Message])) {
+    let net = Topology::new();
+    let servers = DnsServer::start_all(&net);
+    let wire = PacketCapture::start(&net.server, &[53]);
+    let tracer = Tracer::start(EVERYTHING);
+    let runs: Vec<ClientRun> = servers
+        .iter()
+        .flat_map(|server| Family::BOTH.map(|family| (server, family)))
+        .map(|(server, family)| {
+            let label = format!("{}-{}-{}", client.name(), server.kind.name(), family.name());
+            client.run(&net, &Lookup::new(&label, server.socket(family)))
+        })
+        .collect();
+    let trace = tracer.stop();
+    let packets = wire.stop();
+    for run in &runs {
+        let messages = assert_client_run_captured_once(&trace, &packets, net.client.inode(), run);
+        check(run, &messages);
+    }
+}
+
+fn sends(messages: &[&Message]) -> Vec<Message> {
+    messages
+        .iter()
+        .filter(|m| m.direction == Direction::Send)
+        .map(|m| (*m).clone())
+        .collect()
+}
+
+/// The A and AAAA queries were sent, and from sockets as `sockets` says.
+fn assert_a_and_aaaa_sent(run: &ClientRun, messages: &[&Message], sockets: usize) {
+    let sent = sends(messages);
+    let qtypes: BTreeSet<&str> = sent.iter().filter_map(|m| m.qtype.as_deref()).collect();
+    assert_eq!(
+        qtypes,
+        BTreeSet::from(["A", "AAAA"]),
+        "{run:?}: queries {sent:?}"
+    );
+    let cookies: BTreeSet<u64> = sent.iter().map(|m| m.socket_cookie).collect();
+    assert_eq!(cookies.len(), sockets, "{run:?}: sockets of {sent:?}");
+}
+
+#[test]
+fn dig_messages_are_captured_once_from_its_network_thread() {
+    check_each_lookup(Client::Dig, |run, messages| {
+        assert_a_and_aaaa_sent(run, messages, 2);
+        // dig sends from a libisc thread, not its main thread.
+        for message in sends(messages) {
+            assert_ne!(
+                message.tid,
+                Some(run.pid),
+                "dig's send has the main thread's tid: {message:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn glibc_sendmmsg_pair_is_captured_once() {
+    check_each_lookup(Client::Getent, |run, messages| {
+        assert_a_and_aaaa_sent(run, messages, 1);
+    });
+}
+
+#[test]
+fn python_getaddrinfo_is_captured_once_with_its_uid() {
+    check_each_lookup(Client::Python { lookups: 1 }, |run, messages| {
+        assert_a_and_aaaa_sent(run, messages, 1);
+    });
+}
+
+#[test]
+fn musl_parallel_queries_are_captured_once() {
+    check_each_lookup(Client::Musl, |run, messages| {
+        assert_a_and_aaaa_sent(run, messages, 1);
+    });
+}
+
+#[test]
+fn go_resolver_queries_are_captured_once() {
+    // Go's resolver asks each question from a socket of its own.
+    check_each_lookup(Client::Go, |run, messages| {
+        assert_a_and_aaaa_sent(run, messages, 2);
+    });
+}
+
+#[test]
+fn server_messages_are_attributed_to_each_server() {
+    let net = Topology::new();
+    let servers = DnsServer::start_all(&net);
+    let wire = PacketCapture::start(&net.server, &[53]);
+    let tracer = Tracer::start(EVERYTHING);
+    let runs: Vec<(&DnsServer, ClientRun)> = servers
+        .iter()
+        .flat_map(|server| Family::BOTH.map(|family| (server, family)))
+        .map(|(server, family)| {
+            let label = format!("to-{}-{}", server.kind.name(), family.name());
+            let run = Client::Getent.run(&net, &Lookup::new(&label, server.socket(family)));
+            (server, run)
+        })
+        .collect();
+    let trace = tracer.stop();
+    let packets = wire.stop();
+    for (server, run) in &runs {
+        assert_server_side_captured_once(&trace, &packets, run, server.pid(), net.server.inode());
+    }
+}
+
+#[test]
+fn glibc_repeated_queries_after_lame_answers_are_each_captured_once() {
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let wire = PacketCapture::start(&net.server, &[53]);
+    let tracer = Tracer::start(EVERYTHING);
+    // Lame NODATA for A and AAAA: glibc drops both answers and asks again
+    // with the same IDs from the same socket, then gives up.
+    let lookup = Lookup::in_subzone("getent", "lame", shaping.socket(Family::V4));
+    let run = Client::Getent
+        .prepare(&net, &lookup)
+        .run_expecting_failure();
+    let trace = tracer.stop();
+    let packets = wire.stop();
+    let queries: Vec<_> = packets
+        .iter()
+        .filter(|p| run.asked_for(&p.qname) && !p.qr)
+        .collect();
+    let ids: BTreeSet<u16> = queries.iter().map(|p| p.id).collect();
+    assert!(
+        queries.len() > ids.len(),
+        "glibc repeated no query, so this proves nothing: {queries:?}"
+    );
+    assert_client_run_captured_once(&trace, &packets, net.client.inode(), &run);
+}
