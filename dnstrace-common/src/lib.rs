@@ -10,6 +10,15 @@
 /// can bound the copy with a mask.
 pub const MAX_PAYLOAD: usize = 2048;
 
+/// The kernel wakes the reader once this many bytes wait in the ring; below
+/// it, the reader finds them on its next poll (`POLL_INTERVAL_MS`). Small
+/// next to the ring, so a burst never fills it before the reader wakes.
+pub const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// How often userspace drains the ring without being woken, in ms: the
+/// longest a message waits before it is shown.
+pub const POLL_INTERVAL_MS: u64 = 20;
+
 /// How many DNS ports `--port` may name.
 pub const MAX_PORTS: usize = 8;
 

@@ -2,12 +2,13 @@
 
 use core::hint::black_box;
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
-use dnstrace_common::{Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner};
+use dnstrace_common::{Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner, WAKEUP_BYTES};
 
 use crate::{
     maps::{EVENTS, EventBuffer, LOST, SCRATCH},
@@ -105,8 +106,17 @@ pub fn message(
 
     let size = (HEADER_LEN + captured) as usize;
     // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
-    let record = unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
-    if EVENTS.output(record, 0).is_err()
+    let record =
+        unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
+    // Waking the reader for every message costs a context switch each at
+    // high rates; it wakes once the ring holds a batch, and polls on a
+    // short timer for the rest (see WAKEUP_BYTES in dnstrace-common).
+    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output(record, u64::from(wakeup)).is_err()
         && let Some(lost) = LOST.get_ptr_mut(0)
     {
         // SAFETY: this CPU's own counter; nothing else touches it now.

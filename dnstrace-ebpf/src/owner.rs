@@ -35,7 +35,8 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     let filters = config.filters;
     if filters & (FILTER_PID | FILTER_COMM) != 0 {
         // SAFETY: the value is a plain u8 that the map keeps alive for the call.
-        let by_pid = filters & FILTER_PID != 0 && unsafe { SELECTED_PIDS.get(&owner.pid) }.is_some();
+        let by_pid =
+            filters & FILTER_PID != 0 && unsafe { SELECTED_PIDS.get(&owner.pid) }.is_some();
         let by_comm = filters & FILTER_COMM != 0 && owner.comm == config.comm;
         if !by_pid && !by_comm {
             return false;
@@ -55,8 +56,9 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
 #[inline(always)]
 pub fn remember(cookie: u64, owner: &SocketOwner) {
     // SAFETY: the map value is plain data; we only read it.
-    let unchanged = unsafe { SOCKETS.get(&cookie) }
-        .is_some_and(|known| known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected);
+    let unchanged = unsafe { SOCKETS.get(&cookie) }.is_some_and(|known| {
+        known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected
+    });
     if !unchanged {
         // A full LRU map evicts its oldest entry, so this cannot fail for lack of room.
         let _ = SOCKETS.insert(&cookie, owner, 0);

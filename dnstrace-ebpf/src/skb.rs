@@ -2,14 +2,13 @@
 //! network namespace passes here. Non-DNS packets leave after a header peek.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_skb,
     programs::SkBuffContext,
-    EbpfContext as _,
 };
 use dnstrace_common::{
-    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6,
-    Hook, PROTO_UDP,
+    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, Hook, PROTO_UDP,
 };
 
 use crate::{emit, maps::CONFIG, owner};
@@ -64,7 +63,10 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     } else {
         // Ingress runs in whatever task delivered the packet, often the
         // peer: only the socket's recorded owner can be trusted.
-        (owner::recorded(cookie), EVENT_OWNER_KNOWN | EVENT_OWNER_FROM_SOCKET)
+        (
+            owner::recorded(cookie),
+            EVENT_OWNER_KNOWN | EVENT_OWNER_FROM_SOCKET,
+        )
     };
     if config.filters != 0 && !owner.is_some_and(|owner| owner.selected != 0) {
         return Ok(());
@@ -73,7 +75,15 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
         Direction::Send => Hook::CgroupSkbEgress,
         Direction::Recv => Hook::CgroupSkbIngress,
     };
-    emit::message(ctx, &datagram, direction, hook, cookie, owner.as_ref(), flags);
+    emit::message(
+        ctx,
+        &datagram,
+        direction,
+        hook,
+        cookie,
+        owner.as_ref(),
+        flags,
+    );
     Ok(())
 }
 

@@ -47,8 +47,12 @@ fn record(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     // SAFETY: both helpers take the program's own context.
-    let (cookie, netns_cookie) =
-        unsafe { (bpf_get_socket_cookie(ctx.as_ptr()), bpf_get_netns_cookie(ctx.as_ptr())) };
+    let (cookie, netns_cookie) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.as_ptr()),
+            bpf_get_netns_cookie(ctx.as_ptr()),
+        )
+    };
     let current = owner::current_task(&config, netns_cookie);
     owner::remember(cookie, &current);
     ALLOW

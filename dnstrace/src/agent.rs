@@ -5,7 +5,7 @@ use std::{io, time::Duration};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{Instant, interval_at, sleep},
+    time::{Instant, MissedTickBehavior, interval_at, sleep},
 };
 
 use crate::{
@@ -19,6 +19,8 @@ use crate::{
 
 /// How often outputs are flushed and the loss counters read.
 const TICK: Duration = Duration::from_secs(1);
+/// How often the ring is drained when the kernel has not woken us.
+const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 
 pub struct Pipeline {
     clock: WallClock,
@@ -82,6 +84,8 @@ pub async fn run(
     let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut ticks = interval_at(Instant::now() + TICK, TICK);
+    let mut polls = interval_at(Instant::now() + POLL, POLL);
+    polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut reported_lost = 0;
 
     loop {
@@ -93,6 +97,7 @@ pub async fn run(
             ready = capture.wait() => {
                 ready.map_err(|e| Failure::runtime(format!("reading the ring buffer failed: {e}")))?;
             }
+            _ = polls.tick() => {}
             _ = ticks.tick() => {
                 pipeline.each_output(|output| output.flush());
                 let lost: u64 = capture.lost_per_cpu().map_err(Failure::runtime)?.into_iter().sum();

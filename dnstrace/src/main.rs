@@ -40,7 +40,9 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> Result<(), Failure> {
     if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
-        return Err(Failure::setup("--ring-buffer-mib must be a power of two up to 1024"));
+        return Err(Failure::setup(
+            "--ring-buffer-mib must be a power of two up to 1024",
+        ));
     }
     let request = CaptureRequest {
         config: selection::capture_config(&args)?,

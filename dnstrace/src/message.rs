@@ -60,8 +60,6 @@ pub struct Process {
 pub struct Message {
     /// Nanoseconds since the Unix epoch.
     pub wall_time_ns: i128,
-    /// CLOCK_MONOTONIC nanoseconds, for intervals.
-    pub monotonic_ns: u64,
     pub process: Option<Process>,
     pub socket_cookie: u64,
     pub direction: Direction,
@@ -98,7 +96,6 @@ impl Message {
         };
         Self {
             wall_time_ns: clock.wall_ns(header.timestamp_ns),
-            monotonic_ns: header.timestamp_ns,
             process,
             socket_cookie: header.socket_cookie,
             direction,
@@ -142,6 +139,9 @@ mod tests {
         v4[..4].copy_from_slice(&[127, 0, 0, 53]);
         assert_eq!(socket_addr(FAMILY_V4, &v4, 53).to_string(), "127.0.0.53:53");
         let v6 = Ipv6Addr::LOCALHOST.octets();
-        assert_eq!(socket_addr(dnstrace_common::FAMILY_V6, &v6, 53).to_string(), "[::1]:53");
+        assert_eq!(
+            socket_addr(dnstrace_common::FAMILY_V6, &v6, 53).to_string(),
+            "[::1]:53"
+        );
     }
 }

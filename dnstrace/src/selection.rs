@@ -16,7 +16,9 @@ use crate::{cli::Args, failure::Failure};
 pub fn capture_config(args: &Args) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
     if args.ports.len() > MAX_PORTS {
-        return Err(Failure::setup(format!("at most {MAX_PORTS} --port options")));
+        return Err(Failure::setup(format!(
+            "at most {MAX_PORTS} --port options"
+        )));
     }
     config.ports = [0; MAX_PORTS];
     config.ports[..args.ports.len()].copy_from_slice(&args.ports);
@@ -115,7 +117,9 @@ fn cookie_inside(namespace: &File) -> Result<u64, String> {
     let result = if status == 0 {
         Ok(cookie)
     } else {
-        Err(os_error("this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE)"))
+        Err(os_error(
+            "this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE)",
+        ))
     };
     // SAFETY: we own the socket.
     unsafe { libc::close(socket) };

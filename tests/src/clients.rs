@@ -48,15 +48,6 @@ pub enum Client {
 }
 
 impl Client {
-    /// The clients a user would meet, each doing one lookup.
-    pub const RESOLVERS: [Client; 5] = [
-        Client::Dig,
-        Client::Getent,
-        Client::Python { lookups: 1 },
-        Client::Musl,
-        Client::Go,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Client::Dig => "dig",
@@ -225,7 +216,8 @@ impl Lookup {
         Self::in_subzone(label, "", server)
     }
 
-    /// A name under `subzone` of [`ZONE`] (see [`crate::servers::TXT_SUBZONES`]).
+    /// A name under `subzone` of [`ZONE`]: for the shaping server, the
+    /// subzone names the shape of the answer.
     pub fn in_subzone(label: &str, subzone: &str, server: SocketAddr) -> Self {
         let subzone = if subzone.is_empty() {
             String::new()

@@ -263,18 +263,18 @@ pub fn assert_answers_on_query_sockets(what: &str, messages: &[&Message]) {
             "{what}: socket {cookie} has several local addresses {set:?}"
         );
     }
-    let query_of = |answer: &Message| {
-        messages.iter().find(|query| {
-            query.direction == Direction::Send
-                && query.qr == Some(false)
-                && (query.local, query.remote, query.id) == (answer.local, answer.remote, answer.id)
-        })
-    };
+    let mut query_sockets: BTreeMap<_, BTreeSet<u64>> = BTreeMap::new();
+    for query in messages.iter().filter(|m| m.direction == Direction::Send) {
+        query_sockets
+            .entry((query.local, query.remote, query.id))
+            .or_default()
+            .insert(query.socket_cookie);
+    }
     for answer in messages.iter().filter(|m| m.direction == Direction::Recv) {
-        let query = query_of(answer).unwrap_or_else(|| panic!("{what}: no query for {answer:?}"));
-        assert_eq!(
-            query.socket_cookie, answer.socket_cookie,
-            "{what}: answer {answer:?} on another socket than its query {query:?}"
+        let sockets = query_sockets.get(&(answer.local, answer.remote, answer.id));
+        assert!(
+            sockets.is_some_and(|cookies| cookies.contains(&answer.socket_cookie)),
+            "{what}: answer {answer:?} is not on the socket of its query, {sockets:?}"
         );
     }
 }

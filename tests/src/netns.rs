@@ -83,7 +83,7 @@ impl Netns {
         &self.name
     }
 
-    pub fn path(&self) -> PathBuf {
+    fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
 

@@ -100,7 +100,7 @@ impl Drop for Daemon {
     }
 }
 
-pub fn send_signal(child: &Child, signal: libc::c_int) {
+fn send_signal(child: &Child, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, signal) };

@@ -47,7 +47,7 @@ pub enum ServerKind {
 
 impl ServerKind {
     /// The real servers.
-    pub const ALL: [ServerKind; 3] = [ServerKind::Dnsmasq, ServerKind::Knot, ServerKind::Unbound];
+    pub const REAL: [ServerKind; 3] = [ServerKind::Dnsmasq, ServerKind::Knot, ServerKind::Unbound];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -104,9 +104,9 @@ impl DnsServer {
         server
     }
 
-    /// Starts one server of every kind.
-    pub fn start_all(net: &Topology) -> Vec<Self> {
-        ServerKind::ALL
+    /// Starts one server of every real kind.
+    pub fn start_real(net: &Topology) -> Vec<Self> {
+        ServerKind::REAL
             .into_iter()
             .map(|kind| Self::start(kind, net))
             .collect()

@@ -18,6 +18,10 @@ use crate::{process::Daemon, workspace_dir};
 /// How long loading and attaching may take on a busy machine.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(20);
 
+/// No filter: the tracer sees every process on the host. Assertions then
+/// pick a test's own messages by their unique names.
+pub const EVERYTHING: [&str; 0] = [];
+
 /// `DNSTRACE_BIN`, or the workspace's release build.
 pub fn dnstrace_bin() -> PathBuf {
     std::env::var_os("DNSTRACE_BIN")

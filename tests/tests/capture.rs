@@ -9,20 +9,16 @@ use dnstrace_tests::{
     expect::{assert_client_run_captured_once, assert_server_side_captured_once},
     netns::{Family, Topology},
     servers::{DnsServer, ServerKind},
-    trace::{Direction, Message, Tracer},
+    trace::{Direction, EVERYTHING, Message, Tracer},
     wire::PacketCapture,
 };
-
-/// No filter: the tracer sees every process on the host, and the assertions
-/// pick this test's messages by their unique names.
-const EVERYTHING: [&str; 0] = [];
 
 /// Runs `client` against every server over both families, under one tracer
 /// and one packet capture, and checks each run's messages with `check` after
 /// the common checks.
 fn check_each_lookup(client: Client, check: impl Fn(&ClientRun, &[&Message])) {
     let net = Topology::new();
-    let servers = DnsServer::start_all(&net);
+    let servers = DnsServer::start_real(&net);
     let wire = PacketCapture::start(&net.server, &[53]);
     let tracer = Tracer::start(EVERYTHING);
     let runs: Vec<ClientRun> = servers
@@ -109,7 +105,7 @@ fn go_resolver_queries_are_captured_once() {
 #[test]
 fn server_messages_are_attributed_to_each_server() {
     let net = Topology::new();
-    let servers = DnsServer::start_all(&net);
+    let servers = DnsServer::start_real(&net);
     let wire = PacketCapture::start(&net.server, &[53]);
     let tracer = Tracer::start(EVERYTHING);
     let runs: Vec<(&DnsServer, ClientRun)> = servers

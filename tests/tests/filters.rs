@@ -3,11 +3,11 @@
 
 use dnstrace_tests::{
     cgroup::Cgroup,
-    clients::{Client, ClientRun, Lookup},
+    clients::{Client, ClientRun, Lookup, PausedClient},
     expect::{Side, assert_client_run_captured_once, assert_only},
     netns::{Family, Topology},
     servers::{DnsServer, ServerKind},
-    trace::Tracer,
+    trace::{Message, Tracer},
     wire::PacketCapture,
 };
 
@@ -92,11 +92,7 @@ fn comm_filter_captures_only_that_command() {
 
 /// Runs getent and dig under a tracer restricted to the client namespace
 /// by `netns_arg`, and checks both are captured and the server's side not.
-fn check_netns_filter(
-    setup: &Setup,
-    netns_arg: &str,
-    getent: dnstrace_tests::clients::PausedClient,
-) {
+fn check_netns_filter(setup: &Setup, netns_arg: &str, getent: PausedClient) {
     let wire = PacketCapture::start(&setup.net.server, &[53]);
     let tracer = Tracer::start(["--netns", netns_arg]);
     let runs = [
@@ -178,9 +174,7 @@ fn port_filter_captures_only_the_given_ports() {
     assert_client_run_captured_once(&other_trace, &packets, inode, &to_other);
     let not_asked = |run: &ClientRun| {
         let run = run.clone();
-        move |m: &dnstrace_tests::trace::Message| {
-            !m.qname.as_deref().is_some_and(|q| run.asked_for(q))
-        }
+        move |m: &Message| !m.qname.as_deref().is_some_and(|q| run.asked_for(q))
     };
     assert_only(&default_trace, "--port 53", not_asked(&to_other));
     assert_only(

@@ -6,8 +6,8 @@ use dnstrace_tests::{
     expect::{Side, assert_captured_once, assert_client_run_captured_once},
     netns::{Family, Topology},
     servers::{DnsServer, ServerKind},
-    trace::{Trace, Tracer},
-    wire::PacketCapture,
+    trace::{EVERYTHING, Trace, Tracer},
+    wire::{PacketCapture, WirePacket},
 };
 
 /// Runs `client` against knot under a tracer that sees everything, and
@@ -16,26 +16,18 @@ fn check_nothing_lost(client: Client) {
     let net = Topology::new();
     let server = DnsServer::start(ServerKind::Knot, &net);
     let wire = PacketCapture::start(&net.server, &[53]);
-    let tracer = Tracer::start(["--port", "53"]);
+    let tracer = Tracer::start(EVERYTHING);
     let run = client.run(&net, &Lookup::new(client.name(), server.socket(Family::V4)));
     let trace = tracer.stop();
     let packets = wire.stop();
-    assert_no_loss_reported(&trace);
+    assert_eq!(trace.summary.lost, 0, "summary {:?}", trace.summary);
     assert_client_run_captured_once(&trace, &packets, net.client.inode(), &run);
     assert_server_side_complete(&trace, &packets, &run);
 }
 
-fn assert_no_loss_reported(trace: &Trace) {
-    assert_eq!(trace.summary.lost, 0, "summary {:?}", trace.summary);
-}
-
 /// Every message of the run on the server's end, whoever it is attributed
 /// to (attribution is the capture tests' business).
-fn assert_server_side_complete(
-    trace: &Trace,
-    packets: &[dnstrace_tests::wire::WirePacket],
-    run: &ClientRun,
-) {
+fn assert_server_side_complete(trace: &Trace, packets: &[WirePacket], run: &ClientRun) {
     let asked = |qname: &str| run.asked_for(qname);
     let messages = trace
         .messages

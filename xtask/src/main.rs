@@ -1,1 +1,39 @@
-fn main(){}
+//! Developer tasks: `cargo xtask <task>`. Each task lives in its own module.
+
+mod bench;
+mod command;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "dnstrace developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: Debian packages, the pinned
+    /// toolchains, rust-src and bpf-linker (scripts/setup.sh).
+    Setup,
+    /// Build dnstrace in release mode and run it; arguments after `--` go to it.
+    Run(run::Options),
+    /// Every check CI runs: format, clippy, unit tests and the end-to-end
+    /// tests against the real kernel.
+    Test(test::Options),
+    /// Throughput with and without tracing (knot + dnsperf in a namespace).
+    Bench(bench::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Run(options) => run::run(&options),
+        Task::Test(options) => test::run(&options),
+        Task::Bench(options) => bench::run(&options),
+    }
+}

@@ -12,9 +12,7 @@ use std::{fs::File, path::Path};
 use aya::{
     Ebpf, EbpfLoader,
     maps::HashMap,
-    programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-    },
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use dnstrace_common::names;
 
@@ -22,7 +20,11 @@ use super::{Backend, CaptureRequest, PROBES};
 
 /// Loads the probes for `backend` and attaches them to `cgroup_root`.
 /// The error is the reason this backend cannot run here.
-pub fn attach(backend: Backend, request: &CaptureRequest, cgroup_root: &Path) -> Result<Ebpf, String> {
+pub fn attach(
+    backend: Backend,
+    request: &CaptureRequest,
+    cgroup_root: &Path,
+) -> Result<Ebpf, String> {
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
     let mut ebpf = EbpfLoader::new()
@@ -57,7 +59,12 @@ pub fn attach(backend: Backend, request: &CaptureRequest, cgroup_root: &Path) ->
             .map_err(|e| explain(name, e))?;
     }
     if backend == Backend::CgroupSockaddr {
-        for name in [names::CONNECT4, names::CONNECT6, names::SENDMSG4, names::SENDMSG6] {
+        for name in [
+            names::CONNECT4,
+            names::CONNECT6,
+            names::SENDMSG4,
+            names::SENDMSG6,
+        ] {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
             program.load().map_err(|e| explain(name, e))?;
             program
@@ -90,7 +97,9 @@ fn explain(name: &str, error: ProgramError) -> String {
                 .rev()
                 .map(str::trim)
                 .filter(|line| !line.is_empty())
-                .find(|line| !line.starts_with("processed ") && !line.starts_with("verification time"))
+                .find(|line| {
+                    !line.starts_with("processed ") && !line.starts_with("verification time")
+                })
                 .unwrap_or("no reason given");
             format!("the kernel refused {name}: {reason}")
         }

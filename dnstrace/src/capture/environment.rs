@@ -70,7 +70,10 @@ mod tests {
 25 1 0:23 / /sys/fs/cgroup rw - tmpfs tmpfs rw
 26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
 27 25 0:25 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
-        assert_eq!(cgroup2_root_in(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            cgroup2_root_in(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
     }
 
     #[test]

@@ -95,10 +95,11 @@ impl Capture {
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
         // SAFETY: the RingBuf owns its map fd, keeps it open until it is
         // dropped, and always returns that same fd.
-        let events = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-            .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
+        let events =
+            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+                .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
         Ok(Self {
-            ebpf: ebpf,
+            ebpf,
             events,
             lost,
             backend,

@@ -87,7 +87,9 @@ impl<'a> MessageRecord<'a> {
             id: header.map(|h| h.id),
             qr: header.map(|h| h.is_response),
             opcode: header.map(|h| opcode_name(h.opcode)),
-            flags: header.map(|h| h.flags.names().collect()).unwrap_or_default(),
+            flags: header
+                .map(|h| h.flags.names().collect())
+                .unwrap_or_default(),
             rcode: header.map(|h| rcode_name(h.rcode)),
             qname: question.map(|q| q.name.clone()),
             qtype: question.map(|q| qtype_name(q.qtype)),

@@ -85,8 +85,16 @@ fn format_line(message: &Message) -> String {
                 flags.push("qr");
             }
             flags.extend(h.flags.names());
-            let rcode = if h.is_response { rcode_name(h.rcode) } else { "-".into() };
-            let answers = if h.is_response { h.answers.to_string() } else { "-".into() };
+            let rcode = if h.is_response {
+                rcode_name(h.rcode)
+            } else {
+                "-".into()
+            };
+            let answers = if h.is_response {
+                h.answers.to_string()
+            } else {
+                "-".into()
+            };
             (format!("{:04x}", h.id), flags.join(","), rcode, answers)
         }
         None => ("-".into(), "-".into(), "-".into(), "-".into()),
@@ -124,7 +132,6 @@ mod tests {
     fn response() -> Message {
         Message {
             wall_time_ns: 1_795_758_586_123_456_789,
-            monotonic_ns: 1,
             process: Some(Process {
                 pid: 4242,
                 tid: 4242,
@@ -170,7 +177,11 @@ mod tests {
             "05:49:46.123456 4242    getent          <   10.253.1.2:53          4a1f  qr,rd          NOERROR   AAAA     0 postgres.svc."
         );
         assert_eq!(line.find("QNAME"), None);
-        assert_eq!(line.find("postgres"), HEADER.find("QNAME"), "columns align with the header");
+        assert_eq!(
+            line.find("postgres"),
+            HEADER.find("QNAME"),
+            "columns align with the header"
+        );
     }
 
     #[test]

@@ -1,0 +1,10 @@
+//! `cargo xtask setup`: the shell script does the work, because it must also
+//! run before any Rust toolchain exists (in `.ci/run`).
+
+use std::process::Command;
+
+use crate::command::{self, workspace_root};
+
+pub fn run() -> anyhow::Result<()> {
+    command::run(Command::new("bash").arg(workspace_root().join("scripts/setup.sh")))
+}
