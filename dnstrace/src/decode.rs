@@ -1,10 +1,13 @@
-//! DNS payload → the fields dnstrace reports, with hickory-proto.
+//! DNS payload → the fields dnstrace reports: hickory-proto reads the header
+//! and question; the rest is walked for framing and the OPT record.
 //!
 //! Never fails: a malformed or cut-short payload still yields whatever the
 //! header and question give, plus a `decode_error` saying what went wrong.
 
+use std::borrow::Cow;
+
 use hickory_proto::{
-    op::{Header, Message, MessageType, Query, ResponseCode},
+    op::{Header, MessageType, Query},
     rr::RecordType,
     serialize::binary::{BinDecodable, BinDecoder},
 };
@@ -100,7 +103,7 @@ pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
         }
     };
     let counts = header.counts;
-    summary.header = Some(HeaderSummary {
+    let mut header_summary = HeaderSummary {
         id: header.metadata.id,
         is_response: header.metadata.message_type == MessageType::Response,
         opcode: header.metadata.op_code.into(),
@@ -110,34 +113,112 @@ pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
         answers: counts.answers,
         authority: counts.authorities,
         additional: counts.additionals,
-    });
+    };
 
-    match Message::from_vec(payload) {
-        Ok(message) => {
-            summary.question = message.queries.first().map(Question::from_query);
-            if let Some(edns) = &message.edns {
-                summary.edns_udp_size = Some(edns.max_payload());
-                if let Some(header) = &mut summary.header {
-                    header.rcode =
-                        u16::from(ResponseCode::from(edns.rcode_high(), header.rcode as u8));
-                }
+    let body = if counts.queries > 0 {
+        match Query::read(&mut decoder) {
+            Ok(query) => {
+                summary.question = Some(Question::from_query(&query));
+                walk_sections(payload, decoder.index(), &header_summary)
+            }
+            Err(error) => Err(error.to_string()),
+        }
+    } else {
+        walk_sections(payload, decoder.index(), &header_summary)
+    };
+    match body {
+        Ok(opt) => {
+            if let Some(opt) = opt {
+                summary.edns_udp_size = Some(opt.udp_size);
+                header_summary.rcode |= u16::from(opt.rcode_high) << 4;
             }
         }
         Err(error) => {
-            // Fall back to the first question alone: enough to correlate.
-            if counts.queries > 0 {
-                summary.question = Query::read(&mut decoder)
-                    .ok()
-                    .map(|q| Question::from_query(&q));
-            }
             summary.decode_error = Some(if payload.len() < wire_len {
                 format!("captured {} of {wire_len} bytes: {error}", payload.len())
             } else {
-                error.to_string()
+                error
             });
         }
     }
+    summary.header = Some(header_summary);
     summary
+}
+
+/// What the OPT pseudo-record adds to the header.
+struct Opt {
+    udp_size: u16,
+    rcode_high: u8,
+}
+
+const TYPE_OPT: u16 = 41;
+
+/// Checks the framing of every section after the first question and finds
+/// the OPT record. Record data is skipped, not parsed: dnstrace reports
+/// counts and flags, and a tracer has to keep up with a busy server.
+fn walk_sections(
+    payload: &[u8],
+    start: usize,
+    header: &HeaderSummary,
+) -> Result<Option<Opt>, String> {
+    let mut offset = start;
+    for _ in 1..header.questions {
+        skip_name(payload, &mut offset)?;
+        take(payload, &mut offset, 4, "question")?;
+    }
+    let before_additional = usize::from(header.answers) + usize::from(header.authority);
+    let records = before_additional + usize::from(header.additional);
+    let mut opt = None;
+    for index in 0..records {
+        skip_name(payload, &mut offset)?;
+        let fixed = take(payload, &mut offset, 10, "record header")?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let rdlength = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        take(payload, &mut offset, rdlength, "record data")?;
+        if rtype == TYPE_OPT && index >= before_additional {
+            opt = Some(Opt {
+                udp_size: u16::from_be_bytes([fixed[2], fixed[3]]),
+                rcode_high: fixed[4],
+            });
+        }
+    }
+    Ok(opt)
+}
+
+fn take<'a>(
+    payload: &'a [u8],
+    offset: &mut usize,
+    len: usize,
+    what: &str,
+) -> Result<&'a [u8], String> {
+    let bytes = payload
+        .get(*offset..*offset + len)
+        .ok_or_else(|| format!("{what} runs past the end of the message at offset {offset}"))?;
+    *offset += len;
+    Ok(bytes)
+}
+
+/// Skips a domain name: labels up to the root, or up to a compression pointer.
+fn skip_name(payload: &[u8], offset: &mut usize) -> Result<(), String> {
+    loop {
+        let len = *take(payload, offset, 1, "name")?.first().unwrap_or(&0);
+        match len {
+            0 => return Ok(()),
+            0xc0..=0xff => {
+                take(payload, offset, 1, "name pointer")?;
+                return Ok(());
+            }
+            0x40..=0xbf => {
+                return Err(format!(
+                    "unknown label type {len:#04x} at offset {}",
+                    *offset - 1
+                ));
+            }
+            _ => {
+                take(payload, offset, usize::from(len), "label")?;
+            }
+        }
+    }
 }
 
 impl Question {
@@ -150,50 +231,50 @@ impl Question {
 }
 
 /// The mnemonic of a response code, as dig and Wireshark print it.
-pub fn rcode_name(rcode: u16) -> String {
-    match rcode {
-        0 => "NOERROR".into(),
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        6 => "YXDOMAIN".into(),
-        7 => "YXRRSET".into(),
-        8 => "NXRRSET".into(),
-        9 => "NOTAUTH".into(),
-        10 => "NOTZONE".into(),
-        16 => "BADVERS".into(),
-        23 => "BADCOOKIE".into(),
-        other => format!("RCODE{other}"),
-    }
+pub fn rcode_name(rcode: u16) -> Cow<'static, str> {
+    Cow::Borrowed(match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADVERS",
+        23 => "BADCOOKIE",
+        other => return Cow::Owned(format!("RCODE{other}")),
+    })
 }
 
 /// The mnemonic of a record type ("A", "AAAA"), or `TYPE<n>` (RFC 3597).
-pub fn qtype_name(qtype: u16) -> String {
+pub fn qtype_name(qtype: u16) -> Cow<'static, str> {
     match RecordType::from(qtype) {
-        RecordType::Unknown(code) => format!("TYPE{code}"),
-        known => known.to_string(),
+        RecordType::Unknown(code) => Cow::Owned(format!("TYPE{code}")),
+        known => Cow::Borrowed(known.into()),
     }
 }
 
 /// The mnemonic of an opcode ("QUERY").
-pub fn opcode_name(opcode: u8) -> String {
-    match opcode {
-        0 => "QUERY".into(),
-        1 => "IQUERY".into(),
-        2 => "STATUS".into(),
-        4 => "NOTIFY".into(),
-        5 => "UPDATE".into(),
-        6 => "DSO".into(),
-        other => format!("OPCODE{other}"),
-    }
+pub fn opcode_name(opcode: u8) -> Cow<'static, str> {
+    Cow::Borrowed(match opcode {
+        0 => "QUERY",
+        1 => "IQUERY",
+        2 => "STATUS",
+        4 => "NOTIFY",
+        5 => "UPDATE",
+        6 => "DSO",
+        other => return Cow::Owned(format!("OPCODE{other}")),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use hickory_proto::{
-        op::{Edns, Message, MessageType, OpCode, Query},
+        op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
         rr::{Name, RData, Record, rdata::A},
     };
 
@@ -265,6 +346,33 @@ mod tests {
             error.starts_with(&format!("captured {} of {}", captured.len(), bytes.len())),
             "{error}"
         );
+    }
+
+    #[test]
+    fn edns_extends_the_rcode() {
+        let mut message = Message::new(3, MessageType::Response, OpCode::Query);
+        message.add_query(Query::query(
+            Name::from_ascii("x.test.").unwrap(),
+            RecordType::A,
+        ));
+        // The encoder splits it: low four bits in the header, the rest in OPT.
+        message.metadata.response_code = ResponseCode::BADVERS;
+        let mut opt = Edns::new();
+        opt.set_max_payload(4096);
+        message.set_edns(opt);
+        let bytes = message.to_vec().unwrap();
+        assert_eq!(bytes[3] & 0x0f, 0, "header rcode alone reads NOERROR");
+        let summary = decode(&bytes, bytes.len());
+        assert_eq!(rcode_name(summary.header.unwrap().rcode), "BADVERS");
+        assert_eq!(summary.edns_udp_size, Some(4096));
+    }
+
+    #[test]
+    fn a_record_running_past_the_end_is_named() {
+        let mut bytes = query_bytes("x.test.", RecordType::A, false);
+        bytes[7] = 1; // ANCOUNT = 1, but no answer follows
+        let error = decode(&bytes, bytes.len()).decode_error.unwrap();
+        assert!(error.starts_with("name runs past the end"), "{error}");
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    /// The real servers.
+    /// The servers from Debian.
     pub const REAL: [ServerKind; 3] = [ServerKind::Dnsmasq, ServerKind::Knot, ServerKind::Unbound];
 
     pub fn name(self) -> &'static str {

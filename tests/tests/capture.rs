@@ -37,15 +37,15 @@ fn check_each_lookup(client: Client, check: impl Fn(&ClientRun, &[&Message])) {
     }
 }
 
-fn sends(messages: &[&Message]) -> Vec<Message> {
+fn sends<'t>(messages: &[&'t Message]) -> Vec<&'t Message> {
     messages
         .iter()
+        .copied()
         .filter(|m| m.direction == Direction::Send)
-        .map(|m| (*m).clone())
         .collect()
 }
 
-/// The A and AAAA queries were sent, and from sockets as `sockets` says.
+/// The A and AAAA queries were sent, from exactly `sockets` sockets.
 fn assert_a_and_aaaa_sent(run: &ClientRun, messages: &[&Message], sockets: usize) {
     let sent = sends(messages);
     let qtypes: BTreeSet<&str> = sent.iter().filter_map(|m| m.qtype.as_deref()).collect();

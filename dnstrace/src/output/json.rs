@@ -1,12 +1,17 @@
 //! JSON Lines: one object per message, field names stable (docs/json.md).
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    fmt::Display,
+    io::{self, Write},
+    net::SocketAddr,
+};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use super::{Destination, Output, Summary};
 use crate::{
-    clock::rfc3339_ns,
+    clock::Rfc3339,
     decode::{opcode_name, qtype_name, rcode_name},
     message::Message,
 };
@@ -17,7 +22,8 @@ pub struct MessageRecord<'a> {
     /// Always `"message"`.
     pub kind: &'static str,
     /// Wall-clock time the kernel saw the message, RFC 3339 with nanoseconds.
-    pub ts: String,
+    #[serde(serialize_with = "as_display")]
+    pub ts: Rfc3339,
     /// Process id (tgid) owning the socket; null when unknown.
     pub pid: Option<u32>,
     /// Thread id that sent, or that owned the socket when it last sent.
@@ -36,21 +42,21 @@ pub struct MessageRecord<'a> {
     /// `"udp"` or `"tcp"`.
     pub proto: &'static str,
     /// This side of the socket, `ip:port` (`[v6]:port`).
-    pub local: String,
+    pub local: SocketAddr,
     /// The other side, `ip:port`.
-    pub remote: String,
+    pub remote: SocketAddr,
     /// DNS header fields; null when the payload is shorter than a header.
     pub id: Option<u16>,
     pub qr: Option<bool>,
-    pub opcode: Option<String>,
+    pub opcode: Option<Cow<'static, str>>,
     /// Set flags among `aa`, `tc`, `rd`, `ra`, `ad`, `cd`.
     pub flags: Vec<&'static str>,
     /// Response code mnemonic, extended by EDNS when present.
-    pub rcode: Option<String>,
+    pub rcode: Option<Cow<'static, str>>,
     /// First question's name, with the trailing dot.
-    pub qname: Option<String>,
+    pub qname: Option<&'a str>,
     /// First question's type mnemonic.
-    pub qtype: Option<String>,
+    pub qtype: Option<Cow<'static, str>>,
     /// Section counts from the header (the OPT record counts as additional).
     pub answers: Option<u16>,
     pub authority: Option<u16>,
@@ -72,7 +78,7 @@ impl<'a> MessageRecord<'a> {
         let question = message.dns.question.as_ref();
         Self {
             kind: "message",
-            ts: rfc3339_ns(message.wall_time_ns),
+            ts: Rfc3339(message.wall_time_ns),
             pid: process.map(|p| p.pid),
             tid: process.map(|p| p.tid),
             comm: process.map(|p| p.comm.as_str()),
@@ -82,8 +88,8 @@ impl<'a> MessageRecord<'a> {
             socket_cookie: message.socket_cookie,
             direction: message.direction.name(),
             proto: message.transport.name(),
-            local: message.local.to_string(),
-            remote: message.remote.to_string(),
+            local: message.local,
+            remote: message.remote,
             id: header.map(|h| h.id),
             qr: header.map(|h| h.is_response),
             opcode: header.map(|h| opcode_name(h.opcode)),
@@ -91,7 +97,7 @@ impl<'a> MessageRecord<'a> {
                 .map(|h| h.flags.names().collect())
                 .unwrap_or_default(),
             rcode: header.map(|h| rcode_name(h.rcode)),
-            qname: question.map(|q| q.name.clone()),
+            qname: question.map(|q| q.name.as_str()),
             qtype: question.map(|q| qtype_name(q.qtype)),
             answers: header.map(|h| h.answers),
             authority: header.map(|h| h.authority),
@@ -102,6 +108,10 @@ impl<'a> MessageRecord<'a> {
             decode_error: message.dns.decode_error.as_deref(),
         }
     }
+}
+
+fn as_display<S: Serializer>(value: &impl Display, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
 }
 
 /// The last line of a run.
@@ -150,5 +160,71 @@ impl Output for JsonOutput {
             undecodable: summary.undecodable,
         })?;
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::decode;
+
+    /// docs/json.md must name every field the code writes.
+    #[test]
+    fn every_field_is_documented() {
+        let docs = include_str!("../../../docs/json.md");
+        let payload = [0u8; 12];
+        let message = Message {
+            wall_time_ns: 0,
+            process: None,
+            socket_cookie: 1,
+            direction: crate::message::Direction::Send,
+            transport: crate::message::Transport::Udp,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:53".parse().unwrap(),
+            size: 12,
+            truncated_capture: false,
+            dns: decode(&payload, payload.len()),
+        };
+        let summary = SummaryRecord {
+            kind: "summary",
+            messages: 0,
+            lost: 0,
+            undecodable: 0,
+        };
+        for value in [
+            serde_json::to_value(MessageRecord::new(&message)).unwrap(),
+            serde_json::to_value(summary).unwrap(),
+        ] {
+            for key in value.as_object().unwrap().keys() {
+                assert!(
+                    docs.contains(&format!("| `{key}` |")),
+                    "docs/json.md lacks `{key}`"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_and_times_serialize_as_documented() {
+        let payload = [0u8; 12];
+        let message = Message {
+            wall_time_ns: 1_795_758_586_123_456_789,
+            process: None,
+            socket_cookie: 1,
+            direction: crate::message::Direction::Recv,
+            transport: crate::message::Transport::Udp,
+            local: "[::1]:5353".parse().unwrap(),
+            remote: "127.0.0.1:53".parse().unwrap(),
+            size: 12,
+            truncated_capture: false,
+            dns: decode(&payload, payload.len()),
+        };
+        let value = serde_json::to_value(MessageRecord::new(&message)).unwrap();
+        assert_eq!(value["ts"], "2026-11-27T05:49:46.123456789Z");
+        assert_eq!(value["local"], "[::1]:5353");
+        assert_eq!(value["remote"], "127.0.0.1:53");
+        assert_eq!(value["direction"], "recv");
+        assert_eq!(value["pid"], serde_json::Value::Null);
+        assert_eq!(value["flags"], serde_json::json!([]));
     }
 }

@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use super::{Destination, Output, Summary};
 use crate::{
-    clock::time_of_day_us,
+    clock::TimeOfDay,
     decode::{qtype_name, rcode_name},
     message::{Direction, Message},
 };
@@ -105,7 +105,7 @@ fn format_line(message: &Message) -> String {
     };
     let mut line = format!(
         "{time} {pid:<7} {comm:<15} {arrow}   {remote:<22} {id:<5} {flags:<14} {rcode:<9} {qtype:<6} {answers:>3} {qname}",
-        time = time_of_day_us(message.wall_time_ns),
+        time = TimeOfDay(message.wall_time_ns),
         remote = message.remote.to_string(),
     );
     if message.transport == crate::message::Transport::Tcp {
