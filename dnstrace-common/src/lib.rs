@@ -147,6 +147,29 @@ impl CaptureConfig {
         }
     }
 
+    /// Whether the filters select a socket's owner. `pid_selected` says
+    /// whether its tgid is among the `--pid` choices (a map lookup on the
+    /// kernel side). Process selectors (pid, comm) admit a process if either
+    /// matches; the cgroup and netns filters must both hold.
+    #[inline(always)]
+    pub fn selects(&self, owner: &SocketOwner, pid_selected: bool) -> bool {
+        let filters = self.filters;
+        if filters & (FILTER_PID | FILTER_COMM) != 0 {
+            let by_pid = filters & FILTER_PID != 0 && pid_selected;
+            let by_comm = filters & FILTER_COMM != 0 && owner.comm == self.comm;
+            if !by_pid && !by_comm {
+                return false;
+            }
+        }
+        if filters & FILTER_CGROUP != 0 && owner.cgroup_id != self.cgroup_id {
+            return false;
+        }
+        if filters & FILTER_NETNS != 0 && owner.netns_cookie != self.netns_cookie {
+            return false;
+        }
+        true
+    }
+
     /// Whether `port` is one of the configured DNS ports. A fixed-bound loop,
     /// so the kernel half can use it too.
     #[inline(always)]

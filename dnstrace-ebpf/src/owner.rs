@@ -4,9 +4,7 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::bpf_get_current_cgroup_id,
 };
-use dnstrace_common::{
-    CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, SocketOwner,
-};
+use dnstrace_common::{CaptureConfig, FILTER_PID, SocketOwner};
 
 use crate::maps::{SELECTED_PIDS, SOCKETS};
 
@@ -32,23 +30,10 @@ pub fn current_task(config: &CaptureConfig, netns_cookie: u64) -> SocketOwner {
 
 #[inline(always)]
 fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
-    let filters = config.filters;
-    if filters & (FILTER_PID | FILTER_COMM) != 0 {
+    let by_pid = config.filters & FILTER_PID != 0
         // SAFETY: the value is a plain u8 that the map keeps alive for the call.
-        let by_pid =
-            filters & FILTER_PID != 0 && unsafe { SELECTED_PIDS.get(&owner.pid) }.is_some();
-        let by_comm = filters & FILTER_COMM != 0 && owner.comm == config.comm;
-        if !by_pid && !by_comm {
-            return false;
-        }
-    }
-    if filters & FILTER_CGROUP != 0 && owner.cgroup_id != config.cgroup_id {
-        return false;
-    }
-    if filters & FILTER_NETNS != 0 && owner.netns_cookie != config.netns_cookie {
-        return false;
-    }
-    true
+        && unsafe { SELECTED_PIDS.get(&owner.pid) }.is_some();
+    config.selects(owner, by_pid)
 }
 
 /// Remembers the owner so the socket's receives can be attributed. Skips the

@@ -35,7 +35,7 @@ impl Pipeline {
     pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
         Self {
             clock: WallClock::new(),
-            namespaces: Namespaces::default(),
+            namespaces: Namespaces::scanned(),
             outputs,
             summary: Summary::default(),
             write_error: None,

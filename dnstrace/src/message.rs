@@ -82,7 +82,7 @@ impl Message {
             comm: comm_to_string(&header.comm),
             uid: header.uid,
             cgroup_id: header.cgroup_id,
-            netns: namespaces.inode(header.netns_cookie, header.pid),
+            netns: namespaces.inode(header.netns_cookie),
         });
         let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
             Direction::Send

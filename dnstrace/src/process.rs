@@ -1,34 +1,160 @@
-//! What /proc tells about the processes behind events.
+//! What /proc tells about the processes and namespaces behind events.
 
-use std::{collections::HashMap, fs};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    time::{Duration, Instant},
+};
 
 /// Maps the kernel's network namespace cookies to the inode numbers users
-/// know (`ip netns identify`, `ls -l /proc/PID/ns/net`). A cookie never
-/// changes meaning while the system runs, so each is looked up only once,
-/// through the first process seen in that namespace.
-#[derive(Default)]
+/// know (`ip netns identify`, `ls -l /proc/PID/ns/net`).
+///
+/// Only a socket inside a namespace can tell its cookie, so each namespace on
+/// the host is entered once and asked. Going through the pid of an event
+/// instead would race: short-lived clients have exited by the time their
+/// message is read, and their pid may already belong to another namespace.
 pub struct Namespaces {
     inode_by_cookie: HashMap<u64, u64>,
+    asked: HashSet<u64>,
+    last_scan: Option<Instant>,
 }
 
+/// A cookie that is still unknown after a scan (its namespace is gone)
+/// triggers at most one rescan per this interval.
+const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
+
 impl Namespaces {
-    pub fn inode(&mut self, cookie: u64, pid: u32) -> Option<u64> {
+    /// Starts with every namespace that exists now.
+    pub fn scanned() -> Self {
+        let mut namespaces = Self {
+            inode_by_cookie: HashMap::new(),
+            asked: HashSet::new(),
+            last_scan: None,
+        };
+        namespaces.scan();
+        namespaces
+    }
+
+    pub fn inode(&mut self, cookie: u64) -> Option<u64> {
+        if cookie == 0 {
+            return None;
+        }
         if let Some(&inode) = self.inode_by_cookie.get(&cookie) {
             return Some(inode);
         }
-        let inode = netns_inode_of(pid)?;
-        if cookie != 0 {
-            self.inode_by_cookie.insert(cookie, inode);
+        if self
+            .last_scan
+            .is_some_and(|at| at.elapsed() < RESCAN_INTERVAL)
+        {
+            return None;
         }
-        Some(inode)
+        self.scan();
+        self.inode_by_cookie.get(&cookie).copied()
+    }
+
+    /// Asks each namespace not asked before for its cookie.
+    fn scan(&mut self) {
+        self.last_scan = Some(Instant::now());
+        for (namespace, inode) in all_network_namespaces() {
+            if !self.asked.insert(inode) {
+                continue;
+            }
+            if let Ok(cookie) = netns_cookie_of(&namespace) {
+                self.inode_by_cookie.insert(cookie, inode);
+            }
+        }
     }
 }
 
-/// `readlink /proc/PID/ns/net` is `net:[4026531840]`.
-fn netns_inode_of(pid: u32) -> Option<u64> {
-    let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    let link = link.to_str()?;
-    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+/// Every network namespace on the host, once each: those of every process,
+/// and those `ip netns add` keeps in /run/netns. Yields each open namespace
+/// with its inode.
+pub fn all_network_namespaces() -> impl Iterator<Item = (File, u64)> {
+    let processes = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .map(|entry| entry.path().join("ns/net"));
+    let named = fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path());
+    let mut seen = HashSet::new();
+    processes.chain(named).filter_map(move |path| {
+        let namespace = File::open(&path).ok()?;
+        let inode = namespace.metadata().ok()?.ino();
+        seen.insert(inode).then_some((namespace, inode))
+    })
+}
+
+/// Runs `work` on a short-lived thread inside the network namespace
+/// `namespace` (setns moves only the calling thread).
+pub fn in_network_namespace<T: Send>(
+    namespace: &File,
+    work: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: setns on an open namespace fd affects only this
+                // thread, which exits when `work` returns.
+                if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!(
+                        "not a network namespace, or cannot enter it: {}",
+                        std::io::Error::last_os_error()
+                    ));
+                }
+                work()
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the namespace thread failed".into()))
+    })
+}
+
+/// The cookie of the network namespace `namespace` (an open
+/// `/proc/PID/ns/net` or `/run/netns/NAME`): only a socket inside it can tell.
+pub fn netns_cookie_of(namespace: &File) -> Result<u64, String> {
+    in_network_namespace(namespace, current_netns_cookie)
+}
+
+pub fn current_netns_cookie() -> Result<u64, String> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let os_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: a plain socket call; the fd is closed below.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if socket < 0 {
+        return Err(os_error("socket"));
+    }
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
+    let status = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    let result = if status == 0 {
+        Ok(cookie)
+    } else {
+        Err(os_error(
+            "this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE)",
+        ))
+    };
+    // SAFETY: we own the socket.
+    unsafe { libc::close(socket) };
+    result
 }
 
 #[cfg(test)]
@@ -36,10 +162,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_our_own_namespace() {
-        let mut namespaces = Namespaces::default();
-        let inode = namespaces.inode(0, std::process::id()).expect("own netns");
-        assert!(inode > 0);
-        assert_eq!(namespaces.inode(0, u32::MAX), None, "no such pid");
+    fn knows_our_own_namespace_by_its_cookie() {
+        let own = File::open("/proc/self/ns/net").unwrap();
+        let inode = own.metadata().unwrap().ino();
+        let cookie = netns_cookie_of(&own).expect("needs root, as dnstrace does");
+        let mut namespaces = Namespaces::scanned();
+        assert_eq!(namespaces.inode(cookie), Some(inode));
+        assert_eq!(namespaces.inode(0), None, "0 means the kernel did not say");
     }
 }

@@ -11,7 +11,7 @@ use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
-use crate::{cli::Args, failure::Failure};
+use crate::{cli::Args, failure::Failure, process::netns_cookie_of};
 
 pub fn capture_config(args: &Args) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
@@ -69,9 +69,8 @@ fn cgroup_id(path: &Path) -> Result<u64, Failure> {
     Ok(dir.metadata().map_err(|e| failure(e.to_string()))?.ino())
 }
 
-/// The kernel identifies a network namespace by a cookie that only a socket
-/// inside it can tell: enter the namespace on a short-lived thread (setns
-/// moves only the calling thread) and ask a socket there.
+/// The kernel identifies a network namespace by a cookie; see
+/// [`netns_cookie_of`].
 fn netns_cookie(name_or_path: &str) -> Result<u64, Failure> {
     let path = if name_or_path.contains('/') {
         name_or_path.to_string()
@@ -80,50 +79,7 @@ fn netns_cookie(name_or_path: &str) -> Result<u64, Failure> {
     };
     let failure = |why: String| Failure::setup(format!("--netns {name_or_path}: {why}"));
     let namespace = File::open(&path).map_err(|e| failure(format!("{path}: {e}")))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| cookie_inside(&namespace))
-            .join()
-            .unwrap_or_else(|_| Err("the namespace thread failed".into()))
-    })
-    .map_err(failure)
-}
-
-fn cookie_inside(namespace: &File) -> Result<u64, String> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let os_error = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
-    // SAFETY: setns on an open namespace fd affects only this thread, which
-    // exits right after.
-    if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(os_error("not a network namespace, or cannot enter it"));
-    }
-    // SAFETY: a plain socket call; the fd is closed below.
-    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
-    if socket < 0 {
-        return Err(os_error("socket"));
-    }
-    let mut cookie = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `cookie` and `len` are valid for writes of the sizes given.
-    let status = unsafe {
-        libc::getsockopt(
-            socket,
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    let result = if status == 0 {
-        Ok(cookie)
-    } else {
-        Err(os_error(
-            "this kernel cannot tell a namespace's cookie (SO_NETNS_COOKIE)",
-        ))
-    };
-    // SAFETY: we own the socket.
-    unsafe { libc::close(socket) };
-    result
+    netns_cookie_of(&namespace).map_err(failure)
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use aya::{
     maps::HashMap,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
-use dnstrace_common::names;
+use dnstrace_common::{SocketOwner, names};
 
-use super::{Backend, CaptureRequest, PROBES};
+use super::{Backend, CaptureRequest, PROBES, existing_sockets};
 
 /// Loads the probes for `backend` and attaches them to `cgroup_root`.
 /// The error is the reason this backend cannot run here.
@@ -72,6 +72,18 @@ pub fn attach(
                 .map_err(|e| explain(name, e))?;
         }
     }
+    // Owners of sockets that existed before the programs were attached. A
+    // socket that sent since keeps the owner the probes recorded (NOEXIST).
+    const BPF_NOEXIST: u64 = 1;
+    let mut sockets: HashMap<_, u64, SocketOwner> = ebpf
+        .map_mut(names::SOCKETS)
+        .ok_or("the probes lack the socket map")?
+        .try_into()
+        .map_err(|e| format!("socket map: {e}"))?;
+    for (cookie, owner) in existing_sockets::owners(&config, &request.pids, cgroup_root) {
+        let _ = sockets.insert(&cookie, &owner, BPF_NOEXIST);
+    }
+
     Ok(ebpf)
 }
 

@@ -3,6 +3,7 @@
 
 mod cgroup;
 mod environment;
+mod existing_sockets;
 mod record;
 
 use aya::{
