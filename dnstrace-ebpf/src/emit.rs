@@ -17,16 +17,34 @@ use crate::{
 
 const HEADER_LEN: u32 = size_of::<EventHeader>() as u32;
 
+/// Whose message it is, as far as the kernel side knows.
+#[derive(Clone, Copy)]
+pub struct Attribution {
+    pub cookie: u64,
+    pub owner: Option<SocketOwner>,
+    /// `EVENT_OWNER_*` bits.
+    pub flags: u8,
+    /// Wake the reader at once rather than with the next batch.
+    pub wake_now: bool,
+}
+
 #[inline(always)]
 pub fn message(
     ctx: &SkBuffContext,
     datagram: &Datagram,
     direction: Direction,
-    hook: Hook,
-    cookie: u64,
-    owner: Option<&SocketOwner>,
-    owner_flags: u8,
+    attribution: &Attribution,
 ) {
+    let Attribution {
+        cookie,
+        owner,
+        flags: owner_flags,
+        wake_now,
+    } = *attribution;
+    let hook = match direction {
+        Direction::Send => Hook::CgroupSkbEgress,
+        Direction::Recv => Hook::CgroupSkbIngress,
+    };
     let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -60,7 +78,7 @@ pub fn message(
     header.remote_addr = *remote;
     header.local_port = local_port;
     header.remote_port = remote_port;
-    match owner {
+    match &owner {
         Some(owner) => {
             header.pid = owner.pid;
             header.tid = owner.tid;
@@ -111,7 +129,7 @@ pub fn message(
     // Waking the reader for every message costs a context switch each at
     // high rates; it wakes once the ring holds a batch, and polls on a
     // short timer for the rest (see WAKEUP_BYTES in dnstrace-common).
-    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    let wakeup = if wake_now || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -37,9 +37,10 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
 }
 
 /// Remembers the owner so the socket's receives can be attributed. Skips the
-/// write when nothing changed: this runs for every DNS packet sent.
+/// write when nothing changed: this runs for every DNS packet sent. Returns
+/// whether the owner is new to this socket.
 #[inline(always)]
-pub fn remember(cookie: u64, owner: &SocketOwner) {
+pub fn remember(cookie: u64, owner: &SocketOwner) -> bool {
     // SAFETY: the map value is plain data; we only read it.
     let unchanged = unsafe { SOCKETS.get(&cookie) }.is_some_and(|known| {
         known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected
@@ -48,6 +49,7 @@ pub fn remember(cookie: u64, owner: &SocketOwner) {
         // A full LRU map evicts its oldest entry, so this cannot fail for lack of room.
         let _ = SOCKETS.insert(&cookie, owner, 0);
     }
+    !unchanged
 }
 
 /// The recorded owner of a socket, if it ever sent DNS while we watched.

@@ -8,7 +8,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use dnstrace_common::{
-    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, Hook, PROTO_UDP,
+    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, PROTO_UDP,
 };
 
 use crate::{emit, maps::CONFIG, owner};
@@ -54,36 +54,33 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     // SAFETY: the context is the program's own skb.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
-    let (owner, flags) = if direction == Direction::Send && config.skb_task_helpers != 0 {
+    let attribution = if direction == Direction::Send && config.skb_task_helpers != 0 {
         // SAFETY: as above; the read-only config proves this kernel allows it.
         let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         let current = owner::current_task(&config, netns_cookie);
-        owner::remember(cookie, &current);
-        (Some(current), EVENT_OWNER_KNOWN)
+        emit::Attribution {
+            cookie,
+            owner: Some(current),
+            flags: EVENT_OWNER_KNOWN,
+            // A process seen for the first time is woken for at once: its
+            // resolver settings are read from /proc, and short-lived
+            // clients exit within milliseconds.
+            wake_now: owner::remember(cookie, &current),
+        }
     } else {
         // Ingress runs in whatever task delivered the packet, often the
         // peer: only the socket's recorded owner can be trusted.
-        (
-            owner::recorded(cookie),
-            EVENT_OWNER_KNOWN | EVENT_OWNER_FROM_SOCKET,
-        )
+        emit::Attribution {
+            cookie,
+            owner: owner::recorded(cookie),
+            flags: EVENT_OWNER_KNOWN | EVENT_OWNER_FROM_SOCKET,
+            wake_now: false,
+        }
     };
-    if config.filters != 0 && !owner.is_some_and(|owner| owner.selected != 0) {
+    if config.filters != 0 && !attribution.owner.is_some_and(|owner| owner.selected != 0) {
         return Ok(());
     }
-    let hook = match direction {
-        Direction::Send => Hook::CgroupSkbEgress,
-        Direction::Recv => Hook::CgroupSkbIngress,
-    };
-    emit::message(
-        ctx,
-        &datagram,
-        direction,
-        hook,
-        cookie,
-        owner.as_ref(),
-        flags,
-    );
+    emit::message(ctx, &datagram, direction, &attribution);
     Ok(())
 }
 

@@ -54,6 +54,6 @@ fn record(ctx: &SockAddrContext) -> i32 {
         )
     };
     let current = owner::current_task(&config, netns_cookie);
-    owner::remember(cookie, &current);
+    let _ = owner::remember(cookie, &current);
     ALLOW
 }

@@ -1,7 +1,7 @@
-//! The live pipeline: capture → decode → outputs, until a signal, the
+//! Live tracing: capture → decode → the pipeline, until a signal, the
 //! duration, or an output error ends it.
 
-use std::{io, time::Duration};
+use std::time::Duration;
 
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -10,65 +10,35 @@ use tokio::{
 
 use crate::{
     capture::{Capture, parse_record},
-    clock::WallClock,
+    clock::{WallClock, monotonic_now_ns},
     failure::Failure,
     message::Message,
-    output::{Output, Summary},
+    output::Summary,
+    pipeline::Pipeline,
     process::Namespaces,
 };
 
-/// How often outputs are flushed and the loss counters read.
+/// How often outputs are flushed, time advances in correlation, and the
+/// loss counters are read.
 const TICK: Duration = Duration::from_secs(1);
 /// How often the ring is drained when the kernel has not woken us.
 const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
+/// How often exited processes are forgotten.
+const FORGET_EVERY_TICKS: u64 = 30;
 
-pub struct Pipeline {
+/// Turns ring buffer records into messages for the pipeline.
+struct Decoder {
     clock: WallClock,
     namespaces: Namespaces,
-    outputs: Vec<Box<dyn Output>>,
-    summary: Summary,
-    /// The first output error; the run stops at the next check.
-    write_error: Option<io::Error>,
 }
 
-impl Pipeline {
-    pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
-        Self {
-            clock: WallClock::new(),
-            namespaces: Namespaces::scanned(),
-            outputs,
-            summary: Summary::default(),
-            write_error: None,
-        }
-    }
-
-    fn record(&mut self, bytes: &[u8]) {
-        let Some(raw) = parse_record(bytes) else {
-            self.summary.malformed_records += 1;
-            return;
-        };
-        let message = Message::from_raw(&raw, &self.clock, &mut self.namespaces);
-        self.summary.messages += 1;
-        if message.dns.decode_error.is_some() {
-            self.summary.undecodable += 1;
-        }
-        self.each_output(|output| output.message(&message));
-    }
-
-    fn each_output(&mut self, mut act: impl FnMut(&mut dyn Output) -> io::Result<()>) {
-        for output in &mut self.outputs {
-            if let Err(error) = act(output.as_mut())
-                && self.write_error.is_none()
-            {
-                self.write_error = Some(error);
+impl Decoder {
+    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        match parse_record(bytes) {
+            Some(raw) => {
+                pipeline.message(&Message::from_raw(&raw, &self.clock, &mut self.namespaces))
             }
-        }
-    }
-
-    fn check(&mut self) -> Result<(), Failure> {
-        match self.write_error.take() {
-            Some(error) => Err(Failure::runtime(format!("writing output failed: {error}"))),
-            None => Ok(()),
+            None => pipeline.summary.malformed_records += 1,
         }
     }
 }
@@ -77,8 +47,9 @@ pub async fn run(
     mut capture: Capture,
     mut pipeline: Pipeline,
     duration: Option<Duration>,
+    summary_interval: Option<Duration>,
 ) -> Result<Summary, Failure> {
-    let signal_failure = |e: io::Error| Failure::setup(format!("cannot watch signals: {e}"));
+    let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
     let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
@@ -86,7 +57,14 @@ pub async fn run(
     let mut ticks = interval_at(Instant::now() + TICK, TICK);
     let mut polls = interval_at(Instant::now() + POLL, POLL);
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let report_every = summary_interval.unwrap_or(Duration::MAX / 4);
+    let mut reports = interval_at(Instant::now() + report_every, report_every);
+    let mut decoder = Decoder {
+        clock: WallClock::new(),
+        namespaces: Namespaces::scanned(),
+    };
     let mut reported_lost = 0;
+    let mut tick_count = 0u64;
 
     loop {
         tokio::select! {
@@ -99,23 +77,33 @@ pub async fn run(
             }
             _ = polls.tick() => {}
             _ = ticks.tick() => {
-                pipeline.each_output(|output| output.flush());
+                tick_count += 1;
+                capture.drain(|record| decoder.record(record, &mut pipeline));
+                pipeline.advance(monotonic_now_ns());
+                pipeline.flush();
+                if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
+                    pipeline.forget_exited();
+                }
                 let lost: u64 = capture.lost_per_cpu().map_err(Failure::runtime)?.into_iter().sum();
                 if lost > reported_lost {
-                    eprintln!("dnstrace: {} messages lost so far: the ring buffer was full (try --ring-buffer-mib)", lost);
+                    eprintln!("dnstrace: {lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)");
                     reported_lost = lost;
                 }
             }
+            _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|record| pipeline.record(record));
-        pipeline.check()?;
+        capture.drain(|record| decoder.record(record, &mut pipeline));
+        if let Some(error) = pipeline.take_write_error() {
+            return Err(Failure::runtime(format!("writing output failed: {error}")));
+        }
     }
 
     capture.detach();
-    capture.drain(|record| pipeline.record(record));
+    capture.drain(|record| decoder.record(record, &mut pipeline));
     pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
-    let summary = pipeline.summary.clone();
-    pipeline.each_output(|output| output.finish(&summary));
-    pipeline.check()?;
-    Ok(summary)
+    pipeline.finish();
+    if let Some(error) = pipeline.take_write_error() {
+        return Err(Failure::runtime(format!("writing output failed: {error}")));
+    }
+    Ok(pipeline.summary.clone())
 }

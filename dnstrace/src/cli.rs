@@ -49,6 +49,15 @@ pub struct Args {
     #[arg(short, long, value_name = "SECS")]
     pub duration: Option<u64>,
 
+    /// Text output: print every message too, not only lookups.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Print the per-process summary every SECS seconds (it is always
+    /// printed at exit).
+    #[arg(long, value_name = "SECS")]
+    pub summary_interval: Option<u64>,
+
     /// Capture backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,

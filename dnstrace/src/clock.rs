@@ -23,6 +23,11 @@ impl WallClock {
     }
 }
 
+/// CLOCK_MONOTONIC now, in the kernel timestamps' unit.
+pub fn monotonic_now_ns() -> u64 {
+    read(libc::CLOCK_MONOTONIC) as u64
+}
+
 fn read(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,

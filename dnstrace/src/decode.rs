@@ -45,6 +45,10 @@ impl Flags {
         flags
     }
 
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
     /// The names of the flags that are set, in [`FLAG_NAMES`] order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         FLAG_NAMES
@@ -222,6 +226,11 @@ fn skip_name(payload: &[u8], offset: &mut usize) -> Result<(), String> {
 }
 
 impl Question {
+    /// Names compare without regard to case, as DNS does.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.qtype == other.qtype && self.name.eq_ignore_ascii_case(&other.name)
+    }
+
     fn from_query(query: &Query) -> Self {
         Self {
             name: query.name().to_ascii(),

@@ -1,18 +1,24 @@
 //! dnstrace: which process is failing DNS, and why.
 //!
 //! The agent reads as its pipeline: `capture` (kernel programs, one backend
-//! per file) → `decode` → `message` (the event model) → `output` (one module
-//! per format). `agent` runs it live; this file only wires the parts.
+//! per file) → `decode` → `message` (the event model) → `correlate`
+//! (attempts, lookups) → `diagnose` (one rule per file) → `output` (one
+//! module per format). `pipeline` joins the last three, `agent` feeds it
+//! live; this file only wires the parts.
 
 mod agent;
 mod capture;
 mod cli;
 mod clock;
+mod correlate;
 mod decode;
+mod diagnose;
 mod failure;
 mod message;
 mod output;
+mod pipeline;
 mod process;
+mod resolver;
 mod selection;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
@@ -20,11 +26,11 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 use clap::Parser;
 
 use crate::{
-    agent::Pipeline,
     capture::{Capture, CaptureRequest},
     cli::{Args, ColorChoice, Format},
     failure::Failure,
     output::{Destination, Output, json::JsonOutput, text::TextOutput},
+    pipeline::Pipeline,
 };
 
 fn main() -> ExitCode {
@@ -61,7 +67,7 @@ fn run(args: Args) -> Result<(), Failure> {
                 ColorChoice::Auto => destination.is_terminal && std::io::stderr().is_terminal(),
             };
             Box::new(
-                TextOutput::new(destination, color)
+                TextOutput::new(destination, color, args.verbose)
                     .map_err(|e| Failure::setup(format!("cannot write output: {e}")))?,
             )
         }
@@ -81,6 +87,9 @@ fn run(args: Args) -> Result<(), Failure> {
             capture,
             Pipeline::new(vec![output]),
             args.duration.map(Duration::from_secs),
+            args.summary_interval
+                .filter(|s| *s > 0)
+                .map(Duration::from_secs),
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -60,6 +60,8 @@ pub struct Process {
 pub struct Message {
     /// Nanoseconds since the Unix epoch.
     pub wall_time_ns: i128,
+    /// CLOCK_MONOTONIC nanoseconds, for intervals.
+    pub monotonic_ns: u64,
     pub process: Option<Process>,
     pub socket_cookie: u64,
     pub direction: Direction,
@@ -96,6 +98,7 @@ impl Message {
         };
         Self {
             wall_time_ns: clock.wall_ns(header.timestamp_ns),
+            monotonic_ns: header.timestamp_ns,
             process,
             socket_cookie: header.socket_cookie,
             direction,

@@ -2,6 +2,7 @@
 
 use std::{
     borrow::Cow,
+    collections::BTreeSet,
     fmt::Display,
     io::{self, Write},
     net::SocketAddr,
@@ -9,11 +10,17 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
-use super::{Destination, Output, Summary};
+use super::{Destination, Output, ProcessReport, Summary};
 use crate::{
     clock::Rfc3339,
+    correlate::{
+        attempt::{Attempt, Shape},
+        lookup::Lookup,
+    },
     decode::{opcode_name, qtype_name, rcode_name},
+    diagnose::Diagnosis,
     message::Message,
+    resolver::Library,
 };
 
 /// One DNS message. Field order and names are the documented schema.
@@ -110,6 +117,186 @@ impl<'a> MessageRecord<'a> {
     }
 }
 
+/// One attempt: a query and the response that matched it (or a response
+/// that matched none).
+#[derive(Serialize)]
+pub struct AttemptRecord<'a> {
+    /// Always `"attempt"`.
+    pub kind: &'static str,
+    /// When the query left (for a stray response, when it came).
+    #[serde(serialize_with = "as_display")]
+    pub ts: Rfc3339,
+    pub pid: u32,
+    pub comm: &'a str,
+    pub socket_cookie: u64,
+    pub proto: &'static str,
+    /// Where the query went, `ip:port`.
+    pub server: SocketAddr,
+    pub qname: &'a str,
+    pub qtype: Cow<'static, str>,
+    pub id: u16,
+    /// `answered`, `timeout`, `rejected`, `late` or `mismatched`.
+    pub outcome: &'static str,
+    /// Why, for `rejected` and `mismatched`.
+    pub outcome_detail: Option<&'static str>,
+    /// Query to response, or to when the process gave up; null for a stray.
+    pub latency_us: Option<u64>,
+    pub response_rcode: Option<Cow<'static, str>>,
+    pub response_flags: Option<Vec<&'static str>>,
+    pub response_answers: Option<u16>,
+    pub response_authority: Option<u16>,
+    pub response_additional: Option<u16>,
+}
+
+impl<'a> AttemptRecord<'a> {
+    pub fn new(attempt: &'a Attempt) -> Self {
+        let response = attempt.response.as_ref();
+        let shape = response.map(|r| r.shape);
+        Self {
+            kind: "attempt",
+            ts: Rfc3339(
+                attempt
+                    .sent_wall_time_ns
+                    .or(response.map(|r| r.wall_time_ns))
+                    .unwrap_or_default(),
+            ),
+            pid: attempt.pid,
+            comm: &attempt.comm,
+            socket_cookie: attempt.socket_cookie,
+            proto: attempt.transport.name(),
+            server: attempt.server,
+            qname: &attempt.question.name,
+            qtype: qtype_name(attempt.question.qtype),
+            id: attempt.id,
+            outcome: attempt.outcome.name(),
+            outcome_detail: attempt.outcome.detail(),
+            latency_us: attempt.latency_ns().map(|ns| ns / 1_000),
+            response_rcode: shape.map(|s| rcode_name(s.rcode)),
+            response_flags: shape.map(|s| s.flags.names().collect()),
+            response_answers: shape.map(|s| s.answers),
+            response_authority: shape.map(|s| s.authority),
+            response_additional: shape.map(|s| s.additional),
+        }
+    }
+}
+
+/// One lookup: every attempt a process made to resolve one name.
+#[derive(Serialize)]
+pub struct LookupRecord<'a> {
+    /// Always `"lookup"`.
+    pub kind: &'static str,
+    /// When its first query left.
+    #[serde(serialize_with = "as_display")]
+    pub ts: Rfc3339,
+    pub pid: u32,
+    pub comm: &'a str,
+    /// The name as the process asked for it (search suffixes taken off).
+    pub name: &'a str,
+    /// Query names in the order they were tried.
+    pub names_tried: Vec<&'a str>,
+    /// `resolved`, `nxdomain`, `nodata` or `failed`.
+    pub outcome: &'static str,
+    pub total_us: u64,
+    pub attempts: usize,
+    /// Queries that did not give the result.
+    pub wasted_queries: usize,
+    /// The process's C library, when known (`glibc 2.36`, `musl`, `Go resolver`).
+    pub resolver: Option<String>,
+}
+
+impl<'a> LookupRecord<'a> {
+    pub fn new(lookup: &'a Lookup) -> Self {
+        Self {
+            kind: "lookup",
+            ts: Rfc3339(lookup.first_wall_time_ns),
+            pid: lookup.pid,
+            comm: &lookup.comm,
+            name: &lookup.name,
+            names_tried: lookup.names_tried(),
+            outcome: lookup.outcome().name(),
+            total_us: lookup.total_ns() / 1_000,
+            attempts: lookup.queries(),
+            wasted_queries: lookup.wasted_queries(),
+            resolver: lookup.context.library.as_ref().map(Library::describe),
+        }
+    }
+}
+
+/// A response's flags, rcode and counts.
+#[derive(Serialize)]
+pub struct ShapeRecord {
+    pub flags: Vec<&'static str>,
+    pub rcode: Cow<'static, str>,
+    pub answers: u16,
+    pub authority: u16,
+    pub additional: u16,
+}
+
+impl ShapeRecord {
+    fn new(shape: &Shape) -> Self {
+        Self {
+            flags: shape.flags.names().collect(),
+            rcode: rcode_name(shape.rcode),
+            answers: shape.answers,
+            authority: shape.authority,
+            additional: shape.additional,
+        }
+    }
+}
+
+/// A cause, with its evidence and a fix. Written again whenever its count
+/// grows: the last record per `pid`, `cause` and `server` is the total.
+#[derive(Serialize)]
+pub struct DiagnosisRecord<'a> {
+    /// Always `"diagnosis"`.
+    pub kind: &'static str,
+    pub pid: u32,
+    pub comm: &'a str,
+    /// A stable cause code (docs/diagnoses.md).
+    pub cause: &'static str,
+    /// The server involved, `ip:port`, or null.
+    pub server: Option<SocketAddr>,
+    pub names: &'a BTreeSet<String>,
+    pub count: u64,
+    #[serde(serialize_with = "as_display")]
+    pub first_ts: Rfc3339,
+    #[serde(serialize_with = "as_display")]
+    pub last_ts: Rfc3339,
+    /// DNS ids of the messages that show it.
+    pub evidence: &'a [u16],
+    pub explanation: &'a str,
+    pub fix: &'a str,
+    /// For `answer_rejected`: the shape thrown away.
+    pub rejected_shape: Option<ShapeRecord>,
+    /// For `answer_rejected`: a shape the same process used.
+    pub accepted_shape: Option<ShapeRecord>,
+}
+
+impl<'a> DiagnosisRecord<'a> {
+    pub fn new(diagnosis: &'a Diagnosis) -> Self {
+        Self {
+            kind: "diagnosis",
+            pid: diagnosis.pid,
+            comm: &diagnosis.comm,
+            cause: diagnosis.cause.code(),
+            server: diagnosis.server,
+            names: &diagnosis.names,
+            count: diagnosis.count,
+            first_ts: Rfc3339(diagnosis.first_wall_time_ns),
+            last_ts: Rfc3339(diagnosis.last_wall_time_ns),
+            evidence: &diagnosis.evidence,
+            explanation: &diagnosis.explanation,
+            fix: &diagnosis.fix,
+            rejected_shape: diagnosis
+                .shapes
+                .map(|(rejected, _)| ShapeRecord::new(&rejected)),
+            accepted_shape: diagnosis
+                .shapes
+                .and_then(|(_, accepted)| accepted.as_ref().map(ShapeRecord::new)),
+        }
+    }
+}
+
 fn as_display<S: Serializer>(value: &impl Display, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(value)
 }
@@ -148,6 +335,30 @@ impl Output for JsonOutput {
         self.line(&MessageRecord::new(message))
     }
 
+    fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
+        for attempt in &lookup.attempts {
+            self.line(&AttemptRecord::new(attempt))?;
+        }
+        self.line(&LookupRecord::new(lookup))
+    }
+
+    fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
+        self.line(&AttemptRecord::new(attempt))
+    }
+
+    fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
+        self.line(&DiagnosisRecord::new(diagnosis))
+    }
+
+    fn report(
+        &mut self,
+        _processes: &[&ProcessReport],
+        _diagnoses: &[&Diagnosis],
+    ) -> io::Result<()> {
+        // Lookups and diagnoses are already in the stream.
+        Ok(())
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.destination.writer.flush()
     }
@@ -175,6 +386,7 @@ mod tests {
         let payload = [0u8; 12];
         let message = Message {
             wall_time_ns: 0,
+            monotonic_ns: 0,
             process: None,
             socket_cookie: 1,
             direction: crate::message::Direction::Send,
@@ -191,8 +403,42 @@ mod tests {
             lost: 0,
             undecodable: 0,
         };
+        let attempt = Attempt {
+            pid: 1,
+            comm: "c".into(),
+            socket_cookie: 1,
+            transport: crate::message::Transport::Udp,
+            server: "127.0.0.1:53".parse().unwrap(),
+            question: crate::decode::Question {
+                name: "x.".into(),
+                qtype: 1,
+            },
+            id: 1,
+            sent_monotonic_ns: Some(0),
+            sent_wall_time_ns: Some(0),
+            response: None,
+            outcome: crate::correlate::attempt::Outcome::Timeout,
+            moved_on: false,
+            ended_monotonic_ns: Some(1),
+        };
+        let lookup = Lookup {
+            pid: 1,
+            comm: "c".into(),
+            name: "x".into(),
+            context: Default::default(),
+            attempts: vec![attempt.clone()],
+            first_monotonic_ns: 0,
+            first_wall_time_ns: 0,
+            last_monotonic_ns: 0,
+        };
+        let mut diagnoser = crate::diagnose::Diagnoser::default();
+        diagnoser.lookup(&lookup);
+        let diagnosis = diagnoser.all()[0].clone();
         for value in [
             serde_json::to_value(MessageRecord::new(&message)).unwrap(),
+            serde_json::to_value(AttemptRecord::new(&attempt)).unwrap(),
+            serde_json::to_value(LookupRecord::new(&lookup)).unwrap(),
+            serde_json::to_value(DiagnosisRecord::new(&diagnosis)).unwrap(),
             serde_json::to_value(summary).unwrap(),
         ] {
             for key in value.as_object().unwrap().keys() {
@@ -209,6 +455,7 @@ mod tests {
         let payload = [0u8; 12];
         let message = Message {
             wall_time_ns: 1_795_758_586_123_456_789,
+            monotonic_ns: 1,
             process: None,
             socket_cookie: 1,
             direction: crate::message::Direction::Recv,

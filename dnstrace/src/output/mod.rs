@@ -11,7 +11,12 @@ use std::{
     path::Path,
 };
 
-use crate::{failure::Failure, message::Message};
+use crate::{
+    correlate::{attempt::Attempt, lookup::Lookup},
+    diagnose::Diagnosis,
+    failure::Failure,
+    message::Message,
+};
 
 /// What a run saw, for the exit summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,6 +27,9 @@ pub struct Summary {
     pub lost_per_cpu: Vec<u64>,
     /// Records whose layout did not parse (a bug if ever non-zero).
     pub malformed_records: u64,
+    /// Lookups reported before they settled, because the correlation state
+    /// reached its bounds.
+    pub evicted_lookups: u64,
 }
 
 impl Summary {
@@ -47,6 +55,12 @@ impl Summary {
                 .collect();
             line.push_str(&format!(" ({})", per_cpu.join(", ")));
         }
+        if self.evicted_lookups > 0 {
+            line.push_str(&format!(
+                ", {} lookups reported early (state full)",
+                self.evicted_lookups
+            ));
+        }
         if self.malformed_records > 0 {
             line.push_str(&format!(", {} malformed records", self.malformed_records));
         }
@@ -56,9 +70,49 @@ impl Summary {
 
 pub trait Output {
     fn message(&mut self, message: &Message) -> io::Result<()>;
+    /// A lookup that settled, with its attempts.
+    fn lookup(&mut self, lookup: &Lookup) -> io::Result<()>;
+    /// A response that matched no query.
+    fn stray(&mut self, attempt: &Attempt) -> io::Result<()>;
+    /// A diagnosis that is new (`first` is set) or has grown.
+    fn diagnosis(&mut self, diagnosis: &Diagnosis, first: bool) -> io::Result<()>;
+    /// The per-process report: every `--summary-interval`, and at exit.
+    fn report(&mut self, processes: &[&ProcessReport], diagnoses: &[&Diagnosis]) -> io::Result<()>;
     /// Makes everything written so far visible (a tick, or the end).
     fn flush(&mut self) -> io::Result<()>;
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+}
+
+/// One process's lookups so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub lookups: u64,
+    pub resolved: u64,
+    pub nxdomain: u64,
+    pub nodata: u64,
+    pub failed: u64,
+    pub queries: u64,
+    pub wasted_queries: u64,
+    /// Sum of lookup durations, for the mean.
+    pub total_ns: u64,
+}
+
+impl ProcessReport {
+    pub fn add(&mut self, lookup: &Lookup) {
+        use crate::correlate::lookup::LookupOutcome;
+        self.lookups += 1;
+        match lookup.outcome() {
+            LookupOutcome::Resolved => self.resolved += 1,
+            LookupOutcome::NxDomain => self.nxdomain += 1,
+            LookupOutcome::NoData => self.nodata += 1,
+            LookupOutcome::Failed => self.failed += 1,
+        }
+        self.queries += lookup.queries() as u64;
+        self.wasted_queries += lookup.wasted_queries() as u64;
+        self.total_ns += lookup.total_ns();
+    }
 }
 
 /// Where output goes. Files are created with mode 0600: traces carry names

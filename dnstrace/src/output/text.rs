@@ -7,10 +7,15 @@
 
 use std::io::{self, Write};
 
-use super::{Destination, Output, Summary};
+use super::{Destination, Output, ProcessReport, Summary};
 use crate::{
     clock::TimeOfDay,
+    correlate::{
+        attempt::Attempt,
+        lookup::{Lookup, LookupOutcome},
+    },
     decode::{qtype_name, rcode_name},
+    diagnose::Diagnosis,
     message::{Direction, Message},
 };
 
@@ -19,12 +24,33 @@ const HEADER: &str = "TIME            PID     COMM            DIR REMOTE        
 pub struct TextOutput {
     destination: Destination,
     color: bool,
+    /// Print every message too, not only lookups.
+    verbose: bool,
 }
 
 impl TextOutput {
-    pub fn new(mut destination: Destination, color: bool) -> io::Result<Self> {
-        writeln!(destination.writer, "{HEADER}")?;
-        Ok(Self { destination, color })
+    pub fn new(mut destination: Destination, color: bool, verbose: bool) -> io::Result<Self> {
+        if verbose {
+            writeln!(destination.writer, "{HEADER}")?;
+        }
+        Ok(Self {
+            destination,
+            color,
+            verbose,
+        })
+    }
+
+    fn write_line(&mut self, colour: &str, line: &str) -> io::Result<()> {
+        let writer = &mut self.destination.writer;
+        if self.color {
+            writeln!(writer, "{colour}{line}{}", paint::RESET)?;
+        } else {
+            writeln!(writer, "{line}")?;
+        }
+        if self.destination.is_terminal {
+            writer.flush()?;
+        }
+        Ok(())
     }
 }
 
@@ -39,21 +65,81 @@ mod paint {
 
 impl Output for TextOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
-        let line = format_line(message);
-        let writer = &mut self.destination.writer;
-        if self.color {
-            let colour = match (message.direction, message.dns.header.as_ref()) {
-                (_, None) => paint::YELLOW,
-                (Direction::Send, Some(h)) if !h.is_response => paint::DIM,
-                (_, Some(h)) if h.rcode == 0 => paint::GREEN,
-                _ => paint::RED,
-            };
-            writeln!(writer, "{colour}{line}{}", paint::RESET)?;
-        } else {
-            writeln!(writer, "{line}")?;
+        if !self.verbose {
+            return Ok(());
         }
-        if self.destination.is_terminal {
-            writer.flush()?;
+        let colour = match (message.direction, message.dns.header.as_ref()) {
+            (_, None) => paint::YELLOW,
+            (Direction::Send, Some(h)) if !h.is_response => paint::DIM,
+            (_, Some(h)) if h.rcode == 0 => paint::GREEN,
+            _ => paint::RED,
+        };
+        self.write_line(colour, &format_line(message))
+    }
+
+    fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
+        let colour = match lookup.outcome() {
+            LookupOutcome::Resolved => paint::GREEN,
+            LookupOutcome::NxDomain | LookupOutcome::NoData => paint::YELLOW,
+            LookupOutcome::Failed => paint::RED,
+        };
+        self.write_line(colour, &format_lookup(lookup))
+    }
+
+    fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
+        let line = format!(
+            "{} {:<7} {:<15} stray response from {} for {} (id {:04x}): {}",
+            TimeOfDay(attempt.response.as_ref().map_or(0, |r| r.wall_time_ns)),
+            attempt.pid,
+            attempt.comm,
+            attempt.response.as_ref().map_or(attempt.server, |r| r.from),
+            attempt.question.name,
+            attempt.id,
+            attempt.outcome.detail().unwrap_or("mismatched")
+        );
+        self.write_line(paint::YELLOW, &line)
+    }
+
+    fn diagnosis(&mut self, diagnosis: &Diagnosis, first: bool) -> io::Result<()> {
+        if !first {
+            return Ok(());
+        }
+        for line in format_diagnosis(diagnosis) {
+            self.write_line(paint::RED, &line)?;
+        }
+        Ok(())
+    }
+
+    fn report(&mut self, processes: &[&ProcessReport], diagnoses: &[&Diagnosis]) -> io::Result<()> {
+        if processes.is_empty() && diagnoses.is_empty() {
+            return Ok(());
+        }
+        self.write_line("", "")?;
+        self.write_line(
+            paint::DIM,
+            "PID     COMM            LOOKUPS RESOLVED NXDOMAIN NODATA FAILED QUERIES WASTED MEAN-MS",
+        )?;
+        for p in processes {
+            let mean_ms = p.total_ns as f64 / p.lookups.max(1) as f64 / 1e6;
+            let line = format!(
+                "{:<7} {:<15} {:>7} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {mean_ms:>7.1}",
+                p.pid,
+                p.comm,
+                p.lookups,
+                p.resolved,
+                p.nxdomain,
+                p.nodata,
+                p.failed,
+                p.queries,
+                p.wasted_queries
+            );
+            let colour = if p.failed > 0 { paint::RED } else { "" };
+            self.write_line(colour, &line)?;
+        }
+        for diagnosis in diagnoses {
+            for line in format_diagnosis(diagnosis) {
+                self.write_line(paint::RED, &line)?;
+            }
         }
         Ok(())
     }
@@ -66,6 +152,85 @@ impl Output for TextOutput {
         // The summary goes to stderr with the other diagnostics.
         self.flush()
     }
+}
+
+/// `TIME PID COMM NAME OUTCOME TOTAL ATTEMPTS [oddities]`.
+fn format_lookup(lookup: &Lookup) -> String {
+    let mut servers: Vec<String> = Vec::new();
+    let mut types: Vec<String> = Vec::new();
+    for attempt in &lookup.attempts {
+        let server = attempt.server.to_string();
+        if !servers.contains(&server) {
+            servers.push(server);
+        }
+        let qtype = qtype_name(attempt.question.qtype).into_owned();
+        if !types.contains(&qtype) {
+            types.push(qtype);
+        }
+    }
+    let mut odd: Vec<String> = Vec::new();
+    for (outcome, label) in [
+        ("rejected", "rejected"),
+        ("timeout", "timed out"),
+        ("late", "late"),
+    ] {
+        let count = lookup
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.name() == outcome)
+            .count();
+        if count > 0 {
+            odd.push(format!("{count} {label}"));
+        }
+    }
+    let wasted = lookup.wasted_queries();
+    if wasted > 0 {
+        odd.push(format!("{wasted} wasted"));
+    }
+    let names = lookup.names_tried();
+    if names.len() > 1 {
+        odd.push(format!("tried {}", names.join(" ")));
+    }
+    let mut line = format!(
+        "{} {:<7} {:<15} {:<9} {:>9.1}ms {} {} ({}) via {}",
+        TimeOfDay(lookup.first_wall_time_ns),
+        lookup.pid,
+        lookup.comm,
+        lookup.outcome().name().to_uppercase(),
+        lookup.total_ns() as f64 / 1e6,
+        lookup.name,
+        match lookup.queries() {
+            1 => "1 query".to_string(),
+            n => format!("{n} queries"),
+        },
+        types.join(","),
+        servers.join(",")
+    );
+    if !odd.is_empty() {
+        line.push_str(&format!(" [{}]", odd.join(", ")));
+    }
+    line
+}
+
+/// A diagnosis as a short block that stands out.
+fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
+    let server = diagnosis
+        .server
+        .map(|s| format!(" server {s}"))
+        .unwrap_or_default();
+    let names: Vec<&str> = diagnosis.names.iter().map(String::as_str).collect();
+    vec![
+        format!(
+            "!! {} — pid {} ({}){server}, {} time(s), names: {}",
+            diagnosis.cause.code(),
+            diagnosis.pid,
+            diagnosis.comm,
+            diagnosis.count,
+            names.join(" ")
+        ),
+        format!("   why: {}", diagnosis.explanation),
+        format!("   fix: {}", diagnosis.fix),
+    ]
 }
 
 fn format_line(message: &Message) -> String {
@@ -132,6 +297,7 @@ mod tests {
     fn response() -> Message {
         Message {
             wall_time_ns: 1_795_758_586_123_456_789,
+            monotonic_ns: 1,
             process: Some(Process {
                 pid: 4242,
                 tid: 4242,

@@ -1,0 +1,155 @@
+//! One query and the response that matches it.
+
+use std::net::SocketAddr;
+
+use crate::{
+    decode::{Flags, HeaderSummary, Question},
+    message::Transport,
+};
+
+/// How an attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still open: no response yet, or a response whose fate is not known.
+    Pending,
+    /// A response came and the process used it.
+    Answered,
+    /// No response within the process's resolver timeout, or the process
+    /// moved on without one.
+    Timeout,
+    /// A response reached the process, and it asked the same question again,
+    /// asked another server, or switched transport instead of using it.
+    Rejected(Rejection),
+    /// The response came after the process had moved on.
+    Late,
+    /// A response that fits no query: wrong id, question or source.
+    Mismatched(Mismatch),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    AskedAgain,
+    NextServer,
+    SwitchedToTcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The socket waits for other ids.
+    Id,
+    /// The id fits, the question does not.
+    Question,
+    /// The id and question fit, but it came from another address.
+    Source,
+    /// The socket has no query outstanding.
+    Unsolicited,
+}
+
+impl Outcome {
+    /// The stable name in JSON (docs/json.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Answered => "answered",
+            Self::Timeout => "timeout",
+            Self::Rejected(_) => "rejected",
+            Self::Late => "late",
+            Self::Mismatched(_) => "mismatched",
+        }
+    }
+
+    pub fn detail(self) -> Option<&'static str> {
+        match self {
+            Self::Rejected(Rejection::AskedAgain) => Some("asked again"),
+            Self::Rejected(Rejection::NextServer) => Some("asked the next server"),
+            Self::Rejected(Rejection::SwitchedToTcp) => Some("switched to TCP"),
+            Self::Mismatched(Mismatch::Id) => Some("wrong id"),
+            Self::Mismatched(Mismatch::Question) => Some("wrong question"),
+            Self::Mismatched(Mismatch::Source) => Some("wrong source"),
+            Self::Mismatched(Mismatch::Unsolicited) => Some("no query outstanding"),
+            _ => None,
+        }
+    }
+}
+
+/// What a response looked like: what resolvers judge an answer by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub rcode: u16,
+    pub flags: Flags,
+    pub answers: u16,
+    pub authority: u16,
+    pub additional: u16,
+}
+
+impl Shape {
+    pub fn of(header: &HeaderSummary) -> Self {
+        Self {
+            rcode: header.rcode,
+            flags: header.flags,
+            answers: header.answers,
+            authority: header.authority,
+            additional: header.additional,
+        }
+    }
+
+    /// glibc's "lame referral" test in res_send.c (send_dg): NOERROR, no
+    /// answers, neither AA nor RA, no additional records. glibc drops such
+    /// an answer and moves to the next server; Go rejects it too.
+    pub fn is_lame_referral(&self) -> bool {
+        self.rcode == 0
+            && self.answers == 0
+            && !self.flags.contains(Flags::AA)
+            && !self.flags.contains(Flags::RA)
+            && self.additional == 0
+    }
+
+    /// An answer that gives the process addresses (or whatever it asked).
+    pub fn is_positive(&self) -> bool {
+        self.rcode == 0 && self.answers > 0
+    }
+
+    /// A server telling the client to go elsewhere.
+    pub fn is_server_failure(&self) -> bool {
+        matches!(self.rcode, 2 | 4 | 5)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Response {
+    pub monotonic_ns: u64,
+    pub wall_time_ns: i128,
+    pub from: SocketAddr,
+    pub shape: Shape,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub pid: u32,
+    pub comm: String,
+    pub socket_cookie: u64,
+    pub transport: Transport,
+    pub server: SocketAddr,
+    pub question: Question,
+    pub id: u16,
+    /// When the query left; `None` for a response that matched no query.
+    pub sent_monotonic_ns: Option<u64>,
+    pub sent_wall_time_ns: Option<i128>,
+    pub response: Option<Response>,
+    pub outcome: Outcome,
+    /// Set when the process asked about another name after this response:
+    /// a repeat of this question is then a new lookup, not a rejection.
+    pub moved_on: bool,
+    /// When the response came, or when the process gave up waiting.
+    pub ended_monotonic_ns: Option<u64>,
+}
+
+impl Attempt {
+    /// Query to response, or to the moment the process gave up.
+    pub fn latency_ns(&self) -> Option<u64> {
+        Some(
+            self.ended_monotonic_ns?
+                .saturating_sub(self.sent_monotonic_ns?),
+        )
+    }
+}

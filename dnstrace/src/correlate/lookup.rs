@@ -1,0 +1,140 @@
+//! The chain of attempts one process makes to resolve one name: retries,
+//! the next server, the A/AAAA pair, the TCP fallback, the search list.
+
+use std::sync::Arc;
+
+use super::attempt::{Attempt, Outcome};
+use crate::resolver::ResolverContext;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupOutcome {
+    Resolved,
+    NxDomain,
+    NoData,
+    Failed,
+}
+
+impl LookupOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Resolved => "resolved",
+            Self::NxDomain => "nxdomain",
+            Self::NoData => "nodata",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    pub pid: u32,
+    pub comm: String,
+    /// The name as the process asked for it, search suffixes taken off.
+    pub name: String,
+    pub context: Arc<ResolverContext>,
+    pub attempts: Vec<Attempt>,
+    pub first_monotonic_ns: u64,
+    pub first_wall_time_ns: i128,
+    pub last_monotonic_ns: u64,
+}
+
+impl Lookup {
+    /// Query names in the order the process first tried them.
+    pub fn names_tried(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for attempt in &self.attempts {
+            let name = attempt.question.name.as_str();
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Whether some answer gave the process what it asked for.
+    pub fn has_accepted_positive(&self) -> bool {
+        self.attempts.iter().any(|a| {
+            a.outcome == Outcome::Answered
+                && a.response.as_ref().is_some_and(|r| r.shape.is_positive())
+        })
+    }
+
+    /// Whether some response so far answered what was asked, used or not
+    /// yet judged: a repeat after it is the application asking again.
+    pub fn has_positive_response(&self) -> bool {
+        self.attempts.iter().any(|a| {
+            matches!(a.outcome, Outcome::Pending | Outcome::Answered)
+                && a.response.as_ref().is_some_and(|r| r.shape.is_positive())
+        })
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.attempts.iter().all(|a| a.outcome != Outcome::Pending)
+    }
+
+    pub fn outcome(&self) -> LookupOutcome {
+        if self.has_accepted_positive() {
+            return LookupOutcome::Resolved;
+        }
+        let last_accepted = self
+            .attempts
+            .iter()
+            .rev()
+            .filter(|a| a.outcome == Outcome::Answered)
+            .find_map(|a| a.response.as_ref());
+        match last_accepted.map(|r| r.shape) {
+            Some(shape) if shape.rcode == 3 => LookupOutcome::NxDomain,
+            Some(shape) if shape.rcode == 0 => LookupOutcome::NoData,
+            _ => LookupOutcome::Failed,
+        }
+    }
+
+    /// The name that resolved, if one did.
+    pub fn resolving_name(&self) -> Option<&str> {
+        self.attempts
+            .iter()
+            .find(|a| {
+                a.outcome == Outcome::Answered
+                    && a.response.as_ref().is_some_and(|r| r.shape.is_positive())
+            })
+            .map(|a| a.question.name.as_str())
+    }
+
+    /// Queries that did not give the result: every query that was not
+    /// answered, and those answered for another name than the one that gave
+    /// the result (the name that resolved, or the last name answered).
+    pub fn wasted_queries(&self) -> usize {
+        let final_name = self.resolving_name().or_else(|| {
+            self.attempts
+                .iter()
+                .rev()
+                .find(|a| a.outcome == Outcome::Answered)
+                .map(|a| a.question.name.as_str())
+        });
+        self.attempts
+            .iter()
+            .filter(|a| a.sent_monotonic_ns.is_some())
+            .filter(|a| {
+                a.outcome != Outcome::Answered
+                    || final_name.is_none_or(|name| !a.question.name.eq_ignore_ascii_case(name))
+            })
+            .count()
+    }
+
+    pub fn total_ns(&self) -> u64 {
+        let end = self
+            .attempts
+            .iter()
+            .filter_map(|a| a.ended_monotonic_ns)
+            .max()
+            .unwrap_or(self.last_monotonic_ns);
+        end.saturating_sub(self.first_monotonic_ns)
+    }
+
+    pub fn queries(&self) -> usize {
+        self.attempts
+            .iter()
+            .filter(|a| a.sent_monotonic_ns.is_some())
+            .count()
+    }
+}

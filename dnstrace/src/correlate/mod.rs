@@ -1,0 +1,391 @@
+//! Correlation: messages → attempts → lookups, per process.
+//!
+//! A query opens an attempt; the response on the same socket with the same
+//! id and question closes it. What the process does next decides whether it
+//! used the response: asking the same question again at once, asking
+//! another server or switching to TCP means it threw the answer away.
+
+pub mod attempt;
+pub mod lookup;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, sync::Arc};
+
+use self::{
+    attempt::{Attempt, Mismatch, Outcome, Rejection, Response, Shape},
+    lookup::Lookup,
+};
+use crate::{
+    message::{Direction, Message},
+    resolver::Resolvers,
+};
+
+/// A response is judged rejected only if the process asks again within this
+/// long; resolvers that reject an answer ask again at once.
+pub const REJECT_WINDOW_NS: u64 = 1_000_000_000;
+/// A lookup is reported once nothing happened in it for this long.
+pub const SETTLE_NS: u64 = 1_500_000_000;
+/// Slack on top of the resolver's timeout before an unanswered query counts
+/// as timed out, for a process that never asks again.
+const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
+/// Open lookups kept per process, and processes tracked; past either the
+/// oldest lookup is reported as it stands and counted as evicted.
+const MAX_LOOKUPS_PER_PROCESS: usize = 64;
+const MAX_PROCESSES: usize = 4096;
+
+/// What correlation hands on.
+#[derive(Debug)]
+pub enum Correlated {
+    /// A lookup that settled.
+    Lookup(Lookup),
+    /// A response that matched no query.
+    Stray(Attempt),
+}
+
+#[derive(Default)]
+pub struct Correlator {
+    /// Each process's resolver settings.
+    pub(crate) resolvers: Resolvers,
+    /// Open lookups per process, oldest first.
+    lookups: HashMap<u32, Vec<Lookup>>,
+    /// Lookups reported early because the caps were reached.
+    pub evicted: u64,
+    /// Client messages without a known process: nothing to correlate by.
+    pub unattributed: u64,
+}
+
+impl Correlator {
+    pub fn observe(&mut self, message: &Message, out: &mut Vec<Correlated>) {
+        let Some(header) = &message.dns.header else {
+            return;
+        };
+        if message.dns.question.is_none() {
+            return;
+        }
+        // Only the client's view: its queries out, its responses in.
+        let client_side = match message.direction {
+            Direction::Send => !header.is_response,
+            Direction::Recv => header.is_response,
+        };
+        if !client_side {
+            return;
+        }
+        let Some(process) = &message.process else {
+            self.unattributed += 1;
+            return;
+        };
+        if header.is_response {
+            self.on_response(message, process.pid, header.id, Shape::of(header), out);
+        } else {
+            self.on_query(message, process.pid, &process.comm, header.id, out);
+        }
+    }
+
+    fn on_query(
+        &mut self,
+        message: &Message,
+        pid: u32,
+        comm: &str,
+        id: u16,
+        out: &mut Vec<Correlated>,
+    ) {
+        let question = message.dns.question.clone().expect("checked by observe");
+        let now = message.monotonic_ns;
+        let netns = message.process.as_ref().and_then(|p| p.netns);
+        let context = self.resolvers.of(pid, netns);
+        let name = context.name_as_asked(&question.name);
+        if !self.lookups.contains_key(&pid) && self.lookups.len() >= MAX_PROCESSES {
+            self.evict_oldest_process(out);
+        }
+        let lookups = self.lookups.entry(pid).or_default();
+
+        for lookup in lookups.iter_mut() {
+            let positive = lookup.has_positive_response();
+            let same_name = lookup.name == name;
+            for previous in lookup
+                .attempts
+                .iter_mut()
+                .filter(|a| a.outcome == Outcome::Pending)
+            {
+                if !previous.question.same_as(&question) {
+                    // Asking about another name: earlier answers were used.
+                    if !same_name && previous.response.is_some() {
+                        previous.moved_on = true;
+                    }
+                    continue;
+                }
+                judge_repeat(previous, message, now, positive || previous.moved_on);
+            }
+        }
+
+        // A new lookup unless this continues an unfinished one for the name.
+        // Without the process's search list, a query that shares its first
+        // label with an unresolved lookup continues it (postgres.ns.svc… →
+        // postgres.).
+        let search_unknown = context.conf.is_none();
+        // A lookup that has its answer ends when the process starts over:
+        // a fresh socket to the server it began with.
+        let position = lookups.iter().rposition(|lookup| {
+            let continues = lookup.name == name
+                || (search_unknown
+                    && !lookup.has_positive_response()
+                    && first_label(&lookup.name) == first_label(&name));
+            let starts_over = lookup.has_positive_response()
+                && lookup
+                    .attempts
+                    .iter()
+                    .all(|a| a.socket_cookie != message.socket_cookie)
+                && lookup
+                    .attempts
+                    .first()
+                    .is_some_and(|a| a.server == message.remote);
+            continues && !starts_over
+        });
+        let index = match position {
+            Some(index) => index,
+            None => {
+                if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
+                    self.evicted += 1;
+                    out.push(Correlated::Lookup(lookups.remove(0)));
+                }
+                lookups.push(Lookup {
+                    pid,
+                    comm: comm.to_string(),
+                    name: name.clone(),
+                    context: Arc::clone(&context),
+                    attempts: Vec::new(),
+                    first_monotonic_ns: now,
+                    first_wall_time_ns: message.wall_time_ns,
+                    last_monotonic_ns: now,
+                });
+                lookups.len() - 1
+            }
+        };
+        let lookup = &mut lookups[index];
+        lookup.last_monotonic_ns = now;
+        if name.len() < lookup.name.len() {
+            // The shortest name tried is the one the process asked for.
+            lookup.name = name;
+        }
+        lookup.attempts.push(Attempt {
+            pid,
+            comm: comm.to_string(),
+            socket_cookie: message.socket_cookie,
+            transport: message.transport,
+            server: message.remote,
+            question,
+            id,
+            sent_monotonic_ns: Some(now),
+            sent_wall_time_ns: Some(message.wall_time_ns),
+            response: None,
+            outcome: Outcome::Pending,
+            moved_on: false,
+            ended_monotonic_ns: None,
+        });
+    }
+
+    fn on_response(
+        &mut self,
+        message: &Message,
+        pid: u32,
+        id: u16,
+        shape: Shape,
+        out: &mut Vec<Correlated>,
+    ) {
+        let question = message.dns.question.as_ref().expect("checked by observe");
+        let response = Response {
+            monotonic_ns: message.monotonic_ns,
+            wall_time_ns: message.wall_time_ns,
+            from: message.remote,
+            shape,
+        };
+        let lookups = self.lookups.entry(pid).or_default();
+        let on_socket =
+            |a: &Attempt| a.socket_cookie == message.socket_cookie && a.sent_monotonic_ns.is_some();
+        // The newest query that fits: glibc re-sends with the same id.
+        let matching = lookups
+            .iter_mut()
+            .rev()
+            .flat_map(|lookup| lookup.attempts.iter_mut().rev())
+            .find(|a| {
+                on_socket(a) && a.id == id && a.response.is_none() && a.question.same_as(question)
+            });
+        if let Some(attempt) = matching {
+            // A connected socket only hears its peer; an unconnected one may
+            // hear anyone, and resolvers ignore answers from elsewhere.
+            if attempt.server == message.remote {
+                attempt.outcome = match attempt.outcome {
+                    Outcome::Timeout => Outcome::Late,
+                    outcome => outcome,
+                };
+                if attempt.outcome == Outcome::Pending {
+                    attempt.ended_monotonic_ns = Some(message.monotonic_ns);
+                }
+                attempt.response = Some(response);
+                return;
+            }
+            out.push(stray(message, pid, id, response, Mismatch::Source));
+            return;
+        }
+        let waiting: Vec<&Attempt> = lookups
+            .iter()
+            .flat_map(|lookup| lookup.attempts.iter())
+            .filter(|a| on_socket(a) && a.response.is_none())
+            .collect();
+        let mismatch = if waiting.is_empty() {
+            Mismatch::Unsolicited
+        } else if waiting.iter().any(|a| a.id == id) {
+            Mismatch::Question
+        } else {
+            Mismatch::Id
+        };
+        out.push(stray(message, pid, id, response, mismatch));
+    }
+
+    /// Decides what time alone decides, and reports lookups that settled.
+    pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
+        for lookups in self.lookups.values_mut() {
+            for lookup in lookups.iter_mut() {
+                let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
+                for attempt in lookup
+                    .attempts
+                    .iter_mut()
+                    .filter(|a| a.outcome == Outcome::Pending)
+                {
+                    match (&attempt.response, attempt.sent_monotonic_ns) {
+                        (Some(response), _)
+                            if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
+                        {
+                            attempt.outcome = Outcome::Answered;
+                        }
+                        (None, Some(sent)) if now.saturating_sub(sent) > timeout => {
+                            attempt.outcome = Outcome::Timeout;
+                            attempt.ended_monotonic_ns = Some(now);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let (settled, open): (Vec<Lookup>, Vec<Lookup>) = lookups.drain(..).partition(|l| {
+                l.is_settled() && now.saturating_sub(l.last_activity_ns()) > SETTLE_NS
+            });
+            *lookups = open;
+            out.extend(settled.into_iter().map(Correlated::Lookup));
+        }
+        self.lookups.retain(|_, lookups| !lookups.is_empty());
+    }
+
+    /// Reports everything still open, as it stands (at exit).
+    pub fn finish(&mut self, out: &mut Vec<Correlated>) {
+        for (_, lookups) in self.lookups.drain() {
+            for mut lookup in lookups {
+                for attempt in lookup
+                    .attempts
+                    .iter_mut()
+                    .filter(|a| a.outcome == Outcome::Pending)
+                {
+                    // A response nobody re-asked after was used.
+                    if attempt.response.is_some() {
+                        attempt.outcome = Outcome::Answered;
+                    }
+                }
+                out.push(Correlated::Lookup(lookup));
+            }
+        }
+    }
+
+    /// Forgets processes that exited (their lookups settle first).
+    pub fn forget_exited(&mut self) {
+        self.resolvers.forget_exited();
+    }
+
+    fn evict_oldest_process(&mut self, out: &mut Vec<Correlated>) {
+        let oldest = self
+            .lookups
+            .iter()
+            .min_by_key(|(_, lookups)| lookups.iter().map(|l| l.last_monotonic_ns).max())
+            .map(|(pid, _)| *pid);
+        if let Some(lookups) = oldest.and_then(|pid| self.lookups.remove(&pid)) {
+            self.evicted += lookups.len() as u64;
+            out.extend(lookups.into_iter().map(Correlated::Lookup));
+        }
+    }
+}
+
+/// The process asked `previous`'s question again. What that says about
+/// `previous` depends on whether it had an answer, and how it asks again.
+fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_used: bool) {
+    let Some(response) = &previous.response else {
+        // It gave up waiting: a retransmission, the next server, or TCP.
+        previous.outcome = Outcome::Timeout;
+        previous.ended_monotonic_ns = Some(now);
+        return;
+    };
+    if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS {
+        previous.outcome = Outcome::Answered;
+        return;
+    }
+    let rejection = if repeat.transport != previous.transport {
+        Some(Rejection::SwitchedToTcp)
+    } else if repeat.remote != previous.server {
+        Some(Rejection::NextServer)
+    } else if repeat.socket_cookie == previous.socket_cookie {
+        Some(Rejection::AskedAgain)
+    } else if !answer_was_used {
+        // A fresh socket to the same server: a resolver that opens one per
+        // try (Go) — unless the lookup already had its answer, in which case
+        // this is the application asking again.
+        Some(Rejection::AskedAgain)
+    } else {
+        None
+    };
+    previous.outcome = match rejection {
+        Some(rejection) => Outcome::Rejected(rejection),
+        None => Outcome::Answered,
+    };
+}
+
+fn first_label(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+fn stray(
+    message: &Message,
+    pid: u32,
+    id: u16,
+    response: Response,
+    mismatch: Mismatch,
+) -> Correlated {
+    let comm = message
+        .process
+        .as_ref()
+        .map(|p| p.comm.clone())
+        .unwrap_or_default();
+    Correlated::Stray(Attempt {
+        pid,
+        comm,
+        socket_cookie: message.socket_cookie,
+        transport: message.transport,
+        server: message.remote,
+        question: message.dns.question.clone().expect("checked by observe"),
+        id,
+        sent_monotonic_ns: None,
+        sent_wall_time_ns: None,
+        ended_monotonic_ns: Some(response.monotonic_ns),
+        response: Some(response),
+        outcome: Outcome::Mismatched(mismatch),
+        moved_on: false,
+    })
+}
+
+impl Lookup {
+    fn last_activity_ns(&self) -> u64 {
+        self.attempts
+            .iter()
+            .filter_map(|a| a.response.as_ref().map(|r| r.monotonic_ns))
+            .chain([self.last_monotonic_ns])
+            .max()
+            .unwrap_or(self.last_monotonic_ns)
+    }
+}

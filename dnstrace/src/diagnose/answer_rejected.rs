@@ -1,0 +1,162 @@
+//! `answer_rejected`: answers of one shape reach the process and are thrown
+//! away while answers of another shape are used.
+
+use std::net::SocketAddr;
+
+use super::{Cause, Finding, History, describe_shape, names_of};
+use crate::{
+    correlate::{
+        attempt::{Attempt, Outcome, Shape},
+        lookup::Lookup,
+    },
+    decode::Flags,
+    resolver::Library,
+};
+
+pub fn check(lookup: &Lookup, history: &History<'_>) -> Vec<Finding> {
+    let rejected: Vec<&Attempt> = lookup
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Rejected(_)))
+        .filter(|a| {
+            a.response
+                .as_ref()
+                .is_some_and(|r| !r.shape.is_server_failure() && !r.shape.flags.contains(Flags::TC))
+        })
+        .collect();
+    let mut servers: Vec<SocketAddr> = rejected.iter().map(|a| a.server).collect();
+    servers.dedup();
+    servers
+        .into_iter()
+        .map(|server| finding(lookup, history, &rejected, server))
+        .collect()
+}
+
+fn finding(
+    lookup: &Lookup,
+    history: &History<'_>,
+    rejected: &[&Attempt],
+    server: SocketAddr,
+) -> Finding {
+    let from_server: Vec<&Attempt> = rejected
+        .iter()
+        .copied()
+        .filter(|a| a.server == server)
+        .collect();
+    let shapes: Vec<Shape> = from_server
+        .iter()
+        .filter_map(|a| a.response.as_ref().map(|r| r.shape))
+        .collect();
+    // The lame shape explains the rest when it is there; else the first.
+    let rejected_shape = shapes
+        .iter()
+        .copied()
+        .find(Shape::is_lame_referral)
+        .unwrap_or(shapes[0]);
+    let accepted_shape = history
+        .accepted_shapes
+        .iter()
+        .rev()
+        .copied()
+        .find(|s| *s != rejected_shape);
+    let detail = from_server[0].outcome.detail().unwrap_or("asked again");
+
+    let mut explanation = format!(
+        "{} answer(s) from {server} reached {} (pid {}) and were thrown away: it {detail}. Rejected: {}.",
+        from_server.len(),
+        lookup.comm,
+        lookup.pid,
+        describe_shape(&rejected_shape)
+    );
+    match accepted_shape {
+        Some(accepted) => explanation.push_str(&format!(
+            " Used by the same process: {}. Differs in: {}.",
+            describe_shape(&accepted),
+            differences(&rejected_shape, &accepted)
+        )),
+        None => explanation.push_str(" The process has used no answer yet."),
+    }
+    let library = lookup.context.library.as_ref();
+    if rejected_shape.is_lame_referral() {
+        explanation.push_str(
+            " This is the lame-referral shape (NOERROR, no answers, AA=0, RA=0, no additional \
+             records): glibc's res_send drops it and tries the next nameserver, and Go's resolver \
+             rejects it as a lame referral; musl and c-ares accept it.",
+        );
+    }
+    if let Some(Library::Glibc { major: 2, minor }) = library
+        && *minor < 20
+        && shapes.iter().any(Shape::is_positive)
+    {
+        explanation.push_str(&format!(
+            " glibc 2.{minor} also throws away the good answer of the A/AAAA pair when the other is \
+             dropped (fixed in glibc 2.20), so the lookup fails although an address came back."
+        ));
+    }
+    if let Some(library) = library {
+        explanation.push_str(&format!(
+            " The process resolves with {}.",
+            library.describe()
+        ));
+    }
+
+    let fix = if rejected_shape.is_lame_referral() {
+        format!(
+            "Make {server} set RA on these answers (it recurses) or AA (it is authoritative); CoreDNS \
+             1.5.1 and later set AA on answers from its cache. On the client, `options edns0` in \
+             resolv.conf makes answers carry an OPT record, which the lame-referral rule lets through."
+        )
+    } else {
+        format!("Make {server}'s answers match the shape this process uses (see the differences).")
+    };
+    Finding {
+        cause: Cause::AnswerRejected,
+        server: Some(server),
+        names: names_of(from_server.iter().copied()),
+        evidence: from_server.iter().map(|a| a.id).collect(),
+        explanation,
+        fix,
+        shapes: Some((rejected_shape, accepted_shape)),
+        wall_time_ns: from_server[0]
+            .sent_wall_time_ns
+            .unwrap_or(lookup.first_wall_time_ns),
+    }
+}
+
+/// "AA 0→1, RA 0→1, an 0→1": what the accepted shape has that the rejected
+/// one lacks.
+fn differences(rejected: &Shape, accepted: &Shape) -> String {
+    let mut parts = Vec::new();
+    if rejected.rcode != accepted.rcode {
+        parts.push(format!(
+            "rcode {}→{}",
+            crate::decode::rcode_name(rejected.rcode),
+            crate::decode::rcode_name(accepted.rcode)
+        ));
+    }
+    for (flag, name) in [
+        (Flags::AA, "AA"),
+        (Flags::RA, "RA"),
+        (Flags::TC, "TC"),
+        (Flags::AD, "AD"),
+    ] {
+        let (before, after) = (rejected.flags.contains(flag), accepted.flags.contains(flag));
+        if before != after {
+            parts.push(format!("{name} {}→{}", u8::from(before), u8::from(after)));
+        }
+    }
+    for (name, before, after) in [
+        ("an", rejected.answers, accepted.answers),
+        ("ns", rejected.authority, accepted.authority),
+        ("ar", rejected.additional, accepted.additional),
+    ] {
+        if before != after {
+            parts.push(format!("{name} {before}→{after}"));
+        }
+    }
+    if parts.is_empty() {
+        "nothing in flags, rcode or counts".into()
+    } else {
+        parts.join(", ")
+    }
+}

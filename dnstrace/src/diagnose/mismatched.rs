@@ -1,0 +1,43 @@
+//! `mismatched_answer`: a response that fits no query the process made.
+
+use super::{Cause, Finding};
+use crate::correlate::attempt::{Attempt, Mismatch, Outcome};
+
+pub fn check(stray: &Attempt) -> Finding {
+    let from = stray.response.as_ref().map_or(stray.server, |r| r.from);
+    let (what, fix) = match stray.outcome {
+        Outcome::Mismatched(Mismatch::Source) => (
+            "came from another address than the query went to",
+            "A server with several addresses answering from another one, or NAT rewriting the \
+             path: resolvers ignore such answers and wait for their timeout. Make the server answer \
+             from the address it was asked on.",
+        ),
+        Outcome::Mismatched(Mismatch::Question) => (
+            "carries an id the socket waits for, but another question",
+            "The server or something on the path rewrote the question. glibc and Go ignore such an \
+             answer; musl accepts it (it checks the id only).",
+        ),
+        Outcome::Mismatched(Mismatch::Id) => (
+            "carries an id the socket does not wait for",
+            "Often an answer to an earlier try that came late, or a rewritten id; resolvers ignore \
+             it. If it repeats, capture the path between client and server.",
+        ),
+        _ => (
+            "reached a socket with no query outstanding",
+            "An answer after the process gave up (it came too late), or unsolicited traffic.",
+        ),
+    };
+    Finding {
+        cause: Cause::MismatchedAnswer,
+        server: Some(from),
+        names: vec![stray.question.name.clone()],
+        evidence: vec![stray.id],
+        explanation: format!(
+            "A response from {from} for {} (id {}) to {} (pid {}) {what}.",
+            stray.question.name, stray.id, stray.comm, stray.pid
+        ),
+        fix: fix.into(),
+        shapes: None,
+        wall_time_ns: stray.response.as_ref().map_or(0, |r| r.wall_time_ns),
+    }
+}

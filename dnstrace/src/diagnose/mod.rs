@@ -1,0 +1,230 @@
+//! Diagnosis: rules that name a cause, with evidence and a fix. One rule per
+//! file; this module runs them over settled lookups and aggregates what they
+//! find per process, cause and server.
+
+mod answer_rejected;
+mod mismatched;
+mod search_expansion;
+mod server_failure;
+mod timeout;
+mod truncation;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::SocketAddr,
+};
+
+use crate::correlate::{
+    attempt::{Attempt, Shape},
+    lookup::Lookup,
+};
+
+/// Stable cause codes (docs/diagnoses.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    AnswerRejected,
+    ServerFailureFallback,
+    TruncatedTcpFallback,
+    TcpFallbackMissing,
+    Timeout,
+    ParallelQueryLoss,
+    SearchExpansion,
+    MismatchedAnswer,
+}
+
+impl Cause {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::AnswerRejected => "answer_rejected",
+            Self::ServerFailureFallback => "server_failure_fallback",
+            Self::TruncatedTcpFallback => "truncated_tcp_fallback",
+            Self::TcpFallbackMissing => "tcp_fallback_missing",
+            Self::Timeout => "timeout",
+            Self::ParallelQueryLoss => "parallel_query_loss",
+            Self::SearchExpansion => "search_expansion",
+            Self::MismatchedAnswer => "mismatched_answer",
+        }
+    }
+}
+
+/// What one rule found in one lookup.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub cause: Cause,
+    pub server: Option<SocketAddr>,
+    pub names: Vec<String>,
+    /// DNS ids of the messages that show it.
+    pub evidence: Vec<u16>,
+    pub explanation: String,
+    pub fix: String,
+    /// For `answer_rejected`: the shape thrown away, and one the same
+    /// process used.
+    pub shapes: Option<(Shape, Option<Shape>)>,
+    pub wall_time_ns: i128,
+}
+
+/// Findings of one cause for one process and server, aggregated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnosis {
+    pub pid: u32,
+    pub comm: String,
+    pub cause: Cause,
+    pub server: Option<SocketAddr>,
+    pub names: BTreeSet<String>,
+    pub count: u64,
+    pub first_wall_time_ns: i128,
+    pub last_wall_time_ns: i128,
+    pub evidence: Vec<u16>,
+    pub explanation: String,
+    pub fix: String,
+    pub shapes: Option<(Shape, Option<Shape>)>,
+}
+
+/// Evidence and names kept per diagnosis: enough to look them up.
+const MAX_EVIDENCE: usize = 32;
+const MAX_NAMES: usize = 16;
+/// Response shapes remembered per process as accepted.
+const MAX_ACCEPTED_SHAPES: usize = 16;
+
+type Key = (u32, Cause, Option<SocketAddr>);
+
+#[derive(Default)]
+pub struct Diagnoser {
+    diagnoses: HashMap<Key, Diagnosis>,
+    /// Keys changed since the last `take_changed`.
+    changed: BTreeSet<Key>,
+    /// Keys handed out by `take_changed` before.
+    published: BTreeSet<Key>,
+    /// Shapes each process has used, most recent last.
+    accepted: HashMap<u32, Vec<Shape>>,
+}
+
+/// What rules may consult besides the lookup itself.
+pub struct History<'a> {
+    pub accepted_shapes: &'a [Shape],
+}
+
+impl Diagnoser {
+    /// Runs every rule over a settled lookup. Returns the findings it made,
+    /// newly aggregated.
+    pub fn lookup(&mut self, lookup: &Lookup) -> Vec<Finding> {
+        let accepted = self.accepted.entry(lookup.pid).or_default();
+        for shape in lookup
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == crate::correlate::attempt::Outcome::Answered)
+            .filter_map(|a| a.response.as_ref().map(|r| r.shape))
+        {
+            accepted.retain(|s| *s != shape);
+            accepted.push(shape);
+            if accepted.len() > MAX_ACCEPTED_SHAPES {
+                accepted.remove(0);
+            }
+        }
+        let history = History {
+            accepted_shapes: accepted,
+        };
+        let mut findings = Vec::new();
+        findings.extend(answer_rejected::check(lookup, &history));
+        findings.extend(server_failure::check(lookup));
+        findings.extend(truncation::check(lookup));
+        findings.extend(timeout::check(lookup));
+        findings.extend(search_expansion::check(lookup));
+        for finding in &findings {
+            self.record(lookup.pid, &lookup.comm, finding);
+        }
+        findings
+    }
+
+    /// A response that matched no query.
+    pub fn stray(&mut self, attempt: &Attempt) -> Finding {
+        let finding = mismatched::check(attempt);
+        self.record(attempt.pid, &attempt.comm, &finding);
+        finding
+    }
+
+    fn record(&mut self, pid: u32, comm: &str, finding: &Finding) {
+        let key = (pid, finding.cause, finding.server);
+        let diagnosis = self.diagnoses.entry(key).or_insert_with(|| Diagnosis {
+            pid,
+            comm: comm.to_string(),
+            cause: finding.cause,
+            server: finding.server,
+            names: BTreeSet::new(),
+            count: 0,
+            first_wall_time_ns: finding.wall_time_ns,
+            last_wall_time_ns: finding.wall_time_ns,
+            evidence: Vec::new(),
+            explanation: String::new(),
+            fix: String::new(),
+            shapes: None,
+        });
+        diagnosis.count += 1;
+        diagnosis.last_wall_time_ns = diagnosis.last_wall_time_ns.max(finding.wall_time_ns);
+        diagnosis.first_wall_time_ns = diagnosis.first_wall_time_ns.min(finding.wall_time_ns);
+        for name in &finding.names {
+            if diagnosis.names.len() < MAX_NAMES {
+                diagnosis.names.insert(name.clone());
+            }
+        }
+        for id in &finding.evidence {
+            if diagnosis.evidence.len() < MAX_EVIDENCE && !diagnosis.evidence.contains(id) {
+                diagnosis.evidence.push(*id);
+            }
+        }
+        diagnosis.explanation.clone_from(&finding.explanation);
+        diagnosis.fix.clone_from(&finding.fix);
+        if finding.shapes.is_some() {
+            diagnosis.shapes = finding.shapes;
+        }
+        self.changed.insert(key);
+    }
+
+    /// Diagnoses that changed since the last call, in a stable order, each
+    /// with whether it is new since the last call.
+    pub fn take_changed(&mut self) -> Vec<(Diagnosis, bool)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter_map(|key| {
+                let diagnosis = self.diagnoses.get(&key)?.clone();
+                let first = self.published.insert(key);
+                Some((diagnosis, first))
+            })
+            .collect()
+    }
+
+    /// Every diagnosis so far, per process.
+    pub fn all(&self) -> Vec<&Diagnosis> {
+        let mut all: Vec<&Diagnosis> = self.diagnoses.values().collect();
+        all.sort_by_key(|d| (d.pid, d.cause, d.server));
+        all
+    }
+}
+
+/// `AA=0 RA=0 NOERROR an=0 ns=1 ar=0`: flags and counts, as the diagnosis
+/// text shows a shape.
+pub fn describe_shape(shape: &Shape) -> String {
+    use crate::decode::{Flags, rcode_name};
+    let bit = |flag| u8::from(shape.flags.contains(flag));
+    format!(
+        "{} AA={} RA={} TC={} an={} ns={} ar={}",
+        rcode_name(shape.rcode),
+        bit(Flags::AA),
+        bit(Flags::RA),
+        bit(Flags::TC),
+        shape.answers,
+        shape.authority,
+        shape.additional
+    )
+}
+
+/// The names of the attempts `select` picks, deduplicated in order.
+fn names_of<'a>(attempts: impl Iterator<Item = &'a Attempt>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for attempt in attempts {
+        if !names.contains(&attempt.question.name) {
+            names.push(attempt.question.name.clone());
+        }
+    }
+    names
+}

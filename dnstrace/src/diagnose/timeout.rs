@@ -1,0 +1,89 @@
+//! `timeout` and `parallel_query_loss`: queries that got no answer.
+//!
+//! The parallel-query race (conntrack dropping one of two UDP packets sent
+//! at once from one socket) has a signature: the A/AAAA pair leaves one
+//! socket together, one answer never comes, and after the resolver's
+//! timeout both are sent again with the same ids on the same socket.
+
+use super::{Cause, Finding, names_of};
+use crate::correlate::{
+    attempt::{Attempt, Outcome},
+    lookup::Lookup,
+};
+
+/// Queries sent this close together on one socket count as a pair.
+const PAIR_WINDOW_NS: u64 = 50_000_000;
+
+pub fn check(lookup: &Lookup) -> Vec<Finding> {
+    lookup
+        .attempts
+        .iter()
+        .filter(|a| a.outcome == Outcome::Timeout)
+        .map(|lost| {
+            let waited_ms = lost.latency_ns().unwrap_or(0) / 1_000_000;
+            if is_parallel_loss(lookup, lost) {
+                Finding {
+                    cause: Cause::ParallelQueryLoss,
+                    server: Some(lost.server),
+                    names: names_of(std::iter::once(lost)),
+                    evidence: vec![lost.id],
+                    explanation: format!(
+                        "{} (pid {}) sent two queries at once on one socket to {}; only one answer \
+                         came back, and {waited_ms} ms later it sent both again with the same ids. \
+                         This is the signature of conntrack dropping one of two simultaneous UDP \
+                         packets of a flow (a race in the Linux NAT path, common in Kubernetes).",
+                        lookup.comm, lookup.pid, lost.server
+                    ),
+                    fix: "Add `options single-request-reopen` (glibc) to resolv.conf, or avoid DNAT \
+                          to the DNS server (NodeLocal DNSCache), or a kernel with the conntrack \
+                          race fixes."
+                        .into(),
+                    shapes: None,
+                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                }
+            } else {
+                Finding {
+                    cause: Cause::Timeout,
+                    server: Some(lost.server),
+                    names: names_of(std::iter::once(lost)),
+                    evidence: vec![lost.id],
+                    explanation: format!(
+                        "{} (pid {}) got no answer from {} for {} {} and gave up after {waited_ms} ms.",
+                        lookup.comm,
+                        lookup.pid,
+                        lost.server,
+                        lost.question.name,
+                        crate::decode::qtype_name(lost.question.qtype)
+                    ),
+                    fix: format!(
+                        "Check that {} is reachable from the process's network namespace and answers \
+                         this query type; a server that drops a type (often AAAA) stalls every lookup.",
+                        lost.server
+                    ),
+                    shapes: None,
+                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                }
+            }
+        })
+        .collect()
+}
+
+fn is_parallel_loss(lookup: &Lookup, lost: &Attempt) -> bool {
+    let Some(sent) = lost.sent_monotonic_ns else {
+        return false;
+    };
+    let sibling_answered = lookup.attempts.iter().any(|a| {
+        a.socket_cookie == lost.socket_cookie
+            && a.question.qtype != lost.question.qtype
+            && a.response.is_some()
+            && a.sent_monotonic_ns
+                .is_some_and(|s| s.abs_diff(sent) <= PAIR_WINDOW_NS)
+    });
+    let resent_same_id = lookup.attempts.iter().any(|a| {
+        a.socket_cookie == lost.socket_cookie
+            && a.id == lost.id
+            && a.question.same_as(&lost.question)
+            && a.sent_monotonic_ns.is_some_and(|s| s > sent)
+    });
+    sibling_answered && resent_same_id
+}

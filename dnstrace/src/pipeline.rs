@@ -1,0 +1,163 @@
+//! Decoded messages → correlation → diagnosis → outputs. Knows nothing of
+//! where messages come from, so live tracing and reading a file share it.
+
+use std::{collections::HashMap, io};
+
+use crate::{
+    correlate::{Correlated, Correlator},
+    diagnose::Diagnoser,
+    message::Message,
+    output::{Output, ProcessReport, Summary},
+};
+
+/// Processes kept in the report; past this the least active are dropped.
+const MAX_REPORTED_PROCESSES: usize = 4096;
+
+pub struct Pipeline {
+    correlator: Correlator,
+    diagnoser: Diagnoser,
+    processes: HashMap<u32, ProcessReport>,
+    outputs: Vec<Box<dyn Output>>,
+    pub summary: Summary,
+    /// The first output error; the caller stops at its next check.
+    write_error: Option<io::Error>,
+    correlated: Vec<Correlated>,
+}
+
+impl Pipeline {
+    pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
+        Self {
+            correlator: Correlator::default(),
+            diagnoser: Diagnoser::default(),
+            processes: HashMap::new(),
+            outputs,
+            summary: Summary::default(),
+            write_error: None,
+            correlated: Vec::new(),
+        }
+    }
+
+    pub fn message(&mut self, message: &Message) {
+        self.summary.messages += 1;
+        if message.dns.decode_error.is_some() {
+            self.summary.undecodable += 1;
+        }
+        self.each_output(|output| output.message(message));
+        let mut correlated = std::mem::take(&mut self.correlated);
+        self.correlator.observe(message, &mut correlated);
+        self.handle(&mut correlated);
+        self.correlated = correlated;
+    }
+
+    /// Lets time decide what it decides (timeouts, settled lookups); `now`
+    /// is CLOCK_MONOTONIC nanoseconds, as message timestamps are.
+    pub fn advance(&mut self, now: u64) {
+        let mut correlated = std::mem::take(&mut self.correlated);
+        self.correlator.advance(now, &mut correlated);
+        self.handle(&mut correlated);
+        self.correlated = correlated;
+        self.publish_diagnoses();
+    }
+
+    fn handle(&mut self, correlated: &mut Vec<Correlated>) {
+        for item in correlated.drain(..) {
+            match item {
+                Correlated::Lookup(lookup) => {
+                    self.diagnoser.lookup(&lookup);
+                    if self.processes.len() >= MAX_REPORTED_PROCESSES
+                        && !self.processes.contains_key(&lookup.pid)
+                    {
+                        self.forget_least_active_process();
+                    }
+                    let report =
+                        self.processes
+                            .entry(lookup.pid)
+                            .or_insert_with(|| ProcessReport {
+                                pid: lookup.pid,
+                                comm: lookup.comm.clone(),
+                                ..ProcessReport::default()
+                            });
+                    report.add(&lookup);
+                    self.each_output(|output| output.lookup(&lookup));
+                }
+                Correlated::Stray(attempt) => {
+                    self.diagnoser.stray(&attempt);
+                    self.each_output(|output| output.stray(&attempt));
+                }
+            }
+        }
+    }
+
+    fn publish_diagnoses(&mut self) {
+        for (diagnosis, first) in self.diagnoser.take_changed() {
+            self.each_output(|output| output.diagnosis(&diagnosis, first));
+        }
+    }
+
+    fn forget_least_active_process(&mut self) {
+        if let Some(pid) = self
+            .processes
+            .values()
+            .min_by_key(|p| p.lookups)
+            .map(|p| p.pid)
+        {
+            self.processes.remove(&pid);
+        }
+    }
+
+    /// The per-process report, to every output.
+    pub fn report(&mut self) {
+        let mut processes: Vec<ProcessReport> = self.processes.values().cloned().collect();
+        processes.sort_by_key(|p| p.pid);
+        let processes: Vec<&ProcessReport> = processes.iter().collect();
+        let diagnoses: Vec<_> = self.diagnoser.all().into_iter().cloned().collect();
+        let diagnoses: Vec<_> = diagnoses.iter().collect();
+        let mut outputs = std::mem::take(&mut self.outputs);
+        for output in &mut outputs {
+            let result = output.report(&processes, &diagnoses);
+            self.keep_error(result);
+        }
+        self.outputs = outputs;
+    }
+
+    pub fn flush(&mut self) {
+        self.each_output(|output| output.flush());
+    }
+
+    /// Reports every open lookup as it stands, then the summary.
+    pub fn finish(&mut self) {
+        let mut correlated = std::mem::take(&mut self.correlated);
+        self.correlator.finish(&mut correlated);
+        self.handle(&mut correlated);
+        self.publish_diagnoses();
+        self.summary.evicted_lookups = self.correlator.evicted;
+        self.report();
+        let summary = self.summary.clone();
+        self.each_output(|output| output.finish(&summary));
+    }
+
+    pub fn forget_exited(&mut self) {
+        self.correlator.forget_exited();
+    }
+
+    fn each_output(&mut self, mut act: impl FnMut(&mut dyn Output) -> io::Result<()>) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        for output in &mut outputs {
+            let result = act(output.as_mut());
+            self.keep_error(result);
+        }
+        self.outputs = outputs;
+    }
+
+    fn keep_error(&mut self, result: io::Result<()>) {
+        if let Err(error) = result
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(error);
+        }
+    }
+
+    pub fn take_write_error(&mut self) -> Option<io::Error> {
+        self.write_error.take()
+    }
+}
