@@ -8,7 +8,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use dnstrace_common::{
-    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, PROTO_UDP,
+    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, FILTER_NETNS,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{emit, maps::CONFIG, owner};
@@ -77,7 +78,19 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
             wake_now: false,
         }
     };
-    if config.filters != 0 && !attribution.owner.is_some_and(|owner| owner.selected != 0) {
+    let selected = match attribution.owner {
+        Some(owner) => owner.selected != 0,
+        // A socket nobody has sent from yet (a server's freshly accepted
+        // TCP connection): the namespace alone can still be judged.
+        None if config.filters == FILTER_NETNS && config.skb_task_helpers != 0 => {
+            // SAFETY: the context is the program's own skb; the read-only
+            // config proves this kernel allows the helper here.
+            let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+            netns_cookie == config.netns_cookie
+        }
+        None => config.filters == 0,
+    };
+    if !selected {
         return Ok(());
     }
     emit::message(ctx, &datagram, direction, &attribution);
@@ -97,7 +110,8 @@ fn parse(ctx: &SkBuffContext) -> Result<Datagram, i64> {
         payload_offset: 0,
         payload_len: 0,
     };
-    let l4_offset: u32 = match version_ihl >> 4 {
+    // (offset of the transport header, bytes from there to the packet's end)
+    let (l4_offset, l4_len): (u32, u32) = match version_ihl >> 4 {
         4 => {
             // Later fragments carry no UDP header; the first one does.
             let fragment: u16 = u16::from_be(ctx.load(6)?);
@@ -111,7 +125,9 @@ fn parse(ctx: &SkBuffContext) -> Result<Datagram, i64> {
             let destination: [u8; 4] = ctx.load(16)?;
             datagram.source[..4].copy_from_slice(&source);
             datagram.destination[..4].copy_from_slice(&destination);
-            u32::from(version_ihl & 0x0f) * 4
+            let header_len = u32::from(version_ihl & 0x0f) * 4;
+            let total_len = u32::from(u16::from_be(ctx.load(2)?));
+            (header_len, total_len.saturating_sub(header_len))
         }
         6 => {
             // Extension headers before UDP are not followed: DNS never uses them.
@@ -119,18 +135,32 @@ fn parse(ctx: &SkBuffContext) -> Result<Datagram, i64> {
             datagram.protocol = ctx.load(6)?;
             datagram.source = ctx.load(8)?;
             datagram.destination = ctx.load(24)?;
-            40
+            (40, u32::from(u16::from_be(ctx.load(4)?)))
         }
         _ => return Err(0),
     };
-    if datagram.protocol != PROTO_UDP {
-        return Err(0);
-    }
     let offset = l4_offset as usize;
+    match datagram.protocol {
+        PROTO_UDP => {
+            let udp_len = u32::from(u16::from_be(ctx.load(offset + 4)?));
+            datagram.payload_offset = l4_offset + 8;
+            datagram.payload_len = udp_len.saturating_sub(8);
+        }
+        PROTO_TCP => {
+            // The segment's data; DNS over TCP prefixes each message with
+            // its length, which userspace reads. Segments without data
+            // (handshake, ACKs) are not messages.
+            let data_offset: u8 = ctx.load(offset + 12)?;
+            let header_len = u32::from(data_offset >> 4) * 4;
+            datagram.payload_offset = l4_offset + header_len;
+            datagram.payload_len = l4_len.saturating_sub(header_len);
+            if datagram.payload_len == 0 {
+                return Err(0);
+            }
+        }
+        _ => return Err(0),
+    }
     datagram.source_port = u16::from_be(ctx.load(offset)?);
     datagram.destination_port = u16::from_be(ctx.load(offset + 2)?);
-    let udp_len = u32::from(u16::from_be(ctx.load(offset + 4)?));
-    datagram.payload_offset = l4_offset + 8;
-    datagram.payload_len = udp_len.saturating_sub(8);
     Ok(datagram)
 }

@@ -12,6 +12,7 @@ use crate::{
     capture::{Capture, parse_record},
     clock::{WallClock, monotonic_now_ns},
     failure::Failure,
+    framing::TcpStreams,
     message::Message,
     output::Summary,
     pipeline::Pipeline,
@@ -30,15 +31,18 @@ const FORGET_EVERY_TICKS: u64 = 30;
 struct Decoder {
     clock: WallClock,
     namespaces: Namespaces,
+    streams: TcpStreams,
 }
 
 impl Decoder {
     fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
-        match parse_record(bytes) {
-            Some(raw) => {
-                pipeline.message(&Message::from_raw(&raw, &self.clock, &mut self.namespaces))
-            }
-            None => pipeline.summary.malformed_records += 1,
+        let Some(raw) = parse_record(bytes) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let message = Message::from_raw(&raw, &self.clock, &mut self.namespaces, &mut self.streams);
+        if let Some(message) = message {
+            pipeline.message(&message);
         }
     }
 }
@@ -62,6 +66,7 @@ pub async fn run(
     let mut decoder = Decoder {
         clock: WallClock::new(),
         namespaces: Namespaces::scanned(),
+        streams: TcpStreams::default(),
     };
     let mut reported_lost = 0;
     let mut tick_count = 0u64;

@@ -14,6 +14,7 @@ mod correlate;
 mod decode;
 mod diagnose;
 mod failure;
+mod framing;
 mod message;
 mod output;
 mod pipeline;

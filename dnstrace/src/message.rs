@@ -9,6 +9,7 @@ use crate::{
     capture::RawMessage,
     clock::WallClock,
     decode::{self, DnsSummary},
+    framing::TcpStreams,
     process::Namespaces,
 };
 
@@ -76,7 +77,13 @@ pub struct Message {
 }
 
 impl Message {
-    pub fn from_raw(raw: &RawMessage<'_>, clock: &WallClock, namespaces: &mut Namespaces) -> Self {
+    /// `None` for a TCP segment that only continues a message.
+    pub fn from_raw(
+        raw: &RawMessage<'_>,
+        clock: &WallClock,
+        namespaces: &mut Namespaces,
+        streams: &mut TcpStreams,
+    ) -> Option<Self> {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -91,12 +98,19 @@ impl Message {
         } else {
             Direction::Recv
         };
-        let transport = if header.protocol == PROTO_TCP {
-            Transport::Tcp
+        let (transport, payload, size) = if header.protocol == PROTO_TCP {
+            let sending = direction == Direction::Send;
+            let framed = streams.frame(
+                header.socket_cookie,
+                sending,
+                header.payload_len,
+                raw.payload,
+            )?;
+            (Transport::Tcp, framed.bytes, framed.len)
         } else {
-            Transport::Udp
+            (Transport::Udp, raw.payload, header.payload_len)
         };
-        Self {
+        Some(Self {
             wall_time_ns: clock.wall_ns(header.timestamp_ns),
             monotonic_ns: header.timestamp_ns,
             process,
@@ -105,10 +119,10 @@ impl Message {
             transport,
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
-            size: header.payload_len,
-            truncated_capture: (raw.payload.len() as u32) < header.payload_len,
-            dns: decode::decode(raw.payload, header.payload_len as usize),
-        }
+            size,
+            truncated_capture: (payload.len() as u32) < size,
+            dns: decode::decode(payload, size as usize),
+        })
     }
 }
 
