@@ -8,6 +8,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::SkBuffContext,
 };
+use aya_log_ebpf::warn;
 use dnstrace_common::{Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner, WAKEUP_BYTES};
 
 use crate::{
@@ -118,6 +119,16 @@ pub fn message(
         };
         if loaded == 0 {
             captured = len;
+        } else {
+            // Should not happen: the length is within the skb. Say so
+            // rather than send an empty payload without a word.
+            warn!(
+                ctx,
+                "copying {} payload bytes at offset {} failed: error {}",
+                len,
+                datagram.payload_offset,
+                loaded
+            );
         }
     }
     buffer.header.captured_len = captured;

@@ -85,6 +85,7 @@ pub async fn run(
                 tick_count += 1;
                 capture.drain(|record| decoder.record(record, &mut pipeline));
                 pipeline.advance(monotonic_now_ns());
+                capture.flush_kernel_log();
                 pipeline.flush();
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
@@ -105,6 +106,7 @@ pub async fn run(
 
     capture.detach();
     capture.drain(|record| decoder.record(record, &mut pipeline));
+    capture.flush_kernel_log();
     pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
     pipeline.finish();
     if let Some(error) = pipeline.take_write_error() {

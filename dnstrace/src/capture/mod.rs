@@ -4,6 +4,7 @@
 mod cgroup;
 mod environment;
 mod existing_sockets;
+mod kernel_log;
 mod record;
 
 use aya::{
@@ -48,6 +49,7 @@ impl Backend {
 /// closes those when the process dies, however it dies.
 pub struct Capture {
     ebpf: Ebpf,
+    kernel_log: Option<aya_log::EbpfLogger<kernel_log::KernelLog>>,
     events: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     pub backend: Backend,
@@ -100,6 +102,7 @@ impl Capture {
             unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
                 .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
         Ok(Self {
+            kernel_log: kernel_log::attach(&mut ebpf),
             ebpf,
             events,
             lost,
@@ -135,6 +138,13 @@ impl Capture {
         let ring = self.events.get_mut();
         while let Some(item) = ring.next() {
             handle(&item);
+        }
+    }
+
+    /// Prints what the kernel programs logged since the last call.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(log) = &mut self.kernel_log {
+            log.flush();
         }
     }
 
