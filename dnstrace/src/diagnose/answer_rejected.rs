@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use super::{Cause, Finding, History, describe_shape, names_of};
+use super::{Cause, Finding, History, describe_shape, names_of, rejected_by_server};
 use crate::{
     correlate::{
-        attempt::{Attempt, Outcome, Shape},
+        attempt::{Attempt, Shape},
         lookup::Lookup,
     },
     decode::Flags,
@@ -14,35 +14,21 @@ use crate::{
 };
 
 pub fn check(lookup: &Lookup, history: &History<'_>) -> Vec<Finding> {
-    let rejected: Vec<&Attempt> = lookup
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Rejected(_)))
-        .filter(|a| {
-            a.response
-                .as_ref()
-                .is_some_and(|r| !r.shape.is_server_failure() && !r.shape.flags.contains(Flags::TC))
-        })
-        .collect();
-    let mut servers: Vec<SocketAddr> = rejected.iter().map(|a| a.server).collect();
-    servers.dedup();
-    servers
-        .into_iter()
-        .map(|server| finding(lookup, history, &rejected, server))
-        .collect()
+    // Server failures and truncation have rules of their own.
+    rejected_by_server(lookup, |shape| {
+        !shape.is_server_failure() && !shape.flags.contains(Flags::TC)
+    })
+    .into_iter()
+    .filter_map(|(server, attempts)| finding(lookup, history, &attempts, server))
+    .collect()
 }
 
 fn finding(
     lookup: &Lookup,
     history: &History<'_>,
-    rejected: &[&Attempt],
+    from_server: &[&Attempt],
     server: SocketAddr,
-) -> Finding {
-    let from_server: Vec<&Attempt> = rejected
-        .iter()
-        .copied()
-        .filter(|a| a.server == server)
-        .collect();
+) -> Option<Finding> {
     let shapes: Vec<Shape> = from_server
         .iter()
         .filter_map(|a| a.response.as_ref().map(|r| r.shape))
@@ -52,14 +38,15 @@ fn finding(
         .iter()
         .copied()
         .find(Shape::is_lame_referral)
-        .unwrap_or(shapes[0]);
+        .or(shapes.first().copied())?;
     let accepted_shape = history
         .accepted_shapes
         .iter()
         .rev()
         .copied()
         .find(|s| *s != rejected_shape);
-    let detail = from_server[0].outcome.detail().unwrap_or("asked again");
+    let first = from_server.first()?;
+    let detail = first.outcome.detail().unwrap_or("asked again");
 
     let mut explanation = format!(
         "{} answer(s) from {server} reached {} (pid {}) and were thrown away: it {detail}. Rejected: {}.",
@@ -109,7 +96,7 @@ fn finding(
     } else {
         format!("Make {server}'s answers match the shape this process uses (see the differences).")
     };
-    Finding {
+    Some(Finding {
         cause: Cause::AnswerRejected,
         server: Some(server),
         names: names_of(from_server.iter().copied()),
@@ -117,10 +104,8 @@ fn finding(
         explanation,
         fix,
         shapes: Some((rejected_shape, accepted_shape)),
-        wall_time_ns: from_server[0]
-            .sent_wall_time_ns
-            .unwrap_or(lookup.first_wall_time_ns),
-    }
+        wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+    })
 }
 
 /// "AA 0→1, RA 0→1, an 0→1": what the accepted shape has that the rejected

@@ -218,7 +218,31 @@ pub fn describe_shape(shape: &Shape) -> String {
     )
 }
 
-/// The names of the attempts `select` picks, deduplicated in order.
+/// Rejected attempts whose response shape passes `keep`, grouped by server
+/// in the order the servers were first asked.
+fn rejected_by_server(
+    lookup: &Lookup,
+    keep: impl Fn(&Shape) -> bool,
+) -> Vec<(SocketAddr, Vec<&Attempt>)> {
+    let mut groups: Vec<(SocketAddr, Vec<&Attempt>)> = Vec::new();
+    let rejected = lookup
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, crate::correlate::attempt::Outcome::Rejected(_)))
+        .filter(|a| a.response.as_ref().is_some_and(|r| keep(&r.shape)));
+    for attempt in rejected {
+        match groups
+            .iter_mut()
+            .find(|(server, _)| *server == attempt.server)
+        {
+            Some((_, attempts)) => attempts.push(attempt),
+            None => groups.push((attempt.server, vec![attempt])),
+        }
+    }
+    groups
+}
+
+/// The names of the attempts given, deduplicated in order.
 fn names_of<'a>(attempts: impl Iterator<Item = &'a Attempt>) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for attempt in attempts {

@@ -1,35 +1,20 @@
 //! `server_failure_fallback`: SERVFAIL, REFUSED or NOTIMP, then the process
 //! asks another server (or the same one again).
 
-use super::{Cause, Finding, names_of};
+use super::{Cause, Finding, names_of, rejected_by_server};
 use crate::{
-    correlate::{
-        attempt::{Attempt, Outcome},
-        lookup::Lookup,
-    },
+    correlate::{attempt::Shape, lookup::Lookup},
     decode::rcode_name,
 };
 
 pub fn check(lookup: &Lookup) -> Vec<Finding> {
-    let failed: Vec<&Attempt> = lookup
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Rejected(_)))
-        .filter(|a| {
-            a.response
-                .as_ref()
-                .is_some_and(|r| r.shape.is_server_failure())
-        })
-        .collect();
-    let mut servers: Vec<_> = failed.iter().map(|a| a.server).collect();
-    servers.dedup();
-    servers
+    rejected_by_server(lookup, Shape::is_server_failure)
         .into_iter()
-        .map(|server| {
-            let from_server: Vec<&Attempt> = failed.iter().copied().filter(|a| a.server == server).collect();
-            let rcode = from_server[0].response.as_ref().map_or(2, |r| r.shape.rcode);
-            let detail = from_server[0].outcome.detail().unwrap_or("asked again");
-            Finding {
+        .filter_map(|(server, from_server)| {
+            let first = *from_server.first()?;
+            let rcode = first.response.as_ref().map_or(2, |r| r.shape.rcode);
+            let detail = first.outcome.detail().unwrap_or("asked again");
+            Some(Finding {
                 cause: Cause::ServerFailureFallback,
                 server: Some(server),
                 names: names_of(from_server.iter().copied()),
@@ -48,8 +33,8 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     rcode_name(rcode)
                 ),
                 shapes: None,
-                wall_time_ns: from_server[0].sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
-            }
+                wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+            })
         })
         .collect()
 }
