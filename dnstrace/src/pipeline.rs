@@ -131,6 +131,7 @@ impl Pipeline {
         self.handle(&mut correlated);
         self.publish_diagnoses();
         self.summary.evicted_lookups = self.correlator.evicted;
+        self.summary.uncorrelated = self.correlator.uncorrelated;
         self.report();
         let summary = self.summary.clone();
         self.each_output(|output| output.finish(&summary));

@@ -33,6 +33,14 @@ const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
 /// oldest lookup is reported as it stands and counted as evicted.
 const MAX_LOOKUPS_PER_PROCESS: usize = 64;
 const MAX_PROCESSES: usize = 4096;
+/// A lookup with this many attempts takes no more; real resolvers make at
+/// most about 24 (six search domains, two types, two tries).
+const MAX_ATTEMPTS_PER_LOOKUP: usize = 32;
+/// A process sending more client messages than this in a second is a load
+/// generator or a caching server, not a stub resolver: correlating it would
+/// cost more than it tells, so it is left out for `BULK_PAUSE_NS`.
+pub const MAX_MESSAGES_PER_SECOND: u32 = 2_000;
+const BULK_PAUSE_NS: u64 = 10_000_000_000;
 
 /// What correlation hands on.
 #[derive(Debug)]
@@ -53,6 +61,18 @@ pub struct Correlator {
     pub evicted: u64,
     /// Client messages without a known process: nothing to correlate by.
     pub unattributed: u64,
+    /// Client messages of processes too busy to correlate (see
+    /// `MAX_MESSAGES_PER_SECOND`).
+    pub uncorrelated: u64,
+    budgets: HashMap<u32, Budget>,
+}
+
+/// How many messages a process sent in the current one-second window.
+#[derive(Default)]
+struct Budget {
+    window_start_ns: u64,
+    messages: u32,
+    paused_until_ns: u64,
 }
 
 impl Correlator {
@@ -75,6 +95,10 @@ impl Correlator {
             self.unattributed += 1;
             return;
         };
+        if !self.within_budget(process.pid, message.monotonic_ns) {
+            self.uncorrelated += 1;
+            return;
+        }
         if header.is_response {
             self.on_response(message, process.pid, header.id, Shape::of(header), out);
         } else {
@@ -140,7 +164,7 @@ impl Correlator {
                     .attempts
                     .first()
                     .is_some_and(|a| a.server == message.remote);
-            continues && !starts_over
+            continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
             Some(index) => index,
@@ -243,6 +267,32 @@ impl Correlator {
         out.push(stray(message, pid, id, response, mismatch));
     }
 
+    /// Counts the message against its process's budget. A process going
+    /// over it has its open lookups dropped unreported: half-seen lookups
+    /// would read as timeouts that never happened.
+    fn within_budget(&mut self, pid: u32, now: u64) -> bool {
+        if !self.budgets.contains_key(&pid) && self.budgets.len() >= MAX_PROCESSES {
+            self.budgets.clear();
+        }
+        let budget = self.budgets.entry(pid).or_default();
+        if now < budget.paused_until_ns {
+            return false;
+        }
+        if now.saturating_sub(budget.window_start_ns) >= 1_000_000_000 {
+            budget.window_start_ns = now;
+            budget.messages = 0;
+        }
+        budget.messages += 1;
+        if budget.messages <= MAX_MESSAGES_PER_SECOND {
+            return true;
+        }
+        budget.paused_until_ns = now + BULK_PAUSE_NS;
+        if let Some(lookups) = self.lookups.remove(&pid) {
+            self.uncorrelated += lookups.iter().map(|l| l.attempts.len() as u64).sum::<u64>();
+        }
+        false
+    }
+
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
         for lookups in self.lookups.values_mut() {
@@ -274,6 +324,10 @@ impl Correlator {
             out.extend(settled.into_iter().map(Correlated::Lookup));
         }
         self.lookups.retain(|_, lookups| !lookups.is_empty());
+        self.budgets.retain(|_, budget| {
+            now.saturating_sub(budget.window_start_ns) < BULK_PAUSE_NS
+                || now < budget.paused_until_ns
+        });
     }
 
     /// Reports everything still open, as it stands (at exit).

@@ -567,3 +567,26 @@ fn a_known_search_list_groups_the_expansion_under_the_name_asked() {
     assert_eq!(causes(&diagnoses), [Cause::SearchExpansion]);
     assert!(diagnoses[0].fix.contains("ndots"), "{}", diagnoses[0].fix);
 }
+
+#[test]
+fn a_load_generator_is_left_out_rather_than_misjudged() {
+    let mut s = Scenario::new();
+    // 3,000 queries in half a second, none answered yet.
+    for n in 0..3_000u64 {
+        s.query(
+            Socket::new(16, n % 8, server(1)),
+            n as u16,
+            "load.test.",
+            A,
+            n * MS / 6,
+        );
+    }
+    let uncorrelated = s.correlator.uncorrelated;
+    let (out, diagnoses) = s.settle(500 * MS);
+    assert!(uncorrelated >= 1_000, "{uncorrelated}");
+    assert!(
+        lookups(&out).is_empty(),
+        "no half-seen lookups are reported"
+    );
+    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+}

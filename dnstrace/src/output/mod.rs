@@ -30,6 +30,8 @@ pub struct Summary {
     /// Lookups reported before they settled, because the correlation state
     /// reached its bounds.
     pub evicted_lookups: u64,
+    /// Client messages of processes too busy to correlate.
+    pub uncorrelated: u64,
 }
 
 impl Summary {
@@ -59,6 +61,13 @@ impl Summary {
             line.push_str(&format!(
                 ", {} lookups reported early (state full)",
                 self.evicted_lookups
+            ));
+        }
+        if self.uncorrelated > 0 {
+            line.push_str(&format!(
+                ", {} messages of processes above {} messages/s not correlated",
+                self.uncorrelated,
+                crate::correlate::MAX_MESSAGES_PER_SECOND
             ));
         }
         if self.malformed_records > 0 {
