@@ -31,6 +31,9 @@ pub enum Rejection {
     AskedAgain,
     NextServer,
     SwitchedToTcp,
+    /// The same answer as one it had just thrown away, and then nothing:
+    /// the process gave up.
+    GaveUp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +66,7 @@ impl Outcome {
             Self::Rejected(Rejection::AskedAgain) => Some("asked again"),
             Self::Rejected(Rejection::NextServer) => Some("asked the next server"),
             Self::Rejected(Rejection::SwitchedToTcp) => Some("switched to TCP"),
+            Self::Rejected(Rejection::GaveUp) => Some("gave up after the same answer"),
             Self::Mismatched(Mismatch::Id) => Some("wrong id"),
             Self::Mismatched(Mismatch::Question) => Some("wrong question"),
             Self::Mismatched(Mismatch::Source) => Some("wrong source"),

@@ -17,6 +17,7 @@ use self::{
     lookup::Lookup,
 };
 use crate::{
+    decode::Question,
     message::{Direction, Message},
     resolver::Resolvers,
 };
@@ -298,6 +299,7 @@ impl Correlator {
         for lookups in self.lookups.values_mut() {
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
+                let rejected = rejected_shapes(lookup);
                 for attempt in lookup
                     .attempts
                     .iter_mut()
@@ -307,7 +309,7 @@ impl Correlator {
                         (Some(response), _)
                             if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
                         {
-                            attempt.outcome = Outcome::Answered;
+                            attempt.outcome = unrepeated_answer(attempt, &rejected);
                         }
                         (None, Some(sent)) if now.saturating_sub(sent) > timeout => {
                             attempt.outcome = Outcome::Timeout;
@@ -334,14 +336,14 @@ impl Correlator {
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
         for (_, lookups) in self.lookups.drain() {
             for mut lookup in lookups {
+                let rejected = rejected_shapes(&lookup);
                 for attempt in lookup
                     .attempts
                     .iter_mut()
                     .filter(|a| a.outcome == Outcome::Pending)
                 {
-                    // A response nobody re-asked after was used.
                     if attempt.response.is_some() {
-                        attempt.outcome = Outcome::Answered;
+                        attempt.outcome = unrepeated_answer(attempt, &rejected);
                     }
                 }
                 out.push(Correlated::Lookup(lookup));
@@ -398,6 +400,31 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         Some(rejection) => Outcome::Rejected(rejection),
         None => Outcome::Answered,
     };
+}
+
+/// The questions and response shapes the process threw away in a lookup.
+fn rejected_shapes(lookup: &Lookup) -> Vec<(Question, Shape)> {
+    lookup
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Rejected(_)))
+        .filter_map(|a| Some((a.question.clone(), a.response.as_ref()?.shape)))
+        .collect()
+}
+
+/// A response the process did not ask again after. It was used, unless the
+/// process had thrown away the very same answer moments before: then it
+/// gave up on this one too (glibc's last try after lame answers).
+fn unrepeated_answer(attempt: &Attempt, rejected: &[(Question, Shape)]) -> Outcome {
+    let shape = attempt.response.as_ref().map(|r| r.shape);
+    let seen_before = rejected.iter().any(|(question, rejected)| {
+        question.same_as(&attempt.question) && Some(*rejected) == shape
+    });
+    if seen_before {
+        Outcome::Rejected(Rejection::GaveUp)
+    } else {
+        Outcome::Answered
+    }
 }
 
 fn first_label(name: &str) -> &str {

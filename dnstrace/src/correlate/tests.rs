@@ -242,7 +242,16 @@ fn glibc_both_lame_is_answer_rejected_by_asking_again() {
     let (out, diagnoses) = s.settle(3 * MS);
     let lookups = lookups(&out);
     assert_eq!(lookups.len(), 1, "one lookup: {lookups:#?}");
+    assert_eq!(
+        lookups[0].outcome(),
+        LookupOutcome::Failed,
+        "it gave up on the same answers"
+    );
     let outcomes: Vec<Outcome> = lookups[0].attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outcomes[2],
+        Outcome::Rejected(super::attempt::Rejection::GaveUp)
+    );
     assert!(
         matches!(outcomes[0], Outcome::Rejected(_)) && matches!(outcomes[1], Outcome::Rejected(_)),
         "{outcomes:?}"
