@@ -132,6 +132,7 @@ impl Pipeline {
         self.publish_diagnoses();
         self.summary.evicted_lookups = self.correlator.evicted;
         self.summary.uncorrelated = self.correlator.uncorrelated;
+        self.summary.dropped_diagnoses = self.diagnoser.dropped;
         self.report();
         let summary = self.summary.clone();
         self.each_output(|output| output.finish(&summary));
@@ -139,6 +140,7 @@ impl Pipeline {
 
     pub fn forget_exited(&mut self) {
         self.correlator.forget_exited();
+        self.diagnoser.forget(|pid| !crate::process::is_alive(pid));
     }
 
     fn each_output(&mut self, mut act: impl FnMut(&mut dyn Output) -> io::Result<()>) {

@@ -67,6 +67,12 @@ impl Namespaces {
     }
 }
 
+/// Whether a process with this pid exists (it may be a new one under a
+/// reused pid; callers only use this to release state).
+pub fn is_alive(pid: u32) -> bool {
+    fs::metadata(format!("/proc/{pid}")).is_ok()
+}
+
 /// Every network namespace on the host, once each: those of every process,
 /// and those `ip netns add` keeps in /run/netns. Yields each open namespace
 /// with its inode.

@@ -202,8 +202,7 @@ impl Resolvers {
     /// Forgets a process that exited, so a reused pid is read afresh.
     pub fn forget_exited(&mut self) {
         let before = self.by_pid.len();
-        self.by_pid
-            .retain(|pid, _| fs::metadata(format!("/proc/{pid}")).is_ok());
+        self.by_pid.retain(|pid, _| crate::process::is_alive(*pid));
         if self.by_pid.len() != before {
             self.order.retain(|pid| self.by_pid.contains_key(pid));
         }

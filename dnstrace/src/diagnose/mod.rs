@@ -85,6 +85,8 @@ const MAX_EVIDENCE: usize = 32;
 const MAX_NAMES: usize = 16;
 /// Response shapes remembered per process as accepted.
 const MAX_ACCEPTED_SHAPES: usize = 16;
+/// Diagnoses kept; past this, new ones are counted, not kept.
+const MAX_DIAGNOSES: usize = 16_384;
 
 type Key = (u32, Cause, Option<SocketAddr>);
 
@@ -97,6 +99,8 @@ pub struct Diagnoser {
     published: BTreeSet<Key>,
     /// Shapes each process has used, most recent last.
     accepted: HashMap<u32, Vec<Shape>>,
+    /// Findings not kept because `MAX_DIAGNOSES` was reached.
+    pub dropped: u64,
 }
 
 /// What rules may consult besides the lookup itself.
@@ -145,6 +149,10 @@ impl Diagnoser {
 
     fn record(&mut self, pid: u32, comm: &str, finding: &Finding) {
         let key = (pid, finding.cause, finding.server);
+        if !self.diagnoses.contains_key(&key) && self.diagnoses.len() >= MAX_DIAGNOSES {
+            self.dropped += 1;
+            return;
+        }
         let diagnosis = self.diagnoses.entry(key).or_insert_with(|| Diagnosis {
             pid,
             comm: comm.to_string(),
@@ -191,6 +199,12 @@ impl Diagnoser {
                 Some((diagnosis, first))
             })
             .collect()
+    }
+
+    /// Forgets what exited processes used; their diagnoses stay for the
+    /// report.
+    pub fn forget(&mut self, exited: impl Fn(u32) -> bool) {
+        self.accepted.retain(|pid, _| !exited(*pid));
     }
 
     /// Every diagnosis so far, per process.

@@ -32,6 +32,8 @@ pub struct Summary {
     pub evicted_lookups: u64,
     /// Client messages of processes too busy to correlate.
     pub uncorrelated: u64,
+    /// Diagnoses not kept because too many were.
+    pub dropped_diagnoses: u64,
 }
 
 impl Summary {
@@ -68,6 +70,12 @@ impl Summary {
                 ", {} messages of processes above {} messages/s not correlated",
                 self.uncorrelated,
                 crate::correlate::MAX_MESSAGES_PER_SECOND
+            ));
+        }
+        if self.dropped_diagnoses > 0 {
+            line.push_str(&format!(
+                ", {} diagnoses not kept (too many)",
+                self.dropped_diagnoses
             ));
         }
         if self.malformed_records > 0 {
