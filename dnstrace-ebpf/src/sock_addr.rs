@@ -43,7 +43,11 @@ fn record(ctx: &SockAddrContext) -> i32 {
     let user_port = unsafe { (*ctx.sock_addr).user_port };
     // user_port holds the port in network byte order in its low 16 bits.
     let port = u16::from_be(user_port as u16);
-    if !config.is_dns_port(port) {
+    // A server replies from its DNS port to the client's ephemeral one.
+    // SAFETY: sock_addr programs may read the fields of their socket, which
+    // the kernel guarantees for the whole run.
+    let local_port = unsafe { (*(*ctx.sock_addr).__bindgen_anon_1.sk).src_port } as u16;
+    if !config.is_dns_port(port) && !config.is_dns_port(local_port) {
         return ALLOW;
     }
     // SAFETY: both helpers take the program's own context.

@@ -38,3 +38,29 @@ pub fn build_release_agent() -> anyhow::Result<PathBuf> {
     run(cargo().args(["build", "--release", "--package", "dnstrace"]))?;
     Ok(workspace_root().join("target/release/dnstrace"))
 }
+
+/// Static binaries run in the VM's initramfs, which has no libc, and on any
+/// host.
+pub const STATIC_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds `bin` of `package` in release mode, statically linked against
+/// musl, and returns its path.
+pub fn build_static(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "--target",
+        STATIC_TARGET,
+        "--package",
+        package,
+        "--bin",
+        bin,
+    ]))?;
+    Ok(workspace_root().join(format!("target/{STATIC_TARGET}/release/{bin}")))
+}
+
+/// The agent as tests run it: the same static release binary on this host
+/// and in the VM.
+pub fn build_static_agent() -> anyhow::Result<PathBuf> {
+    build_static("dnstrace", "dnstrace")
+}

@@ -5,6 +5,7 @@ mod command;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +28,9 @@ enum Task {
     Test(test::Options),
     /// Throughput with and without tracing (knot + dnsperf in a namespace).
     Bench(bench::Options),
+    /// Boot Debian 12's stock 6.1 kernel in qemu (TCG) and check that the
+    /// static release binary captures there with every backend it offers.
+    Vm(vm::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +39,6 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => run::run(&options),
         Task::Test(options) => test::run(&options),
         Task::Bench(options) => bench::run(&options),
+        Task::Vm(options) => vm::run(&options),
     }
 }

@@ -2,16 +2,22 @@
 
 use clap::Args;
 
-use crate::command::{self, cargo};
+use crate::{
+    command::{self, cargo},
+    vm,
+};
 
 #[derive(Args)]
 pub struct Options {
     /// Skip formatting and clippy (for a quick rerun of the tests).
     #[arg(long)]
     no_lint: bool,
-    /// Only end-to-end tests whose name contains this.
+    /// Only end-to-end tests whose name contains this (and no VM test).
     #[arg(long)]
     filter: Option<String>,
+    /// Skip the VM test on Debian's stock kernel.
+    #[arg(long)]
+    no_vm: bool,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -28,7 +34,8 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     command::run(cargo().args(["test", "--workspace", "--exclude", "dnstrace-tests"]))?;
 
-    let agent = command::build_release_agent()?;
+    // One static release binary for this host and the VM, as users get it.
+    let agent = command::build_static_agent()?;
     let mut end_to_end = cargo();
     end_to_end
         .args(["test", "--release", "--package", "dnstrace-tests", "--"])
@@ -36,5 +43,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if let Some(filter) = &options.filter {
         end_to_end.arg(filter);
     }
-    command::run(&mut end_to_end)
+    command::run(&mut end_to_end)?;
+    if options.no_vm || options.filter.is_some() {
+        return Ok(());
+    }
+    vm::run(&vm::Options::default())
 }

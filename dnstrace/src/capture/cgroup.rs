@@ -102,15 +102,17 @@ fn explain(name: &str, error: ProgramError) -> String {
     match &error {
         ProgramError::LoadError { verifier_log, .. } => {
             let log = verifier_log.to_string();
-            // The log ends with statistics ("processed N insns ..."); the
-            // verdict is the last line before them.
+            // The log ends with statistics ("verification time", "stack
+            // depth", "processed N insns"); the verdict is the line before.
             let reason = log
                 .lines()
                 .rev()
                 .map(str::trim)
                 .filter(|line| !line.is_empty())
                 .find(|line| {
-                    !line.starts_with("processed ") && !line.starts_with("verification time")
+                    !["processed ", "verification time", "stack depth"]
+                        .iter()
+                        .any(|statistic| line.starts_with(statistic))
                 })
                 .unwrap_or("no reason given");
             format!("the kernel refused {name}: {reason}")

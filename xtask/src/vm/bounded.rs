@@ -14,14 +14,20 @@ use anyhow::{Context as _, bail};
 pub fn wait(child: &mut Child, what: &str, timeout: Duration) -> anyhow::Result<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waiting for {what}"))?
+        {
             return Ok(status);
         }
         if Instant::now() >= deadline {
             // Already gone or not: either way it is no longer running.
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{what} did not finish within {} s; killed", timeout.as_secs());
+            bail!(
+                "{what} did not finish within {} s; killed",
+                timeout.as_secs()
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }

@@ -15,10 +15,7 @@ pub struct Archive<W: Write> {
 
 impl<W: Write> Archive<W> {
     pub fn new(out: W) -> Self {
-        Self {
-            out,
-            next_inode: 1,
-        }
+        Self { out, next_inode: 1 }
     }
 
     pub fn dir(&mut self, path: &str) -> io::Result<()> {

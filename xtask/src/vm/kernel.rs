@@ -1,6 +1,6 @@
 //! Debian 12's stock kernel: the newest `linux-image-6.1.0-N-amd64` apt
-//! knows, downloaded once and cached under target/ (only its /boot: the VM
-//! needs no modules, everything it uses is built in).
+//! knows, downloaded once and cached under target/. Only the kernel and the
+//! few modules the test needs are kept.
 
 use std::{
     fs,
@@ -17,9 +17,16 @@ use super::bounded;
 /// but not forever.
 const APT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Modules a stock Debian loads on demand when a program asks sock_diag
+/// for UDP sockets (as `ss -u` and dnstrace do), in load order. The VM has
+/// no modprobe to load them on demand, so the guest loads them at boot.
+const MODULES: &[&str] = &["net/ipv4/inet_diag.ko", "net/ipv4/udp_diag.ko"];
+
 pub struct Kernel {
     pub package: String,
     pub vmlinuz: PathBuf,
+    /// In load order.
+    pub modules: Vec<PathBuf>,
 }
 
 /// The kernel to boot: `package` if given, else the newest generic 6.1 one.
@@ -33,9 +40,14 @@ pub fn ensure(cache: &Path, package: Option<&str>) -> anyhow::Result<Kernel> {
         .strip_prefix("linux-image-")
         .with_context(|| format!("{package} is not a linux-image-* package"))?;
     let dir = cache.join(&package);
-    let vmlinuz = dir.join(format!("boot/vmlinuz-{release}"));
-    if vmlinuz.is_file() {
-        return Ok(Kernel { package, vmlinuz });
+    let wanted = wanted_files(release);
+    let kernel = Kernel {
+        vmlinuz: dir.join(&wanted[0]),
+        modules: wanted[1..].iter().map(|file| dir.join(file)).collect(),
+        package: package.clone(),
+    };
+    if wanted.iter().all(|file| dir.join(file).is_file()) {
+        return Ok(kernel);
     }
 
     eprintln!("vm: downloading {package}");
@@ -45,27 +57,47 @@ pub fn ensure(cache: &Path, package: Option<&str>) -> anyhow::Result<Kernel> {
     if partial.exists() {
         fs::remove_dir_all(&partial).with_context(|| format!("removing {}", partial.display()))?;
     }
-    fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    bounded::run(
-        Command::new("apt-get")
-            .args(["download", &package])
-            .current_dir(&partial),
-        APT_TIMEOUT,
-    )?;
-    let deb = single_deb(&partial)?;
-    unpack_boot(&deb, &partial, release)?;
-    fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
+    let fetched = fetch(&package, &partial, &wanted);
+    if fetched.is_err() {
+        // Best effort: the next run clears it anyway.
+        let _ = fs::remove_dir_all(&partial);
+    }
+    fetched?;
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     fs::rename(&partial, &dir)
         .with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))?;
-    ensure!(
-        vmlinuz.is_file(),
-        "{package} unpacked, but holds no {}",
-        vmlinuz.display()
-    );
-    Ok(Kernel { package, vmlinuz })
+    Ok(kernel)
+}
+
+/// Downloads `package` into `dir` and leaves only the `wanted` files there.
+fn fetch(package: &str, dir: &Path, wanted: &[String]) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    bounded::run(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(dir),
+        APT_TIMEOUT,
+    )?;
+    let deb = single_deb(dir)?;
+    unpack(&deb, dir, wanted)?;
+    fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
+    for file in wanted {
+        ensure!(dir.join(file).is_file(), "{package} holds no {file}");
+    }
+    Ok(())
+}
+
+/// The kernel, then the modules: paths inside the package.
+fn wanted_files(release: &str) -> Vec<String> {
+    let modules = MODULES
+        .iter()
+        .map(|module| format!("lib/modules/{release}/kernel/{module}"));
+    [format!("boot/vmlinuz-{release}")]
+        .into_iter()
+        .chain(modules)
+        .collect()
 }
 
 /// The highest N among the `linux-image-6.1.0-N-amd64` packages apt lists
@@ -121,8 +153,8 @@ fn single_deb(dir: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Extracts only ./boot/vmlinuz-RELEASE from the package's data tarball.
-fn unpack_boot(deb: &Path, into: &Path, release: &str) -> anyhow::Result<()> {
+/// Extracts only the `wanted` files from the package's data tarball.
+fn unpack(deb: &Path, into: &Path, wanted: &[String]) -> anyhow::Result<()> {
     let mut dpkg = Command::new("dpkg-deb")
         .arg("--fsys-tarfile")
         .arg(deb)
@@ -134,7 +166,7 @@ fn unpack_boot(deb: &Path, into: &Path, release: &str) -> anyhow::Result<()> {
         Command::new("tar")
             .args(["-x", "-C"])
             .arg(into)
-            .arg(format!("./boot/vmlinuz-{release}"))
+            .args(wanted.iter().map(|file| format!("./{file}")))
             .stdin(tarball),
         APT_TIMEOUT,
     );

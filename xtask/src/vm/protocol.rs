@@ -15,16 +15,17 @@ pub const DONE: &str = "DNSTRACE-VM-DONE";
 pub const AUTO: &str = "auto";
 
 /// What the booted kernel should do with one backend.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
     /// The backend attaches and captures every message.
     Captures,
-    /// The kernel refuses the backend, and dnstrace says why.
-    Refused,
+    /// The kernel refuses the backend, and the reason dnstrace prints
+    /// contains this (the verifier's verdict, not just any line of its log).
+    Refused(String),
 }
 
 /// One backend and what the kernel should do with it: `NAME=captures` or
-/// `NAME=refused` on the command line.
+/// `NAME=refused:REASON` on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Step {
     pub backend: String,
@@ -33,11 +34,10 @@ pub struct Step {
 
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let expect = match self.expect {
-            Expect::Captures => "captures",
-            Expect::Refused => "refused",
-        };
-        write!(f, "{}={expect}", self.backend)
+        match &self.expect {
+            Expect::Captures => write!(f, "{}=captures", self.backend),
+            Expect::Refused(reason) => write!(f, "{}=refused:{reason}", self.backend),
+        }
     }
 }
 
@@ -47,11 +47,11 @@ impl FromStr for Step {
     fn from_str(text: &str) -> Result<Self, String> {
         let (backend, expect) = text
             .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not BACKEND=captures|refused"))?;
-        let expect = match expect {
-            "captures" => Expect::Captures,
-            "refused" => Expect::Refused,
-            other => return Err(format!("{backend}: unknown expectation {other:?}")),
+            .ok_or_else(|| format!("{text:?} is not BACKEND=captures|refused:REASON"))?;
+        let expect = match expect.split_once(':') {
+            None if expect == "captures" => Expect::Captures,
+            Some(("refused", reason)) if !reason.is_empty() => Expect::Refused(reason.to_owned()),
+            _ => return Err(format!("{backend}: unknown expectation {expect:?}")),
         };
         Ok(Self {
             backend: backend.to_owned(),
@@ -111,11 +111,22 @@ mod tests {
     fn a_step_survives_the_command_line() {
         let step = Step {
             backend: "cgroup-skb".into(),
-            expect: Expect::Refused,
+            expect: Expect::Refused("unknown func".into()),
         };
         assert_eq!(step.to_string().parse(), Ok(step));
-        assert!("cgroup-skb".parse::<Step>().is_err());
-        assert!("cgroup-skb=maybe".parse::<Step>().is_err());
+        let step = Step {
+            backend: "cgroup-sockaddr".into(),
+            expect: Expect::Captures,
+        };
+        assert_eq!(step.to_string().parse(), Ok(step));
+        for bad in [
+            "cgroup-skb",
+            "cgroup-skb=maybe",
+            "cgroup-skb=refused",
+            "x=refused:",
+        ] {
+            assert!(bad.parse::<Step>().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -133,6 +144,10 @@ mod tests {
                 ..verdict
             })
         );
-        assert!("DNSTRACE-VM-RESULT backend=x MAYBE".parse::<Verdict>().is_err());
+        assert!(
+            "DNSTRACE-VM-RESULT backend=x MAYBE"
+                .parse::<Verdict>()
+                .is_err()
+        );
     }
 }
