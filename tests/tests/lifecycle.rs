@@ -1,0 +1,154 @@
+//! What dnstrace leaves behind and how it refuses to start: nothing stays
+//! attached after it is killed, and missing privileges or a missing cgroup
+//! v2 hierarchy end it with one line and exit code 2.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use dnstrace_tests::trace::dnstrace_bin;
+
+/// The attachment test reads the cgroup's program list, which another
+/// dnstrace started by this file would change under it.
+static CGROUP_PROGRAMS: Mutex<()> = Mutex::new(());
+
+/// The root of the cgroup v2 hierarchy, as dnstrace attaches to it.
+fn cgroup2_root() -> String {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut fields = left.split_whitespace().skip(3);
+            let (root, mount_point) = (fields.next()?, fields.next()?);
+            (right.starts_with("cgroup2 ") && root == "/").then(|| mount_point.to_string())
+        })
+        .min_by_key(String::len)
+        .expect("a cgroup v2 mount")
+}
+
+/// Ids of the dnstrace programs attached to the cgroup v2 root, by bpftool.
+fn attached_dnstrace_programs() -> BTreeSet<u64> {
+    let output = Command::new("bpftool")
+        .args(["cgroup", "show", &cgroup2_root()])
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(output.status.success(), "bpftool failed: {output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains("dns_"))
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn killing_the_agent_leaves_no_program_attached() {
+    let _serial = CGROUP_PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
+    let before = attached_dnstrace_programs();
+    let mut agent = Command::new(dnstrace_bin())
+        .args(["--format", "json", "-o", "/dev/null"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dnstrace");
+    let mut stderr = BufReader::new(agent.stderr.take().expect("stderr")).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let line = stderr
+            .next()
+            .expect("dnstrace exited before attaching")
+            .expect("stderr");
+        if line.starts_with("dnstrace: attached") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not attached within 30 s");
+    }
+    let ours: BTreeSet<u64> = attached_dnstrace_programs()
+        .difference(&before)
+        .copied()
+        .collect();
+    assert_eq!(
+        ours.len(),
+        2,
+        "egress and ingress programs attached: {ours:?}"
+    );
+
+    agent.kill().expect("SIGKILL");
+    agent.wait().expect("reap dnstrace");
+    // The kernel releases links when their last fd closes; give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<u64> = attached_dnstrace_programs()
+            .intersection(&ours)
+            .copied()
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "programs still attached 10 s after SIGKILL: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs dnstrace through `wrapper` (a command that changes its world) and
+/// returns its exit code and stderr.
+fn refused(wrapper: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(wrapper[0])
+        .args(&wrapper[1..])
+        .arg(dnstrace_bin())
+        .args(["--duration", "1"])
+        .output()
+        .expect("run dnstrace");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn without_privileges_it_says_so_in_one_line_and_exits_2() {
+    let (code, stderr) = refused(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("dnstrace: not permitted"), "{stderr}");
+    assert!(
+        stderr.contains("CAP_BPF"),
+        "names what is missing: {stderr}"
+    );
+}
+
+#[test]
+fn without_a_cgroup_v2_hierarchy_it_says_so_and_exits_2() {
+    // A private mount namespace with every cgroup2 mount taken away; the
+    // host's mounts are untouched.
+    let script = "for m in $(findmnt -rn -t cgroup2 -o TARGET | sort -r); do \
+                  umount -l \"$m\" || exit 99; done; exec \"$0\" \"$@\"";
+    let (code, stderr) = refused(&[
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("no cgroup v2 hierarchy is mounted"),
+        "{stderr}"
+    );
+}
