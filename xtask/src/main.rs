@@ -2,6 +2,7 @@
 
 mod bench;
 mod command;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -28,6 +29,9 @@ enum Task {
     Test(test::Options),
     /// Throughput with and without tracing (knot + dnsperf in a namespace).
     Bench(bench::Options),
+    /// Reproduce the case behind dnstrace (a cache's answers without AA
+    /// thrown away by a Go client) in namespaces, and show dnstrace naming it.
+    Demo,
     /// Boot Debian 12's stock 6.1 kernel in qemu (TCG) and check that the
     /// static release binary captures there with every backend it offers.
     Vm(vm::Options),
@@ -39,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => run::run(&options),
         Task::Test(options) => test::run(&options),
         Task::Bench(options) => bench::run(&options),
-        Task::Vm(options) => vm::run(&options),
+        Task::Demo => demo::run(),
+        Task::Vm(options) => vm::run(&options).map(drop),
     }
 }
