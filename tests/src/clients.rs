@@ -6,11 +6,15 @@
 
 use std::{
     fs,
-    io::{self, Write},
+    io::{self, Read, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
-    sync::OnceLock,
+    sync::{
+        OnceLock,
+        mpsc::{self, Receiver},
+    },
+    thread,
     time::Duration,
 };
 
@@ -39,6 +43,18 @@ pub enum Client {
     Getent,
     /// glibc `getaddrinfo` via Python, run as [`NOBODY`], `lookups` times.
     Python { lookups: u32 },
+    /// glibc `getaddrinfo` via Python for many names that may fail: `rounds`
+    /// times through the lookup's name put under each of `subzones` ("" for
+    /// the name itself), with the round as an extra first label (`r7.<name>`)
+    /// so that no name is asked twice. The rounds are shared out among
+    /// `processes` processes, each looking up at most `per_second` names a
+    /// second.
+    PythonMany {
+        rounds: u32,
+        subzones: &'static [&'static str],
+        processes: u32,
+        per_second: u32,
+    },
     /// musl's resolver, statically linked.
     Musl,
     /// Go's pure resolver.
@@ -53,6 +69,7 @@ impl Client {
             Client::Dig => "dig",
             Client::Getent => "getent",
             Client::Python { .. } => "python",
+            Client::PythonMany { .. } => "python-many",
             Client::Musl => "musl",
             Client::Go => "go",
             Client::Dnsperf { .. } => "dnsperf",
@@ -65,7 +82,7 @@ impl Client {
             // dig does its network I/O on libisc's threads.
             Client::Dig => comm.starts_with("isc-net-"),
             Client::Getent => comm == "getent",
-            Client::Python { .. } => comm == "python3",
+            Client::Python { .. } | Client::PythonMany { .. } => comm == "python3",
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
@@ -75,7 +92,10 @@ impl Client {
 
     /// Clients with one thread: every message's tid is the pid.
     pub fn is_single_threaded(self) -> bool {
-        matches!(self, Client::Getent | Client::Python { .. } | Client::Musl)
+        matches!(
+            self,
+            Client::Getent | Client::Python { .. } | Client::PythonMany { .. } | Client::Musl
+        )
     }
 
     pub fn uid(self) -> u32 {
@@ -89,11 +109,13 @@ impl Client {
     /// sends anything; [`PausedClient::run`] lets it go.
     pub fn prepare(self, net: &Topology, lookup: &Lookup) -> PausedClient {
         let files = tempfile::tempdir().expect("client files dir");
+        let mut resolv_conf = format!("nameserver {}\n", lookup.server.ip());
+        for line in &lookup.resolv_conf {
+            resolv_conf.push_str(line);
+            resolv_conf.push('\n');
+        }
         let etc = [
-            (
-                "resolv.conf",
-                format!("nameserver {}\n", lookup.server.ip()),
-            ),
+            ("resolv.conf", resolv_conf),
             ("nsswitch.conf", "hosts: files dns\n".to_owned()),
             ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
         ];
@@ -170,6 +192,24 @@ impl Client {
                     lookups.to_string(),
                 ]
             }
+            Client::PythonMany {
+                rounds,
+                subzones,
+                processes,
+                per_second,
+            } => {
+                needs_port_53();
+                let script = workspace_dir().join("tests/clients/getaddrinfo-many.py");
+                let mut argv = vec![
+                    "/usr/bin/python3".into(),
+                    script.display().to_string(),
+                    processes.to_string(),
+                    per_second.to_string(),
+                    rounds.to_string(),
+                ];
+                argv.extend(subzones.iter().map(|subzone| lookup.under(subzone)));
+                argv
+            }
             Client::Musl => {
                 needs_port_53();
                 vec![musl_client().display().to_string(), domain.clone()]
@@ -209,6 +249,9 @@ pub struct Lookup {
     /// A name no other lookup uses; dnsperf queries names under it.
     pub domain: String,
     pub server: SocketAddr,
+    /// resolv.conf lines after the `nameserver` line of `server`: more
+    /// nameservers, `search`, `options`.
+    pub resolv_conf: Vec<String>,
 }
 
 impl Lookup {
@@ -227,6 +270,28 @@ impl Lookup {
         Self {
             domain: format!("{}.{subzone}{ZONE}", unique_name(label)),
             server,
+            resolv_conf: Vec::new(),
+        }
+    }
+
+    /// Adds a line to the client's resolv.conf.
+    pub fn with_resolv_conf(mut self, line: impl Into<String>) -> Self {
+        self.resolv_conf.push(line.into());
+        self
+    }
+
+    /// The lookup's unique label under `subzone` of [`ZONE`] instead ("" for
+    /// the name itself).
+    pub fn under(&self, subzone: &str) -> String {
+        let label = self
+            .domain
+            .split('.')
+            .next()
+            .expect("a name has a first label");
+        if subzone.is_empty() {
+            format!("{label}.{ZONE}")
+        } else {
+            format!("{label}.{subzone}.{ZONE}")
         }
     }
 }
@@ -273,9 +338,19 @@ impl PausedClient {
         run
     }
 
+    /// Lets the client go and waits for it, whatever the outcome: for tests
+    /// that judge the output themselves. Returns the exit status and the run.
+    pub fn run_to_exit(self) -> (ExitStatus, ClientRun) {
+        let (status, run, _) = self.finish();
+        (status, run)
+    }
+
     /// Starts the client and waits (bounded) for it; returns its exit status,
     /// the run and its stderr.
     fn finish(mut self) -> (ExitStatus, ClientRun, String) {
+        // Read while it runs: a client that fills a pipe would block forever.
+        let stdout = self.child.stdout.take().map(read_on_a_thread);
+        let stderr = self.child.stderr.take().map(read_on_a_thread);
         self.go.write_all(b"\n").expect("start client");
         let Some(status) = wait_bounded(&mut self.child, RUN_PATIENCE) else {
             panic!(
@@ -283,9 +358,11 @@ impl PausedClient {
                 self.client.name()
             );
         };
-        let stdout = self.child.stdout.take().map(io::read_to_string);
-        let stderr = self.child.stderr.take().map(io::read_to_string);
-        let (Some(Ok(stdout)), Some(Ok(stderr))) = (stdout, stderr) else {
+        // Bounded too: a process the client left behind may hold the pipe.
+        let joined = |reader: Option<Receiver<io::Result<String>>>| {
+            reader.and_then(|reader| reader.recv_timeout(RUN_PATIENCE).ok()?.ok())
+        };
+        let (Some(stdout), Some(stderr)) = (joined(stdout), joined(stderr)) else {
             panic!("read {}'s output", self.client.name());
         };
         let run = ClientRun {
@@ -296,6 +373,13 @@ impl PausedClient {
         };
         (status, run, stderr)
     }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_on_a_thread(pipe: impl Read + Send + 'static) -> Receiver<io::Result<String>> {
+    let (text, received) = mpsc::channel();
+    thread::spawn(move || text.send(io::read_to_string(pipe)));
+    received
 }
 
 impl Drop for PausedClient {
@@ -327,6 +411,19 @@ impl ClientRun {
     }
 
     fn assert_resolved(&self) {
+        if let Client::PythonMany {
+            rounds, subzones, ..
+        } = self.client
+        {
+            let expected = rounds as usize * subzones.len();
+            let reported = self.stdout.lines().count();
+            assert_eq!(
+                reported, expected,
+                "python-many reported {reported} of {expected} lookups:\n{}",
+                self.stdout
+            );
+            return;
+        }
         if let Client::Dnsperf { queries } = self.client {
             let sent = self
                 .stdout

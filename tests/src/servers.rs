@@ -2,9 +2,10 @@
 //! server namespace: every name in it has the A record [`ANSWER_V4`] and the
 //! AAAA record [`ANSWER_V6`], so each test can query names of its own.
 //! Unbound also answers TXT queries under [`FITTING_TXT_SUBZONE`] with an
-//! answer just under 1,232 bytes. The shaping server (src/bin/shaping-server.rs)
-//! answers in odd shapes chosen by a label of the name; see
-//! [`Lookup::in_subzone`].
+//! answer just under 1,232 bytes, NXDOMAIN under [`NXDOMAIN_SUBZONE`] and
+//! NODATA to AAAA under [`V4_ONLY_SUBZONE`]. The shaping server
+//! (src/bin/shaping-server.rs) answers in odd shapes chosen by a label of the
+//! name; see [`Lookup::in_subzone`].
 //!
 //! [`Lookup::in_subzone`]: crate::clients::Lookup::in_subzone
 
@@ -32,6 +33,12 @@ pub const ANSWER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 /// must capture.
 pub const FITTING_TXT_SUBZONE: &str = "fits";
 pub const FITTING_TXT_RECORDS: usize = 5;
+/// Under this subzone every name is NXDOMAIN: unbound has an empty static
+/// zone there, and the shaping server's `nxdomain` shape says so too.
+pub const NXDOMAIN_SUBZONE: &str = "nxdomain";
+/// Under this subzone unbound has A records but no AAAA: an AAAA query gets
+/// NODATA, with RA set, as a recursive server sends it.
+pub const V4_ONLY_SUBZONE: &str = "v4only";
 /// The shaping server's `huge` shape answers TXT with this many 200-byte
 /// records over UDP: about 8.5 kB, beyond any sensible capture size.
 pub const HUGE_TXT_RECORDS: usize = 40;
@@ -249,6 +256,11 @@ fn unbound_command(net: &Topology, addrs: ServerAddrs, port: u16, dir: &TempDir)
             "  local-data: '{subzone} 300 IN TXT \"{n:0>200}\"'\n"
         ));
     }
+    config.push_str(&format!(
+        "  local-zone: \"{NXDOMAIN_SUBZONE}.{ZONE}.\" static\n  \
+         local-zone: \"{V4_ONLY_SUBZONE}.{ZONE}.\" redirect\n  \
+         local-data: \"{V4_ONLY_SUBZONE}.{ZONE}. 300 IN A {ANSWER_V4}\"\n"
+    ));
     config.push_str("remote-control:\n  control-enable: no\n");
     fs::write(format!("{dir}/unbound.conf"), config).expect("write unbound.conf");
     let mut command = net.server.command("unbound");

@@ -1,19 +1,25 @@
 //! The dnstrace binary under test, run from the host namespace with JSON
-//! output, and its output read back.
+//! output, and its output read back: messages, and the attempts, lookups and
+//! diagnoses correlation makes of them.
 
 use std::{
+    collections::BTreeMap,
     ffi::OsStr,
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
-    time::Duration,
+    thread,
+    time::{Duration, Instant},
 };
 
 use serde::Deserialize;
 use tempfile::TempDir;
 
-use crate::{process::Daemon, workspace_dir};
+use crate::{
+    process::{Daemon, PATIENCE},
+    workspace_dir,
+};
 
 /// How long loading and attaching may take on a busy machine.
 const ATTACH_PATIENCE: Duration = Duration::from_secs(20);
@@ -62,6 +68,50 @@ impl Tracer {
             daemon,
             output,
             _dir: dir,
+        }
+    }
+
+    /// Waits until each process's queries are all in attempt lines: dnstrace
+    /// has then reported all its lookups (it does so once nothing happened
+    /// in one for 1.5 s). Call it once the traced clients have exited, so
+    /// that no query is still to come, with a filter that keeps other
+    /// processes out.
+    pub fn wait_until_settled(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.daemon.assert_running();
+            // dnstrace flushes once a second, so the last line may be partial.
+            let text = fs::read_to_string(&self.output).unwrap_or_default();
+            // Per pid: queries sent, and attempts reported.
+            let mut counts: BTreeMap<u64, (u32, u32)> = BTreeMap::new();
+            for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+                let line: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("output line is not JSON ({e}): {line}"));
+                let Some(pid) = line["pid"].as_u64() else {
+                    continue;
+                };
+                let (queries, attempts) = counts.entry(pid).or_default();
+                match line["kind"].as_str() {
+                    Some("message") if line["direction"] == "send" && line["qr"] == false => {
+                        *queries += 1
+                    }
+                    Some("attempt") if line["outcome"] != "mismatched" => *attempts += 1,
+                    _ => {}
+                }
+            }
+            let unsettled: Vec<_> = counts
+                .iter()
+                .filter(|(_, (queries, attempts))| attempts < queries)
+                .collect();
+            if counts.values().any(|(queries, _)| *queries > 0) && unsettled.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dnstrace reported fewer attempts than queries within {PATIENCE:?}; per pid \
+                 (queries, attempts): {unsettled:?}"
+            );
+            thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -135,10 +185,84 @@ pub enum Direction {
     Recv,
 }
 
+/// A line as the struct of its kind.
+fn typed<'a, T: Deserialize<'a>>(line: &'a serde_json::Value) -> T {
+    T::deserialize(line).unwrap_or_else(|e| panic!("{} line {line}: {e}", line["kind"]))
+}
+
 /// "ip:port" and "[ipv6]:port", exactly as std formats them.
 fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(deserializer)?;
     text.parse().map_err(serde::de::Error::custom)
+}
+
+/// One `"kind":"attempt"` line: a query and the response that matched it,
+/// or a response that matched none (`outcome` `mismatched`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Attempt {
+    pub ts: String,
+    pub pid: u32,
+    pub comm: String,
+    pub socket_cookie: u64,
+    pub proto: String,
+    pub server: SocketAddr,
+    pub qname: String,
+    pub qtype: String,
+    pub id: u16,
+    pub outcome: String,
+    pub outcome_detail: Option<String>,
+    pub latency_us: Option<u64>,
+    pub response_rcode: Option<String>,
+    pub response_flags: Option<Vec<String>>,
+    pub response_answers: Option<u16>,
+    pub response_authority: Option<u16>,
+    pub response_additional: Option<u16>,
+}
+
+/// One `"kind":"lookup"` line: every attempt one process made for one name.
+/// (Not `Lookup`, which is what a client is asked to look up.)
+#[derive(Clone, Debug, Deserialize)]
+pub struct TracedLookup {
+    pub ts: String,
+    pub pid: u32,
+    pub comm: String,
+    /// As asked: without search suffixes or trailing dot.
+    pub name: String,
+    pub names_tried: Vec<String>,
+    pub outcome: String,
+    pub total_us: u64,
+    pub attempts: u32,
+    pub wasted_queries: u32,
+    pub resolver: Option<String>,
+}
+
+/// One `"kind":"diagnosis"` line.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Diagnosis {
+    pub pid: u32,
+    pub comm: String,
+    pub cause: String,
+    pub server: Option<SocketAddr>,
+    pub names: Vec<String>,
+    pub count: u64,
+    pub first_ts: String,
+    pub last_ts: String,
+    /// DNS ids of the messages that show it.
+    pub evidence: Vec<u16>,
+    pub explanation: String,
+    pub fix: String,
+    pub rejected_shape: Option<Shape>,
+    pub accepted_shape: Option<Shape>,
+}
+
+/// A response's shape, as `answer_rejected` compares them.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Shape {
+    pub flags: Vec<String>,
+    pub rcode: String,
+    pub answers: u16,
+    pub authority: u16,
+    pub additional: u16,
 }
 
 /// The last line.
@@ -153,6 +277,10 @@ pub struct Summary {
 #[derive(Debug)]
 pub struct Trace {
     pub messages: Vec<Message>,
+    pub attempts: Vec<Attempt>,
+    pub lookups: Vec<TracedLookup>,
+    /// Every diagnosis line; see [`Trace::diagnoses_of`] for the totals.
+    pub diagnoses: Vec<Diagnosis>,
     pub summary: Summary,
     /// Each line as plain JSON, for checks on the schema itself.
     pub lines: Vec<serde_json::Value>,
@@ -176,26 +304,43 @@ impl Trace {
             "the last line is the summary: {last}"
         );
         let summary = Summary::deserialize(last).unwrap_or_else(|e| panic!("summary {last}: {e}"));
-        // Correlation adds attempt, lookup and diagnosis lines; these tests
-        // are about the messages.
-        let messages = messages
-            .iter()
-            .filter(|line| {
-                assert_ne!(
-                    line["kind"], "summary",
-                    "only the last line is a summary: {line}"
-                );
-                line["kind"] == "message"
-            })
-            .map(|line| {
-                Message::deserialize(line).unwrap_or_else(|e| panic!("message {line}: {e}"))
-            })
-            .collect();
-        Self {
-            messages,
+        let mut trace = Self {
+            messages: Vec::new(),
+            attempts: Vec::new(),
+            lookups: Vec::new(),
+            diagnoses: Vec::new(),
             summary,
-            lines,
+            lines: Vec::new(),
             stderr,
+        };
+        for line in messages {
+            match line["kind"].as_str() {
+                Some("message") => trace.messages.push(typed(line)),
+                Some("attempt") => trace.attempts.push(typed(line)),
+                Some("lookup") => trace.lookups.push(typed(line)),
+                Some("diagnosis") => trace.diagnoses.push(typed(line)),
+                _ => panic!("unknown kind of line, or a summary before the last line: {line}"),
+            }
         }
+        trace.lines = lines;
+        trace
+    }
+
+    /// `pid`'s diagnoses, each as its last line, which holds the totals.
+    pub fn diagnoses_of(&self, pid: u32) -> Vec<&Diagnosis> {
+        let mut last = BTreeMap::new();
+        for diagnosis in self.diagnoses.iter().filter(|d| d.pid == pid) {
+            last.insert((&diagnosis.cause, diagnosis.server), diagnosis);
+        }
+        last.into_values().collect()
+    }
+
+    /// `pid`'s attempt, lookup and diagnosis lines, for failure messages.
+    pub fn correlation_of(&self, pid: u32) -> String {
+        self.lines
+            .iter()
+            .filter(|line| line["pid"] == pid && line["kind"] != "message")
+            .map(|line| format!("{line}\n"))
+            .collect()
     }
 }

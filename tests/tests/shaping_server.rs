@@ -11,8 +11,8 @@ use std::{
 use dnstrace_tests::{
     clients::Lookup,
     netns::{Family, Topology},
-    process::wait_bounded,
-    servers::{DnsServer, HUGE_TXT_RECORDS, ServerKind, dig_target},
+    process::{run, wait_bounded},
+    servers::{ANSWER_V4, DnsServer, HUGE_TXT_RECORDS, ServerKind, dig_target},
     wire::PacketCapture,
 };
 
@@ -40,7 +40,7 @@ fn rcode(rcode: u8) -> Expected {
     }
 }
 
-fn cases() -> [(&'static str, &'static str, Expected); 15] {
+fn cases() -> [(&'static str, &'static str, Expected); 17] {
     let answer = |flags, counts| Expected::Answer {
         rcode: 0,
         flags,
@@ -60,6 +60,8 @@ fn cases() -> [(&'static str, &'static str, Expected); 15] {
         ("drop", "A", Expected::Silence),
         ("drop-aaaa", "A", answer(AUTHORITATIVE, [1, 0, 0])),
         ("drop-aaaa", "AAAA", Expected::Silence),
+        ("slow-drop-aaaa", "A", answer(AUTHORITATIVE, [1, 0, 0])),
+        ("slow-drop-aaaa", "AAAA", Expected::Silence),
         ("wrong-id", "A", Expected::WrongId),
         (
             "huge",
@@ -129,4 +131,62 @@ fn each_shape_puts_its_answer_on_the_wire() {
             (_, answers) => panic!("wrong number of answers for {qname}: {answers:?}"),
         }
     }
+}
+
+/// Runs dig in the client namespace with `args` and returns its output.
+fn dig(net: &Topology, lookup: &Lookup, args: &[&str]) -> String {
+    let mut command = net.client.command("dig");
+    command
+        .args(dig_target(lookup.server))
+        .args(["+tries=1", "+time=2", "+noedns"])
+        .arg(&lookup.domain)
+        .args(args)
+        .stderr(Stdio::null());
+    run(&mut command)
+}
+
+#[test]
+fn cache_answers_with_aa_first_and_without_it_from_then_on() {
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let wire = PacketCapture::start(&net.server, &[53]);
+    let lookup = Lookup::in_subzone("cache", "cache", shaping.socket(Family::V4));
+    // One after the other: the first of each type fills the cache.
+    for _ in 0..2 {
+        for qtype in ["A", "AAAA"] {
+            dig(&net, &lookup, &[qtype]);
+        }
+    }
+    let packets = wire.stop();
+    let answers: Vec<_> = packets.iter().filter(|p| p.qr).collect();
+    let shapes: Vec<(u16, Vec<&str>, [u16; 3])> = answers
+        .iter()
+        .map(|p| {
+            let flags = p.flags.iter().copied().collect();
+            (p.qtype, flags, [p.answers, p.authority, p.additional])
+        })
+        .collect();
+    let cached = LAME.to_vec();
+    assert_eq!(
+        shapes,
+        [
+            (1, vec!["aa", "rd"], [1, 0, 0]),
+            (28, vec!["aa", "rd"], [0, 1, 0]),
+            (1, cached.clone(), [1, 0, 0]),
+            (28, cached, [0, 1, 0]),
+        ],
+        "{answers:#?}"
+    );
+    assert!(answers.iter().all(|p| p.rcode == 0), "{answers:#?}");
+}
+
+#[test]
+fn truncated_names_are_answered_whole_over_tcp() {
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let lookup = Lookup::in_subzone("tcp", "tc", shaping.socket(Family::V4));
+    let over_udp = dig(&net, &lookup, &["+ignore", "+short"]);
+    assert!(over_udp.trim().is_empty(), "UDP: {over_udp}");
+    let over_tcp = dig(&net, &lookup, &["+tcp", "+short"]);
+    assert_eq!(over_tcp.trim(), ANSWER_V4.to_string(), "TCP: {over_tcp}");
 }

@@ -1,15 +1,22 @@
 //! A DNS server that answers in odd shapes on purpose, to provoke the stub
 //! resolver behaviour in shared/notes/resolver-behaviour.md.
 //!
-//! Usage: `shaping-server ADDR:PORT...` (UDP). The shape comes from the label
-//! just before the zone: `<anything>.<shape>.example.test.` Without a known
-//! shape label, a name gets a normal authoritative answer. Each query is
-//! logged to stderr as `query <id> <qtype> <qname> from <addr>`, a log the
-//! tests can use as ground truth.
+//! Usage: `shaping-server ADDR:PORT...` (UDP and TCP). The shape comes from
+//! the label just before the zone: `<anything>.<shape>.example.test.` Without
+//! a known shape label, a name gets a normal authoritative answer. Over TCP
+//! every shape is answered as over UDP, except that nothing is truncated
+//! there: a `tc` name gets its whole answer, as resolvers that fall back to
+//! TCP expect. Each query is logged to stderr as
+//! `query <id> <qtype> <qname> from <addr>`, a log the tests can use as
+//! ground truth.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{Arc, Mutex},
     thread,
+    time::{Duration, Instant},
 };
 
 use dnstrace_tests::servers::{ANSWER_V4, ANSWER_V6, HUGE_TXT_RECORDS, ZONE};
@@ -36,6 +43,11 @@ enum Shape {
     LameAaaa,
     /// Both types lame NODATA: no AA, no RA, no records but an SOA.
     Lame,
+    /// A caching server in front of an authoritative one (CoreDNS with
+    /// `cache 30`): the first query for a name and type is answered `qr,aa,rd`,
+    /// the next ones for [`CACHE_TTL`] `qr,rd` only, as [`Shape::LameAaaa`]
+    /// answers. A has its address; AAAA is NODATA with an SOA. No OPT ever.
+    Cache,
     Rcode(u16),
     /// TC=1 and nothing else.
     Truncated,
@@ -43,6 +55,8 @@ enum Shape {
     Drop,
     /// A answered, AAAA never.
     DropAaaa,
+    /// A answered after [`SLOW`], AAAA never: a far server that drops AAAA.
+    SlowDropAaaa,
     /// The answer carries another ID.
     WrongId,
     /// TXT answered with [`HUGE_TXT_RECORDS`] records, whatever the
@@ -55,6 +69,7 @@ impl Shape {
         match label {
             "lame-aaaa" => Shape::LameAaaa,
             "lame" => Shape::Lame,
+            "cache" => Shape::Cache,
             "formerr" => Shape::Rcode(1),
             "servfail" => Shape::Rcode(2),
             "nxdomain" => Shape::Rcode(3),
@@ -63,6 +78,7 @@ impl Shape {
             "tc" => Shape::Truncated,
             "drop" => Shape::Drop,
             "drop-aaaa" => Shape::DropAaaa,
+            "slow-drop-aaaa" => Shape::SlowDropAaaa,
             "wrong-id" => Shape::WrongId,
             "huge" => Shape::Huge,
             _ => Shape::Normal,
@@ -179,8 +195,35 @@ impl Answer {
     }
 }
 
-fn answer(query: &Query) -> Option<Vec<u8>> {
-    let shape = shape_of(&query.qname);
+/// How long [`Shape::Cache`] answers from its cache: CoreDNS's `cache 30`.
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// The names and types [`Shape::Cache`] has answered, and when.
+#[derive(Default)]
+struct Cache(Mutex<HashMap<(String, u16), Instant>>);
+
+impl Cache {
+    /// Whether an answer for `qname` and `qtype` is cached; caches one if not.
+    fn hit(&self, qname: &str, qtype: u16) -> bool {
+        let mut entries = self.0.lock().expect("cache lock");
+        let now = Instant::now();
+        // Expired entries go, so the map stays as small as the traffic.
+        entries.retain(|_, cached| now.duration_since(*cached) < CACHE_TTL);
+        let key = (qname.to_owned(), qtype);
+        if entries.contains_key(&key) {
+            return true;
+        }
+        entries.insert(key, now);
+        false
+    }
+}
+
+fn answer(query: &Query, tcp: bool, cache: &Cache) -> Option<Vec<u8>> {
+    let shape = match shape_of(&query.qname) {
+        // TCP has room for the whole answer.
+        Shape::Truncated if tcp => Shape::Normal,
+        shape => shape,
+    };
     let rd = if query.rd { FLAG_RD } else { 0 };
     let authoritative = FLAG_QR | FLAG_AA | rd | FLAG_RA;
     let address = |answer: &mut Answer| match query.qtype {
@@ -190,8 +233,8 @@ fn answer(query: &Query) -> Option<Vec<u8>> {
     };
     let answer = match shape {
         Shape::Drop => return None,
-        Shape::DropAaaa if query.qtype == TYPE_AAAA => return None,
-        Shape::Normal | Shape::DropAaaa | Shape::WrongId | Shape::Huge => {
+        Shape::DropAaaa | Shape::SlowDropAaaa if query.qtype == TYPE_AAAA => return None,
+        Shape::Normal | Shape::DropAaaa | Shape::SlowDropAaaa | Shape::WrongId | Shape::Huge => {
             let id = if shape == Shape::WrongId {
                 !query.id
             } else {
@@ -226,24 +269,95 @@ fn answer(query: &Query) -> Option<Vec<u8>> {
             Answer::new(query.id, FLAG_QR | rd | FLAG_RA | rcode, query.question)
         }
         Shape::Truncated => Answer::new(query.id, authoritative | FLAG_TC, query.question),
+        Shape::Cache => {
+            let aa = if cache.hit(&query.qname, query.qtype) {
+                0
+            } else {
+                FLAG_AA
+            };
+            let mut answer = Answer::new(query.id, FLAG_QR | aa | rd, query.question);
+            match query.qtype {
+                TYPE_A => address(&mut answer),
+                _ => answer.soa(),
+            }
+            answer
+        }
     };
     Some(answer.finish())
 }
 
-fn serve(socket: UdpSocket) {
+/// Parses and logs one query, and shapes its answer.
+fn respond(packet: &[u8], peer: SocketAddr, tcp: bool, cache: &Cache) -> Option<Vec<u8>> {
+    let Some(query) = parse(packet) else {
+        eprintln!("unparsable {} bytes from {peer}", packet.len());
+        return None;
+    };
+    let transport = if tcp { " tcp" } else { "" };
+    eprintln!(
+        "query {} {} {} from {peer}{transport}",
+        query.id, query.qtype, query.qname
+    );
+    answer(&query, tcp, cache)
+}
+
+/// How long [`Shape::SlowDropAaaa`] takes to answer: a server far away.
+const SLOW: Duration = Duration::from_millis(50);
+
+/// Whether the answer to `packet` waits for [`SLOW`].
+fn is_slow(packet: &[u8]) -> bool {
+    parse(packet).is_some_and(|query| shape_of(&query.qname) == Shape::SlowDropAaaa)
+}
+
+fn serve_udp(socket: UdpSocket, cache: Arc<Cache>) {
     let mut buffer = [0u8; 65536];
     loop {
         let (len, peer) = socket.recv_from(&mut buffer).expect("recv_from");
-        let Some(query) = parse(&buffer[..len]) else {
-            eprintln!("unparsable {len} bytes from {peer}");
+        let Some(answer) = respond(&buffer[..len], peer, false, &cache) else {
             continue;
         };
-        eprintln!(
-            "query {} {} {} from {peer}",
-            query.id, query.qtype, query.qname
-        );
-        if let Some(answer) = answer(&query) {
+        if is_slow(&buffer[..len]) {
+            // On a thread of its own, so other queries are not held up.
+            let socket = socket.try_clone().expect("clone the socket");
+            thread::spawn(move || {
+                thread::sleep(SLOW);
+                socket.send_to(&answer, peer).expect("send_to");
+            });
+        } else {
             socket.send_to(&answer, peer).expect("send_to");
+        }
+    }
+}
+
+fn serve_tcp(listener: TcpListener, cache: Arc<Cache>) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let cache = Arc::clone(&cache);
+        thread::spawn(move || serve_connection(stream, &cache));
+    }
+}
+
+/// Length-prefixed messages (RFC 1035 4.2.2) until the client closes.
+fn serve_connection(mut stream: TcpStream, cache: &Cache) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    loop {
+        let mut length = [0u8; 2];
+        if stream.read_exact(&mut length).is_err() {
+            return;
+        }
+        let mut packet = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        if stream.read_exact(&mut packet).is_err() {
+            return;
+        }
+        if is_slow(&packet) {
+            thread::sleep(SLOW);
+        }
+        if let Some(answer) = respond(&packet, peer, true, cache) {
+            let length = u16::try_from(answer.len()).expect("answers fit a TCP message");
+            let mut framed = length.to_be_bytes().to_vec();
+            framed.extend(answer);
+            if stream.write_all(&framed).is_err() {
+                return;
+            }
         }
     }
 }
@@ -257,13 +371,16 @@ fn main() {
         })
         .collect();
     assert!(!addrs.is_empty(), "usage: shaping-server ADDR:PORT...");
-    let servers: Vec<_> = addrs
-        .into_iter()
-        .map(|addr| {
-            let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            thread::spawn(move || serve(socket))
-        })
-        .collect();
+    let cache = Arc::new(Cache::default());
+    let mut servers = Vec::new();
+    for addr in addrs {
+        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
+        let udp_cache = Arc::clone(&cache);
+        servers.push(thread::spawn(move || serve_udp(socket, udp_cache)));
+        let tcp_cache = Arc::clone(&cache);
+        servers.push(thread::spawn(move || serve_tcp(listener, tcp_cache)));
+    }
     for server in servers {
         server.join().expect("server thread");
     }
