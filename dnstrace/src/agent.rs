@@ -40,10 +40,15 @@ impl Decoder {
             pipeline.summary.malformed_records += 1;
             return;
         };
-        let message = Message::from_raw(&raw, &self.clock, &mut self.namespaces, &mut self.streams);
-        if let Some(message) = message {
-            pipeline.message(&message);
-        }
+        Message::from_raw(
+            &raw,
+            &self.clock,
+            &mut self.namespaces,
+            &mut self.streams,
+            |message| {
+                pipeline.message(&message);
+            },
+        );
     }
 }
 

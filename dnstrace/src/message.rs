@@ -77,13 +77,16 @@ pub struct Message {
 }
 
 impl Message {
-    /// `None` for a TCP segment that only continues a message.
+    /// Hands each message in a record to `each`: one for UDP; for TCP, those
+    /// that start in the segment (none for a segment that only continues
+    /// one).
     pub fn from_raw(
         raw: &RawMessage<'_>,
         clock: &WallClock,
         namespaces: &mut Namespaces,
         streams: &mut TcpStreams,
-    ) -> Option<Self> {
+        mut each: impl FnMut(Self),
+    ) {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -98,22 +101,11 @@ impl Message {
         } else {
             Direction::Recv
         };
-        let (transport, payload, size) = if header.protocol == PROTO_TCP {
-            let sending = direction == Direction::Send;
-            let framed = streams.frame(
-                header.socket_cookie,
-                sending,
-                header.payload_len,
-                raw.payload,
-            )?;
-            (Transport::Tcp, framed.bytes, framed.len)
-        } else {
-            (Transport::Udp, raw.payload, header.payload_len)
-        };
-        Some(Self {
+        let process = &process;
+        let message = |transport: Transport, payload: &[u8], size: u32| Self {
             wall_time_ns: clock.wall_ns(header.timestamp_ns),
             monotonic_ns: header.timestamp_ns,
-            process,
+            process: process.clone(),
             socket_cookie: header.socket_cookie,
             direction,
             transport,
@@ -122,7 +114,20 @@ impl Message {
             size,
             truncated_capture: (payload.len() as u32) < size,
             dns: decode::decode(payload, size as usize),
-        })
+        };
+        if header.protocol == PROTO_TCP {
+            let sending = direction == Direction::Send;
+            for framed in streams.frame(
+                header.socket_cookie,
+                sending,
+                header.payload_len,
+                raw.payload,
+            ) {
+                each(message(Transport::Tcp, framed.bytes, framed.len));
+            }
+        } else {
+            each(message(Transport::Udp, raw.payload, header.payload_len));
+        }
     }
 }
 

@@ -209,7 +209,6 @@ fn servfail_from_the_first_server_is_a_server_failure_fallback() {
 }
 
 #[test]
-#[ignore = "needs TCP capture"]
 fn glibc_retrying_a_truncated_answer_over_tcp_is_truncated_tcp_fallback() {
     let net = Topology::new();
     let shaping = DnsServer::start(ServerKind::Shaping, &net);

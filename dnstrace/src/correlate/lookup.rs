@@ -68,6 +68,18 @@ impl Lookup {
         })
     }
 
+    /// Whether every question asked has had a response (used, or not yet
+    /// judged).
+    pub fn every_question_answered(&self) -> bool {
+        self.attempts.iter().all(|asked| {
+            self.attempts.iter().any(|a| {
+                a.question.same_as(&asked.question)
+                    && a.response.is_some()
+                    && matches!(a.outcome, Outcome::Pending | Outcome::Answered)
+            })
+        })
+    }
+
     pub fn is_settled(&self) -> bool {
         self.attempts.iter().all(|a| a.outcome != Outcome::Pending)
     }

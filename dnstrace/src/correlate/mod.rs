@@ -24,15 +24,15 @@ use crate::{
 
 /// A response is judged rejected only if the process asks again within this
 /// long; resolvers that reject an answer ask again at once.
-pub const REJECT_WINDOW_NS: u64 = 1_000_000_000;
+pub const REJECT_WINDOW_NS: u64 = 250_000_000;
 /// A lookup is reported once nothing happened in it for this long.
-pub const SETTLE_NS: u64 = 1_500_000_000;
+pub const SETTLE_NS: u64 = 1_000_000_000;
 /// Slack on top of the resolver's timeout before an unanswered query counts
 /// as timed out, for a process that never asks again.
 const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
 /// Open lookups kept per process, and processes tracked; past either the
 /// oldest lookup is reported as it stands and counted as evicted.
-const MAX_LOOKUPS_PER_PROCESS: usize = 64;
+const MAX_LOOKUPS_PER_PROCESS: usize = 512;
 const MAX_PROCESSES: usize = 4096;
 /// A lookup with this many attempts takes no more; real resolvers make at
 /// most about 24 (six search domains, two types, two tries).
@@ -149,14 +149,17 @@ impl Correlator {
         // label with an unresolved lookup continues it (postgres.ns.svc… →
         // postgres.).
         let search_unknown = context.conf.is_none();
-        // A lookup that has its answer ends when the process starts over:
-        // a fresh socket to the server it began with.
+        // A lookup that has an answer to every question it asked ends when
+        // the process starts over: a fresh socket to the server it began
+        // with. (glibc's last round, one query per socket after timeouts,
+        // still belongs to a lookup that lacks an answer.)
         let position = lookups.iter().rposition(|lookup| {
             let continues = lookup.name == name
                 || (search_unknown
                     && !lookup.has_positive_response()
                     && first_label(&lookup.name) == first_label(&name));
             let starts_over = lookup.has_positive_response()
+                && lookup.every_question_answered()
                 && lookup
                     .attempts
                     .iter()
@@ -172,7 +175,7 @@ impl Correlator {
             None => {
                 if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
                     self.evicted += 1;
-                    out.push(Correlated::Lookup(lookups.remove(0)));
+                    out.push(Correlated::Lookup(close_as_it_stands(lookups.remove(0))));
                 }
                 lookups.push(Lookup {
                     pid,
@@ -335,19 +338,11 @@ impl Correlator {
     /// Reports everything still open, as it stands (at exit).
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
         for (_, lookups) in self.lookups.drain() {
-            for mut lookup in lookups {
-                let rejected = rejected_shapes(&lookup);
-                for attempt in lookup
-                    .attempts
-                    .iter_mut()
-                    .filter(|a| a.outcome == Outcome::Pending)
-                {
-                    if attempt.response.is_some() {
-                        attempt.outcome = unrepeated_answer(attempt, &rejected);
-                    }
-                }
-                out.push(Correlated::Lookup(lookup));
-            }
+            out.extend(
+                lookups
+                    .into_iter()
+                    .map(|l| Correlated::Lookup(close_as_it_stands(l))),
+            );
         }
     }
 
@@ -388,10 +383,11 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         Some(Rejection::NextServer)
     } else if repeat.socket_cookie == previous.socket_cookie {
         Some(Rejection::AskedAgain)
-    } else if !answer_was_used {
+    } else if !answer_was_used || response.shape.is_lame_referral() {
         // A fresh socket to the same server: a resolver that opens one per
-        // try (Go) — unless the lookup already had its answer, in which case
-        // this is the application asking again.
+        // try (Go), unless the lookup already had its answer, in which case
+        // this is the application asking again. A lame referral is never an
+        // answer to keep, so asking again after one is rejecting it.
         Some(Rejection::AskedAgain)
     } else {
         None
@@ -400,6 +396,21 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         Some(rejection) => Outcome::Rejected(rejection),
         None => Outcome::Answered,
     };
+}
+
+/// A lookup reported before time could judge it (at exit, or evicted): a
+/// response the process did not ask again after was used, or rejected if it
+/// repeats one just thrown away; queries without one stay pending.
+fn close_as_it_stands(mut lookup: Lookup) -> Lookup {
+    let rejected = rejected_shapes(&lookup);
+    for attempt in lookup
+        .attempts
+        .iter_mut()
+        .filter(|a| a.outcome == Outcome::Pending && a.response.is_some())
+    {
+        attempt.outcome = unrepeated_answer(attempt, &rejected);
+    }
+    lookup
 }
 
 /// The questions and response shapes the process threw away in a lookup.

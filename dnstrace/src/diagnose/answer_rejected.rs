@@ -39,12 +39,15 @@ fn finding(
         .copied()
         .find(Shape::is_lame_referral)
         .or(shapes.first().copied())?;
+    // The used shape most like the rejected one shows what made the
+    // difference; among equals, the most recent.
     let accepted_shape = history
         .accepted_shapes
         .iter()
         .rev()
         .copied()
-        .find(|s| *s != rejected_shape);
+        .filter(|s| *s != rejected_shape)
+        .min_by_key(|s| unlikeness(&rejected_shape, s));
     let first = from_server.first()?;
     let detail = first.outcome.detail().unwrap_or("asked again");
 
@@ -106,6 +109,20 @@ fn finding(
         shapes: Some((rejected_shape, accepted_shape)),
         wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
     })
+}
+
+/// How many of rcode and the counts differ: flags are what the comparison
+/// is meant to show.
+fn unlikeness(a: &Shape, b: &Shape) -> usize {
+    [
+        a.rcode != b.rcode,
+        a.answers != b.answers,
+        a.authority != b.authority,
+        a.additional != b.additional,
+    ]
+    .into_iter()
+    .filter(|differs| *differs)
+    .count()
 }
 
 /// "AA 0→1, RA 0→1, an 0→1": what the accepted shape has that the rejected

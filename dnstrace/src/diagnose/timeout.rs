@@ -79,11 +79,14 @@ fn is_parallel_loss(lookup: &Lookup, lost: &Attempt) -> bool {
             && a.sent_monotonic_ns
                 .is_some_and(|s| s.abs_diff(sent) <= PAIR_WINDOW_NS)
     });
-    let resent_same_id = lookup.attempts.iter().any(|a| {
+    // The race is passing: the query sent again is answered. A query lost
+    // every time is a plain timeout.
+    let resent_and_answered = lookup.attempts.iter().any(|a| {
         a.socket_cookie == lost.socket_cookie
             && a.id == lost.id
             && a.question.same_as(&lost.question)
             && a.sent_monotonic_ns.is_some_and(|s| s > sent)
+            && a.response.is_some()
     });
-    sibling_answered && resent_same_id
+    sibling_answered && resent_and_answered
 }
