@@ -85,7 +85,7 @@ fn finding(
     }
     if let Some(library) = library {
         explanation.push_str(&format!(
-            " The process resolves with {}.",
+            " Its resolver: {}.",
             library.describe()
         ));
     }
