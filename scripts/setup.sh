@@ -23,13 +23,15 @@ install_debian_packages() {
   for pkg in "${DEBIAN_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
+  need_root
+  # Always refresh the lists: the VM test downloads Debian's newest 6.1
+  # kernel package, and a stale list names one the mirror no longer has.
+  apt-get update -qq
   if [ ${#missing[@]} -eq 0 ]; then
     log "Debian packages present"
     return
   fi
-  need_root
   log "installing Debian packages: ${missing[*]}"
-  apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
