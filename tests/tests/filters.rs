@@ -90,6 +90,28 @@ fn comm_filter_captures_only_that_command() {
     });
 }
 
+#[test]
+fn pid_with_comm_still_catches_the_command_restarted_under_a_new_pid() {
+    let setup = Setup::new();
+    let wire = PacketCapture::start(&setup.net.server, &[53]);
+    let first = Client::Getent.prepare(&setup.net, &setup.lookup("first"));
+    let pid = first.pid();
+    let tracer = Tracer::start(["--pid", &pid.to_string(), "--comm", "getent"]);
+    let first = first.run();
+    // The "restart": the same command again, as a new process.
+    let restarted = Client::Getent.run(&setup.net, &setup.lookup("restarted"));
+    setup.run_bystander(Client::Python { lookups: 1 });
+    let trace = tracer.stop();
+    let packets = wire.stop();
+    assert_ne!(first.pid, restarted.pid);
+    for run in [&first, &restarted] {
+        assert_client_run_captured_once(&trace, &packets, setup.net.client.inode(), run);
+    }
+    assert_only(&trace, &format!("--pid {pid} --comm getent"), |m| {
+        m.pid == Some(pid) || m.comm.as_deref() == Some("getent")
+    });
+}
+
 /// Runs getent and dig under a tracer restricted to the client namespace
 /// by `netns_arg`, and checks both are captured and the server's side not.
 fn check_netns_filter(setup: &Setup, netns_arg: &str, getent: PausedClient) {
