@@ -84,10 +84,7 @@ fn finding(
         ));
     }
     if let Some(library) = library {
-        explanation.push_str(&format!(
-            " Its resolver: {}.",
-            library.describe()
-        ));
+        explanation.push_str(&format!(" Its resolver: {}.", library.describe()));
     }
 
     let fix = if rejected_shape.is_lame_referral() {
