@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Also write every message as a packet to this pcapng file (Wireshark,
+    /// tshark), with the process in each packet's comment.
+    #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
+    pub pcapng: Option<PathBuf>,
+
     /// Stop after this many seconds.
     #[arg(short, long, value_name = "SECS")]
     pub duration: Option<u64>,

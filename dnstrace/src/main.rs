@@ -30,7 +30,7 @@ use crate::{
     capture::{Capture, CaptureRequest},
     cli::{Args, ColorChoice, Format},
     failure::Failure,
-    output::{Destination, Output, json::JsonOutput, text::TextOutput},
+    output::{Destination, Output, json::JsonOutput, pcapng::PcapngOutput, text::TextOutput},
     pipeline::Pipeline,
 };
 
@@ -74,6 +74,14 @@ fn run(args: Args) -> Result<(), Failure> {
         }
     };
 
+    let mut outputs = vec![output];
+    if let Some(path) = &args.pcapng {
+        let file = output::create_private(path)?;
+        let pcapng = PcapngOutput::new(file)
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
+        outputs.push(Box::new(pcapng));
+    }
+
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -86,7 +94,7 @@ fn run(args: Args) -> Result<(), Failure> {
         eprintln!("dnstrace: attached, backend {}", capture.backend.name());
         let summary = agent::run(
             capture,
-            Pipeline::new(vec![output]),
+            Pipeline::new(outputs),
             args.duration.map(Duration::from_secs),
             args.summary_interval
                 .filter(|s| *s > 0)

@@ -74,6 +74,9 @@ pub struct Message {
     /// Fewer bytes were captured than the message holds.
     pub truncated_capture: bool,
     pub dns: DnsSummary,
+    /// The captured DNS message (without TCP's length prefix), for outputs
+    /// that write packets.
+    pub payload: Vec<u8>,
 }
 
 impl Message {
@@ -114,6 +117,7 @@ impl Message {
             size,
             truncated_capture: (payload.len() as u32) < size,
             dns: decode::decode(payload, size as usize),
+            payload: payload.to_vec(),
         };
         if header.protocol == PROTO_TCP {
             let sending = direction == Direction::Send;

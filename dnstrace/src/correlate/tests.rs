@@ -117,6 +117,7 @@ fn message(
         remote: socket.server,
         size: 40,
         truncated_capture: false,
+        payload: Vec::new(),
         dns: DnsSummary {
             header: Some(header),
             question: Some(Question {

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
-use super::{Destination, Output, ProcessReport, Summary};
+use super::{Destination, Output, Summary};
 use crate::{
     clock::Rfc3339,
     correlate::{
@@ -350,15 +350,6 @@ impl Output for JsonOutput {
         self.line(&DiagnosisRecord::new(diagnosis))
     }
 
-    fn report(
-        &mut self,
-        _processes: &[&ProcessReport],
-        _diagnoses: &[&Diagnosis],
-    ) -> io::Result<()> {
-        // Lookups and diagnoses are already in the stream.
-        Ok(())
-    }
-
     fn flush(&mut self) -> io::Result<()> {
         self.destination.writer.flush()
     }
@@ -395,6 +386,7 @@ mod tests {
             remote: "127.0.0.1:53".parse().unwrap(),
             size: 12,
             truncated_capture: false,
+            payload: Vec::new(),
             dns: decode(&payload, payload.len()),
         };
         let summary = SummaryRecord {
@@ -464,6 +456,7 @@ mod tests {
             remote: "127.0.0.1:53".parse().unwrap(),
             size: 12,
             truncated_capture: false,
+            payload: Vec::new(),
             dns: decode(&payload, payload.len()),
         };
         let value = serde_json::to_value(MessageRecord::new(&message)).unwrap();

@@ -2,10 +2,11 @@
 //! like ripgrep's printers.
 
 pub mod json;
+pub mod pcapng;
 pub mod text;
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     io::{self, BufWriter, IsTerminal, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
@@ -87,14 +88,27 @@ impl Summary {
 
 pub trait Output {
     fn message(&mut self, message: &Message) -> io::Result<()>;
+    // Formats that carry only messages (pcapng) leave the rest alone.
     /// A lookup that settled, with its attempts.
-    fn lookup(&mut self, lookup: &Lookup) -> io::Result<()>;
+    fn lookup(&mut self, _lookup: &Lookup) -> io::Result<()> {
+        Ok(())
+    }
     /// A response that matched no query.
-    fn stray(&mut self, attempt: &Attempt) -> io::Result<()>;
+    fn stray(&mut self, _attempt: &Attempt) -> io::Result<()> {
+        Ok(())
+    }
     /// A diagnosis that is new (`first` is set) or has grown.
-    fn diagnosis(&mut self, diagnosis: &Diagnosis, first: bool) -> io::Result<()>;
+    fn diagnosis(&mut self, _diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
+        Ok(())
+    }
     /// The per-process report: every `--summary-interval`, and at exit.
-    fn report(&mut self, processes: &[&ProcessReport], diagnoses: &[&Diagnosis]) -> io::Result<()>;
+    fn report(
+        &mut self,
+        _processes: &[&ProcessReport],
+        _diagnoses: &[&Diagnosis],
+    ) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes everything written so far visible (a tick, or the end).
     fn flush(&mut self) -> io::Result<()>;
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
@@ -132,8 +146,19 @@ impl ProcessReport {
     }
 }
 
-/// Where output goes. Files are created with mode 0600: traces carry names
+/// Creates (or truncates) an output file with mode 0600: traces carry names
 /// that processes looked up.
+pub fn create_private(path: &Path) -> Result<File, Failure> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Where the main output goes: standard output or a file.
 pub struct Destination {
     pub writer: BufWriter<Box<dyn Write>>,
     pub is_terminal: bool,
@@ -151,13 +176,7 @@ impl Destination {
                 })
             }
             Some(path) => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
+                let file = create_private(path)?;
                 Ok(Self {
                     writer: BufWriter::new(Box::new(file)),
                     is_terminal: false,

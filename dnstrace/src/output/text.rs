@@ -313,6 +313,7 @@ mod tests {
             remote: "10.253.1.2:53".parse::<SocketAddr>().unwrap(),
             size: 60,
             truncated_capture: false,
+            payload: Vec::new(),
             dns: DnsSummary {
                 header: Some(HeaderSummary {
                     id: 0x4a1f,
