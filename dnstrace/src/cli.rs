@@ -45,6 +45,20 @@ pub struct Args {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Start a new output file (-o) once it holds this many bytes (K, M
+    /// and G suffixes count 1024s); the old one becomes FILE.1, FILE.1
+    /// becomes FILE.2, and so on.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+
+    /// Start a new output file (-o) every SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub rotate_interval: Option<u64>,
+
+    /// Rotated files to keep besides the current one.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub rotate_keep: usize,
+
     /// Also write every message as a packet to this pcapng file (Wireshark,
     /// tshark), with the process in each packet's comment.
     #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
@@ -98,4 +112,41 @@ pub enum ColorChoice {
     Auto,
     Always,
     Never,
+}
+
+/// `4096`, `512K`, `10M`, `1G`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => (&text[..at], unit.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    number
+        .checked_mul(1 << shift)
+        .filter(|bytes| *bytes > 0)
+        .ok_or_else(|| format!("size out of range: {text:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512k"), Ok(512 * 1024));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("3X").is_err());
+        assert!(parse_size("M").is_err());
+    }
 }

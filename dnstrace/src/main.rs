@@ -30,7 +30,10 @@ use crate::{
     capture::{Capture, CaptureRequest},
     cli::{Args, ColorChoice, Format},
     failure::Failure,
-    output::{Destination, Output, json::JsonOutput, pcapng::PcapngOutput, text::TextOutput},
+    output::{
+        Destination, Output, json::JsonOutput, pcapng::PcapngOutput, rotation::Policy,
+        text::TextOutput,
+    },
     pipeline::Pipeline,
 };
 
@@ -58,7 +61,15 @@ fn run(args: Args) -> Result<(), Failure> {
         ring_buffer_bytes: args.ring_buffer_mib << 20,
     };
     // Open the output before loading anything, so a bad path fails fast.
-    let destination = Destination::open(args.output.as_deref())?;
+    let rotation = Policy {
+        max_bytes: args.rotate_size,
+        max_age: args
+            .rotate_interval
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        keep: args.rotate_keep,
+    };
+    let destination = Destination::open(args.output.as_deref(), rotation)?;
     let output: Box<dyn Output> = match args.format {
         Format::Json => Box::new(JsonOutput::new(destination)),
         Format::Text => {

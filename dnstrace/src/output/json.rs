@@ -326,7 +326,8 @@ impl JsonOutput {
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
         let writer = &mut self.destination.writer;
         serde_json::to_writer(&mut *writer, value)?;
-        writer.write_all(b"\n")
+        writer.write_all(b"\n")?;
+        self.destination.line_written()
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod pcapng;
+pub mod rotation;
 pub mod text;
 
 use std::{
@@ -12,6 +13,7 @@ use std::{
     path::Path,
 };
 
+use self::rotation::{Policy, RotatingFile};
 use crate::{
     correlate::{attempt::Attempt, lookup::Lookup},
     diagnose::Diagnosis,
@@ -158,30 +160,70 @@ pub fn create_private(path: &Path) -> Result<File, Failure> {
         .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))
 }
 
-/// Where the main output goes: standard output or a file.
+/// Where the main output goes: standard output, a file, or a file that
+/// rotates.
 pub struct Destination {
-    pub writer: BufWriter<Box<dyn Write>>,
+    pub writer: Sink,
     pub is_terminal: bool,
 }
 
+pub enum Sink {
+    Plain(BufWriter<Box<dyn Write>>),
+    Rotating(RotatingFile),
+}
+
 impl Destination {
-    pub fn open(path: Option<&Path>) -> Result<Self, Failure> {
+    pub fn open(path: Option<&Path>, rotation: Policy) -> Result<Self, Failure> {
         match path {
             None => {
+                if rotation.rotates() {
+                    return Err(Failure::setup(
+                        "--rotate-size and --rotate-interval need -o FILE",
+                    ));
+                }
                 let stdout = io::stdout();
                 let is_terminal = stdout.is_terminal();
                 Ok(Self {
-                    writer: BufWriter::new(Box::new(stdout)),
+                    writer: Sink::Plain(BufWriter::new(Box::new(stdout))),
                     is_terminal,
                 })
             }
             Some(path) => {
                 let file = create_private(path)?;
+                let writer = if rotation.rotates() {
+                    Sink::Rotating(RotatingFile::new(path, file, rotation))
+                } else {
+                    Sink::Plain(BufWriter::new(Box::new(file)))
+                };
                 Ok(Self {
-                    writer: BufWriter::new(Box::new(file)),
+                    writer,
                     is_terminal: false,
                 })
             }
+        }
+    }
+
+    /// Called after each whole line, so a rotation never splits one.
+    pub fn line_written(&mut self) -> io::Result<()> {
+        match &mut self.writer {
+            Sink::Plain(_) => Ok(()),
+            Sink::Rotating(file) => file.line_written(),
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(writer) => writer.write(bytes),
+            Self::Rotating(file) => file.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(writer) => writer.flush(),
+            Self::Rotating(file) => file.flush(),
         }
     }
 }

@@ -50,7 +50,7 @@ impl TextOutput {
         if self.destination.is_terminal {
             writer.flush()?;
         }
-        Ok(())
+        self.destination.line_written()
     }
 }
 
