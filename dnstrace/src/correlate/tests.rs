@@ -156,6 +156,12 @@ impl Scenario {
         self.correlator.observe(&m, &mut self.out);
     }
 
+    /// An A query at `at`, answered a millisecond later.
+    fn exchange(&mut self, socket: Socket, id: u16, name: &str, at: u64, answer: Answer) {
+        self.query(socket, id, name, A, at);
+        self.answer(socket, id, name, A, at + MS, answer);
+    }
+
     /// Lets 20 s pass, then returns what settled and what was diagnosed.
     fn settle(mut self, now: u64) -> (Vec<Correlated>, Vec<crate::diagnose::Diagnosis>) {
         self.correlator.advance(now + 20_000 * MS, &mut self.out);
@@ -520,24 +526,8 @@ fn servfail_then_the_next_server_is_a_server_failure_fallback() {
         rcode: 2,
         ..NODATA_RA
     };
-    s.query(Socket::new(14, 1, server(1)), 1, "db.test.", A, 0);
-    s.answer(
-        Socket::new(14, 1, server(1)),
-        1,
-        "db.test.",
-        A,
-        MS,
-        servfail,
-    );
-    s.query(Socket::new(14, 2, server(2)), 2, "db.test.", A, 2 * MS);
-    s.answer(
-        Socket::new(14, 2, server(2)),
-        2,
-        "db.test.",
-        A,
-        3 * MS,
-        GOOD,
-    );
+    s.exchange(Socket::new(14, 1, server(1)), 1, "db.test.", 0, servfail);
+    s.exchange(Socket::new(14, 2, server(2)), 2, "db.test.", 2 * MS, GOOD);
     let (_, diagnoses) = s.settle(3 * MS);
     assert_eq!(causes(&diagnoses), [Cause::ServerFailureFallback]);
     assert_eq!(diagnoses[0].server, Some(server(1)));
@@ -551,22 +541,18 @@ fn a_known_search_list_groups_the_expansion_under_the_name_asked() {
         )),
         library: None,
     });
-    s.query(Socket::new(15, 1, server(1)), 1, "api.ns.svc.test.", A, 0);
-    s.answer(
+    s.exchange(
         Socket::new(15, 1, server(1)),
         1,
         "api.ns.svc.test.",
-        A,
-        MS,
+        0,
         NXDOMAIN,
     );
-    s.query(Socket::new(15, 2, server(1)), 2, "api.svc.test.", A, 2 * MS);
-    s.answer(
+    s.exchange(
         Socket::new(15, 2, server(1)),
         2,
         "api.svc.test.",
-        A,
-        3 * MS,
+        2 * MS,
         GOOD,
     );
     let (out, diagnoses) = s.settle(3 * MS);
