@@ -32,6 +32,7 @@ struct Decoder {
     clock: WallClock,
     namespaces: Namespaces,
     streams: TcpStreams,
+    keep_payloads: bool,
 }
 
 impl Decoder {
@@ -45,6 +46,7 @@ impl Decoder {
             &self.clock,
             &mut self.namespaces,
             &mut self.streams,
+            self.keep_payloads,
             |message| {
                 pipeline.message(&message);
             },
@@ -72,6 +74,7 @@ pub async fn run(
         clock: WallClock::new(),
         namespaces: Namespaces::scanned(),
         streams: TcpStreams::default(),
+        keep_payloads: pipeline.needs_payloads(),
     };
     let mut reported_lost = 0;
     let mut tick_count = 0u64;

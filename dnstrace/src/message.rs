@@ -74,8 +74,8 @@ pub struct Message {
     /// Fewer bytes were captured than the message holds.
     pub truncated_capture: bool,
     pub dns: DnsSummary,
-    /// The captured DNS message (without TCP's length prefix), for outputs
-    /// that write packets.
+    /// The captured DNS message (without TCP's length prefix), kept only
+    /// when an output writes packets: copying it costs every message.
     pub payload: Vec<u8>,
 }
 
@@ -88,6 +88,7 @@ impl Message {
         clock: &WallClock,
         namespaces: &mut Namespaces,
         streams: &mut TcpStreams,
+        keep_payload: bool,
         mut each: impl FnMut(Self),
     ) {
         let header = &raw.header;
@@ -117,7 +118,11 @@ impl Message {
             size,
             truncated_capture: (payload.len() as u32) < size,
             dns: decode::decode(payload, size as usize),
-            payload: payload.to_vec(),
+            payload: if keep_payload {
+                payload.to_vec()
+            } else {
+                Vec::new()
+            },
         };
         if header.protocol == PROTO_TCP {
             let sending = direction == Direction::Send;

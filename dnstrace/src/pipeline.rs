@@ -37,6 +37,11 @@ impl Pipeline {
         }
     }
 
+    /// Whether any output writes payloads, so decoding must keep them.
+    pub fn needs_payloads(&self) -> bool {
+        self.outputs.iter().any(|output| output.needs_payload())
+    }
+
     pub fn message(&mut self, message: &Message) {
         self.summary.messages += 1;
         if message.dns.decode_error.is_some() {

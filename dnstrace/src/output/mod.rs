@@ -90,6 +90,10 @@ impl Summary {
 
 pub trait Output {
     fn message(&mut self, message: &Message) -> io::Result<()>;
+    /// Whether this output writes messages' payloads (packets).
+    fn needs_payload(&self) -> bool {
+        false
+    }
     // Formats that carry only messages (pcapng) leave the rest alone.
     /// A lookup that settled, with its attempts.
     fn lookup(&mut self, _lookup: &Lookup) -> io::Result<()> {

@@ -132,6 +132,10 @@ impl Output for PcapngOutput {
         Ok(())
     }
 
+    fn needs_payload(&self) -> bool {
+        true
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.writer.get_mut().flush()
     }
