@@ -371,25 +371,35 @@ mod tests {
     use super::*;
     use crate::decode::decode;
 
-    /// docs/json.md must name every field the code writes.
-    #[test]
-    fn every_field_is_documented() {
-        let docs = include_str!("../../../docs/json.md");
+    /// A message of an all-zero header from an unknown process to
+    /// 127.0.0.1:53.
+    fn header_only(
+        wall_time_ns: i128,
+        local: &str,
+        direction: crate::message::Direction,
+    ) -> Message {
         let payload = [0u8; 12];
-        let message = Message {
-            wall_time_ns: 0,
+        Message {
+            wall_time_ns,
             monotonic_ns: 0,
             process: None,
             socket_cookie: 1,
-            direction: crate::message::Direction::Send,
+            direction,
             transport: crate::message::Transport::Udp,
-            local: "127.0.0.1:1".parse().unwrap(),
+            local: local.parse().unwrap(),
             remote: "127.0.0.1:53".parse().unwrap(),
             size: 12,
             truncated_capture: false,
             payload: Vec::new(),
             dns: decode(&payload, payload.len()),
-        };
+        }
+    }
+
+    /// docs/json.md must name every field the code writes.
+    #[test]
+    fn every_field_is_documented() {
+        let docs = include_str!("../../../docs/json.md");
+        let message = header_only(0, "127.0.0.1:1", crate::message::Direction::Send);
         let summary = SummaryRecord {
             kind: "summary",
             messages: 0,
@@ -445,21 +455,11 @@ mod tests {
 
     #[test]
     fn addresses_and_times_serialize_as_documented() {
-        let payload = [0u8; 12];
-        let message = Message {
-            wall_time_ns: 1_795_758_586_123_456_789,
-            monotonic_ns: 1,
-            process: None,
-            socket_cookie: 1,
-            direction: crate::message::Direction::Recv,
-            transport: crate::message::Transport::Udp,
-            local: "[::1]:5353".parse().unwrap(),
-            remote: "127.0.0.1:53".parse().unwrap(),
-            size: 12,
-            truncated_capture: false,
-            payload: Vec::new(),
-            dns: decode(&payload, payload.len()),
-        };
+        let message = header_only(
+            1_795_758_586_123_456_789,
+            "[::1]:5353",
+            crate::message::Direction::Recv,
+        );
         let value = serde_json::to_value(MessageRecord::new(&message)).unwrap();
         assert_eq!(value["ts"], "2026-11-27T05:49:46.123456789Z");
         assert_eq!(value["local"], "[::1]:5353");
