@@ -10,10 +10,19 @@
 /// can bound the copy with a mask.
 pub const MAX_PAYLOAD: usize = 2048;
 
-/// The kernel wakes the reader once this many bytes wait in the ring; below
-/// it, the reader finds them on its next poll (`POLL_INTERVAL_MS`). Small
-/// next to the ring, so a burst never fills it before the reader wakes.
+/// The kernel wakes the reader once about this many bytes wait in the ring;
+/// below it, the reader finds them on its next poll (`POLL_INTERVAL_MS`).
+/// Small next to the ring, so a burst never fills it before the reader
+/// wakes.
 pub const WAKEUP_BYTES: u64 = 256 * 1024;
+
+/// Each CPU looks at how much waits in the ring only each time it has
+/// written another this many bytes, as looking reads cache lines that every
+/// CPU writes; it wakes the reader when what waits has crossed another
+/// multiple of `WAKEUP_BYTES` since its last look. (Waking at every look
+/// while much waits would cost an interrupt each while the reader is awake
+/// but behind.) A power of two, so the division is a shift.
+pub const WAKEUP_CHECK_BYTES: u64 = 16 * 1024;
 
 /// How often userspace drains the ring without being woken, in ms: the
 /// longest a message waits before it is shown.
@@ -24,6 +33,12 @@ pub const MAX_PORTS: usize = 8;
 
 /// Length of a task's comm, as the kernel defines it.
 pub const COMM_LEN: usize = 16;
+
+/// A task's name, NUL padded. Aligned like the words around it so that the
+/// kernel side copies it in two moves rather than sixteen.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comm(pub [u8; COMM_LEN]);
 
 /// Which way a message went, seen from the process that owns the socket.
 #[repr(u8)]
@@ -75,10 +90,11 @@ pub struct EventHeader {
     pub captured_len: u32,
     pub local_port: u16,
     pub remote_port: u16,
-    /// IPv4 addresses use the first four bytes.
-    pub local_addr: [u8; 16],
-    pub remote_addr: [u8; 16],
-    pub comm: [u8; COMM_LEN],
+    /// As in the packet (network byte order), in words; IPv4 addresses use
+    /// the first.
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    pub comm: Comm,
     pub family: u8,
     pub direction: u8,
     pub protocol: u8,
@@ -97,9 +113,11 @@ pub struct SocketOwner {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    /// 1 when the owner passed the process filters.
+    /// 1 when the owner passed the process filters. An owner that did not
+    /// may have only its pid, tid and namespace filled in: nothing else of it
+    /// is ever reported.
     pub selected: u32,
-    pub comm: [u8; COMM_LEN],
+    pub comm: Comm,
 }
 
 /// Load-time configuration, written into the program's read-only data.
@@ -156,7 +174,7 @@ impl CaptureConfig {
         let filters = self.filters;
         if filters & (FILTER_PID | FILTER_COMM) != 0 {
             let by_pid = filters & FILTER_PID != 0 && pid_selected;
-            let by_comm = filters & FILTER_COMM != 0 && owner.comm == self.comm;
+            let by_comm = filters & FILTER_COMM != 0 && owner.comm.0 == self.comm;
             if !by_pid && !by_comm {
                 return false;
             }
@@ -171,12 +189,13 @@ impl CaptureConfig {
     }
 
     /// Whether `port` is one of the configured DNS ports. A fixed-bound loop,
-    /// so the kernel half can use it too.
+    /// so the kernel half can use it too; it stops at `port_count`, as this
+    /// runs twice for every packet.
     #[inline(always)]
     pub fn is_dns_port(&self, port: u16) -> bool {
         let mut i = 0;
-        while i < MAX_PORTS {
-            if (i as u32) < self.port_count && self.ports[i] == port {
+        while i < MAX_PORTS && (i as u32) < self.port_count {
+            if self.ports[i] == port {
                 return true;
             }
             i += 1;

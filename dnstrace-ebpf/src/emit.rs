@@ -9,7 +9,10 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use aya_log_ebpf::warn;
-use dnstrace_common::{Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner, WAKEUP_BYTES};
+use dnstrace_common::{
+    COMM_LEN, Comm, Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner, WAKEUP_BYTES,
+    WAKEUP_CHECK_BYTES,
+};
 
 use crate::{
     maps::{EVENTS, EventBuffer, LOST, SCRATCH},
@@ -95,7 +98,7 @@ pub fn message(
             header.uid = 0;
             header.cgroup_id = 0;
             header.netns_cookie = 0;
-            header.comm = [0; 16];
+            header.comm = Comm([0; COMM_LEN]);
             header.flags = 0;
         }
     }
@@ -134,17 +137,27 @@ pub fn message(
     buffer.header.captured_len = captured;
 
     let size = (HEADER_LEN + captured) as usize;
-    // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
-    let record =
-        unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
-    // Waking the reader for every message costs a context switch each at
-    // high rates; it wakes once the ring holds a batch, and polls on a
-    // short timer for the rest (see WAKEUP_BYTES in dnstrace-common).
-    let wakeup = if wake_now || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    // Waking the reader for every message would cost an interrupt and a
+    // context switch each at high rates: it is woken once the ring holds a
+    // batch, and polls on a short timer for the rest (see WAKEUP_BYTES and
+    // WAKEUP_CHECK_BYTES in dnstrace-common).
+    let written = buffer.written + size as u64;
+    let look = written / WAKEUP_CHECK_BYTES != buffer.written / WAKEUP_CHECK_BYTES;
+    buffer.written = written;
+    let mut wake = wake_now;
+    if look {
+        let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+        wake |= waiting / WAKEUP_BYTES > buffer.waiting / WAKEUP_BYTES;
+        buffer.waiting = waiting;
+    }
+    let wakeup = if wake {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
     };
+    // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
+    let record =
+        unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
     if EVENTS.output(record, u64::from(wakeup)).is_err()
         && let Some(lost) = LOST.get_ptr_mut(0)
     {

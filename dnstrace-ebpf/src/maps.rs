@@ -31,6 +31,10 @@ pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 pub struct EventBuffer {
     pub header: EventHeader,
     pub payload: [u8; MAX_PAYLOAD],
+    /// Bytes of records this CPU has written to the ring, and how many
+    /// waited in it when it last looked: for the wakeups (see `emit`).
+    pub written: u64,
+    pub waiting: u64,
 }
 
 #[map]

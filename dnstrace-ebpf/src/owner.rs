@@ -1,31 +1,61 @@
 //! Who a socket belongs to, and whether the process filters select it.
 
 use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::bpf_get_current_cgroup_id,
+    bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{bpf_get_current_cgroup_id, bpf_get_current_comm},
 };
-use dnstrace_common::{CaptureConfig, FILTER_PID, SocketOwner};
+use dnstrace_common::{
+    COMM_LEN, CaptureConfig, Comm, FILTER_CGROUP, FILTER_COMM, FILTER_PID, SocketOwner,
+};
 
 use crate::maps::{SELECTED_PIDS, SOCKETS};
 
 /// The current task as a socket owner. Callers pass the netns cookie because
-/// the helper that gives it takes the program's context.
+/// the helper that gives it takes the program's context. What the filters
+/// do not need is asked of the kernel only for a task they select: the rest
+/// of an unselected owner is never reported.
 #[inline(always)]
 pub fn current_task(config: &CaptureConfig, netns_cookie: u64) -> SocketOwner {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: a helper without arguments.
-    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let mut owner = SocketOwner {
-        cgroup_id,
+        cgroup_id: 0,
         netns_cookie,
         pid: (pid_tgid >> 32) as u32,
         tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
+        uid: 0,
         selected: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: Comm([0; COMM_LEN]),
     };
-    owner.selected = is_selected(config, &owner) as u32;
+    // The config is read-only: the verifier drops the branches it rules out.
+    let filters = config.filters;
+    if filters & FILTER_COMM != 0 {
+        read_comm(&mut owner.comm);
+    }
+    if filters & FILTER_CGROUP != 0 {
+        // SAFETY: a helper without arguments.
+        owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    if !is_selected(config, &owner) {
+        return owner;
+    }
+    owner.selected = 1;
+    if filters & FILTER_COMM == 0 {
+        read_comm(&mut owner.comm);
+    }
+    if filters & FILTER_CGROUP == 0 {
+        // SAFETY: a helper without arguments.
+        owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    }
+    owner.uid = bpf_get_current_uid_gid() as u32;
     owner
+}
+
+/// The current task's name, straight into `comm` (zeros if it cannot be read).
+#[inline(always)]
+fn read_comm(comm: &mut Comm) {
+    // SAFETY: the helper writes at most COMM_LEN bytes into the buffer, and
+    // zeros it on failure.
+    unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
 #[inline(always)]
@@ -37,12 +67,11 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
 }
 
 /// Remembers the owner so the socket's receives can be attributed. Skips the
-/// write when nothing changed: this runs for every DNS packet sent. Returns
-/// whether the owner is new to this socket.
+/// write when `known`, what the map held, is the same owner: this runs for
+/// every DNS packet sent. Returns whether the owner is new to this socket.
 #[inline(always)]
-pub fn remember(cookie: u64, owner: &SocketOwner) -> bool {
-    // SAFETY: the map value is plain data; we only read it.
-    let unchanged = unsafe { SOCKETS.get(&cookie) }.is_some_and(|known| {
+pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -> bool {
+    let unchanged = known.is_some_and(|known| {
         known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected
     });
     if !unchanged {

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use dnstrace_common::{
-    Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6, FILTER_NETNS,
-    PROTO_TCP, PROTO_UDP,
+    CaptureConfig, Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FAMILY_V4, FAMILY_V6,
+    FILTER_NETNS, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{emit, maps::CONFIG, owner};
@@ -33,8 +33,10 @@ pub fn dns_skb_ingress(ctx: SkBuffContext) -> i32 {
 pub struct Datagram {
     pub family: u8,
     pub protocol: u8,
-    pub source: [u8; 16],
-    pub destination: [u8; 16],
+    /// As in the packet (network byte order), in words: copied whole, not
+    /// byte by byte. IPv4 uses the first.
+    pub source: [u32; 4],
+    pub destination: [u32; 4],
     pub source_port: u16,
     pub destination_port: u16,
     pub payload_offset: u32,
@@ -44,20 +46,19 @@ pub struct Datagram {
 #[inline(always)]
 fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     let config = CONFIG.load();
-    let datagram = parse(ctx)?;
-    let (local_port, remote_port) = match direction {
-        Direction::Send => (datagram.source_port, datagram.destination_port),
-        Direction::Recv => (datagram.destination_port, datagram.source_port),
-    };
-    if !config.is_dns_port(local_port) && !config.is_dns_port(remote_port) {
-        return Ok(());
-    }
+    let datagram = parse(ctx, &config, direction)?;
     // SAFETY: the context is the program's own skb.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
     let attribution = if direction == Direction::Send && config.skb_task_helpers != 0 {
-        // SAFETY: as above; the read-only config proves this kernel allows it.
-        let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+        let known = owner::recorded(cookie);
+        // A socket never changes namespace: its recorded owner's spares a
+        // helper call.
+        let netns_cookie = match &known {
+            Some(known) => known.netns_cookie,
+            // SAFETY: as above; the read-only config proves this kernel allows it.
+            None => unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        };
         let current = owner::current_task(&config, netns_cookie);
         emit::Attribution {
             cookie,
@@ -66,7 +67,7 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
             // A process seen for the first time is woken for at once: its
             // resolver settings are read from /proc, and short-lived
             // clients exit within milliseconds.
-            wake_now: owner::remember(cookie, &current),
+            wake_now: owner::remember(cookie, known.as_ref(), &current),
         }
     } else {
         // Ingress runs in whatever task delivered the packet, often the
@@ -97,70 +98,99 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     Ok(())
 }
 
+/// Reads a `T` at `offset` in the packet: straight from its linear part
+/// when the bytes lie there, which spares a helper call per field on every
+/// packet; with bpf_skb_load_bytes when they do not. At least two bytes:
+/// the verifier learns no bound from the check of a single one.
 #[inline(always)]
-fn parse(ctx: &SkBuffContext) -> Result<Datagram, i64> {
-    let version_ihl: u8 = ctx.load(0)?;
-    let mut datagram = Datagram {
-        family: 0,
-        protocol: 0,
-        source: [0; 16],
-        destination: [0; 16],
-        source_port: 0,
-        destination_port: 0,
-        payload_offset: 0,
-        payload_len: 0,
-    };
-    // (offset of the transport header, bytes from there to the packet's end)
-    let (l4_offset, l4_len): (u32, u32) = match version_ihl >> 4 {
+fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, i64> {
+    const { assert!(size_of::<T>() >= 2) };
+    let at = ctx.data() + offset;
+    if at + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the bytes lie between data and data_end, which the
+        // verifier checks from the comparison above; T is plain data.
+        return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
+    }
+    ctx.load(offset)
+}
+
+/// The DNS message in a packet to or from a DNS port, or `Err` for any
+/// other packet, found with as few reads as possible: most packets are not
+/// DNS, and they leave once their ports are known.
+#[inline(always)]
+fn parse(
+    ctx: &SkBuffContext,
+    config: &CaptureConfig,
+    direction: Direction,
+) -> Result<Datagram, i64> {
+    let [version_ihl, _]: [u8; 2] = read(ctx, 0)?;
+    // (family, protocol, offset of the transport header)
+    let (family, protocol, l4_offset) = match version_ihl >> 4 {
         4 => {
             // Later fragments carry no UDP header; the first one does.
-            let fragment: u16 = u16::from_be(ctx.load(6)?);
+            let fragment = u16::from_be(read(ctx, 6)?);
             if fragment & 0x1fff != 0 {
                 return Err(0);
             }
-            datagram.family = FAMILY_V4;
-            datagram.protocol = ctx.load(9)?;
-            // Fixed-size loads: the verifier rejects a copy that may be empty.
-            let source: [u8; 4] = ctx.load(12)?;
-            let destination: [u8; 4] = ctx.load(16)?;
-            datagram.source[..4].copy_from_slice(&source);
-            datagram.destination[..4].copy_from_slice(&destination);
-            let header_len = u32::from(version_ihl & 0x0f) * 4;
-            let total_len = u32::from(u16::from_be(ctx.load(2)?));
-            (header_len, total_len.saturating_sub(header_len))
+            let [_ttl, protocol]: [u8; 2] = read(ctx, 8)?;
+            (FAMILY_V4, protocol, usize::from(version_ihl & 0x0f) * 4)
         }
+        // Extension headers before UDP are not followed: DNS never uses them.
         6 => {
-            // Extension headers before UDP are not followed: DNS never uses them.
-            datagram.family = FAMILY_V6;
-            datagram.protocol = ctx.load(6)?;
-            datagram.source = ctx.load(8)?;
-            datagram.destination = ctx.load(24)?;
-            (40, u32::from(u16::from_be(ctx.load(4)?)))
+            let [next_header, _hop_limit]: [u8; 2] = read(ctx, 6)?;
+            (FAMILY_V6, next_header, 40)
         }
         _ => return Err(0),
     };
-    let offset = l4_offset as usize;
-    match datagram.protocol {
-        PROTO_UDP => {
-            let udp_len = u32::from(u16::from_be(ctx.load(offset + 4)?));
-            datagram.payload_offset = l4_offset + 8;
-            datagram.payload_len = udp_len.saturating_sub(8);
-        }
-        PROTO_TCP => {
-            // The segment's data; DNS over TCP prefixes each message with
-            // its length, which userspace reads. Segments without data
-            // (handshake, ACKs) are not messages.
-            let data_offset: u8 = ctx.load(offset + 12)?;
-            let header_len = u32::from(data_offset >> 4) * 4;
-            datagram.payload_offset = l4_offset + header_len;
-            datagram.payload_len = l4_len.saturating_sub(header_len);
-            if datagram.payload_len == 0 {
-                return Err(0);
-            }
-        }
-        _ => return Err(0),
+    if protocol != PROTO_UDP && protocol != PROTO_TCP {
+        return Err(0);
     }
-    datagram.source_port = u16::from_be(ctx.load(offset)?);
-    datagram.destination_port = u16::from_be(ctx.load(offset + 2)?);
+    // Both ports in one read.
+    let ports = u32::from_be(read(ctx, l4_offset)?);
+    let (source_port, destination_port) = ((ports >> 16) as u16, ports as u16);
+    let (local_port, remote_port) = match direction {
+        Direction::Send => (source_port, destination_port),
+        Direction::Recv => (destination_port, source_port),
+    };
+    if !config.is_dns_port(local_port) && !config.is_dns_port(remote_port) {
+        return Err(0);
+    }
+
+    let mut datagram = Datagram {
+        family,
+        protocol,
+        source: [0; 4],
+        destination: [0; 4],
+        source_port,
+        destination_port,
+        payload_offset: 0,
+        payload_len: 0,
+    };
+    // Bytes from the transport header to the packet's end.
+    let l4_len = if family == FAMILY_V4 {
+        datagram.source[0] = read(ctx, 12)?;
+        datagram.destination[0] = read(ctx, 16)?;
+        u32::from(u16::from_be(read(ctx, 2)?)).saturating_sub(l4_offset as u32)
+    } else {
+        datagram.source = read(ctx, 8)?;
+        datagram.destination = read(ctx, 24)?;
+        u32::from(u16::from_be(read(ctx, 4)?))
+    };
+    if protocol == PROTO_UDP {
+        let udp_len = u32::from(u16::from_be(read(ctx, l4_offset + 4)?));
+        datagram.payload_offset = l4_offset as u32 + 8;
+        datagram.payload_len = udp_len.saturating_sub(8);
+    } else {
+        // The segment's data; DNS over TCP prefixes each message with its
+        // length, which userspace reads. Segments without data (handshake,
+        // ACKs) are not messages.
+        let [data_offset, _flags]: [u8; 2] = read(ctx, l4_offset + 12)?;
+        let header_len = u32::from(data_offset >> 4) * 4;
+        datagram.payload_offset = l4_offset as u32 + header_len;
+        datagram.payload_len = l4_len.saturating_sub(header_len);
+        if datagram.payload_len == 0 {
+            return Err(0);
+        }
+    }
     Ok(datagram)
 }

@@ -58,6 +58,6 @@ fn record(ctx: &SockAddrContext) -> i32 {
         )
     };
     let current = owner::current_task(&config, netns_cookie);
-    let _ = owner::remember(cookie, &current);
+    let _ = owner::remember(cookie, owner::recorded(cookie).as_ref(), &current);
     ALLOW
 }

@@ -16,6 +16,9 @@ use std::{
 /// message is read, and their pid may already belong to another namespace.
 pub struct Namespaces {
     inode_by_cookie: HashMap<u64, u64>,
+    /// The last cookie found and its inode: messages come in runs from one
+    /// namespace, and this is asked for every message.
+    last: Option<(u64, u64)>,
     asked: HashSet<u64>,
     last_scan: Option<Instant>,
 }
@@ -29,6 +32,7 @@ impl Namespaces {
     pub fn scanned() -> Self {
         let mut namespaces = Self {
             inode_by_cookie: HashMap::new(),
+            last: None,
             asked: HashSet::new(),
             last_scan: None,
         };
@@ -40,7 +44,13 @@ impl Namespaces {
         if cookie == 0 {
             return None;
         }
+        if let Some((last, inode)) = self.last
+            && last == cookie
+        {
+            return Some(inode);
+        }
         if let Some(&inode) = self.inode_by_cookie.get(&cookie) {
+            self.last = Some((cookie, inode));
             return Some(inode);
         }
         if self

@@ -28,6 +28,15 @@ pub struct Options {
     /// How many times the whole sequence of configurations repeats.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// Benchmark this dnstrace binary instead of a release build of the
+    /// workspace, to compare two builds.
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Also measure the kernel programs' time per run (kernel.bpf_stats_enabled,
+    /// which itself adds two clock reads to every run, so the ratios suffer a
+    /// little).
+    #[arg(long)]
+    probe_stats: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -72,10 +81,22 @@ struct Measurement {
     /// CPU seconds the tracer itself spent.
     tracer_cpu_s: f64,
     lost: Option<u64>,
+    /// The probes' total run time and run count (`--probe-stats`).
+    probes: Option<ProbeStats>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct ProbeStats {
+    run_time_ns: u64,
+    runs: u64,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let agent = command::build_release_agent()?;
+    let agent = match &options.agent {
+        Some(agent) => agent.clone(),
+        None => command::build_release_agent()?,
+    };
+    let _stats = options.probe_stats.then(BpfStats::enable).transpose()?;
     let namespace = Namespace::create()?;
     let work = tempdir()?;
     let knot = start_knot(&namespace, &work)?;
@@ -94,14 +115,18 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
                 &namespace,
                 &queries,
                 &work,
-                options.seconds,
+                options,
                 knot.0.id(),
             )?;
             eprintln!(
-                "round {round}: {:<34} {:>9.0} qps  lost {}",
+                "round {round}: {:<34} {:>9.0} qps  lost {}{}",
                 config.name(),
                 m.qps,
-                m.lost.map_or("-".into(), |l| l.to_string())
+                m.lost.map_or("-".into(), |l| l.to_string()),
+                m.probes.map_or(String::new(), |p| format!(
+                    "  probes {:.0} ns/run",
+                    p.run_time_ns as f64 / p.runs.max(1) as f64
+                ))
             );
             results.push(m);
         }
@@ -116,9 +141,10 @@ fn measure(
     namespace: &Namespace,
     queries: &Path,
     work: &Path,
-    seconds: u64,
+    options: &Options,
     knot_pid: u32,
 ) -> anyhow::Result<Measurement> {
+    let seconds = options.seconds;
     // dnsperf waits on its stdin until the tracer is attached, so that
     // `--pid` can name it and no run starts half traced.
     let mut perf = namespace
@@ -161,13 +187,17 @@ fn measure(
     })?;
     let qps = field(&stdout, "Queries per second:").context("dnsperf printed no qps")?;
 
-    let (tracer_cpu_s, lost) = match tracer {
-        Tracing::None => (0.0, None),
+    let (tracer_cpu_s, lost, probes) = match tracer {
+        Tracing::None => (0.0, None, None),
         Tracing::Dnstrace(tracer) => {
+            let probes = options
+                .probe_stats
+                .then(|| probe_stats(tracer.child.id()))
+                .flatten();
             let (cpu, lost) = stop_tracer(tracer)?;
-            (cpu, Some(lost))
+            (cpu, Some(lost), probes)
         }
-        Tracing::Tcpdump(child) => (interrupt(child)?.0, None),
+        Tracing::Tcpdump(child) => (interrupt(child)?.0, None, None),
     };
     Ok(Measurement {
         config,
@@ -176,6 +206,7 @@ fn measure(
         total_cpu_s: knot_cpu_s + perf_cpu_s + tracer_cpu_s,
         tracer_cpu_s,
         lost,
+        probes,
     })
 }
 
@@ -184,10 +215,15 @@ fn report(results: &[Measurement], options: &Options) {
         "\n{} s per run, {} rounds, configurations alternated; ratio = qps / same round's baseline\n",
         options.seconds, options.rounds
     );
+    let (probe_columns, probe_rule) = if options.probe_stats {
+        (" probe ns/run | probe CPU µs/query |", "---|---|")
+    } else {
+        ("", "")
+    };
     println!(
-        "| configuration | qps (median) | ratio to baseline (median) | CPU µs/query (knot + dnsperf + tracer) | tracer CPU µs/query | events lost |"
+        "| configuration | qps (median) | ratio to baseline (median) | CPU µs/query (knot + dnsperf + tracer) | tracer CPU µs/query | events lost |{probe_columns}"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|{probe_rule}");
     let baselines: Vec<&Measurement> = results
         .iter()
         .filter(|m| m.config == Config::Baseline)
@@ -216,8 +252,26 @@ fn report(results: &[Measurement], options: &Options) {
             }
             _ => "-".into(),
         };
+        let probes = if !options.probe_stats {
+            String::new()
+        } else if runs.iter().any(|m| m.probes.is_some()) {
+            let per_run = median(
+                runs.iter()
+                    .filter_map(|m| m.probes)
+                    .map(|p| p.run_time_ns as f64 / p.runs.max(1) as f64)
+                    .collect(),
+            );
+            let per_query = median(
+                runs.iter()
+                    .filter_map(|m| Some(m.probes?.run_time_ns as f64 / 1e3 / m.queries))
+                    .collect(),
+            );
+            format!(" {per_run:.0} | {per_query:.2} |")
+        } else {
+            " - | - |".into()
+        };
         println!(
-            "| {} | {qps:.0} | {:.2} | {total:.1} | {tracer:.1} | {lost} |",
+            "| {} | {qps:.0} | {:.2} | {total:.1} | {tracer:.1} | {lost} |{probes}",
             config.name(),
             median(ratios)
         );
@@ -300,6 +354,47 @@ fn interrupt(mut child: Child) -> anyhow::Result<(f64, std::process::ExitStatus)
     // SAFETY: signalling our own child, which has not been reaped yet.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     Ok((cpu, child.wait()?))
+}
+
+/// The run time and count of the programs a process holds, from the
+/// fdinfo of its BPF program descriptors (counted while bpf_stats is on).
+fn probe_stats(pid: u32) -> Option<ProbeStats> {
+    let mut stats = ProbeStats::default();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let value = |key: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(key)?.trim().parse::<u64>().ok())
+        };
+        if let (Some(time), Some(runs)) = (value("run_time_ns:"), value("run_cnt:")) {
+            stats.run_time_ns += time;
+            stats.runs += runs;
+        }
+    }
+    Some(stats)
+}
+
+/// Turns kernel.bpf_stats_enabled on, and back to what it was on drop.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let before = fs::read_to_string(BPF_STATS).context("reading bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling bpf_stats")?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.before.trim());
+    }
 }
 
 /// Stops dnstrace; its CPU time and the lost count from its summary line.

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, fs, mem::size_of, os::fd::FromRawFd, path::Path};
 
-use dnstrace_common::{COMM_LEN, CaptureConfig, SocketOwner};
+use dnstrace_common::{COMM_LEN, CaptureConfig, Comm, SocketOwner};
 
 use crate::process::{all_network_namespaces, current_netns_cookie, in_network_namespace};
 
@@ -46,7 +46,7 @@ pub fn owners(
                 tid: pid,
                 uid: socket.uid,
                 selected: 0,
-                comm: comm_of(pid)?,
+                comm: Comm(comm_of(pid)?),
             };
             owner.selected = u32::from(config.selects(&owner, selected_pids.contains(&pid)));
             Some((socket.cookie, owner))

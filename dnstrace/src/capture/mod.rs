@@ -6,6 +6,9 @@ mod environment;
 mod existing_sockets;
 mod kernel_log;
 mod record;
+mod ring;
+
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
@@ -50,7 +53,9 @@ impl Backend {
 pub struct Capture {
     ebpf: Ebpf,
     kernel_log: Option<aya_log::EbpfLogger<kernel_log::KernelLog>>,
+    /// Registered for readiness only: `ring` reads the records.
     events: AsyncFd<RingBuf<MapData>>,
+    ring: ring::Ring,
     lost: PerCpuArray<MapData, u64>,
     pub backend: Backend,
     /// Backends passed over, each with the reason.
@@ -69,7 +74,9 @@ impl Capture {
         let mut passed_over = Vec::new();
         for &backend in candidates {
             match cgroup::attach(backend, request, &cgroup_root) {
-                Ok(ebpf) => return Self::fromebpf(ebpf, backend, passed_over),
+                Ok(ebpf) => {
+                    return Self::fromebpf(ebpf, request.ring_buffer_bytes, backend, passed_over);
+                }
                 Err(reason) => passed_over.push((backend, reason)),
             }
         }
@@ -85,6 +92,7 @@ impl Capture {
 
     fn fromebpf(
         mut ebpf: Ebpf,
+        ring_buffer_bytes: u32,
         backend: Backend,
         passed_over: Vec<(Backend, String)>,
     ) -> Result<Self, Failure> {
@@ -96,6 +104,8 @@ impl Capture {
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::EVENTS)))?;
         let lost = PerCpuArray::try_from(map(&mut ebpf, names::LOST)?)
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
+        let ring = ring::Ring::new(events.as_fd(), ring_buffer_bytes as usize)
+            .map_err(|e| Failure::setup(format!("cannot map the ring buffer: {e}")))?;
         // SAFETY: the RingBuf owns its map fd, keeps it open until it is
         // dropped, and always returns that same fd.
         let events =
@@ -105,6 +115,7 @@ impl Capture {
             kernel_log: kernel_log::attach(&mut ebpf),
             ebpf,
             events,
+            ring,
             lost,
             backend,
             passed_over,
@@ -134,11 +145,8 @@ impl Capture {
     }
 
     /// Hands over every record already in the ring, without waiting.
-    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) {
-        let ring = self.events.get_mut();
-        while let Some(item) = ring.next() {
-            handle(&item);
-        }
+    pub fn drain(&mut self, handle: impl FnMut(&[u8])) {
+        self.ring.drain(handle);
     }
 
     /// Prints what the kernel programs logged since the last call.
