@@ -1,5 +1,6 @@
-//! DNS payload → the fields dnstrace reports: hickory-proto reads the header
-//! and question; the rest is walked for framing and the OPT record.
+//! DNS payload → the fields dnstrace reports: the header and the first
+//! question are read by hand for the common shapes, with hickory-proto for
+//! any other question; the rest is walked for framing and the OPT record.
 //!
 //! Never fails: a malformed or cut-short payload still yields whatever the
 //! header and question give, plus a `decode_error` saying what went wrong.
@@ -7,7 +8,7 @@
 use std::borrow::Cow;
 
 use hickory_proto::{
-    op::{Header, MessageType, Query},
+    op::Query,
     rr::RecordType,
     serialize::binary::{BinDecodable, BinDecoder},
 };
@@ -27,18 +28,18 @@ impl Flags {
     pub const AD: Self = Self(1 << 4);
     pub const CD: Self = Self(1 << 5);
 
-    fn from_header(header: &Header) -> Self {
-        let m = &header.metadata;
+    /// From the header's third and fourth bytes.
+    fn from_header(bits: u8, more_bits: u8) -> Self {
         let mut flags = Self::default();
         for (set, flag) in [
-            (m.authoritative, Self::AA),
-            (m.truncation, Self::TC),
-            (m.recursion_desired, Self::RD),
-            (m.recursion_available, Self::RA),
-            (m.authentic_data, Self::AD),
-            (m.checking_disabled, Self::CD),
+            (bits & 0x04, Self::AA),
+            (bits & 0x02, Self::TC),
+            (bits & 0x01, Self::RD),
+            (more_bits & 0x80, Self::RA),
+            (more_bits & 0x20, Self::AD),
+            (more_bits & 0x10, Self::CD),
         ] {
-            if set {
+            if set != 0 {
                 flags.0 |= flag.0;
             }
         }
@@ -47,6 +48,16 @@ impl Flags {
 
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// The flags named, as `names` writes them; `None` for an unknown name.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let mut flags = Self::default();
+        for name in names {
+            let bit = FLAG_NAMES.iter().position(|known| *known == name)?;
+            flags.0 |= 1 << bit;
+        }
+        Some(flags)
     }
 
     /// The names of the flags that are set, in [`FLAG_NAMES`] order.
@@ -94,41 +105,39 @@ pub struct Question {
     pub qtype: u16,
 }
 
+const HEADER_LEN: usize = 12;
+
 pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
     let mut summary = DnsSummary::default();
-    let mut decoder = BinDecoder::new(payload);
-    let header = match Header::read(&mut decoder) {
-        Ok(header) => header,
-        Err(_) => {
-            summary.decode_error = Some(format!(
-                "message of {wire_len} bytes is shorter than the 12-byte DNS header"
-            ));
-            return summary;
-        }
+    let Some(header) = payload.first_chunk::<HEADER_LEN>() else {
+        summary.decode_error = Some(format!(
+            "message of {wire_len} bytes is shorter than the 12-byte DNS header"
+        ));
+        return summary;
     };
-    let counts = header.counts;
+    let word = |at: usize| u16::from_be_bytes([header[at], header[at + 1]]);
     let mut header_summary = HeaderSummary {
-        id: header.metadata.id,
-        is_response: header.metadata.message_type == MessageType::Response,
-        opcode: header.metadata.op_code.into(),
-        flags: Flags::from_header(&header),
-        rcode: u16::from(header.metadata.response_code),
-        questions: counts.queries,
-        answers: counts.answers,
-        authority: counts.authorities,
-        additional: counts.additionals,
+        id: word(0),
+        is_response: header[2] & 0x80 != 0,
+        opcode: (header[2] >> 3) & 0x0f,
+        flags: Flags::from_header(header[2], header[3]),
+        rcode: u16::from(header[3] & 0x0f),
+        questions: word(4),
+        answers: word(6),
+        authority: word(8),
+        additional: word(10),
     };
 
-    let body = if counts.queries > 0 {
-        match Query::read(&mut decoder) {
-            Ok(query) => {
-                summary.question = Some(Question::from_query(&query));
-                walk_sections(payload, decoder.index(), &header_summary)
+    let body = if header_summary.questions > 0 {
+        match read_question(payload) {
+            Ok((question, end)) => {
+                summary.question = Some(question);
+                walk_sections(payload, end, &header_summary)
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error),
         }
     } else {
-        walk_sections(payload, decoder.index(), &header_summary)
+        walk_sections(payload, HEADER_LEN, &header_summary)
     };
     match body {
         Ok(opt) => {
@@ -230,13 +239,67 @@ impl Question {
     pub fn same_as(&self, other: &Self) -> bool {
         self.qtype == other.qtype && self.name.eq_ignore_ascii_case(&other.name)
     }
+}
 
-    fn from_query(query: &Query) -> Self {
-        Self {
-            name: query.name().to_ascii(),
-            qtype: u16::from(query.query_type()),
+/// The first question, and where it ends. Names as nearly every query
+/// spells them are read here; hickory reads the rest (compression
+/// pointers, characters it escapes, names near the length limit) and says
+/// what is wrong with a bad one.
+fn read_question(payload: &[u8]) -> Result<(Question, usize), String> {
+    if let Some(plain) = plain_question(payload) {
+        return Ok(plain);
+    }
+    let mut decoder = BinDecoder::new(payload);
+    decoder
+        .read_slice(HEADER_LEN)
+        .and_then(|_| Query::read(&mut decoder))
+        .map(|query| {
+            let question = Question {
+                name: query.name().to_ascii(),
+                qtype: u16::from(query.query_type()),
+            };
+            (question, decoder.index())
+        })
+        .map_err(|error| error.to_string())
+}
+
+/// A question whose name is plain labels of letters, digits, `-` and `_`
+/// (no `-` first), which hickory's `to_ascii` writes as they are; `None`
+/// for any other.
+fn plain_question(payload: &[u8]) -> Option<(Question, usize)> {
+    let mut name = Vec::with_capacity(64);
+    let mut at = HEADER_LEN;
+    loop {
+        let len = usize::from(*payload.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        // Longer is a pointer or a reserved label type.
+        if len > 63 {
+            return None;
+        }
+        let label = payload.get(at..at + len)?;
+        let plain = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+        if !label.first().is_some_and(plain) || !label.iter().all(|b| plain(b) || *b == b'-') {
+            return None;
+        }
+        name.extend_from_slice(label);
+        name.push(b'.');
+        at += len;
+        // Well within hickory's limit of 255 bytes on the wire.
+        if name.len() > 253 {
+            return None;
         }
     }
+    if name.is_empty() {
+        name.push(b'.');
+    }
+    // ASCII, as checked above.
+    let name = String::from_utf8(name).ok()?;
+    let fixed = payload.get(at..at + 4)?;
+    let qtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+    Some((Question { name, qtype }, at + 4))
 }
 
 /// The mnemonic of a response code, as dig and Wireshark print it.
@@ -257,6 +320,34 @@ pub fn rcode_name(rcode: u16) -> Cow<'static, str> {
         23 => "BADCOOKIE",
         other => return Cow::Owned(format!("RCODE{other}")),
     })
+}
+
+/// The code `rcode_name` names.
+pub fn rcode_from_name(name: &str) -> Option<u16> {
+    name.strip_prefix("RCODE")
+        .and_then(|code| code.parse().ok())
+        .or_else(|| (0..=23).find(|&code| rcode_name(code) == name))
+}
+
+/// The type `qtype_name` names.
+pub fn qtype_from_name(name: &str) -> Option<u16> {
+    match name.strip_prefix("TYPE") {
+        Some(code) => code.parse().ok(),
+        // hickory writes these names but does not parse them.
+        None => match name {
+            "ZERO" => Some(0),
+            "OPT" => Some(41),
+            "IXFR" => Some(251),
+            _ => name.parse::<RecordType>().ok().map(u16::from),
+        },
+    }
+}
+
+/// The opcode `opcode_name` names.
+pub fn opcode_from_name(name: &str) -> Option<u8> {
+    name.strip_prefix("OPCODE")
+        .and_then(|code| code.parse().ok())
+        .or_else(|| (0..=6).find(|&code| opcode_name(code) == name))
 }
 
 /// The mnemonic of a record type ("A", "AAAA"), or `TYPE<n>` (RFC 3597).
@@ -288,6 +379,24 @@ mod tests {
     };
 
     use super::*;
+
+    #[test]
+    fn every_name_reads_back_as_its_code() {
+        let failing: Vec<_> = (0..=u16::MAX)
+            .filter(|&qtype| qtype_from_name(&qtype_name(qtype)) != Some(qtype))
+            .map(|qtype| (qtype, qtype_name(qtype)))
+            .collect();
+        assert!(failing.is_empty(), "{failing:?}");
+        for rcode in 0..=4095 {
+            assert_eq!(rcode_from_name(&rcode_name(rcode)), Some(rcode));
+        }
+        for opcode in 0..=15 {
+            assert_eq!(opcode_from_name(&opcode_name(opcode)), Some(opcode));
+        }
+        let flags = Flags::from_names(["aa", "rd", "cd"]).unwrap();
+        assert_eq!(flags.names().collect::<Vec<_>>(), ["aa", "rd", "cd"]);
+        assert_eq!(Flags::from_names(["qq"]), None);
+    }
 
     fn query_bytes(name: &str, qtype: RecordType, edns: bool) -> Vec<u8> {
         let mut message = Message::new(0x1234, MessageType::Query, OpCode::Query);
@@ -411,6 +520,122 @@ mod tests {
                 .collect();
             let _ = decode(&bytes, bytes.len());
         }
+    }
+
+    /// hickory's reading of the question at offset 12, for comparison.
+    fn hickory_question(payload: &[u8]) -> Option<(Question, usize)> {
+        let mut decoder = BinDecoder::new(payload);
+        decoder.read_slice(HEADER_LEN).ok()?;
+        let query = Query::read(&mut decoder).ok()?;
+        let name = query.name().to_ascii();
+        let qtype = u16::from(query.query_type());
+        Some((Question { name, qtype }, decoder.index()))
+    }
+
+    #[test]
+    fn plain_names_read_as_hickory_reads_them() {
+        let alphabet = b"aZ09-_*.\\ \x00\xffq";
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let mut plain = 0;
+        for _ in 0..20_000 {
+            let mut payload = vec![0u8; HEADER_LEN];
+            for _ in 0..next(6) {
+                // Mostly short labels, sometimes long ones to near the limit.
+                let len = if next(4) == 0 {
+                    1 + next(63)
+                } else {
+                    1 + next(8)
+                };
+                payload.push(len as u8);
+                for _ in 0..len {
+                    // Mostly plain bytes, so that whole names often are.
+                    let byte = if next(8) == 0 {
+                        alphabet[next(alphabet.len() as u64) as usize]
+                    } else {
+                        b"ab-_9"[next(5) as usize]
+                    };
+                    payload.push(byte);
+                }
+            }
+            payload.extend_from_slice(&[0, 0, 28, 0, 1]);
+            payload.truncate(payload.len() - next(2) as usize);
+            let ours = plain_question(&payload);
+            if ours.is_some() {
+                plain += 1;
+                assert_eq!(ours, hickory_question(&payload), "{payload:?}");
+            }
+        }
+        assert!(plain > 2_000, "only {plain} plain names");
+    }
+
+    #[test]
+    fn headers_read_as_hickory_reads_them() {
+        use hickory_proto::op::Header;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..5_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = [0u8; HEADER_LEN];
+            bytes[..8].copy_from_slice(&state.to_be_bytes());
+            bytes[8..].copy_from_slice(&state.to_le_bytes()[..4]);
+            bytes[4..6].copy_from_slice(&[0, 0]);
+            let ours = decode(&bytes, bytes.len()).header.unwrap();
+            let theirs = Header::read(&mut BinDecoder::new(&bytes)).unwrap();
+            let m = &theirs.metadata;
+            let flags: Vec<bool> = [
+                Flags::AA,
+                Flags::TC,
+                Flags::RD,
+                Flags::RA,
+                Flags::AD,
+                Flags::CD,
+            ]
+            .iter()
+            .map(|flag| ours.flags.contains(*flag))
+            .collect();
+            assert_eq!(
+                flags,
+                [
+                    m.authoritative,
+                    m.truncation,
+                    m.recursion_desired,
+                    m.recursion_available,
+                    m.authentic_data,
+                    m.checking_disabled
+                ]
+            );
+            assert_eq!(ours.id, m.id);
+            assert_eq!(ours.is_response, m.message_type == MessageType::Response);
+            assert_eq!(ours.opcode, u8::from(m.op_code));
+            assert_eq!(ours.rcode & 0x0f, u16::from(m.response_code));
+            let counts = theirs.counts;
+            assert_eq!(
+                (ours.answers, ours.authority, ours.additional),
+                (counts.answers, counts.authorities, counts.additionals)
+            );
+        }
+    }
+
+    #[test]
+    fn other_names_go_to_hickory() {
+        // A compression pointer, a root name, an escaped character.
+        let pointer = [0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1];
+        assert_eq!(plain_question(&pointer), None);
+        let root = [0u8, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+        assert_eq!(plain_question(&root).unwrap().0.name, ".");
+        assert_eq!(hickory_question(&root).unwrap().0.name, ".");
+        let mut escaped = query_bytes("a.example.", RecordType::A, false);
+        escaped[13] = b'*';
+        assert_eq!(plain_question(&escaped), None);
+        let summary = decode(&escaped, escaped.len());
+        assert_eq!(summary.question.unwrap().name, "*.example.");
     }
 
     #[test]

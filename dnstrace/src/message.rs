@@ -57,6 +57,48 @@ pub struct Process {
     pub netns: Option<u64>,
 }
 
+/// Who a lookup belongs to: the process, when the trace knows it;
+/// otherwise (a packet capture) the client's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ClientId {
+    Pid(u32),
+    Address(IpAddr),
+}
+
+/// A client and the name it goes by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Client {
+    pub id: ClientId,
+    /// The process's thread name; `None` for an address.
+    pub comm: Option<String>,
+}
+
+impl Client {
+    pub fn pid(&self) -> Option<u32> {
+        match self.id {
+            ClientId::Pid(pid) => Some(pid),
+            ClientId::Address(_) => None,
+        }
+    }
+
+    pub fn address(&self) -> Option<IpAddr> {
+        match self.id {
+            ClientId::Pid(_) => None,
+            ClientId::Address(address) => Some(address),
+        }
+    }
+}
+
+/// `getent (pid 4242)`, or `client 10.0.0.5`: how diagnoses name a client.
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            ClientId::Pid(pid) => write!(f, "{} (pid {pid})", self.comm.as_deref().unwrap_or("")),
+            ClientId::Address(address) => write!(f, "client {address}"),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Message {
     /// Nanoseconds since the Unix epoch.
@@ -80,6 +122,23 @@ pub struct Message {
 }
 
 impl Message {
+    /// The client this message belongs to, if it is seen from the client's
+    /// side: the process, or without one, the local address.
+    pub fn client(&self) -> Client {
+        Client {
+            id: self.client_id(),
+            comm: self.process.as_ref().map(|process| process.comm.clone()),
+        }
+    }
+
+    /// [`Message::client`]'s id alone, without copying the name.
+    pub fn client_id(&self) -> ClientId {
+        match &self.process {
+            Some(process) => ClientId::Pid(process.pid),
+            None => ClientId::Address(self.local.ip()),
+        }
+    }
+
     /// Hands each message in a record to `each`: one for UDP; for TCP, those
     /// that start in the segment (none for a segment that only continues
     /// one).
@@ -95,7 +154,7 @@ impl Message {
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
             tid: header.tid,
-            comm: comm_to_string(&header.comm),
+            comm: comm_to_string(&header.comm.0),
             uid: header.uid,
             cgroup_id: header.cgroup_id,
             netns: namespaces.inode(header.netns_cookie),
@@ -105,24 +164,15 @@ impl Message {
         } else {
             Direction::Recv
         };
-        let process = &process;
-        let message = |transport: Transport, payload: &[u8], size: u32| Self {
+        let envelope = Envelope {
             wall_time_ns: clock.wall_ns(header.timestamp_ns),
             monotonic_ns: header.timestamp_ns,
-            process: process.clone(),
+            process,
             socket_cookie: header.socket_cookie,
             direction,
-            transport,
+            transport: Transport::Udp,
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
-            size,
-            truncated_capture: (payload.len() as u32) < size,
-            dns: decode::decode(payload, size as usize),
-            payload: if keep_payload {
-                payload.to_vec()
-            } else {
-                Vec::new()
-            },
         };
         if header.protocol == PROTO_TCP {
             let sending = direction == Direction::Send;
@@ -132,26 +182,83 @@ impl Message {
                 header.payload_len,
                 raw.payload,
             ) {
-                each(message(Transport::Tcp, framed.bytes, framed.len));
+                let envelope = Envelope {
+                    transport: Transport::Tcp,
+                    ..envelope.clone()
+                };
+                each(Self::decoded(
+                    envelope,
+                    framed.bytes,
+                    framed.len,
+                    keep_payload,
+                ));
             }
         } else {
-            each(message(Transport::Udp, raw.payload, header.payload_len));
+            each(Self::decoded(
+                envelope,
+                raw.payload,
+                header.payload_len,
+                keep_payload,
+            ));
         }
     }
 }
 
-fn socket_addr(family: u8, addr: &[u8; 16], port: u16) -> SocketAddr {
+/// Everything about a message but its bytes: where and when it was seen.
+#[derive(Clone)]
+pub struct Envelope {
+    pub wall_time_ns: i128,
+    pub monotonic_ns: u64,
+    pub process: Option<Process>,
+    pub socket_cookie: u64,
+    pub direction: Direction,
+    pub transport: Transport,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Message {
+    /// Decodes `payload` (of a message `size` bytes long on the wire).
+    pub fn decoded(envelope: Envelope, payload: &[u8], size: u32, keep_payload: bool) -> Self {
+        Self {
+            wall_time_ns: envelope.wall_time_ns,
+            monotonic_ns: envelope.monotonic_ns,
+            process: envelope.process,
+            socket_cookie: envelope.socket_cookie,
+            direction: envelope.direction,
+            transport: envelope.transport,
+            local: envelope.local,
+            remote: envelope.remote,
+            size,
+            truncated_capture: (payload.len() as u32) < size,
+            dns: decode::decode(payload, size as usize),
+            payload: if keep_payload {
+                payload.to_vec()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+}
+
+/// An address as the kernel copied it: words in memory order, so their
+/// native bytes are the packet's.
+fn socket_addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
     let ip = if family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
     } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
+        let bytes: [u8; 16] = std::array::from_fn(|i| words[i / 4].to_ne_bytes()[i % 4]);
+        IpAddr::V6(Ipv6Addr::from(bytes))
     };
     SocketAddr::new(ip, port)
 }
 
 fn comm_to_string(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    match std::str::from_utf8(&comm[..end]) {
+        Ok(name) => name.to_owned(),
+        Err(_) => String::from_utf8_lossy(&comm[..end]).into_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -166,13 +273,19 @@ mod tests {
 
     #[test]
     fn addresses_keep_their_family() {
-        let mut v4 = [0u8; 16];
-        v4[..4].copy_from_slice(&[127, 0, 0, 53]);
+        // As the kernel reads them from the packet, in memory order.
+        let word = |bytes: [u8; 4]| u32::from_ne_bytes(bytes);
+        let v4 = [word([127, 0, 0, 53]), 0, 0, 0];
         assert_eq!(socket_addr(FAMILY_V4, &v4, 53).to_string(), "127.0.0.53:53");
-        let v6 = Ipv6Addr::LOCALHOST.octets();
+        let v6 = [
+            word([0x20, 0x01, 0x0d, 0xb8]),
+            0,
+            word([0, 0, 0, 0x01]),
+            word([0, 0x02, 0, 0x35]),
+        ];
         assert_eq!(
             socket_addr(dnstrace_common::FAMILY_V6, &v6, 53).to_string(),
-            "[::1]:53"
+            "[2001:db8::1:2:35]:53"
         );
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, io};
 use crate::{
     correlate::{Correlated, Correlator},
     diagnose::Diagnoser,
-    message::Message,
+    message::{ClientId, Message},
     output::{Output, ProcessReport, Summary},
 };
 
@@ -16,7 +16,7 @@ const MAX_REPORTED_PROCESSES: usize = 4096;
 pub struct Pipeline {
     correlator: Correlator,
     diagnoser: Diagnoser,
-    processes: HashMap<u32, ProcessReport>,
+    processes: HashMap<ClientId, ProcessReport>,
     outputs: Vec<Box<dyn Output>>,
     pub summary: Summary,
     /// The first output error; the caller stops at its next check.
@@ -34,6 +34,15 @@ impl Pipeline {
             summary: Summary::default(),
             write_error: None,
             correlated: Vec::new(),
+        }
+    }
+
+    /// For traces read from files: the processes behind them ran elsewhere
+    /// or earlier, so nothing is looked up in /proc.
+    pub fn offline(outputs: Vec<Box<dyn Output>>) -> Self {
+        Self {
+            correlator: Correlator::offline(),
+            ..Self::new(outputs)
         }
     }
 
@@ -70,18 +79,14 @@ impl Pipeline {
                 Correlated::Lookup(lookup) => {
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES
-                        && !self.processes.contains_key(&lookup.pid)
+                        && !self.processes.contains_key(&lookup.client.id)
                     {
                         self.forget_least_active_process();
                     }
-                    let report =
-                        self.processes
-                            .entry(lookup.pid)
-                            .or_insert_with(|| ProcessReport {
-                                pid: lookup.pid,
-                                comm: lookup.comm.clone(),
-                                ..ProcessReport::default()
-                            });
+                    let report = self
+                        .processes
+                        .entry(lookup.client.id)
+                        .or_insert_with(|| ProcessReport::new(lookup.client.clone()));
                     report.add(&lookup);
                     self.each_output(|output| output.lookup(&lookup));
                 }
@@ -104,7 +109,7 @@ impl Pipeline {
             .processes
             .values()
             .min_by_key(|p| p.lookups)
-            .map(|p| p.pid)
+            .map(|p| p.client.id)
         {
             self.processes.remove(&pid);
         }
@@ -113,7 +118,7 @@ impl Pipeline {
     /// The per-process report, to every output.
     pub fn report(&mut self) {
         let mut processes: Vec<ProcessReport> = self.processes.values().cloned().collect();
-        processes.sort_by_key(|p| p.pid);
+        processes.sort_by_key(|p| p.client.id);
         let processes: Vec<&ProcessReport> = processes.iter().collect();
         let diagnoses: Vec<_> = self.diagnoser.all().into_iter().cloned().collect();
         let diagnoses: Vec<_> = diagnoses.iter().collect();

@@ -191,7 +191,6 @@ impl Resolvers {
     }
 
     /// Contexts from `read` instead of /proc.
-    #[cfg(test)]
     pub fn reading(read: fn(u32) -> ResolverContext) -> Self {
         Self {
             read,

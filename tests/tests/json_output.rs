@@ -47,7 +47,7 @@ const MESSAGE_FIELDS: [&str; 27] = [
 ];
 /// Null even in a complete message: no EDNS, or nothing wrong.
 const MAY_BE_NULL: [&str; 2] = ["edns_udp_size", "decode_error"];
-const SUMMARY_FIELDS: [&str; 4] = ["kind", "messages", "lost", "undecodable"];
+const SUMMARY_FIELDS: [&str; 5] = ["kind", "messages", "lost", "undecodable", "skipped_records"];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 
 /// A trace of glibc (no EDNS) over IPv4 and dig (EDNS) over IPv6, limited

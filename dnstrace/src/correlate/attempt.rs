@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
-    message::Transport,
+    message::{Client, Transport},
 };
 
 /// How an attempt ended.
@@ -129,8 +129,7 @@ pub struct Response {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
-    pub pid: u32,
-    pub comm: String,
+    pub client: Client,
     pub socket_cookie: u64,
     pub transport: Transport,
     pub server: SocketAddr,

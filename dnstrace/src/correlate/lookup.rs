@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::attempt::{Attempt, Outcome};
-use crate::resolver::ResolverContext;
+use crate::{message::Client, resolver::ResolverContext};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LookupOutcome {
@@ -27,8 +27,7 @@ impl LookupOutcome {
 
 #[derive(Clone, Debug)]
 pub struct Lookup {
-    pub pid: u32,
-    pub comm: String,
+    pub client: Client,
     /// The name as the process asked for it, search suffixes taken off.
     pub name: String,
     pub context: Arc<ResolverContext>,

@@ -18,8 +18,8 @@ use self::{
 };
 use crate::{
     decode::Question,
-    message::{Direction, Message},
-    resolver::Resolvers,
+    message::{Client, ClientId, Direction, Message},
+    resolver::{ResolverContext, Resolvers},
 };
 
 /// A response is judged rejected only if the process asks again within this
@@ -56,16 +56,16 @@ pub enum Correlated {
 pub struct Correlator {
     /// Each process's resolver settings.
     pub(crate) resolvers: Resolvers,
-    /// Open lookups per process, oldest first.
-    lookups: HashMap<u32, Vec<Lookup>>,
+    /// Clients without a process have no resolver settings to read.
+    unknown_context: Arc<ResolverContext>,
+    /// Open lookups per client, oldest first.
+    lookups: HashMap<ClientId, Vec<Lookup>>,
     /// Lookups reported early because the caps were reached.
     pub evicted: u64,
-    /// Client messages without a known process: nothing to correlate by.
-    pub unattributed: u64,
     /// Client messages of processes too busy to correlate (see
     /// `MAX_MESSAGES_PER_SECOND`).
     pub uncorrelated: u64,
-    budgets: HashMap<u32, Budget>,
+    budgets: HashMap<ClientId, Budget>,
 }
 
 /// How many messages a process sent in the current one-second window.
@@ -77,6 +77,14 @@ struct Budget {
 }
 
 impl Correlator {
+    /// Knows no process's resolver settings: for traces read from files.
+    pub fn offline() -> Self {
+        Self {
+            resolvers: Resolvers::reading(|_| ResolverContext::default()),
+            ..Self::default()
+        }
+    }
+
     pub fn observe(&mut self, message: &Message, out: &mut Vec<Correlated>) {
         let Some(header) = &message.dns.header else {
             return;
@@ -92,38 +100,33 @@ impl Correlator {
         if !client_side {
             return;
         }
-        let Some(process) = &message.process else {
-            self.unattributed += 1;
-            return;
-        };
-        if !self.within_budget(process.pid, message.monotonic_ns) {
+        // The budget first: a busy client's messages end there, and need
+        // no copy of its name.
+        if !self.within_budget(message.client_id(), message.monotonic_ns) {
             self.uncorrelated += 1;
             return;
         }
+        let client = message.client();
         if header.is_response {
-            self.on_response(message, process.pid, header.id, Shape::of(header), out);
+            self.on_response(message, client, header.id, Shape::of(header), out);
         } else {
-            self.on_query(message, process.pid, &process.comm, header.id, out);
+            self.on_query(message, client, header.id, out);
         }
     }
 
-    fn on_query(
-        &mut self,
-        message: &Message,
-        pid: u32,
-        comm: &str,
-        id: u16,
-        out: &mut Vec<Correlated>,
-    ) {
+    fn on_query(&mut self, message: &Message, client: Client, id: u16, out: &mut Vec<Correlated>) {
         let question = message.dns.question.clone().expect("checked by observe");
         let now = message.monotonic_ns;
         let netns = message.process.as_ref().and_then(|p| p.netns);
-        let context = self.resolvers.of(pid, netns);
+        let context = match client.id {
+            ClientId::Pid(pid) => self.resolvers.of(pid, netns),
+            ClientId::Address(_) => Arc::clone(&self.unknown_context),
+        };
         let name = context.name_as_asked(&question.name);
-        if !self.lookups.contains_key(&pid) && self.lookups.len() >= MAX_PROCESSES {
+        if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
             self.evict_oldest_process(out);
         }
-        let lookups = self.lookups.entry(pid).or_default();
+        let lookups = self.lookups.entry(client.id).or_default();
 
         for lookup in lookups.iter_mut() {
             let positive = lookup.has_positive_response();
@@ -178,8 +181,7 @@ impl Correlator {
                     out.push(Correlated::Lookup(close_as_it_stands(lookups.remove(0))));
                 }
                 lookups.push(Lookup {
-                    pid,
-                    comm: comm.to_string(),
+                    client: client.clone(),
                     name: name.clone(),
                     context: Arc::clone(&context),
                     attempts: Vec::new(),
@@ -197,8 +199,7 @@ impl Correlator {
             lookup.name = name;
         }
         lookup.attempts.push(Attempt {
-            pid,
-            comm: comm.to_string(),
+            client,
             socket_cookie: message.socket_cookie,
             transport: message.transport,
             server: message.remote,
@@ -216,7 +217,7 @@ impl Correlator {
     fn on_response(
         &mut self,
         message: &Message,
-        pid: u32,
+        client: Client,
         id: u16,
         shape: Shape,
         out: &mut Vec<Correlated>,
@@ -228,7 +229,7 @@ impl Correlator {
             from: message.remote,
             shape,
         };
-        let lookups = self.lookups.entry(pid).or_default();
+        let lookups = self.lookups.entry(client.id).or_default();
         let on_socket =
             |a: &Attempt| a.socket_cookie == message.socket_cookie && a.sent_monotonic_ns.is_some();
         // The newest query that fits: glibc re-sends with the same id.
@@ -253,7 +254,7 @@ impl Correlator {
                 attempt.response = Some(response);
                 return;
             }
-            out.push(stray(message, pid, id, response, Mismatch::Source));
+            out.push(stray(message, client, id, response, Mismatch::Source));
             return;
         }
         let waiting: Vec<&Attempt> = lookups
@@ -268,17 +269,17 @@ impl Correlator {
         } else {
             Mismatch::Id
         };
-        out.push(stray(message, pid, id, response, mismatch));
+        out.push(stray(message, client, id, response, mismatch));
     }
 
     /// Counts the message against its process's budget. A process going
     /// over it has its open lookups dropped unreported: half-seen lookups
     /// would read as timeouts that never happened.
-    fn within_budget(&mut self, pid: u32, now: u64) -> bool {
-        if !self.budgets.contains_key(&pid) && self.budgets.len() >= MAX_PROCESSES {
+    fn within_budget(&mut self, client: ClientId, now: u64) -> bool {
+        if self.budgets.len() >= MAX_PROCESSES && !self.budgets.contains_key(&client) {
             self.budgets.clear();
         }
-        let budget = self.budgets.entry(pid).or_default();
+        let budget = self.budgets.entry(client).or_default();
         if now < budget.paused_until_ns {
             return false;
         }
@@ -291,7 +292,7 @@ impl Correlator {
             return true;
         }
         budget.paused_until_ns = now + BULK_PAUSE_NS;
-        if let Some(lookups) = self.lookups.remove(&pid) {
+        if let Some(lookups) = self.lookups.remove(&client) {
             self.uncorrelated += lookups.iter().map(|l| l.attempts.len() as u64).sum::<u64>();
         }
         false
@@ -337,13 +338,13 @@ impl Correlator {
 
     /// Reports everything still open, as it stands (at exit).
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
-        for (_, lookups) in self.lookups.drain() {
-            out.extend(
-                lookups
-                    .into_iter()
-                    .map(|l| Correlated::Lookup(close_as_it_stands(l))),
-            );
-        }
+        let mut open: Vec<Lookup> = self.lookups.drain().flat_map(|(_, l)| l).collect();
+        // In the order they began, whichever client they belong to.
+        open.sort_by_key(|lookup| lookup.first_monotonic_ns);
+        out.extend(
+            open.into_iter()
+                .map(|l| Correlated::Lookup(close_as_it_stands(l))),
+        );
     }
 
     /// Forgets processes that exited (their lookups settle first).
@@ -356,8 +357,8 @@ impl Correlator {
             .lookups
             .iter()
             .min_by_key(|(_, lookups)| lookups.iter().map(|l| l.last_monotonic_ns).max())
-            .map(|(pid, _)| *pid);
-        if let Some(lookups) = oldest.and_then(|pid| self.lookups.remove(&pid)) {
+            .map(|(client, _)| *client);
+        if let Some(lookups) = oldest.and_then(|client| self.lookups.remove(&client)) {
             self.evicted += lookups.len() as u64;
             out.extend(lookups.into_iter().map(Correlated::Lookup));
         }
@@ -444,19 +445,13 @@ fn first_label(name: &str) -> &str {
 
 fn stray(
     message: &Message,
-    pid: u32,
+    client: Client,
     id: u16,
     response: Response,
     mismatch: Mismatch,
 ) -> Correlated {
-    let comm = message
-        .process
-        .as_ref()
-        .map(|p| p.comm.clone())
-        .unwrap_or_default();
     Correlated::Stray(Attempt {
-        pid,
-        comm,
+        client,
         socket_cookie: message.socket_cookie,
         transport: message.transport,
         server: message.remote,

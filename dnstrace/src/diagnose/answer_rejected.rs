@@ -52,10 +52,9 @@ fn finding(
     let detail = first.outcome.detail().unwrap_or("asked again");
 
     let mut explanation = format!(
-        "{} answer(s) from {server} reached {} (pid {}) and were thrown away: it {detail}. Rejected: {}.",
+        "{} answer(s) from {server} reached {} and were thrown away: it {detail}. Rejected: {}.",
         from_server.len(),
-        lookup.comm,
-        lookup.pid,
+        lookup.client,
         describe_shape(&rejected_shape)
     );
     match accepted_shape {
@@ -64,7 +63,7 @@ fn finding(
             describe_shape(&accepted),
             differences(&rejected_shape, &accepted)
         )),
-        None => explanation.push_str(" The process has used no answer yet."),
+        None => explanation.push_str(" The client has used no answer yet."),
     }
     let library = lookup.context.library.as_ref();
     if rejected_shape.is_lame_referral() {

@@ -33,8 +33,8 @@ pub fn check(stray: &Attempt) -> Finding {
         names: vec![stray.question.name.clone()],
         evidence: vec![stray.id],
         explanation: format!(
-            "A response from {from} for {} (id {}) to {} (pid {}) {what}.",
-            stray.question.name, stray.id, stray.comm, stray.pid
+            "A response from {from} for {} (id {}) to {} {what}.",
+            stray.question.name, stray.id, stray.client
         ),
         fix: fix.into(),
         shapes: None,

@@ -14,9 +14,12 @@ use std::{
     net::SocketAddr,
 };
 
-use crate::correlate::{
-    attempt::{Attempt, Shape},
-    lookup::Lookup,
+use crate::{
+    correlate::{
+        attempt::{Attempt, Shape},
+        lookup::Lookup,
+    },
+    message::{Client, ClientId},
 };
 
 /// Stable cause codes (docs/diagnoses.md).
@@ -66,8 +69,7 @@ pub struct Finding {
 /// Findings of one cause for one process and server, aggregated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnosis {
-    pub pid: u32,
-    pub comm: String,
+    pub client: Client,
     pub cause: Cause,
     pub server: Option<SocketAddr>,
     pub names: BTreeSet<String>,
@@ -88,7 +90,7 @@ const MAX_ACCEPTED_SHAPES: usize = 16;
 /// Diagnoses kept; past this, new ones are counted, not kept.
 const MAX_DIAGNOSES: usize = 16_384;
 
-type Key = (u32, Cause, Option<SocketAddr>);
+type Key = (ClientId, Cause, Option<SocketAddr>);
 
 #[derive(Default)]
 pub struct Diagnoser {
@@ -98,7 +100,7 @@ pub struct Diagnoser {
     /// Keys handed out by `take_changed` before.
     published: BTreeSet<Key>,
     /// Shapes each process has used, most recent last.
-    accepted: HashMap<u32, Vec<Shape>>,
+    accepted: HashMap<ClientId, Vec<Shape>>,
     /// Findings not kept because `MAX_DIAGNOSES` was reached.
     pub dropped: u64,
 }
@@ -112,7 +114,7 @@ impl Diagnoser {
     /// Runs every rule over a settled lookup. Returns the findings it made,
     /// newly aggregated.
     pub fn lookup(&mut self, lookup: &Lookup) -> Vec<Finding> {
-        let accepted = self.accepted.entry(lookup.pid).or_default();
+        let accepted = self.accepted.entry(lookup.client.id).or_default();
         for shape in lookup
             .attempts
             .iter()
@@ -135,7 +137,7 @@ impl Diagnoser {
         findings.extend(timeout::check(lookup));
         findings.extend(search_expansion::check(lookup));
         for finding in &findings {
-            self.record(lookup.pid, &lookup.comm, finding);
+            self.record(&lookup.client, finding);
         }
         findings
     }
@@ -143,19 +145,18 @@ impl Diagnoser {
     /// A response that matched no query.
     pub fn stray(&mut self, attempt: &Attempt) -> Finding {
         let finding = mismatched::check(attempt);
-        self.record(attempt.pid, &attempt.comm, &finding);
+        self.record(&attempt.client, &finding);
         finding
     }
 
-    fn record(&mut self, pid: u32, comm: &str, finding: &Finding) {
-        let key = (pid, finding.cause, finding.server);
+    fn record(&mut self, client: &Client, finding: &Finding) {
+        let key = (client.id, finding.cause, finding.server);
         if !self.diagnoses.contains_key(&key) && self.diagnoses.len() >= MAX_DIAGNOSES {
             self.dropped += 1;
             return;
         }
         let diagnosis = self.diagnoses.entry(key).or_insert_with(|| Diagnosis {
-            pid,
-            comm: comm.to_string(),
+            client: client.clone(),
             cause: finding.cause,
             server: finding.server,
             names: BTreeSet::new(),
@@ -204,13 +205,16 @@ impl Diagnoser {
     /// Forgets what exited processes used; their diagnoses stay for the
     /// report.
     pub fn forget(&mut self, exited: impl Fn(u32) -> bool) {
-        self.accepted.retain(|pid, _| !exited(*pid));
+        self.accepted.retain(|client, _| match client {
+            ClientId::Pid(pid) => !exited(*pid),
+            ClientId::Address(_) => true,
+        });
     }
 
     /// Every diagnosis so far, per process.
     pub fn all(&self) -> Vec<&Diagnosis> {
         let mut all: Vec<&Diagnosis> = self.diagnoses.values().collect();
-        all.sort_by_key(|d| (d.pid, d.cause, d.server));
+        all.sort_by_key(|d| (d.client.id, d.cause, d.server));
         all
     }
 }

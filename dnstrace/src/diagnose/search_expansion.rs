@@ -42,7 +42,18 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
         }
     }
     let dots = lookup.name.matches('.').count();
-    let ndots = lookup.context.conf.as_ref().map_or(1, |c| c.ndots);
+    // Without the client's resolv.conf (a file read by `analyze`), its
+    // ndots is not known, only that the name had too few dots for it.
+    let why = match lookup.context.conf.as_ref() {
+        Some(conf) => format!(
+            "The name has {dots} dot(s), fewer than ndots:{}, so every search domain is tried first.",
+            conf.ndots
+        ),
+        None => format!(
+            "The name has {dots} dot(s), fewer than the resolver's ndots, so every search domain \
+             is tried first."
+        ),
+    };
     Some(Finding {
         cause: Cause::SearchExpansion,
         server: None,
@@ -53,11 +64,9 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
             .collect(),
         evidence: before.iter().map(|a| a.id).collect(),
         explanation: format!(
-            "{} (pid {}) asked for \"{}\"; the search list made it try {} first ({} wasted queries, \
-             {wasted_ms} ms) before {} resolved. The name has {dots} dot(s), fewer than ndots:{ndots}, \
-             so every search domain is tried first.",
-            lookup.comm,
-            lookup.pid,
+            "{} asked for \"{}\"; the search list made it try {} first ({} wasted queries, \
+             {wasted_ms} ms) before {} resolved. {why}",
+            lookup.client,
             lookup.name,
             tried.join(", "),
             before.len(),

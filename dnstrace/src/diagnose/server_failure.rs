@@ -20,12 +20,11 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 names: names_of(from_server.iter().copied()),
                 evidence: from_server.iter().map(|a| a.id).collect(),
                 explanation: format!(
-                    "{server} answered {} {} time(s); {} (pid {}) {detail}. Each costs a round trip, \
+                    "{server} answered {} {} time(s); {} {detail}. Each costs a round trip, \
                      and a resolver with no other server left fails the lookup.",
                     rcode_name(rcode),
                     from_server.len(),
-                    lookup.comm,
-                    lookup.pid
+                    lookup.client
                 ),
                 fix: format!(
                     "Find why {server} answers {}: for SERVFAIL its upstreams or DNSSEC validation \

@@ -28,11 +28,11 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     names: names_of(std::iter::once(lost)),
                     evidence: vec![lost.id],
                     explanation: format!(
-                        "{} (pid {}) sent two queries at once on one socket to {}; only one answer \
+                        "{} sent two queries at once on one socket to {}; only one answer \
                          came back, and {waited_ms} ms later it sent both again with the same ids. \
                          This is the signature of conntrack dropping one of two simultaneous UDP \
                          packets of a flow (a race in the Linux NAT path, common in Kubernetes).",
-                        lookup.comm, lookup.pid, lost.server
+                        lookup.client, lost.server
                     ),
                     fix: "Add `options single-request-reopen` (glibc) to resolv.conf, or avoid DNAT \
                           to the DNS server (NodeLocal DNSCache), or a kernel with the conntrack \
@@ -48,9 +48,8 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     names: names_of(std::iter::once(lost)),
                     evidence: vec![lost.id],
                     explanation: format!(
-                        "{} (pid {}) got no answer from {} for {} {} and gave up after {waited_ms} ms.",
-                        lookup.comm,
-                        lookup.pid,
+                        "{} got no answer from {} for {} {} and gave up after {waited_ms} ms.",
+                        lookup.client,
                         lost.server,
                         lost.question.name,
                         crate::decode::qtype_name(lost.question.qtype)

@@ -30,9 +30,9 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 (
                     Cause::TruncatedTcpFallback,
                     format!(
-                        "{} answered {} with TC=1 over UDP; {} (pid {}) asked again over TCP, which \
+                        "{} answered {} with TC=1 over UDP; {} asked again over TCP, which \
                          costs a TCP handshake per lookup.",
-                        attempt.server, attempt.question.name, lookup.comm, lookup.pid
+                        attempt.server, attempt.question.name, lookup.client
                     ),
                     "Fine as it is; to save the round trips, keep answers under the UDP size (fewer \
                      records), or let the client send EDNS with a larger buffer (`options edns0`)."
@@ -42,9 +42,9 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 (
                     Cause::TcpFallbackMissing,
                     format!(
-                        "{} answered {} with TC=1 over UDP, and {} (pid {}) never asked over TCP: it \
+                        "{} answered {} with TC=1 over UDP, and {} never asked over TCP: it \
                          used the truncated answer or gave up. musl before 1.2.4 has no TCP fallback.",
-                        attempt.server, attempt.question.name, lookup.comm, lookup.pid
+                        attempt.server, attempt.question.name, lookup.client
                     ),
                     "Keep the answer under 512 bytes (fewer records), or use a resolver with TCP \
                      fallback (musl 1.2.4 or later, glibc, Go)."

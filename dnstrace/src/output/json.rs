@@ -5,7 +5,7 @@ use std::{
     collections::BTreeSet,
     fmt::Display,
     io::{self, Write},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use serde::{Serialize, Serializer};
@@ -17,7 +17,7 @@ use crate::{
         attempt::{Attempt, Shape},
         lookup::Lookup,
     },
-    decode::{opcode_name, qtype_name, rcode_name},
+    decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
     message::Message,
     resolver::Library,
@@ -27,7 +27,7 @@ use crate::{
 #[derive(Serialize)]
 pub struct MessageRecord<'a> {
     /// Always `"message"`.
-    pub kind: &'static str,
+    pub kind: Mnemonic,
     /// Wall-clock time the kernel saw the message, RFC 3339 with nanoseconds.
     #[serde(serialize_with = "as_display")]
     pub ts: Rfc3339,
@@ -45,9 +45,9 @@ pub struct MessageRecord<'a> {
     /// The kernel's socket cookie: one value per socket for the whole boot.
     pub socket_cookie: u64,
     /// `"send"` or `"recv"`, seen from the process.
-    pub direction: &'static str,
+    pub direction: Mnemonic,
     /// `"udp"` or `"tcp"`.
-    pub proto: &'static str,
+    pub proto: Mnemonic,
     /// This side of the socket, `ip:port` (`[v6]:port`).
     pub local: SocketAddr,
     /// The other side, `ip:port`.
@@ -55,15 +55,15 @@ pub struct MessageRecord<'a> {
     /// DNS header fields; null when the payload is shorter than a header.
     pub id: Option<u16>,
     pub qr: Option<bool>,
-    pub opcode: Option<Cow<'static, str>>,
+    pub opcode: Option<Mnemonic>,
     /// Set flags among `aa`, `tc`, `rd`, `ra`, `ad`, `cd`.
-    pub flags: Vec<&'static str>,
+    pub flags: FlagNames,
     /// Response code mnemonic, extended by EDNS when present.
-    pub rcode: Option<Cow<'static, str>>,
+    pub rcode: Option<Mnemonic>,
     /// First question's name, with the trailing dot.
     pub qname: Option<&'a str>,
     /// First question's type mnemonic.
-    pub qtype: Option<Cow<'static, str>>,
+    pub qtype: Option<Mnemonic>,
     /// Section counts from the header (the OPT record counts as additional).
     pub answers: Option<u16>,
     pub authority: Option<u16>,
@@ -84,7 +84,7 @@ impl<'a> MessageRecord<'a> {
         let header = message.dns.header.as_ref();
         let question = message.dns.question.as_ref();
         Self {
-            kind: "message",
+            kind: Mnemonic("message".into()),
             ts: Rfc3339(message.wall_time_ns),
             pid: process.map(|p| p.pid),
             tid: process.map(|p| p.tid),
@@ -93,19 +93,17 @@ impl<'a> MessageRecord<'a> {
             cgroup_id: process.map(|p| p.cgroup_id),
             netns: process.and_then(|p| p.netns),
             socket_cookie: message.socket_cookie,
-            direction: message.direction.name(),
-            proto: message.transport.name(),
+            direction: Mnemonic(message.direction.name().into()),
+            proto: Mnemonic(message.transport.name().into()),
             local: message.local,
             remote: message.remote,
             id: header.map(|h| h.id),
             qr: header.map(|h| h.is_response),
-            opcode: header.map(|h| opcode_name(h.opcode)),
-            flags: header
-                .map(|h| h.flags.names().collect())
-                .unwrap_or_default(),
-            rcode: header.map(|h| rcode_name(h.rcode)),
+            opcode: header.map(|h| Mnemonic(opcode_name(h.opcode))),
+            flags: FlagNames(header.map(|h| h.flags).unwrap_or_default()),
+            rcode: header.map(|h| Mnemonic(rcode_name(h.rcode))),
             qname: question.map(|q| q.name.as_str()),
-            qtype: question.map(|q| qtype_name(q.qtype)),
+            qtype: question.map(|q| Mnemonic(qtype_name(q.qtype))),
             answers: header.map(|h| h.answers),
             authority: header.map(|h| h.authority),
             additional: header.map(|h| h.additional),
@@ -113,6 +111,249 @@ impl<'a> MessageRecord<'a> {
             size: message.size,
             truncated_capture: message.truncated_capture,
             decode_error: message.dns.decode_error.as_deref(),
+        }
+    }
+}
+
+impl MessageRecord<'_> {
+    /// Appends the record as one line of JSON, byte for byte what serde_json
+    /// writes for it (a test holds the two equal), without serde's
+    /// per-field machinery: this runs for every message.
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
+        /// `,"key":value` for each field, in order; keys are the field
+        /// names, as serde writes them.
+        macro_rules! fields {
+            ($record:ident: $($key:ident),+) => {
+                $(
+                    out.extend_from_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
+                    $record.$key.write_json(out);
+                )+
+            };
+        }
+        let record = self;
+        out.extend_from_slice(b"{\"kind\":");
+        record.kind.write_json(out);
+        out.extend_from_slice(b",\"ts\":");
+        times.write_json(out, record.ts.0);
+        fields!(record: pid, tid, comm, uid, cgroup_id, netns, socket_cookie, direction, proto,
+            local, remote, id, qr, opcode, flags, rcode, qname, qtype, answers, authority,
+            additional, edns_udp_size, size, truncated_capture, decode_error);
+        out.push(b'}');
+    }
+}
+
+/// A name this program makes up (`"message"`, `"udp"`, `"NXDOMAIN"`,
+/// `"TYPE65280"`): letters, digits and dashes, which JSON never escapes.
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct Mnemonic(pub Cow<'static, str>);
+
+/// A message's flags, written as the array of their names without
+/// collecting them first.
+pub struct FlagNames(pub Flags);
+
+impl Serialize for FlagNames {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.names())
+    }
+}
+
+/// A value [`MessageRecord::write_json`] writes as serde_json would.
+trait WriteJson {
+    fn write_json(&self, out: &mut Vec<u8>);
+}
+
+impl<T: WriteJson> WriteJson for Option<T> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            Some(value) => value.write_json(out),
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+}
+
+impl WriteJson for bool {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(if *self { b"true" } else { b"false" });
+    }
+}
+
+impl WriteJson for u64 {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        // Straight into the line, last digit first.
+        let len = self.checked_ilog10().map_or(1, |log| log as usize + 1);
+        let start = out.len();
+        out.resize(start + len, b'0');
+        let mut rest = *self;
+        for digit in out[start..].iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+    }
+}
+
+impl WriteJson for u32 {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        u64::from(*self).write_json(out);
+    }
+}
+
+impl WriteJson for u16 {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        u64::from(*self).write_json(out);
+    }
+}
+
+impl WriteJson for u8 {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        u64::from(*self).write_json(out);
+    }
+}
+
+impl WriteJson for &str {
+    /// Escaped as serde_json escapes: quote, backslash and control bytes.
+    fn write_json(&self, out: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let bytes = self.as_bytes();
+        out.push(b'"');
+        if !needs_escape(bytes) {
+            out.extend_from_slice(bytes);
+            out.push(b'"');
+            return;
+        }
+        let mut plain_from = 0;
+        for (at, &byte) in bytes.iter().enumerate() {
+            let short: &[u8] = match byte {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0x08 => b"\\b",
+                0x0c => b"\\f",
+                0x00..=0x1f => &[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ],
+                _ => continue,
+            };
+            out.extend_from_slice(&bytes[plain_from..at]);
+            out.extend_from_slice(short);
+            plain_from = at + 1;
+        }
+        out.extend_from_slice(&bytes[plain_from..]);
+        out.push(b'"');
+    }
+}
+
+/// Whether any byte is a quote, a backslash or a control byte. Nearly no
+/// string has one, so this looks at eight bytes at a time.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `word` is below `n` (n at most 0x80).
+    let any_below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGH != 0;
+    let (words, rest) = bytes.as_chunks::<8>();
+    words.iter().any(|word| {
+        let word = u64::from_ne_bytes(*word);
+        any_below(word, 0x20)
+            || any_below(word ^ (ONES * u64::from(b'"')), 1)
+            || any_below(word ^ (ONES * u64::from(b'\\')), 1)
+    }) || rest
+        .iter()
+        .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+}
+
+impl WriteJson for Mnemonic {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        out.extend_from_slice(self.0.as_bytes());
+        out.push(b'"');
+    }
+}
+
+impl WriteJson for FlagNames {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (index, name) in self.0.names().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            Mnemonic(name.into()).write_json(out);
+        }
+        out.push(b']');
+    }
+}
+
+impl WriteJson for SocketAddr {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            SocketAddr::V4(v4) => {
+                out.push(b'"');
+                for (index, octet) in v4.ip().octets().into_iter().enumerate() {
+                    if index > 0 {
+                        out.push(b'.');
+                    }
+                    octet.write_json(out);
+                }
+                out.push(b':');
+                v4.port().write_json(out);
+                out.push(b'"');
+            }
+            // Rarer, and harder to write: IPv6 compresses its zeros.
+            SocketAddr::V6(_) => {
+                out.push(b'"');
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{self}");
+                out.push(b'"');
+            }
+        }
+    }
+}
+
+/// RFC 3339 timestamps, with the date and time of day formatted once per
+/// second: within a second only the nanoseconds change.
+#[derive(Default)]
+struct TimeCache {
+    /// The start of the second `text` holds, in ns since the epoch.
+    second_ns: Option<i128>,
+    /// `"2026-11-27T05:49:46.000000000Z"`, quoted.
+    text: Vec<u8>,
+}
+
+impl TimeCache {
+    const SECOND: i128 = 1_000_000_000;
+
+    fn write_json(&mut self, out: &mut Vec<u8>, wall_time_ns: i128) {
+        // A subtraction tells whether the second is the cached one; a
+        // 128-bit division costs more than the rest of the line.
+        let mut nanos = match self.second_ns.map(|start| wall_time_ns - start) {
+            Some(nanos) if (0..Self::SECOND).contains(&nanos) => nanos as u32,
+            _ => {
+                let second_ns = wall_time_ns.div_euclid(Self::SECOND) * Self::SECOND;
+                self.second_ns = Some(second_ns);
+                self.text.clear();
+                Rfc3339(second_ns)
+                    .to_string()
+                    .as_str()
+                    .write_json(&mut self.text);
+                (wall_time_ns - second_ns) as u32
+            }
+        };
+        out.extend_from_slice(&self.text);
+        // Rfc3339 ends in nine digits of nanoseconds, then `Z"`.
+        let end = out.len().saturating_sub(2);
+        let digits = out
+            .len()
+            .saturating_sub(self.text.len())
+            .max(end.saturating_sub(9));
+        for digit in out[digits..end].iter_mut().rev() {
+            *digit = b'0' + (nanos % 10) as u8;
+            nanos /= 10;
         }
     }
 }
@@ -126,8 +367,11 @@ pub struct AttemptRecord<'a> {
     /// When the query left (for a stray response, when it came).
     #[serde(serialize_with = "as_display")]
     pub ts: Rfc3339,
-    pub pid: u32,
-    pub comm: &'a str,
+    /// Process id; null in a file without processes (see `client`).
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    /// The client's address, when the trace has no process to name.
+    pub client: Option<IpAddr>,
     pub socket_cookie: u64,
     pub proto: &'static str,
     /// Where the query went, `ip:port`.
@@ -160,8 +404,9 @@ impl<'a> AttemptRecord<'a> {
                     .or(response.map(|r| r.wall_time_ns))
                     .unwrap_or_default(),
             ),
-            pid: attempt.pid,
-            comm: &attempt.comm,
+            pid: attempt.client.pid(),
+            comm: attempt.client.comm.as_deref(),
+            client: attempt.client.address(),
             socket_cookie: attempt.socket_cookie,
             proto: attempt.transport.name(),
             server: attempt.server,
@@ -188,8 +433,11 @@ pub struct LookupRecord<'a> {
     /// When its first query left.
     #[serde(serialize_with = "as_display")]
     pub ts: Rfc3339,
-    pub pid: u32,
-    pub comm: &'a str,
+    /// Process id; null in a file without processes (see `client`).
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    /// The client's address, when the trace has no process to name.
+    pub client: Option<IpAddr>,
     /// The name as the process asked for it (search suffixes taken off).
     pub name: &'a str,
     /// Query names in the order they were tried.
@@ -209,8 +457,9 @@ impl<'a> LookupRecord<'a> {
         Self {
             kind: "lookup",
             ts: Rfc3339(lookup.first_wall_time_ns),
-            pid: lookup.pid,
-            comm: &lookup.comm,
+            pid: lookup.client.pid(),
+            comm: lookup.client.comm.as_deref(),
+            client: lookup.client.address(),
             name: &lookup.name,
             names_tried: lookup.names_tried(),
             outcome: lookup.outcome().name(),
@@ -250,8 +499,11 @@ impl ShapeRecord {
 pub struct DiagnosisRecord<'a> {
     /// Always `"diagnosis"`.
     pub kind: &'static str,
-    pub pid: u32,
-    pub comm: &'a str,
+    /// Process id; null in a file without processes (see `client`).
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    /// The client's address, when the trace has no process to name.
+    pub client: Option<IpAddr>,
     /// A stable cause code (docs/diagnoses.md).
     pub cause: &'static str,
     /// The server involved, `ip:port`, or null.
@@ -276,8 +528,9 @@ impl<'a> DiagnosisRecord<'a> {
     pub fn new(diagnosis: &'a Diagnosis) -> Self {
         Self {
             kind: "diagnosis",
-            pid: diagnosis.pid,
-            comm: &diagnosis.comm,
+            pid: diagnosis.client.pid(),
+            comm: diagnosis.client.comm.as_deref(),
+            client: diagnosis.client.address(),
             cause: diagnosis.cause.code(),
             server: diagnosis.server,
             names: &diagnosis.names,
@@ -312,28 +565,45 @@ pub struct SummaryRecord {
     pub lost: u64,
     /// Messages that did not decode whole (they are still written).
     pub undecodable: u64,
+    /// `analyze`: damaged records of the input files, skipped.
+    pub skipped_records: u64,
 }
 
 pub struct JsonOutput {
     destination: Destination,
+    /// The line being written: built whole, then handed to the
+    /// destination in one write rather than piece by piece.
+    line: Vec<u8>,
+    times: TimeCache,
 }
 
 impl JsonOutput {
     pub fn new(destination: Destination) -> Self {
-        Self { destination }
+        Self {
+            destination,
+            line: Vec::with_capacity(1024),
+            times: TimeCache::default(),
+        }
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        let writer = &mut self.destination.writer;
-        serde_json::to_writer(&mut *writer, value)?;
-        writer.write_all(b"\n")?;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value)?;
+        self.write_line()
+    }
+
+    fn write_line(&mut self) -> io::Result<()> {
+        self.line.push(b'\n');
+        self.destination.writer.write_all(&self.line)?;
         self.destination.line_written()
     }
 }
 
 impl Output for JsonOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
-        self.line(&MessageRecord::new(message))
+        self.line.clear();
+        MessageRecord::new(message).write_json(&mut self.line, &mut self.times);
+        self.write_line()
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
@@ -361,6 +631,7 @@ impl Output for JsonOutput {
             messages: summary.messages,
             lost: summary.lost(),
             undecodable: summary.undecodable,
+            skipped_records: summary.skipped_records,
         })?;
         self.flush()
     }
@@ -369,7 +640,7 @@ impl Output for JsonOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::decode;
+    use crate::decode::{FLAG_NAMES, decode};
 
     /// A message of an all-zero header from an unknown process to
     /// 127.0.0.1:53.
@@ -405,10 +676,14 @@ mod tests {
             messages: 0,
             lost: 0,
             undecodable: 0,
+            skipped_records: 0,
+        };
+        let client = crate::message::Client {
+            id: crate::message::ClientId::Pid(1),
+            comm: Some("c".into()),
         };
         let attempt = Attempt {
-            pid: 1,
-            comm: "c".into(),
+            client: client.clone(),
             socket_cookie: 1,
             transport: crate::message::Transport::Udp,
             server: "127.0.0.1:53".parse().unwrap(),
@@ -425,8 +700,7 @@ mod tests {
             ended_monotonic_ns: Some(1),
         };
         let lookup = Lookup {
-            pid: 1,
-            comm: "c".into(),
+            client,
             name: "x".into(),
             context: Default::default(),
             attempts: vec![attempt.clone()],
@@ -467,5 +741,121 @@ mod tests {
         assert_eq!(value["direction"], "recv");
         assert_eq!(value["pid"], serde_json::Value::Null);
         assert_eq!(value["flags"], serde_json::json!([]));
+    }
+
+    /// The fast writer and serde must agree byte for byte.
+    fn assert_same_json(message: &Message, times: &mut TimeCache) {
+        let record = MessageRecord::new(message);
+        let mut fast = Vec::new();
+        record.write_json(&mut fast, times);
+        let serde = serde_json::to_vec(&record).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&fast),
+            String::from_utf8_lossy(&serde)
+        );
+    }
+
+    #[test]
+    fn the_fast_writer_writes_what_serde_writes() {
+        use hickory_proto::{
+            op::{Edns, Message as DnsMessage, MessageType, OpCode, Query},
+            rr::{Name, RecordType},
+        };
+        let mut query = DnsMessage::new(0xbeef, MessageType::Query, OpCode::Query);
+        query.metadata.recursion_desired = true;
+        query.metadata.checking_disabled = true;
+        query.add_query(Query::query(
+            Name::from_ascii("x-y_z.example.").unwrap(),
+            RecordType::AAAA,
+        ));
+        query.set_edns(Edns::new());
+        let query = query.to_vec().unwrap();
+        let mut times = TimeCache::default();
+        let mut message = header_only(0, "10.0.0.7:40000", crate::message::Direction::Send);
+        assert_same_json(&message, &mut times);
+        message.process = Some(crate::message::Process {
+            pid: 4242,
+            tid: u32::MAX,
+            comm: "we\"ird\\\n\u{1}\u{7f}é名".into(),
+            uid: 0,
+            cgroup_id: u64::MAX,
+            netns: Some(4026531840),
+        });
+        message.dns = decode(&query, query.len());
+        for (ns, local, remote) in [
+            (1_795_758_586_123_456_789, "10.0.0.7:40000", "127.0.0.53:53"),
+            // The same second again, from the cache.
+            (
+                1_795_758_586_000_000_001,
+                "255.255.255.255:65535",
+                "0.0.0.0:0",
+            ),
+            (1_795_758_587_999_999_999, "[::1]:5353", "[2001:db8::1]:53"),
+            (-1, "[::ffff:1.2.3.4]:1", "[fe80::1]:53"),
+            (0, "1.2.3.4:5", "6.7.8.9:10"),
+        ] {
+            message.wall_time_ns = ns;
+            message.local = local.parse().unwrap();
+            message.remote = remote.parse().unwrap();
+            assert_same_json(&message, &mut times);
+        }
+        // Cut short: a decode error, and flags but no question.
+        message.dns = decode(&query[..20], query.len());
+        message.truncated_capture = true;
+        assert_same_json(&message, &mut times);
+        message.process = None;
+        message.dns = decode(&[], 0);
+        assert_same_json(&message, &mut times);
+    }
+
+    #[test]
+    fn mnemonics_need_no_escaping() {
+        let names = (0..=u16::MAX)
+            .map(qtype_name)
+            .chain((0..4096).map(rcode_name))
+            .chain((0..16).map(opcode_name))
+            .chain(FLAG_NAMES.map(Cow::from))
+            .chain(["message", "send", "recv", "udp", "tcp"].map(Cow::from));
+        for name in names {
+            assert!(!needs_escape(name.as_bytes()), "{name}");
+        }
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_escapes_them() {
+        let mut text: String = (0u8..=0x7f).map(char::from).collect();
+        text.push_str("é名\u{10ffff}");
+        let mut fast = Vec::new();
+        text.as_str().write_json(&mut fast);
+        assert_eq!(fast, serde_json::to_vec(&text).unwrap());
+        // Each special byte at each place in a word, and in the tail.
+        for special in (0u8..0x20).chain(*b"\"\\") {
+            for at in 0..19 {
+                let mut bytes = *b"abcdefghijklmnopqrs";
+                bytes[at] = special;
+                let text = String::from_utf8(bytes.to_vec()).unwrap();
+                assert!(needs_escape(text.as_bytes()), "{text:?}");
+                let mut fast = Vec::new();
+                text.as_str().write_json(&mut fast);
+                assert_eq!(fast, serde_json::to_vec(&text).unwrap());
+            }
+        }
+        assert!(!needs_escape("plain text, ~ and \u{7f} é".as_bytes()));
+    }
+
+    #[test]
+    fn numbers_are_written_as_serde_writes_them() {
+        let mut n = 1u64;
+        for value in (0..20)
+            .flat_map(|_| {
+                n = n.saturating_mul(10);
+                [n - 1, n, n.saturating_add(1)]
+            })
+            .chain([0, 1, 9, u64::MAX])
+        {
+            let mut fast = Vec::new();
+            value.write_json(&mut fast);
+            assert_eq!(fast, serde_json::to_vec(&value).unwrap());
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::{
     },
     decode::{qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Direction, Message},
+    message::{Client, Direction, Message},
 };
 
 const HEADER: &str = "TIME            PID     COMM            DIR REMOTE                 ID    FLAGS          RCODE     QTYPE   AN QNAME";
@@ -87,11 +87,10 @@ impl Output for TextOutput {
     }
 
     fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
+        let (pid, comm) = client_columns(&attempt.client);
         let line = format!(
-            "{} {:<7} {:<15} stray response from {} for {} (id {:04x}): {}",
+            "{} {pid:<7} {comm:<15} stray response from {} for {} (id {:04x}): {}",
             TimeOfDay(attempt.response.as_ref().map_or(0, |r| r.wall_time_ns)),
-            attempt.pid,
-            attempt.comm,
             attempt.response.as_ref().map_or(attempt.server, |r| r.from),
             attempt.question.name,
             attempt.id,
@@ -121,17 +120,10 @@ impl Output for TextOutput {
         )?;
         for p in processes {
             let mean_ms = p.total_ns as f64 / p.lookups.max(1) as f64 / 1e6;
+            let (pid, comm) = client_columns(&p.client);
             let line = format!(
-                "{:<7} {:<15} {:>7} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {mean_ms:>7.1}",
-                p.pid,
-                p.comm,
-                p.lookups,
-                p.resolved,
-                p.nxdomain,
-                p.nodata,
-                p.failed,
-                p.queries,
-                p.wasted_queries
+                "{pid:<7} {comm:<15} {:>7} {:>8} {:>8} {:>6} {:>6} {:>7} {:>6} {mean_ms:>7.1}",
+                p.lookups, p.resolved, p.nxdomain, p.nodata, p.failed, p.queries, p.wasted_queries
             );
             let colour = if p.failed > 0 { paint::RED } else { "" };
             self.write_line(colour, &line)?;
@@ -191,11 +183,10 @@ fn format_lookup(lookup: &Lookup) -> String {
     if names.len() > 1 {
         odd.push(format!("tried {}", names.join(" ")));
     }
+    let (pid, comm) = client_columns(&lookup.client);
     let mut line = format!(
-        "{} {:<7} {:<15} {:<9} {:>9.1}ms {} {} ({}) via {}",
+        "{} {pid:<7} {comm:<15} {:<9} {:>9.1}ms {} {} ({}) via {}",
         TimeOfDay(lookup.first_wall_time_ns),
-        lookup.pid,
-        lookup.comm,
         lookup.outcome().name().to_uppercase(),
         lookup.total_ns() as f64 / 1e6,
         lookup.name,
@@ -212,6 +203,19 @@ fn format_lookup(lookup: &Lookup) -> String {
     line
 }
 
+/// The PID and COMM columns; a client known only by its address (a packet
+/// capture) shows the address where the name would be.
+fn client_columns(client: &Client) -> (String, String) {
+    match (client.pid(), &client.comm) {
+        (Some(pid), Some(comm)) => (pid.to_string(), comm.clone()),
+        (Some(pid), None) => (pid.to_string(), String::new()),
+        (None, _) => (
+            "-".into(),
+            client.address().map(|a| a.to_string()).unwrap_or_default(),
+        ),
+    }
+}
+
 /// A diagnosis as a short block that stands out.
 fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
     let server = diagnosis
@@ -221,10 +225,9 @@ fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
     let names: Vec<&str> = diagnosis.names.iter().map(String::as_str).collect();
     vec![
         format!(
-            "!! {} — pid {} ({}){server}, {} time(s), names: {}",
+            "!! {} — {}{server}, {} time(s), names: {}",
             diagnosis.cause.code(),
-            diagnosis.pid,
-            diagnosis.comm,
+            diagnosis.client,
             diagnosis.count,
             names.join(" ")
         ),
