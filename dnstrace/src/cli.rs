@@ -3,18 +3,56 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "dnstrace",
     version,
     about = "Trace the DNS messages every process sends and receives, with eBPF",
-    after_help = "Exit status: 0 after a clean run, 1 when output failed while tracing, \
-                  2 for usage errors and when tracing cannot start (not root, missing kernel \
-                  feature, unwritable output). See docs/cli.md."
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit status: 0 after a clean run, 1 when output failed while tracing or an \
+                  input file was damaged past a record, 2 for usage errors and when tracing \
+                  cannot start (not root, missing kernel feature, unwritable output, unreadable \
+                  input). See docs/cli.md."
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Correlate and diagnose traces written earlier: pcap and pcapng (from
+    /// tcpdump, tshark, Wireshark or dnstrace -w), dnstap, and dnstrace's
+    /// JSON Lines. Needs no privileges.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AnalyzeArgs {
+    /// Files to read, in any order: their messages are merged by time.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// DNS server ports, to tell clients from servers in packets that carry
+    /// no process (repeatable).
+    #[arg(long = "port", value_name = "PORT", default_values_t = [53u16])]
+    pub ports: Vec<u16>,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// What to trace.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
     /// Trace only this process and its threads (repeatable).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -37,6 +75,27 @@ pub struct Args {
     #[arg(long = "port", value_name = "PORT", default_values_t = [53u16])]
     pub ports: Vec<u16>,
 
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<u64>,
+
+    /// Print the per-process summary every SECS seconds (it is always
+    /// printed at exit).
+    #[arg(long, value_name = "SECS")]
+    pub summary_interval: Option<u64>,
+
+    /// Capture backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub ring_buffer_mib: u32,
+}
+
+/// Where and how results are written; tracing and `analyze` share these.
+#[derive(Debug, clap::Args)]
+pub struct OutputArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
@@ -64,30 +123,19 @@ pub struct Args {
     #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
     pub pcapng: Option<PathBuf>,
 
-    /// Stop after this many seconds.
-    #[arg(short, long, value_name = "SECS")]
-    pub duration: Option<u64>,
+    /// Also write every message as dnstap (Frame Streams): to FILE, or to
+    /// a collector at unix:PATH or tcp:HOST:PORT, reconnecting when it goes
+    /// away.
+    #[arg(long, value_name = "FILE|unix:PATH|tcp:HOST:PORT")]
+    pub dnstap: Option<String>,
 
     /// Text output: print every message too, not only lookups.
     #[arg(short, long)]
     pub verbose: bool,
 
-    /// Print the per-process summary every SECS seconds (it is always
-    /// printed at exit).
-    #[arg(long, value_name = "SECS")]
-    pub summary_interval: Option<u64>,
-
-    /// Capture backend.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    pub backend: BackendChoice,
-
     /// When to colour text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
-
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 16)]
-    pub ring_buffer_mib: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -58,6 +58,38 @@ impl fmt::Display for Rfc3339 {
     }
 }
 
+impl Rfc3339 {
+    /// Reads back what `Display` writes (any number of fraction digits);
+    /// nanoseconds since the epoch.
+    pub fn parse(text: &str) -> Option<i128> {
+        let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+        let mut date = date.splitn(3, '-').map(str::parse::<i64>);
+        let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+        let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+        let mut clock = clock.splitn(3, ':').map(str::parse::<i64>);
+        let (hour, minute, second) = (
+            clock.next()?.ok()?,
+            clock.next()?.ok()?,
+            clock.next()?.ok()?,
+        );
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 60
+            || fraction.is_empty()
+            || fraction.len() > 9
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let nanos: i128 = format!("{fraction:0<9}").parse().ok()?;
+        let days = days_from_civil(year, month as u32, day as u32);
+        let seconds = i128::from(days) * 86_400 + i128::from(hour * 3600 + minute * 60 + second);
+        Some(seconds * 1_000_000_000 + nanos)
+    }
+}
+
 /// `HH:MM:SS.microseconds` in UTC, as tcpdump prints times.
 pub struct TimeOfDay(pub i128);
 
@@ -96,6 +128,17 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// The inverse of `civil_from_days`.
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let shifted_month = i64::from(if month > 2 { month - 3 } else { month + 9 });
+    let day_of_year = (153 * shifted_month + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +161,31 @@ mod tests {
             (1_709_164_800, "2024-02-29T00:00:00.000000000Z"),
         ] {
             assert_eq!(Rfc3339(seconds * 1_000_000_000).to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn written_times_read_back() {
+        for ns in [
+            0i128,
+            951_782_400_000_000_001,
+            1_795_758_586_123_456_789,
+            4_107_542_399_999_999_999,
+        ] {
+            assert_eq!(Rfc3339::parse(&Rfc3339(ns).to_string()), Some(ns));
+        }
+        assert_eq!(
+            Rfc3339::parse("2026-11-27T05:49:46.5Z"),
+            Some(1_795_758_586_500_000_000)
+        );
+        for bad in [
+            "",
+            "2026-11-27",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27T05:49:46.Z",
+            "x",
+        ] {
+            assert_eq!(Rfc3339::parse(bad), None, "{bad}");
         }
     }
 

@@ -7,14 +7,17 @@
 //! live; this file only wires the parts.
 
 mod agent;
+mod analyze;
 mod capture;
 mod cli;
 mod clock;
 mod correlate;
 mod decode;
 mod diagnose;
+mod dnstap;
 mod failure;
 mod framing;
+mod identity;
 mod message;
 mod output;
 mod pipeline;
@@ -22,24 +25,24 @@ mod process;
 mod resolver;
 mod selection;
 
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 
 use crate::{
     capture::{Capture, CaptureRequest},
-    cli::{Args, ColorChoice, Format},
+    cli::{Args, Command, OutputArgs, TraceArgs},
     failure::Failure,
-    output::{
-        Destination, Output, json::JsonOutput, pcapng::PcapngOutput, rotation::Policy,
-        text::TextOutput,
-    },
     pipeline::Pipeline,
 };
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    let result = match &args.command {
+        Some(Command::Analyze(analyze)) => analyze::run(analyze),
+        None => trace(&args.trace, &args.output),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("dnstrace: {failure}");
@@ -48,50 +51,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Failure> {
+fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
     if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
         return Err(Failure::setup(
             "--ring-buffer-mib must be a power of two up to 1024",
         ));
     }
     let request = CaptureRequest {
-        config: selection::capture_config(&args)?,
+        config: selection::capture_config(args)?,
         pids: args.pids.clone(),
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_mib << 20,
     };
-    // Open the output before loading anything, so a bad path fails fast.
-    let rotation = Policy {
-        max_bytes: args.rotate_size,
-        max_age: args
-            .rotate_interval
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs),
-        keep: args.rotate_keep,
-    };
-    let destination = Destination::open(args.output.as_deref(), rotation)?;
-    let output: Box<dyn Output> = match args.format {
-        Format::Json => Box::new(JsonOutput::new(destination)),
-        Format::Text => {
-            let color = match args.color {
-                ColorChoice::Always => true,
-                ColorChoice::Never => false,
-                ColorChoice::Auto => destination.is_terminal && std::io::stderr().is_terminal(),
-            };
-            Box::new(
-                TextOutput::new(destination, color, args.verbose)
-                    .map_err(|e| Failure::setup(format!("cannot write output: {e}")))?,
-            )
-        }
-    };
-
-    let mut outputs = vec![output];
-    if let Some(path) = &args.pcapng {
-        let file = output::create_private(path)?;
-        let pcapng = PcapngOutput::new(file)
-            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
-        outputs.push(Box::new(pcapng));
-    }
+    // Open the outputs before loading anything, so a bad path fails fast.
+    let outputs = output::open_all(output_args)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -11,9 +11,9 @@ use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
-use crate::{cli::Args, failure::Failure, process::netns_cookie_of};
+use crate::{cli::TraceArgs, failure::Failure, process::netns_cookie_of};
 
-pub fn capture_config(args: &Args) -> Result<CaptureConfig, Failure> {
+pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
     if args.ports.len() > MAX_PORTS {
         return Err(Failure::setup(format!(

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod clients;
+pub mod dnstap;
 pub mod expect;
 pub mod netns;
 pub mod process;

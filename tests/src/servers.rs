@@ -203,7 +203,8 @@ fn dnsmasq_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
     command
 }
 
-fn zone_file() -> String {
+/// The zone every server serves, in master file format.
+pub fn zone_file() -> String {
     format!(
         "$ORIGIN {ZONE}.\n$TTL 300\n\
          @ SOA ns hostmaster 1 3600 900 604800 300\n\

@@ -6,7 +6,8 @@ use std::{
     collections::BTreeMap,
     ffi::OsStr,
     fs,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     thread,
@@ -17,6 +18,7 @@ use serde::Deserialize;
 use tempfile::TempDir;
 
 use crate::{
+    clients::NOBODY,
     process::{Daemon, PATIENCE},
     workspace_dir,
 };
@@ -115,9 +117,46 @@ impl Tracer {
         }
     }
 
+    /// Waits until dnstrace prints a stderr line starting with `prefix`.
+    pub fn wait_for_stderr(&mut self, prefix: &str, timeout: Duration) {
+        self.daemon.wait_for_stderr(prefix, timeout);
+    }
+
+    /// Waits until the output holds a line for which `wanted` is true
+    /// (`what` names it in the panic when none comes).
+    pub fn wait_for_line(&mut self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.daemon.assert_running();
+            let text = fs::read_to_string(&self.output).unwrap_or_default();
+            let found = text
+                .split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .any(|line| wanted(&line));
+            if found {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no output line for {what} within {PATIENCE:?}"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stops the tracer with SIGINT, as a user would, and reads its output.
     pub fn stop(self) -> Trace {
         self.stop_with(libc::SIGINT)
+    }
+
+    /// Stops the tracer as [`Tracer::stop`] does, and keeps a copy of its
+    /// JSON output at `keep` (for `dnstrace analyze`).
+    pub fn stop_keeping(self, keep: &Path) -> Trace {
+        let (status, stderr) = self.daemon.stop(libc::SIGINT);
+        fs::copy(&self.output, keep)
+            .unwrap_or_else(|e| panic!("copy the output to {}: {e}", keep.display()));
+        read_trace(status, stderr, &self.output)
     }
 
     /// Stops the tracer with `signal`; it must exit cleanly and complete.
@@ -201,8 +240,12 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Sock
 #[derive(Clone, Debug, Deserialize)]
 pub struct Attempt {
     pub ts: String,
-    pub pid: u32,
-    pub comm: String,
+    pub pid: Pid,
+    pub comm: Option<String>,
+    /// The client's address when no process is known (`analyze` of a
+    /// capture without processes).
+    #[serde(default)]
+    pub client: Option<IpAddr>,
     pub socket_cookie: u64,
     pub proto: String,
     pub server: SocketAddr,
@@ -224,8 +267,10 @@ pub struct Attempt {
 #[derive(Clone, Debug, Deserialize)]
 pub struct TracedLookup {
     pub ts: String,
-    pub pid: u32,
-    pub comm: String,
+    pub pid: Pid,
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub client: Option<IpAddr>,
     /// As asked: without search suffixes or trailing dot.
     pub name: String,
     pub names_tried: Vec<String>,
@@ -239,8 +284,10 @@ pub struct TracedLookup {
 /// One `"kind":"diagnosis"` line.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Diagnosis {
-    pub pid: u32,
-    pub comm: String,
+    pub pid: Pid,
+    pub comm: Option<String>,
+    #[serde(default)]
+    pub client: Option<IpAddr>,
     pub cause: String,
     pub server: Option<SocketAddr>,
     pub names: Vec<String>,
@@ -253,6 +300,18 @@ pub struct Diagnosis {
     pub fix: String,
     pub rejected_shape: Option<Shape>,
     pub accepted_shape: Option<Shape>,
+}
+
+/// The process of an attempt, lookup or diagnosis: null in `analyze` output
+/// of a file that names no process. Compares with a plain pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+pub struct Pid(pub Option<u32>);
+
+impl PartialEq<u32> for Pid {
+    fn eq(&self, pid: &u32) -> bool {
+        self.0 == Some(*pid)
+    }
 }
 
 /// A response's shape, as `answer_rejected` compares them.
@@ -271,6 +330,9 @@ pub struct Summary {
     pub messages: u64,
     pub lost: u64,
     pub undecodable: u64,
+    /// `dnstrace analyze`: damaged input records skipped.
+    #[serde(default)]
+    pub skipped_records: u64,
 }
 
 /// Everything one tracer run wrote.
@@ -335,6 +397,16 @@ impl Trace {
         last.into_values().collect()
     }
 
+    /// The diagnoses of `client`, a client address (for traces without
+    /// processes), each as its last line.
+    pub fn diagnoses_of_client(&self, client: IpAddr) -> Vec<&Diagnosis> {
+        let mut last = BTreeMap::new();
+        for diagnosis in self.diagnoses.iter().filter(|d| d.client == Some(client)) {
+            last.insert((&diagnosis.cause, diagnosis.server), diagnosis);
+        }
+        last.into_values().collect()
+    }
+
     /// `pid`'s attempt, lookup and diagnosis lines, for failure messages.
     pub fn correlation_of(&self, pid: u32) -> String {
         self.lines
@@ -342,5 +414,71 @@ impl Trace {
             .filter(|line| line["pid"] == pid && line["kind"] != "message")
             .map(|line| format!("{line}\n"))
             .collect()
+    }
+}
+
+/// What one `dnstrace analyze` run did: its exit status, stderr and output.
+#[derive(Debug)]
+pub struct Analysis {
+    pub status: ExitStatus,
+    pub stderr: Vec<String>,
+    /// The JSON Lines it wrote; empty when it wrote nothing.
+    pub output: String,
+}
+
+impl Analysis {
+    /// The output as a trace; panics unless it is whole, summary last.
+    pub fn trace(&self) -> Trace {
+        Trace::parse(&self.output, self.stderr.clone())
+    }
+
+    /// Panics if dnstrace panicked.
+    pub fn assert_no_panic(&self) {
+        assert!(
+            self.stderr.iter().all(|line| !line.contains("panicked")),
+            "dnstrace analyze panicked; stderr:\n{}",
+            self.stderr.join("\n")
+        );
+    }
+}
+
+/// Runs `dnstrace analyze FILES... --format json` as nobody, without
+/// capabilities (it needs no privileges), with `args` added. The files
+/// must be readable by nobody: see [`readable_by_all`].
+pub fn analyze<P: AsRef<Path>>(files: &[P], args: &[&str]) -> Analysis {
+    let dir = tempfile::tempdir().expect("analysis dir");
+    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
+        .expect("give the analysis dir to nobody");
+    let output = dir.path().join("analysis.jsonl");
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+        ])
+        .arg(dnstrace_bin())
+        .arg("analyze")
+        .args(files.iter().map(AsRef::as_ref))
+        .args(["--format", "json", "-o"])
+        .arg(&output)
+        .args(args);
+    let (status, stderr) = Daemon::spawn("dnstrace analyze", &mut command).wait();
+    Analysis {
+        status,
+        stderr,
+        output: fs::read_to_string(&output).unwrap_or_default(),
+    }
+}
+
+/// Lets anyone read `file` and pass through its directory, for
+/// [`analyze`] run as nobody. (dnstrace writes its files private.)
+pub fn readable_by_all(file: &Path) {
+    let dir = file.parent().expect("a file in a directory");
+    for (path, mode) in [(dir, 0o755), (file, 0o644)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
     }
 }

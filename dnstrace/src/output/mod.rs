@@ -1,6 +1,7 @@
 //! Outputs: each renders the same messages its own way (one module each),
 //! like ripgrep's printers.
 
+pub mod dnstap;
 pub mod json;
 pub mod pcapng;
 pub mod rotation;
@@ -11,15 +12,62 @@ use std::{
     io::{self, BufWriter, IsTerminal, Write},
     os::unix::fs::OpenOptionsExt,
     path::Path,
+    time::Duration,
 };
 
-use self::rotation::{Policy, RotatingFile};
+use self::{
+    dnstap::DnstapOutput,
+    json::JsonOutput,
+    pcapng::PcapngOutput,
+    rotation::{Policy, RotatingFile},
+    text::TextOutput,
+};
 use crate::{
+    cli::{ColorChoice, Format, OutputArgs},
     correlate::{attempt::Attempt, lookup::Lookup},
     diagnose::Diagnosis,
     failure::Failure,
-    message::Message,
+    message::{Client, Message},
 };
+
+/// Opens every output the arguments ask for: the main one (text or JSON)
+/// and the packet files.
+pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
+    let rotation = Policy {
+        max_bytes: args.rotate_size,
+        max_age: args
+            .rotate_interval
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+        keep: args.rotate_keep,
+    };
+    let destination = Destination::open(args.output.as_deref(), rotation)?;
+    let main: Box<dyn Output> = match args.format {
+        Format::Json => Box::new(JsonOutput::new(destination)),
+        Format::Text => {
+            let color = match args.color {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => destination.is_terminal && io::stderr().is_terminal(),
+            };
+            Box::new(
+                TextOutput::new(destination, color, args.verbose)
+                    .map_err(|e| Failure::setup(format!("cannot write output: {e}")))?,
+            )
+        }
+    };
+    let mut outputs = vec![main];
+    if let Some(path) = &args.pcapng {
+        let file = create_private(path)?;
+        let pcapng = PcapngOutput::new(file)
+            .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))?;
+        outputs.push(Box::new(pcapng));
+    }
+    if let Some(target) = &args.dnstap {
+        outputs.push(Box::new(DnstapOutput::open(target)?));
+    }
+    Ok(outputs)
+}
 
 /// What a run saw, for the exit summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +85,8 @@ pub struct Summary {
     pub uncorrelated: u64,
     /// Diagnoses not kept because too many were.
     pub dropped_diagnoses: u64,
+    /// `analyze`: damaged records of the input files, skipped.
+    pub skipped_records: u64,
 }
 
 impl Summary {
@@ -81,6 +131,12 @@ impl Summary {
                 self.dropped_diagnoses
             ));
         }
+        if self.skipped_records > 0 {
+            line.push_str(&format!(
+                ", {} damaged record(s) skipped",
+                self.skipped_records
+            ));
+        }
         if self.malformed_records > 0 {
             line.push_str(&format!(", {} malformed records", self.malformed_records));
         }
@@ -121,10 +177,9 @@ pub trait Output {
 }
 
 /// One process's lookups so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessReport {
-    pub pid: u32,
-    pub comm: String,
+    pub client: Client,
     pub lookups: u64,
     pub resolved: u64,
     pub nxdomain: u64,
@@ -137,6 +192,20 @@ pub struct ProcessReport {
 }
 
 impl ProcessReport {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            lookups: 0,
+            resolved: 0,
+            nxdomain: 0,
+            nodata: 0,
+            failed: 0,
+            queries: 0,
+            wasted_queries: 0,
+            total_ns: 0,
+        }
+    }
+
     pub fn add(&mut self, lookup: &Lookup) {
         use crate::correlate::lookup::LookupOutcome;
         self.lookups += 1;

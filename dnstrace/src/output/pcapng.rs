@@ -24,7 +24,10 @@ use pcap_file::{
 };
 
 use super::{Output, Summary};
-use crate::message::{Direction, Message, Transport};
+use crate::{
+    identity::Identity,
+    message::{Direction, Message, Transport},
+};
 
 pub struct PcapngOutput {
     writer: PcapNgWriter<BufWriter<File>>,
@@ -91,32 +94,6 @@ impl PcapngOutput {
     }
 }
 
-/// `pid=… tid=… comm=… …`: key=value pairs tshark shows as the frame
-/// comment (`frame.comment`), as ptcpdump does.
-fn comment(message: &Message) -> String {
-    let mut text = match &message.process {
-        Some(p) => format!(
-            "pid={} tid={} comm={} uid={} cgroup_id={} netns={}",
-            p.pid,
-            p.tid,
-            p.comm,
-            p.uid,
-            p.cgroup_id,
-            p.netns.map_or("unknown".to_string(), |n| n.to_string())
-        ),
-        None => "pid=unknown".to_string(),
-    };
-    text.push_str(&format!(
-        " socket_cookie={} direction={}",
-        message.socket_cookie,
-        message.direction.name()
-    ));
-    if message.truncated_capture {
-        text.push_str(&format!(" truncated_capture=1 size={}", message.size));
-    }
-    text
-}
-
 impl Output for PcapngOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
         let data = self.packet(message);
@@ -126,7 +103,10 @@ impl Output for PcapngOutput {
             timestamp: Duration::from_nanos(u64::try_from(message.wall_time_ns).unwrap_or(0)),
             original_len: (data.len() + missing) as u32,
             data: Cow::Owned(data),
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment(message)))],
+            // tshark shows it as `frame.comment`, as with ptcpdump's files.
+            options: vec![EnhancedPacketOption::Comment(Cow::Owned(
+                Identity::of(message).to_text(),
+            ))],
         };
         self.writer.write_pcapng_block(block).map_err(to_io)?;
         Ok(())

@@ -1,0 +1,296 @@
+//! `dnstrace analyze`: traces written earlier, by dnstrace or by other
+//! tools, through the same pipeline as live tracing. One reader per format;
+//! their messages are merged by time, so files can be given in any order.
+//! Nothing here needs privileges or touches /proc.
+
+mod dissect;
+mod dnstap;
+mod jsonl;
+mod packets;
+
+use std::{
+    fmt,
+    fs::File,
+    hash::{DefaultHasher, Hash, Hasher},
+    io::{BufReader, Read},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    cli::AnalyzeArgs,
+    failure::Failure,
+    message::{Direction, Envelope, Message, Transport},
+    output,
+    pipeline::Pipeline,
+};
+
+/// How often, in the files' own time, correlation is told that time passed
+/// (timeouts and settled lookups are decided then).
+const ADVANCE_EVERY_NS: u64 = 100_000_000;
+
+/// A place in a file and what is wrong there.
+#[derive(Debug)]
+pub struct InputError {
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "offset {}: {}", self.offset, self.reason)
+    }
+}
+
+/// Damaged records a reader stepped over.
+#[derive(Debug, Default)]
+pub struct Skipped {
+    pub count: u64,
+    /// The first one, for the warning.
+    pub first: Option<InputError>,
+}
+
+impl Skipped {
+    pub fn record(&mut self, offset: u64, reason: impl Into<String>) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(InputError {
+                offset,
+                reason: reason.into(),
+            });
+        }
+    }
+}
+
+/// One file's messages, in file order.
+pub trait Reader {
+    /// The next message, or `None` at the end of the file. A damaged record
+    /// is skipped and counted in `skipped`; an error means nothing more can
+    /// be read from this file.
+    fn next_message(&mut self) -> Result<Option<Message>, InputError>;
+    fn skipped(&self) -> &Skipped;
+}
+
+/// What readers need to know besides the bytes.
+#[derive(Clone)]
+pub struct ReadOptions {
+    /// Server ports: in a packet without a process, the side on one of
+    /// these is the server.
+    pub ports: Vec<u16>,
+    /// Keep payloads, for outputs that write packets.
+    pub keep_payloads: bool,
+}
+
+impl ReadOptions {
+    /// A message as its client saw it, for packets and dnstap frames that
+    /// carry no process: queries go out, responses come in. The socket is
+    /// named by its two ends, which stand for a cookie.
+    pub fn client_view(&self, packet: Packet<'_>) -> Message {
+        let Packet {
+            wall_time_ns,
+            transport,
+            source,
+            destination,
+            payload,
+            size,
+        } = packet;
+        let from_client = self.is_from_client(source, destination, Some(is_response(payload)));
+        let (client, server, direction) = if from_client {
+            (source, destination, Direction::Send)
+        } else {
+            (destination, source, Direction::Recv)
+        };
+        let mut hasher = DefaultHasher::new();
+        (transport.name(), client, server).hash(&mut hasher);
+        let envelope = Envelope {
+            wall_time_ns,
+            monotonic_ns: monotonic_of(wall_time_ns),
+            process: None,
+            socket_cookie: hasher.finish(),
+            direction,
+            transport,
+            local: client,
+            remote: server,
+        };
+        Message::decoded(envelope, payload, size, self.keep_payloads)
+    }
+}
+
+impl ReadOptions {
+    /// Whether a message went from client to server. The server is the side
+    /// on a DNS port; between two DNS ports (or none), the QR bit decides
+    /// when it is known.
+    pub fn is_from_client(
+        &self,
+        source: SocketAddr,
+        destination: SocketAddr,
+        is_response: Option<bool>,
+    ) -> bool {
+        let to_server = self.ports.contains(&destination.port());
+        let from_server = self.ports.contains(&source.port());
+        match (to_server, from_server) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => !is_response.unwrap_or(false),
+        }
+    }
+}
+
+/// A DNS message seen on the wire, without its process.
+pub struct Packet<'a> {
+    pub wall_time_ns: i128,
+    pub transport: Transport,
+    pub source: SocketAddr,
+    pub destination: SocketAddr,
+    pub payload: &'a [u8],
+    /// Length on the wire; more than `payload` holds when the capture was
+    /// cut short.
+    pub size: u32,
+}
+
+fn is_response(payload: &[u8]) -> bool {
+    payload.get(2).is_some_and(|flags| flags & 0x80 != 0)
+}
+
+/// Files carry wall-clock time only; correlation measures intervals on it.
+pub fn monotonic_of(wall_time_ns: i128) -> u64 {
+    u64::try_from(wall_time_ns).unwrap_or(0)
+}
+
+/// A file's reader and its next message, for the merge.
+struct Input {
+    path: PathBuf,
+    reader: Box<dyn Reader>,
+    next: Option<Message>,
+    broken: Option<InputError>,
+}
+
+impl Input {
+    fn pull(&mut self) {
+        self.next = match self.reader.next_message() {
+            Ok(message) => message,
+            Err(error) => {
+                self.broken = Some(error);
+                None
+            }
+        };
+    }
+}
+
+pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
+    let mut pipeline = Pipeline::offline(output::open_all(&args.output)?);
+    let options = ReadOptions {
+        ports: args.ports.clone(),
+        keep_payloads: pipeline.needs_payloads(),
+    };
+    let mut inputs = Vec::new();
+    for path in &args.files {
+        let mut input = Input {
+            path: path.clone(),
+            reader: open(path, &options)?,
+            next: None,
+            broken: None,
+        };
+        input.pull();
+        inputs.push(input);
+    }
+
+    let mut advanced_to = 0u64;
+    while let Some(input) = inputs
+        .iter_mut()
+        .filter(|input| input.next.is_some())
+        .min_by_key(|input| input.next.as_ref().map(|m| m.wall_time_ns))
+    {
+        let message = input.next.take().expect("filtered on next");
+        input.pull();
+        if message.monotonic_ns >= advanced_to.saturating_add(ADVANCE_EVERY_NS) {
+            pipeline.advance(message.monotonic_ns);
+            advanced_to = message.monotonic_ns;
+        }
+        pipeline.message(&message);
+        if let Some(error) = pipeline.take_write_error() {
+            return Err(Failure::runtime(format!("writing output failed: {error}")));
+        }
+    }
+    pipeline.summary.skipped_records = inputs
+        .iter()
+        .map(|input| input.reader.skipped().count)
+        .sum();
+    // Whatever was still open has waited as long as it ever will.
+    pipeline.finish();
+    if let Some(error) = pipeline.take_write_error() {
+        return Err(Failure::runtime(format!("writing output failed: {error}")));
+    }
+
+    let mut broken = Vec::new();
+    for input in &inputs {
+        let skipped = input.reader.skipped();
+        if let Some(first) = &skipped.first {
+            eprintln!(
+                "dnstrace: {}: skipped {} damaged record(s), the first at {first}",
+                input.path.display(),
+                skipped.count
+            );
+        }
+        if let Some(error) = &input.broken {
+            broken.push(format!("{}: {error}", input.path.display()));
+        }
+    }
+    eprintln!(
+        "dnstrace: {} file(s) read: {}",
+        inputs.len(),
+        pipeline.summary.line()
+    );
+    match broken.is_empty() {
+        true => Ok(()),
+        false => Err(Failure::runtime(format!(
+            "{}; the rest of the file was not read",
+            broken.join("; ")
+        ))),
+    }
+}
+
+/// Opens `path` with the reader its first bytes call for.
+fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> {
+    let failure = |reason: String| Failure::setup(format!("{}: {reason}", path.display()));
+    let mut file = File::open(path).map_err(|e| failure(format!("cannot read: {e}")))?;
+    let mut magic = [0u8; 4];
+    let mut have = 0;
+    while have < magic.len() {
+        match file.read(&mut magic[have..]) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) => return Err(failure(format!("cannot read: {e}"))),
+        }
+    }
+    let file = File::open(path).map_err(|e| failure(format!("cannot read: {e}")))?;
+    let reader = BufReader::new(file);
+    let opened: Result<Box<dyn Reader>, InputError> = match &magic[..have] {
+        [0x0a, 0x0d, 0x0d, 0x0a] => {
+            packets::PcapngReader::open(reader, options).map(|r| Box::new(r) as _)
+        }
+        [0xd4, 0xc3, 0xb2, 0xa1]
+        | [0xa1, 0xb2, 0xc3, 0xd4]
+        | [0x4d, 0x3c, 0xb2, 0xa1]
+        | [0xa1, 0xb2, 0x3c, 0x4d] => {
+            packets::PcapReader::open(reader, options).map(|r| Box::new(r) as _)
+        }
+        // Frame Streams begin with an escape: a zero frame length.
+        [0, 0, 0, 0] => dnstap::DnstapReader::open(reader, options).map(|r| Box::new(r) as _),
+        [b'{', ..] if options.keep_payloads => {
+            return Err(failure(
+                "JSON Lines hold no DNS payloads to write packets from (-w, --dnstap)".into(),
+            ));
+        }
+        [b'{', ..] => Ok(Box::new(jsonl::JsonLinesReader::new(reader))),
+        [] => Err(InputError {
+            offset: 0,
+            reason: "the file is empty".into(),
+        }),
+        _ => Err(InputError {
+            offset: 0,
+            reason: "not a pcap, pcapng, dnstap (Frame Streams) or dnstrace JSON Lines file".into(),
+        }),
+    };
+    opened.map_err(|error| failure(error.to_string()))
+}
