@@ -104,6 +104,11 @@ pub struct OutputArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
 
+    /// Also write JSON Lines to FILE, whatever --format says: text on the
+    /// terminal and JSON to a file at once. --rotate-* apply to it too.
+    #[arg(long = "json", value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
     /// Start a new output file (-o) once it holds this many bytes (K, M
     /// and G suffixes count 1024s); the old one becomes FILE.1, FILE.1
     /// becomes FILE.2, and so on.

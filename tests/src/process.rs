@@ -23,9 +23,14 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns `command` with stdin and stdout closed and stderr watched.
     pub fn spawn(name: &str, command: &mut Command) -> Self {
+        Self::spawn_with_stdout(name, command, Stdio::null())
+    }
+
+    /// As [`Daemon::spawn`], with standard output going to `stdout`.
+    pub fn spawn_with_stdout(name: &str, command: &mut Command, stdout: Stdio) -> Self {
         let mut child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name} ({command:?}): {e}"));

@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus},
+    process::{Command, ExitStatus, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -51,6 +51,29 @@ impl Tracer {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::spawn(args, ["--format", "json", "-o"], None)
+    }
+
+    /// Starts dnstrace with its text output on standard output, sent to
+    /// `stdout`, and the JSON Lines that [`Tracer::stop`] parses written
+    /// alongside with `--json`.
+    pub fn start_printing<I, S>(args: I, stdout: &Path) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        Self::spawn(args, ["--json"], Some(stdout))
+    }
+
+    fn spawn<I, S>(
+        args: I,
+        json_option: impl IntoIterator<Item = &'static str>,
+        stdout: Option<&Path>,
+    ) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let bin = dnstrace_bin();
         assert!(
             bin.is_file(),
@@ -60,11 +83,14 @@ impl Tracer {
         let dir = tempfile::tempdir().expect("trace dir");
         let output = dir.path().join("trace.jsonl");
         let mut command = Command::new(bin);
-        command
-            .args(args)
-            .args(["--format", "json", "-o"])
-            .arg(&output);
-        let mut daemon = Daemon::spawn("dnstrace", &mut command);
+        command.args(args).args(json_option).arg(&output);
+        let stdout = match stdout {
+            Some(path) => Stdio::from(
+                fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display())),
+            ),
+            None => Stdio::null(),
+        };
+        let mut daemon = Daemon::spawn_with_stdout("dnstrace", &mut command, stdout);
         daemon.wait_for_stderr("dnstrace: attached", ATTACH_PATIENCE);
         Self {
             daemon,

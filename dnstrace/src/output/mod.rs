@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// Opens every output the arguments ask for: the main one (text or JSON)
-/// and the packet files.
+/// and the extra files (--json, -w, --dnstap).
 pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     let rotation = Policy {
         max_bytes: args.rotate_size,
@@ -41,6 +41,11 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
             .map(Duration::from_secs),
         keep: args.rotate_keep,
     };
+    if rotation.rotates() && args.output.is_none() && args.json.is_none() {
+        return Err(Failure::setup(
+            "--rotate-size and --rotate-interval need -o FILE or --json FILE",
+        ));
+    }
     let destination = Destination::open(args.output.as_deref(), rotation)?;
     let main: Box<dyn Output> = match args.format {
         Format::Json => Box::new(JsonOutput::new(destination)),
@@ -57,6 +62,10 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
         }
     };
     let mut outputs = vec![main];
+    if let Some(path) = &args.json {
+        let destination = Destination::open(Some(path), rotation)?;
+        outputs.push(Box::new(JsonOutput::new(destination)));
+    }
     if let Some(path) = &args.pcapng {
         let file = create_private(path)?;
         let pcapng = PcapngOutput::new(file)
@@ -249,11 +258,6 @@ impl Destination {
     pub fn open(path: Option<&Path>, rotation: Policy) -> Result<Self, Failure> {
         match path {
             None => {
-                if rotation.rotates() {
-                    return Err(Failure::setup(
-                        "--rotate-size and --rotate-interval need -o FILE",
-                    ));
-                }
                 let stdout = io::stdout();
                 let is_terminal = stdout.is_terminal();
                 Ok(Self {
