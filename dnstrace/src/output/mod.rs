@@ -78,6 +78,10 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     Ok(outputs)
 }
 
+/// Bytes gathered before one write: at full rate an 8 KiB buffer meant a
+/// write call every 20 lines. Everything is flushed every second anyway.
+pub const WRITE_BUFFER_BYTES: usize = 64 << 10;
+
 /// What a run saw, for the exit summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -261,7 +265,10 @@ impl Destination {
                 let stdout = io::stdout();
                 let is_terminal = stdout.is_terminal();
                 Ok(Self {
-                    writer: Sink::Plain(BufWriter::new(Box::new(stdout))),
+                    writer: Sink::Plain(BufWriter::with_capacity(
+                        WRITE_BUFFER_BYTES,
+                        Box::new(stdout),
+                    )),
                     is_terminal,
                 })
             }
@@ -270,7 +277,7 @@ impl Destination {
                 let writer = if rotation.rotates() {
                     Sink::Rotating(RotatingFile::new(path, file, rotation))
                 } else {
-                    Sink::Plain(BufWriter::new(Box::new(file)))
+                    Sink::Plain(BufWriter::with_capacity(WRITE_BUFFER_BYTES, Box::new(file)))
                 };
                 Ok(Self {
                     writer,

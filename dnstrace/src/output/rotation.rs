@@ -38,7 +38,7 @@ impl RotatingFile {
         Self {
             path: path.to_path_buf(),
             policy,
-            file: BufWriter::new(file),
+            file: BufWriter::with_capacity(super::WRITE_BUFFER_BYTES, file),
             written: 0,
             opened: Instant::now(),
         }
@@ -76,7 +76,7 @@ impl RotatingFile {
         }
         let file =
             create_private(&self.path).map_err(|failure| io::Error::other(failure.message))?;
-        self.file = BufWriter::new(file);
+        self.file = BufWriter::with_capacity(super::WRITE_BUFFER_BYTES, file);
         self.written = 0;
         self.opened = Instant::now();
         Ok(())
