@@ -63,15 +63,18 @@ impl Rfc3339 {
     /// nanoseconds since the epoch.
     pub fn parse(text: &str) -> Option<i128> {
         let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
-        let mut date = date.splitn(3, '-').map(str::parse::<i64>);
-        let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+        // Digits only, so no sign and no year past 9999 (which would
+        // overflow the day count).
+        let number = |field: &str| {
+            (!field.is_empty() && field.len() <= 4 && field.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| field.parse::<i64>().ok())
+                .flatten()
+        };
+        let mut date = date.splitn(3, '-').map(number);
+        let (year, month, day) = (date.next()??, date.next()??, date.next()??);
         let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
-        let mut clock = clock.splitn(3, ':').map(str::parse::<i64>);
-        let (hour, minute, second) = (
-            clock.next()?.ok()?,
-            clock.next()?.ok()?,
-            clock.next()?.ok()?,
-        );
+        let mut clock = clock.splitn(3, ':').map(number);
+        let (hour, minute, second) = (clock.next()??, clock.next()??, clock.next()??);
         if !(1..=12).contains(&month)
             || !(1..=31).contains(&day)
             || hour > 23
@@ -179,6 +182,8 @@ mod tests {
             Some(1_795_758_586_500_000_000)
         );
         for bad in [
+            "30000000000000000-01-01T00:00:00Z",
+            "2026-11-27T-5:-1:-1Z",
             "",
             "2026-11-27",
             "2026-13-01T00:00:00Z",

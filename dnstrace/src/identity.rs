@@ -12,6 +12,9 @@ use std::fmt::Write;
 
 use crate::message::{Direction, Message, Process};
 
+/// The kernel keeps 15 bytes; a longer name is not one dnstrace wrote.
+const MAX_COMM: usize = 64;
+
 /// What the text carries about one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
@@ -80,7 +83,7 @@ impl Identity {
             pid => Some(Process {
                 pid: pid.parse().ok()?,
                 tid: u32::try_from(number("tid")?).ok()?,
-                comm: unescape(fields.get("comm")?)?,
+                comm: unescape(fields.get("comm")?).filter(|comm| comm.len() <= MAX_COMM)?,
                 uid: u32::try_from(number("uid")?).ok()?,
                 cgroup_id: number("cgroup_id")?,
                 netns: number("netns"),

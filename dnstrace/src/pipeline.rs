@@ -142,6 +142,7 @@ impl Pipeline {
         self.publish_diagnoses();
         self.summary.evicted_lookups = self.correlator.evicted;
         self.summary.uncorrelated = self.correlator.uncorrelated;
+        self.summary.unattributed = self.correlator.unattributed;
         self.summary.dropped_diagnoses = self.diagnoser.dropped;
         self.report();
         let summary = self.summary.clone();

@@ -246,7 +246,9 @@ fn network_layer(link_type: u32, data: &[u8]) -> Result<Option<(u8, &[u8])>, Str
 /// The UDP or TCP segment in an IP packet; `None` for other protocols and
 /// for fragments after the first.
 fn transport_layer(version: u8, ip: &[u8]) -> Result<Option<Segment<'_>>, String> {
-    let (protocol, source, destination, body) = if version == 4 {
+    // `declared` is the transport segment's length by the IP header, which
+    // a capture cut short (tcpdump -s) does not change.
+    let (protocol, source, destination, body, declared) = if version == 4 {
         let header_len = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
         if header_len < 20 || ip.len() < header_len {
             return Err(format!("an IPv4 header of {header_len} bytes does not fit"));
@@ -260,7 +262,8 @@ fn transport_layer(version: u8, ip: &[u8]) -> Result<Option<Segment<'_>>, String
         let destination = IpAddr::V4(Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]));
         // Captured bytes past the total length are link padding.
         let end = total_len.clamp(header_len, ip.len());
-        (ip[9], source, destination, &ip[header_len..end])
+        let declared = total_len.saturating_sub(header_len);
+        (ip[9], source, destination, &ip[header_len..end], declared)
     } else {
         let fixed = ip
             .get(..40)
@@ -301,7 +304,8 @@ fn transport_layer(version: u8, ip: &[u8]) -> Result<Option<Segment<'_>>, String
         let body = ip
             .get(at..end.max(at))
             .ok_or("IPv6 extension headers run past the packet")?;
-        (next, source, destination, body)
+        let declared = (40 + payload_len).saturating_sub(at);
+        (next, source, destination, body, declared)
     };
     match protocol {
         IPPROTO_UDP => {
@@ -328,7 +332,10 @@ fn transport_layer(version: u8, ip: &[u8]) -> Result<Option<Segment<'_>>, String
                 return Err(format!("a TCP header of {header_len} bytes does not fit"));
             }
             let payload = &body[header_len..];
-            if payload.is_empty() {
+            // Offloading captures may show an IP length of 0: never less
+            // than what is there.
+            let wire_len = declared.saturating_sub(header_len).max(payload.len());
+            if wire_len == 0 {
                 return Ok(None);
             }
             Ok(Some(Segment {
@@ -336,7 +343,7 @@ fn transport_layer(version: u8, ip: &[u8]) -> Result<Option<Segment<'_>>, String
                 source: SocketAddr::new(source, read_u16(body, 0).unwrap_or(0)),
                 destination: SocketAddr::new(destination, read_u16(body, 2).unwrap_or(0)),
                 payload,
-                wire_len: payload.len() as u32,
+                wire_len: u32::try_from(wire_len).unwrap_or(u32::MAX),
             }))
         }
         _ => Ok(None),

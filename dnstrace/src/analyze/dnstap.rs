@@ -195,8 +195,19 @@ impl<R: Read> DnstapReader<R> {
             )) => Transport::Tcp,
             _ => Transport::Udp,
         };
-        let query_side = socket_addr(dns.query_address, dns.query_port, "query")?;
-        let response_side = socket_addr(dns.response_address, dns.response_port, "response")?;
+        // dnstap.proto leaves addresses out of its minimal records (a
+        // server's CLIENT_* need none): a missing one reads as unspecified.
+        let unspecified = match dns.socket_family.map(proto::SocketFamily::try_from) {
+            Some(Ok(proto::SocketFamily::Inet6)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let query_side = socket_addr(dns.query_address, dns.query_port, "query", unspecified)?;
+        let response_side = socket_addr(
+            dns.response_address,
+            dns.response_port,
+            "response",
+            unspecified,
+        )?;
 
         let identity = record
             .extra
@@ -246,13 +257,18 @@ impl<R: Read> DnstapReader<R> {
     }
 }
 
-/// An address field of 4 or 16 octets and its port (0 when absent).
+/// An address field of 4 or 16 octets (`unspecified` when absent) and its
+/// port (0 when absent).
 fn socket_addr(
     address: Option<Vec<u8>>,
     port: Option<u32>,
     side: &str,
+    unspecified: IpAddr,
 ) -> Result<SocketAddr, String> {
-    let address = address.ok_or_else(|| format!("the record has no {side} address"))?;
+    let port = u16::try_from(port.unwrap_or(0)).map_err(|_| format!("{side} port out of range"))?;
+    let Some(address) = address else {
+        return Ok(SocketAddr::new(unspecified, port));
+    };
     let ip = match <[u8; 4]>::try_from(address.as_slice()) {
         Ok(v4) => IpAddr::V4(Ipv4Addr::from(v4)),
         Err(_) => match <[u8; 16]>::try_from(address.as_slice()) {
@@ -265,7 +281,6 @@ fn socket_addr(
             }
         },
     };
-    let port = u16::try_from(port.unwrap_or(0)).map_err(|_| format!("{side} port out of range"))?;
     Ok(SocketAddr::new(ip, port))
 }
 
@@ -433,14 +448,32 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_addresses_reads_as_unspecified() {
+        let mut minimal = server_record("10.0.0.2:1");
+        if let Some(dns) = minimal.message.as_mut() {
+            dns.query_address = None;
+            dns.query_port = None;
+        }
+        let mut file = start();
+        file.extend(data_frame(&minimal.encode_to_vec()));
+        let (messages, skipped, error) = read_all(&file);
+        assert!(error.is_none());
+        assert_eq!(skipped.count, 0);
+        let [message] = messages.as_slice() else {
+            panic!("one message: {messages:?}");
+        };
+        assert_eq!(message.local.to_string(), "0.0.0.0:0");
+    }
+
+    #[test]
     fn damaged_records_are_skipped_and_counted() {
         let mut file = start();
         file.extend(data_frame(b"\xff\xff\xff not protobuf"));
-        let mut no_address = server_record("10.0.0.2:1");
-        if let Some(dns) = no_address.message.as_mut() {
-            dns.query_address = None;
+        let mut odd_address = server_record("10.0.0.2:1");
+        if let Some(dns) = odd_address.message.as_mut() {
+            dns.query_address = Some(vec![10, 0, 0]);
         }
-        file.extend(data_frame(&no_address.encode_to_vec()));
+        file.extend(data_frame(&odd_address.encode_to_vec()));
         let mut no_payload = server_record("10.0.0.2:2");
         if let Some(dns) = no_payload.message.as_mut() {
             dns.query_message = None;

@@ -2,7 +2,10 @@
 //! everything correlation needs (docs/json.md). Other kinds are results of
 //! the run that wrote them and are worked out afresh.
 
-use std::{io::BufRead, net::SocketAddr};
+use std::{
+    io::{BufRead, Read},
+    net::SocketAddr,
+};
 
 use serde::Deserialize;
 
@@ -72,23 +75,41 @@ impl<R: BufRead> JsonLinesReader<R> {
     }
 }
 
+/// Longer lines are not dnstrace's (a message line is under 1 KiB), and
+/// are not held in memory whole.
+const MAX_LINE: usize = 64 << 10;
+
+impl<R: BufRead> JsonLinesReader<R> {
+    /// Reads up to the next newline, at most `MAX_LINE` bytes of it.
+    fn read_line(&mut self, at: u64) -> Result<usize, InputError> {
+        self.line.clear();
+        let read = (&mut self.input)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut self.line)
+            .map_err(|e| InputError {
+                offset: at,
+                reason: format!("read failed: {e}"),
+            })?;
+        self.offset += read as u64;
+        Ok(read)
+    }
+}
+
 impl<R: BufRead> Reader for JsonLinesReader<R> {
     fn next_message(&mut self) -> Result<Option<Message>, InputError> {
         loop {
             let at = self.offset;
-            self.line.clear();
-            let read = self
-                .input
-                .read_until(b'\n', &mut self.line)
-                .map_err(|e| InputError {
-                    offset: at,
-                    reason: format!("read failed: {e}"),
-                })?;
+            let read = self.read_line(at)?;
             if read == 0 {
                 return Ok(None);
             }
-            self.offset += read as u64;
             let whole = self.line.ends_with(b"\n");
+            if !whole && read == MAX_LINE {
+                while self.read_line(at)? == MAX_LINE && !self.line.ends_with(b"\n") {}
+                self.skipped
+                    .record(at, format!("a line longer than {} KiB", MAX_LINE >> 10));
+                continue;
+            }
             let text = self.line.trim_ascii();
             if text.is_empty() {
                 continue;
@@ -273,6 +294,16 @@ mod tests {
         let first = skipped.first.unwrap();
         assert_eq!(first.offset, line.len() as u64 + 1);
         assert!(first.reason.contains("cut short"), "{}", first.reason);
+    }
+
+    #[test]
+    fn an_endless_line_is_skipped_without_holding_it() {
+        let line = serde_json::to_string(&MessageRecord::new(&sample())).unwrap();
+        let endless = "x".repeat(3 * MAX_LINE + 5);
+        let (messages, skipped) = read_all(&format!("{endless}\n{line}\n"));
+        assert_eq!(messages.len(), 1);
+        assert_eq!(skipped.count, 1);
+        assert_eq!(skipped.first.unwrap().offset, 0);
     }
 
     #[test]

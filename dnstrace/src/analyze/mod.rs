@@ -12,7 +12,7 @@ use std::{
     fmt,
     fs::File,
     hash::{DefaultHasher, Hash, Hasher},
-    io::{BufReader, Read},
+    io::{self, BufReader, Read},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -100,8 +100,14 @@ impl ReadOptions {
         } else {
             (destination, source, Direction::Recv)
         };
+        // A UDP socket is its local address and port: an answer from another
+        // server address still arrives on it (and is judged a mismatch, as
+        // when tracing). A TCP connection is both ends.
         let mut hasher = DefaultHasher::new();
-        (transport.name(), client, server).hash(&mut hasher);
+        match transport {
+            Transport::Udp => (transport.name(), client).hash(&mut hasher),
+            Transport::Tcp => (transport.name(), client, server).hash(&mut hasher),
+        }
         let envelope = Envelope {
             wall_time_ns,
             monotonic_ns: monotonic_of(wall_time_ns),
@@ -178,6 +184,7 @@ impl Input {
 }
 
 pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
+    refuse_overwriting_inputs(args)?;
     let mut pipeline = Pipeline::offline(output::open_all(&args.output)?);
     let options = ReadOptions {
         ports: args.ports.clone(),
@@ -209,6 +216,8 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
         }
         pipeline.message(&message);
         if let Some(error) = pipeline.take_write_error() {
+            // Still close what can be closed (a dnstap file's STOP frame).
+            pipeline.finish();
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
     }
@@ -250,6 +259,45 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     }
 }
 
+/// Outputs are created empty, so one that is also an input would be lost
+/// before it is read (`analyze run.jsonl --json run.jsonl`).
+fn refuse_overwriting_inputs(args: &AnalyzeArgs) -> Result<(), Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |path: &Path| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|metadata| (metadata.dev(), metadata.ino()))
+    };
+    let inputs: Vec<_> = args
+        .files
+        .iter()
+        .filter_map(|path| identity(path))
+        .collect();
+    let outputs = &args.output;
+    let dnstap_file = outputs
+        .dnstap
+        .as_deref()
+        .filter(|target| !target.starts_with("unix:") && !target.starts_with("tcp:"))
+        .map(Path::new);
+    for path in [
+        outputs.output.as_deref(),
+        outputs.json.as_deref(),
+        outputs.pcapng.as_deref(),
+        dnstap_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if identity(path).is_some_and(|output| inputs.contains(&output)) {
+            return Err(Failure::setup(format!(
+                "{} is an input; writing it would erase it first",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Opens `path` with the reader its first bytes call for.
 fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> {
     let failure = |reason: String| Failure::setup(format!("{}: {reason}", path.display()));
@@ -260,11 +308,13 @@ fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> 
         match file.read(&mut magic[have..]) {
             Ok(0) => break,
             Ok(n) => have += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(failure(format!("cannot read: {e}"))),
         }
     }
-    let file = File::open(path).map_err(|e| failure(format!("cannot read: {e}")))?;
-    let reader = BufReader::new(file);
+    // The bytes already read go first: a pipe (`<(zcat x.pcap.gz)`) cannot
+    // be opened again from the start.
+    let reader = BufReader::new(io::Cursor::new(magic[..have].to_vec()).chain(file));
     let opened: Result<Box<dyn Reader>, InputError> = match &magic[..have] {
         [0x0a, 0x0d, 0x0d, 0x0a] => {
             packets::PcapngReader::open(reader, options).map(|r| Box::new(r) as _)
@@ -293,4 +343,34 @@ fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> 
         }),
     };
     opened.map_err(|error| failure(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Args, Command};
+
+    fn analyze_args(args: &[&str]) -> AnalyzeArgs {
+        let args = Args::try_parse_from(["dnstrace", "analyze"].iter().chain(args)).unwrap();
+        match args.command {
+            Some(Command::Analyze(analyze)) => analyze,
+            None => panic!("not analyze"),
+        }
+    }
+
+    #[test]
+    fn an_input_is_never_also_an_output() {
+        let path = std::env::temp_dir().join(format!("dnstrace-in-{}.jsonl", std::process::id()));
+        let content = "{\"kind\":\"summary\"}\n";
+        std::fs::write(&path, content).unwrap();
+        let name = path.to_str().unwrap();
+        for option in ["--json", "-o", "-w", "--dnstap"] {
+            let error = run(&analyze_args(&[name, option, name])).unwrap_err();
+            assert!(error.message.contains("is an input"), "{option}: {error}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), content, "{option}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }

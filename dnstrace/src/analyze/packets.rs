@@ -162,6 +162,10 @@ struct Interface {
 }
 
 const SECTION_HEADER: u32 = 0x0a0d_0d0a;
+const INTERFACE_DESCRIPTION: u32 = 1;
+/// The link type of an interface whose description did not parse: no link
+/// type has this number, so its packets are refused.
+const UNREADABLE_INTERFACE: u32 = u32::MAX;
 const BYTE_ORDER_MAGIC: u32 = 0x1a2b_3c4d;
 
 pub struct PcapngReader<R> {
@@ -202,10 +206,20 @@ impl<R: Read> PcapngReader<R> {
 
     /// Feeds one whole block to the parser and the dissector.
     fn block(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let (_, block) = self
-            .parser
-            .next_block(bytes)
-            .map_err(|e| format!("a block that does not parse: {e}"))?;
+        let block = match self.parser.next_block(bytes) {
+            Ok((_, block)) => block,
+            Err(error) => {
+                // Packets name their interface by its position: keep the
+                // count right, and refuse that interface's packets.
+                if read_u32(bytes, self.big_endian) == INTERFACE_DESCRIPTION {
+                    self.interfaces.push(Interface {
+                        link_type: UNREADABLE_INTERFACE,
+                        unit: unit_of(6),
+                    });
+                }
+                return Err(format!("a block that does not parse: {error}"));
+            }
+        };
         match block {
             Block::SectionHeader(_) => self.interfaces.clear(),
             Block::InterfaceDescription(interface) => {
@@ -225,6 +239,9 @@ impl<R: Read> PcapngReader<R> {
                     .ok_or_else(|| {
                         format!("a packet on undeclared interface {}", packet.interface_id)
                     })?;
+                if interface.link_type == UNREADABLE_INTERFACE {
+                    return Err("a packet on an interface whose description did not parse".into());
+                }
                 if !link_type_supported(interface.link_type) {
                     return Err(format!(
                         "link-layer type {} is not one dnstrace reads",
@@ -476,6 +493,24 @@ mod tests {
         assert_eq!(messages[0].socket_cookie, messages[1].socket_cookie);
         assert_eq!(messages[1].wall_time_ns, 1_795_758_586_001_000_000);
         assert_eq!(reader.skipped().count, 0);
+    }
+
+    #[test]
+    fn an_answer_from_another_address_arrives_on_the_same_socket() {
+        let (client, server) = (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        let other: SocketAddr = "10.0.0.9:53".parse().unwrap();
+        let file = pcap(
+            1,
+            &[
+                ethernet(&ipv4_udp(client, server, &dns(7, false))),
+                ethernet(&ipv4_udp(other, client, &dns(7, true))),
+            ],
+        );
+        let mut reader = PcapReader::open(&file[..], &options()).unwrap();
+        let messages = read_all(&mut reader).unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0].socket_cookie, messages[1].socket_cookie);
+        assert_eq!(messages[1].remote, other);
     }
 
     #[test]

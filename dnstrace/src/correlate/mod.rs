@@ -66,6 +66,12 @@ pub struct Correlator {
     /// `MAX_MESSAGES_PER_SECOND`).
     pub uncorrelated: u64,
     budgets: HashMap<ClientId, Budget>,
+    /// Files: a message without a process belongs to its client address.
+    /// Live, such a message is left out (and counted in `unattributed`):
+    /// the processes behind one host address would read as one client, and
+    /// one's query as another's rejection.
+    by_address: bool,
+    pub unattributed: u64,
 }
 
 /// How many messages a process sent in the current one-second window.
@@ -81,6 +87,7 @@ impl Correlator {
     pub fn offline() -> Self {
         Self {
             resolvers: Resolvers::reading(|_| ResolverContext::default()),
+            by_address: true,
             ..Self::default()
         }
     }
@@ -98,6 +105,10 @@ impl Correlator {
             Direction::Recv => header.is_response,
         };
         if !client_side {
+            return;
+        }
+        if message.process.is_none() && !self.by_address {
+            self.unattributed += 1;
             return;
         }
         // The budget first: a busy client's messages end there, and need

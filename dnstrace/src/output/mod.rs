@@ -94,6 +94,9 @@ pub struct Summary {
     /// Lookups reported before they settled, because the correlation state
     /// reached its bounds.
     pub evicted_lookups: u64,
+    /// Client messages whose process was not known, left out of
+    /// correlation.
+    pub unattributed: u64,
     /// Client messages of processes too busy to correlate.
     pub uncorrelated: u64,
     /// Diagnoses not kept because too many were.
@@ -136,6 +139,12 @@ impl Summary {
                 ", {} messages of processes above {} messages/s not correlated",
                 self.uncorrelated,
                 crate::correlate::MAX_MESSAGES_PER_SECOND
+            ));
+        }
+        if self.unattributed > 0 {
+            line.push_str(&format!(
+                ", {} client messages of unknown processes not correlated",
+                self.unattributed
             ));
         }
         if self.dropped_diagnoses > 0 {

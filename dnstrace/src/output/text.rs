@@ -41,6 +41,16 @@ impl TextOutput {
     }
 
     fn write_line(&mut self, colour: &str, line: &str) -> io::Result<()> {
+        // Thread names and names read from files are anyone's text: a
+        // control character in them must not reach the terminal.
+        let line: std::borrow::Cow<'_, str> = if line.chars().any(char::is_control) {
+            line.chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect::<String>()
+                .into()
+        } else {
+            line.into()
+        };
         let writer = &mut self.destination.writer;
         if self.color {
             writeln!(writer, "{colour}{line}{}", paint::RESET)?;
@@ -351,6 +361,26 @@ mod tests {
             line.find("postgres"),
             HEADER.find("QNAME"),
             "columns align with the header"
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        let path = std::env::temp_dir().join(format!("dnstrace-text-{}", std::process::id()));
+        let destination = Destination::open(Some(&path), Default::default()).unwrap();
+        let mut output = TextOutput::new(destination, false, true).unwrap();
+        let mut message = response();
+        if let Some(process) = message.process.as_mut() {
+            process.comm = "evil\x1b]0;x\x07".into();
+        }
+        output.message(&message).unwrap();
+        output.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(text.contains("evil?]0;x?"), "{text}");
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
         );
     }
 
