@@ -9,7 +9,7 @@ use std::{
 
 use super::{Packet, ReadOptions, monotonic_of};
 use crate::{
-    framing::TcpStreams,
+    framing::{Framed, TcpStreams},
     identity::Identity,
     message::{Direction, Envelope, Message, Transport},
 };
@@ -109,89 +109,68 @@ impl Dissector {
             Direction::Send => (segment.source, segment.destination),
             Direction::Recv => (segment.destination, segment.source),
         };
-        let envelope = |transport| Envelope {
-            wall_time_ns,
-            monotonic_ns: monotonic_of(wall_time_ns),
-            process: identity.process.clone(),
-            socket_cookie: identity.socket_cookie,
-            direction: identity.direction,
-            transport,
-            local,
-            remote,
-        };
-        let keep = self.options.keep_payloads;
-        match segment.transport {
-            Transport::Udp => {
-                let size = identity.size.unwrap_or(segment.wire_len);
-                self.ready.push_back(Message::decoded(
-                    envelope(Transport::Udp),
-                    segment.payload,
-                    size,
-                    keep,
-                ));
-            }
-            Transport::Tcp => {
-                let sending = identity.direction == Direction::Send;
-                for framed in self.streams.frame(
-                    identity.socket_cookie,
-                    sending,
-                    segment.wire_len,
-                    segment.payload,
-                ) {
-                    let size = identity.size.unwrap_or(framed.len);
-                    self.ready.push_back(Message::decoded(
-                        envelope(Transport::Tcp),
-                        framed.bytes,
-                        size,
-                        keep,
-                    ));
-                }
-            }
+        let sending = identity.direction == Direction::Send;
+        for framed in self.messages_in(&segment, identity.socket_cookie, sending) {
+            let envelope = Envelope {
+                wall_time_ns,
+                monotonic_ns: monotonic_of(wall_time_ns),
+                process: identity.process.clone(),
+                socket_cookie: identity.socket_cookie,
+                direction: identity.direction,
+                transport: segment.transport,
+                local,
+                remote,
+            };
+            let size = identity.size.unwrap_or(framed.len);
+            let message =
+                Message::decoded(envelope, framed.bytes, size, self.options.keep_payloads);
+            self.ready.push_back(message);
         }
     }
 
     /// A packet from tcpdump and the like: seen from its client's side.
     fn without_process(&mut self, segment: Segment<'_>, wall_time_ns: i128) {
+        // A TCP segment may continue a message: its first bytes say nothing
+        // about QR, so only the ports tell which way it goes.
+        let from_client = self
+            .options
+            .is_from_client(segment.source, segment.destination, None);
+        let (client, server) = match from_client {
+            true => (segment.source, segment.destination),
+            false => (segment.destination, segment.source),
+        };
+        let mut hasher = DefaultHasher::new();
+        (client, server).hash(&mut hasher);
+        for framed in self.messages_in(&segment, hasher.finish(), from_client) {
+            let message = self.options.client_view(Packet {
+                wall_time_ns,
+                transport: segment.transport,
+                source: segment.source,
+                destination: segment.destination,
+                payload: framed.bytes,
+                size: framed.len,
+            });
+            self.ready.push_back(message);
+        }
+    }
+
+    /// The DNS messages a segment holds: a UDP datagram's payload; for TCP,
+    /// those that start in the segment, on the stream `stream` in the
+    /// direction `sending` (UDP needs neither).
+    fn messages_in<'a>(
+        &mut self,
+        segment: &Segment<'a>,
+        stream: u64,
+        sending: bool,
+    ) -> Vec<Framed<'a>> {
         match segment.transport {
-            Transport::Udp => {
-                let message = self.options.client_view(Packet {
-                    wall_time_ns,
-                    transport: Transport::Udp,
-                    source: segment.source,
-                    destination: segment.destination,
-                    payload: segment.payload,
-                    size: segment.wire_len,
-                });
-                self.ready.push_back(message);
-            }
+            Transport::Udp => vec![Framed {
+                bytes: segment.payload,
+                len: segment.wire_len,
+            }],
             Transport::Tcp => {
-                // A segment may continue a message: its first bytes say
-                // nothing about QR, so only the ports tell.
-                let from_client =
-                    self.options
-                        .is_from_client(segment.source, segment.destination, None);
-                let (client, server) = match from_client {
-                    true => (segment.source, segment.destination),
-                    false => (segment.destination, segment.source),
-                };
-                let mut hasher = DefaultHasher::new();
-                (client, server).hash(&mut hasher);
-                for framed in self.streams.frame(
-                    hasher.finish(),
-                    from_client,
-                    segment.wire_len,
-                    segment.payload,
-                ) {
-                    let message = self.options.client_view(Packet {
-                        wall_time_ns,
-                        transport: Transport::Tcp,
-                        source: segment.source,
-                        destination: segment.destination,
-                        payload: framed.bytes,
-                        size: framed.len,
-                    });
-                    self.ready.push_back(message);
-                }
+                self.streams
+                    .frame(stream, sending, segment.wire_len, segment.payload)
             }
         }
     }
