@@ -19,7 +19,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::Message,
+    message::{Client, Message},
     resolver::Library,
 };
 
@@ -358,6 +358,27 @@ impl TimeCache {
     }
 }
 
+/// Who an attempt, lookup or diagnosis belongs to: `pid`, `comm` and
+/// `client`, in that order, in each of those records.
+#[derive(Serialize)]
+pub struct ClientFields<'a> {
+    /// Process id; null in a file without processes (see `client`).
+    pub pid: Option<u32>,
+    pub comm: Option<&'a str>,
+    /// The client's address, when the trace has no process to name.
+    pub client: Option<IpAddr>,
+}
+
+impl<'a> ClientFields<'a> {
+    fn of(client: &'a Client) -> Self {
+        Self {
+            pid: client.pid(),
+            comm: client.comm.as_deref(),
+            client: client.address(),
+        }
+    }
+}
+
 /// One attempt: a query and the response that matched it (or a response
 /// that matched none).
 #[derive(Serialize)]
@@ -367,11 +388,8 @@ pub struct AttemptRecord<'a> {
     /// When the query left (for a stray response, when it came).
     #[serde(serialize_with = "as_display")]
     pub ts: Rfc3339,
-    /// Process id; null in a file without processes (see `client`).
-    pub pid: Option<u32>,
-    pub comm: Option<&'a str>,
-    /// The client's address, when the trace has no process to name.
-    pub client: Option<IpAddr>,
+    #[serde(flatten)]
+    pub client: ClientFields<'a>,
     pub socket_cookie: u64,
     pub proto: &'static str,
     /// Where the query went, `ip:port`.
@@ -404,9 +422,7 @@ impl<'a> AttemptRecord<'a> {
                     .or(response.map(|r| r.wall_time_ns))
                     .unwrap_or_default(),
             ),
-            pid: attempt.client.pid(),
-            comm: attempt.client.comm.as_deref(),
-            client: attempt.client.address(),
+            client: ClientFields::of(&attempt.client),
             socket_cookie: attempt.socket_cookie,
             proto: attempt.transport.name(),
             server: attempt.server,
@@ -433,11 +449,8 @@ pub struct LookupRecord<'a> {
     /// When its first query left.
     #[serde(serialize_with = "as_display")]
     pub ts: Rfc3339,
-    /// Process id; null in a file without processes (see `client`).
-    pub pid: Option<u32>,
-    pub comm: Option<&'a str>,
-    /// The client's address, when the trace has no process to name.
-    pub client: Option<IpAddr>,
+    #[serde(flatten)]
+    pub client: ClientFields<'a>,
     /// The name as the process asked for it (search suffixes taken off).
     pub name: &'a str,
     /// Query names in the order they were tried.
@@ -457,9 +470,7 @@ impl<'a> LookupRecord<'a> {
         Self {
             kind: "lookup",
             ts: Rfc3339(lookup.first_wall_time_ns),
-            pid: lookup.client.pid(),
-            comm: lookup.client.comm.as_deref(),
-            client: lookup.client.address(),
+            client: ClientFields::of(&lookup.client),
             name: &lookup.name,
             names_tried: lookup.names_tried(),
             outcome: lookup.outcome().name(),
@@ -499,11 +510,8 @@ impl ShapeRecord {
 pub struct DiagnosisRecord<'a> {
     /// Always `"diagnosis"`.
     pub kind: &'static str,
-    /// Process id; null in a file without processes (see `client`).
-    pub pid: Option<u32>,
-    pub comm: Option<&'a str>,
-    /// The client's address, when the trace has no process to name.
-    pub client: Option<IpAddr>,
+    #[serde(flatten)]
+    pub client: ClientFields<'a>,
     /// A stable cause code (docs/diagnoses.md).
     pub cause: &'static str,
     /// The server involved, `ip:port`, or null.
@@ -528,9 +536,7 @@ impl<'a> DiagnosisRecord<'a> {
     pub fn new(diagnosis: &'a Diagnosis) -> Self {
         Self {
             kind: "diagnosis",
-            pid: diagnosis.client.pid(),
-            comm: diagnosis.client.comm.as_deref(),
-            client: diagnosis.client.address(),
+            client: ClientFields::of(&diagnosis.client),
             cause: diagnosis.cause.code(),
             server: diagnosis.server,
             names: &diagnosis.names,
