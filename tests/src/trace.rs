@@ -468,6 +468,27 @@ impl Analysis {
     }
 }
 
+/// Runs [`analyze`] on `files` and checks that it read them whole: exit 0,
+/// no damaged record, no panic.
+pub fn analyzed_whole<P: AsRef<Path>>(files: &[P]) -> Trace {
+    let analysis = analyze(files, &[]);
+    analysis.assert_no_panic();
+    assert!(
+        analysis.status.success(),
+        "dnstrace analyze exited with {}; stderr:\n{}",
+        analysis.status,
+        analysis.stderr.join("\n")
+    );
+    assert!(
+        analysis.stderr.iter().all(|l| !l.contains("skipped")),
+        "a whole file has no damaged record: {:?}",
+        analysis.stderr
+    );
+    let trace = analysis.trace();
+    assert_eq!(trace.summary.skipped_records, 0, "{:?}", trace.summary);
+    trace
+}
+
 /// Runs `dnstrace analyze FILES... --format json` as nobody, without
 /// capabilities (it needs no privileges), with `args` added. The files
 /// must be readable by nobody: see [`readable_by_all`].

@@ -21,7 +21,8 @@ use dnstrace_tests::{
     process::{Daemon, PATIENCE, poll_until},
     servers::{DnsServer, NXDOMAIN_SUBZONE, ServerKind, ZONE},
     trace::{
-        Attempt, Diagnosis, Trace, TracedLookup, Tracer, analyze, dnstrace_bin, readable_by_all,
+        Attempt, Diagnosis, Trace, TracedLookup, Tracer, analyze, analyzed_whole, dnstrace_bin,
+        readable_by_all,
     },
     unique_name,
 };
@@ -317,27 +318,6 @@ fn attempt_keys<'a>(attempts: impl IntoIterator<Item = &'a Attempt>) -> Vec<Atte
         .collect();
     keys.sort();
     keys
-}
-
-/// Runs analyze on `files` and checks that it read them whole: exit 0, no
-/// damaged record, no panic.
-fn analyzed_whole<P: AsRef<Path>>(files: &[P]) -> Trace {
-    let analysis = analyze(files, &[]);
-    analysis.assert_no_panic();
-    assert!(
-        analysis.status.success(),
-        "dnstrace analyze exited with {}; stderr:\n{}",
-        analysis.status,
-        analysis.stderr.join("\n")
-    );
-    assert!(
-        analysis.stderr.iter().all(|l| !l.contains("skipped")),
-        "a whole file has no damaged record: {:?}",
-        analysis.stderr
-    );
-    let trace = analysis.trace();
-    assert_eq!(trace.summary.skipped_records, 0, "{:?}", trace.summary);
-    trace
 }
 
 // ---------------------------------------------------------------------------

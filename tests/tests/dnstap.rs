@@ -15,7 +15,7 @@ use dnstrace_tests::{
     netns::{CLIENT_V4, Family, Topology},
     process::PATIENCE,
     servers::{DnsServer, ServerKind},
-    trace::{Trace, Tracer, analyze, dnstrace_bin, readable_by_all},
+    trace::{Trace, Tracer, analyzed_whole, dnstrace_bin, readable_by_all},
 };
 
 /// Lines of `text` that mention `run`'s name.
@@ -125,15 +125,7 @@ fn analyze_reads_dnstraces_own_dnstap_back_as_traced() {
     let (run, trace) = traced_lookup(dir.path(), "dnstap-back");
     let file = dir.path().join("trace.dnstap");
     readable_by_all(&file);
-    let analysis = analyze(&[&file], &[]);
-    analysis.assert_no_panic();
-    assert!(
-        analysis.status.success(),
-        "analyze failed: {}",
-        analysis.stderr.join("\n")
-    );
-    let analyzed = analysis.trace();
-    assert_eq!(analyzed.summary.skipped_records, 0);
+    let analyzed = analyzed_whole(&[&file]);
 
     // Every message line is the live one: process, socket, addresses, time.
     let messages = |trace: &Trace| -> Vec<serde_json::Value> {
@@ -341,15 +333,7 @@ fn analyze_reads_knots_dnstap_as_lookups_by_client_address() {
     }
 
     readable_by_all(&tap);
-    let analysis = analyze(&[&tap], &[]);
-    analysis.assert_no_panic();
-    assert!(
-        analysis.status.success(),
-        "analyze failed: {}",
-        analysis.stderr.join("\n")
-    );
-    let analyzed = analysis.trace();
-    assert_eq!(analyzed.summary.skipped_records, 0);
+    let analyzed = analyzed_whole(&[&tap]);
     for run in &runs {
         let messages: Vec<_> = analyzed
             .messages
