@@ -298,20 +298,27 @@ fn refuse_overwriting_inputs(args: &AnalyzeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Reads until `buffer` is full or the input ends; how much was read.
+fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match input.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// Opens `path` with the reader its first bytes call for.
 fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> {
     let failure = |reason: String| Failure::setup(format!("{}: {reason}", path.display()));
     let mut file = File::open(path).map_err(|e| failure(format!("cannot read: {e}")))?;
     let mut magic = [0u8; 4];
-    let mut have = 0;
-    while have < magic.len() {
-        match file.read(&mut magic[have..]) {
-            Ok(0) => break,
-            Ok(n) => have += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(failure(format!("cannot read: {e}"))),
-        }
-    }
+    let have =
+        read_up_to(&mut file, &mut magic).map_err(|e| failure(format!("cannot read: {e}")))?;
     // The bytes already read go first: a pipe (`<(zcat x.pcap.gz)`) cannot
     // be opened again from the start.
     let reader = BufReader::new(io::Cursor::new(magic[..have].to_vec()).chain(file));

@@ -15,25 +15,12 @@ use pcap_file::pcapng::{
 use super::{
     InputError, ReadOptions, Reader, Skipped,
     dissect::{Dissector, Frame, link_type_supported},
+    read_up_to,
 };
 use crate::{identity::Identity, message::Message};
 
 /// Larger records are not packets but a broken length field.
 const MAX_RECORD: usize = 16 << 20;
-
-/// Reads until `buffer` is full or the file ends; how much was read.
-fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        match input.read(&mut buffer[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
 
 fn io_error(offset: u64, error: io::Error) -> InputError {
     InputError {
