@@ -13,7 +13,7 @@ use crate::{
     clock::{WallClock, monotonic_now_ns},
     failure::Failure,
     framing::TcpStreams,
-    message::Message,
+    message::{RecordDecoder, ThreadNames},
     output::Summary,
     pipeline::Pipeline,
     process::Namespaces,
@@ -27,31 +27,13 @@ const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 /// How often exited processes are forgotten.
 const FORGET_EVERY_TICKS: u64 = 30;
 
-/// Turns ring buffer records into messages for the pipeline.
-struct Decoder {
-    clock: WallClock,
-    namespaces: Namespaces,
-    streams: TcpStreams,
-    keep_payloads: bool,
-}
-
-impl Decoder {
-    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
-        let Some(raw) = parse_record(bytes) else {
-            pipeline.summary.malformed_records += 1;
-            return;
-        };
-        Message::from_raw(
-            &raw,
-            &self.clock,
-            &mut self.namespaces,
-            &mut self.streams,
-            self.keep_payloads,
-            |message| {
-                pipeline.message(&message);
-            },
-        );
-    }
+/// One ring buffer record, into the pipeline.
+fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
+    let Some(raw) = parse_record(bytes) else {
+        pipeline.summary.malformed_records += 1;
+        return;
+    };
+    decoder.messages(&raw, |message| pipeline.message(&message));
 }
 
 pub async fn run(
@@ -70,10 +52,11 @@ pub async fn run(
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let report_every = summary_interval.unwrap_or(Duration::MAX / 4);
     let mut reports = interval_at(Instant::now() + report_every, report_every);
-    let mut decoder = Decoder {
+    let mut decoder = RecordDecoder {
         clock: WallClock::new(),
         namespaces: Namespaces::scanned(),
         streams: TcpStreams::default(),
+        thread_names: ThreadNames::default(),
         keep_payloads: pipeline.needs_payloads(),
     };
     let mut reported_lost = 0;
@@ -91,7 +74,7 @@ pub async fn run(
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
-                capture.drain(|record| decoder.record(record, &mut pipeline));
+                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
@@ -106,14 +89,14 @@ pub async fn run(
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|record| decoder.record(record, &mut pipeline));
+        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
         if let Some(error) = pipeline.take_write_error() {
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
     }
 
     capture.detach();
-    capture.drain(|record| decoder.record(record, &mut pipeline));
+    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
     capture.flush_kernel_log();
     pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
     pipeline.finish();

@@ -83,7 +83,9 @@ impl Identity {
             pid => Some(Process {
                 pid: pid.parse().ok()?,
                 tid: u32::try_from(number("tid")?).ok()?,
-                comm: unescape(fields.get("comm")?).filter(|comm| comm.len() <= MAX_COMM)?,
+                comm: unescape(fields.get("comm")?)
+                    .filter(|comm| comm.len() <= MAX_COMM)?
+                    .into(),
                 uid: u32::try_from(number("uid")?).ok()?,
                 cgroup_id: number("cgroup_id")?,
                 netns: number("netns"),

@@ -1,7 +1,11 @@
 //! The event model: one DNS message seen on one socket of one process.
 //! Every output (text, JSON) renders this; correlation builds on it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, PROTO_TCP};
 
@@ -49,8 +53,9 @@ impl Transport {
 pub struct Process {
     pub pid: u32,
     pub tid: u32,
-    /// The thread's name, as the kernel keeps it (15 bytes at most).
-    pub comm: String,
+    /// The thread's name, as the kernel keeps it (15 bytes at most);
+    /// shared, as every message of a thread carries the same one.
+    pub comm: Arc<str>,
     pub uid: u32,
     pub cgroup_id: u64,
     /// Network namespace inode, as `ls -l /proc/PID/ns/net` shows it.
@@ -70,7 +75,7 @@ pub enum ClientId {
 pub struct Client {
     pub id: ClientId,
     /// The process's thread name; `None` for an address.
-    pub comm: Option<String>,
+    pub comm: Option<Arc<str>>,
 }
 
 impl Client {
@@ -138,26 +143,32 @@ impl Message {
             None => ClientId::Address(self.local.ip()),
         }
     }
+}
 
+/// Turns the kernel's records into messages, keeping what one record
+/// shares with the next: the clock, namespaces, TCP streams, thread names.
+pub struct RecordDecoder {
+    pub clock: WallClock,
+    pub namespaces: Namespaces,
+    pub streams: TcpStreams,
+    pub thread_names: ThreadNames,
+    /// Whether an output writes payloads, so messages must keep them.
+    pub keep_payloads: bool,
+}
+
+impl RecordDecoder {
     /// Hands each message in a record to `each`: one for UDP; for TCP, those
     /// that start in the segment (none for a segment that only continues
     /// one).
-    pub fn from_raw(
-        raw: &RawMessage<'_>,
-        clock: &WallClock,
-        namespaces: &mut Namespaces,
-        streams: &mut TcpStreams,
-        keep_payload: bool,
-        mut each: impl FnMut(Self),
-    ) {
+    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
             tid: header.tid,
-            comm: comm_to_string(&header.comm.0),
+            comm: self.thread_names.name(&header.comm.0),
             uid: header.uid,
             cgroup_id: header.cgroup_id,
-            netns: namespaces.inode(header.netns_cookie),
+            netns: self.namespaces.inode(header.netns_cookie),
         });
         let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
             Direction::Send
@@ -165,7 +176,7 @@ impl Message {
             Direction::Recv
         };
         let envelope = Envelope {
-            wall_time_ns: clock.wall_ns(header.timestamp_ns),
+            wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
             monotonic_ns: header.timestamp_ns,
             process,
             socket_cookie: header.socket_cookie,
@@ -174,9 +185,10 @@ impl Message {
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
         };
+        let keep_payload = self.keep_payloads;
         if header.protocol == PROTO_TCP {
             let sending = direction == Direction::Send;
-            for framed in streams.frame(
+            for framed in self.streams.frame(
                 header.socket_cookie,
                 sending,
                 header.payload_len,
@@ -186,7 +198,7 @@ impl Message {
                     transport: Transport::Tcp,
                     ..envelope.clone()
                 };
-                each(Self::decoded(
+                each(Message::decoded(
                     envelope,
                     framed.bytes,
                     framed.len,
@@ -194,13 +206,39 @@ impl Message {
                 ));
             }
         } else {
-            each(Self::decoded(
+            each(Message::decoded(
                 envelope,
                 raw.payload,
                 header.payload_len,
                 keep_payload,
             ));
         }
+    }
+}
+
+/// The kernel's thread names as shared strings, each made once: a thread
+/// sends many messages, and copying its name for each one shows up at full
+/// rate.
+#[derive(Default)]
+pub struct ThreadNames {
+    by_bytes: HashMap<[u8; dnstrace_common::COMM_LEN], Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl ThreadNames {
+    /// Past this many names (a host that spawns threads with numbered
+    /// names), the cache starts over rather than grow.
+    const MAX: usize = 4096;
+
+    pub fn name(&mut self, comm: &[u8; dnstrace_common::COMM_LEN]) -> Arc<str> {
+        if let Some(name) = self.by_bytes.get(comm) {
+            return Arc::clone(name);
+        }
+        if self.by_bytes.len() >= Self::MAX {
+            self.by_bytes.clear();
+        }
+        let name: Arc<str> = comm_to_string(comm).into();
+        self.by_bytes.insert(*comm, Arc::clone(&name));
+        name
     }
 }
 
@@ -269,6 +307,26 @@ mod tests {
     fn comm_stops_at_the_first_nul() {
         assert_eq!(comm_to_string(b"getent\0\0\0\0\0\0\0\0\0\0"), "getent");
         assert_eq!(comm_to_string(b"0123456789abcdef"), "0123456789abcdef");
+    }
+
+    #[test]
+    fn a_thread_name_is_made_once_and_shared() {
+        let mut names = ThreadNames::default();
+        let getent = *b"getent\0\0\0\0\0\0\0\0\0\0";
+        let first = names.name(&getent);
+        assert_eq!(&*first, "getent");
+        assert!(Arc::ptr_eq(&first, &names.name(&getent)));
+        // Bytes that are not UTF-8 still give a name.
+        assert_eq!(&*names.name(&[0xff; 16]), "\u{fffd}".repeat(16));
+        // Past the cap it starts over, and still answers right.
+        for n in 0..ThreadNames::MAX as u32 {
+            let mut comm = [b'w'; 16];
+            comm[..4].copy_from_slice(&n.to_le_bytes());
+            comm[4] = b'x';
+            names.name(&comm);
+        }
+        assert!(names.by_bytes.len() <= ThreadNames::MAX);
+        assert_eq!(&*names.name(&getent), "getent");
     }
 
     #[test]

@@ -165,7 +165,7 @@ impl MessageLine {
         let process = self.pid.map(|pid| Process {
             pid,
             tid: self.tid.unwrap_or(pid),
-            comm: self.comm.unwrap_or_default(),
+            comm: self.comm.unwrap_or_default().into(),
             uid: self.uid.unwrap_or(0),
             cgroup_id: self.cgroup_id.unwrap_or(0),
             netns: self.netns,

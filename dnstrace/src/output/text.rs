@@ -217,7 +217,7 @@ fn format_lookup(lookup: &Lookup) -> String {
 /// capture) shows the address where the name would be.
 fn client_columns(client: &Client) -> (String, String) {
     match (client.pid(), &client.comm) {
-        (Some(pid), Some(comm)) => (pid.to_string(), comm.clone()),
+        (Some(pid), Some(comm)) => (pid.to_string(), comm.to_string()),
         (Some(pid), None) => (pid.to_string(), String::new()),
         (None, _) => (
             "-".into(),
@@ -248,7 +248,7 @@ fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
 
 fn format_line(message: &Message) -> String {
     let (pid, comm) = match &message.process {
-        Some(p) => (p.pid.to_string(), p.comm.as_str()),
+        Some(p) => (p.pid.to_string(), &*p.comm),
         None => ("?".to_string(), "?"),
     };
     let arrow = match message.direction {
