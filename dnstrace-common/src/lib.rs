@@ -62,6 +62,21 @@ pub const FAMILY_V6: u8 = 6;
 pub enum Hook {
     CgroupSkbEgress = 0,
     CgroupSkbIngress = 1,
+    /// Not a message: the process read a received response (see
+    /// [`ReadCounts`]). `payload_len` is how many bytes it read; no payload
+    /// follows.
+    SockRecvLength = 2,
+}
+
+/// Per client socket, how many DNS responses arrived and how many reads
+/// followed: the read program reports a read only while the first exceeds
+/// the second, so the reads of sockets that receive no responses (servers,
+/// and every socket that is not DNS) cost one lookup and no event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadCounts {
+    pub received: u64,
+    pub read: u64,
 }
 
 /// [`EventHeader::flags`]: the process fields are known (from the sending task,
@@ -137,7 +152,9 @@ pub struct CaptureConfig {
     /// (pid, comm, cgroup, netns). Debian 6.1 refuses them; the verifier
     /// prunes the dead branch because this value is read-only.
     pub skb_task_helpers: u32,
-    pub _padding: u32,
+    /// 1 when the read program is attached, so ingress counts responses
+    /// for it.
+    pub track_reads: u32,
 }
 
 /// Only processes whose tgid is in the `SELECTED_PIDS` map, or whose comm
@@ -161,7 +178,7 @@ impl CaptureConfig {
             netns_cookie: 0,
             comm: [0; COMM_LEN],
             skb_task_helpers: 1,
-            _padding: 0,
+            track_reads: 0,
         }
     }
 
@@ -211,12 +228,16 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const SOCKETS: &str = "SOCKETS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
+    pub const RESPONSES: &str = "RESPONSES";
     pub const SKB_EGRESS: &str = "dns_skb_egress";
     pub const SKB_INGRESS: &str = "dns_skb_ingress";
     pub const CONNECT4: &str = "dns_connect4";
     pub const CONNECT6: &str = "dns_connect6";
     pub const SENDMSG4: &str = "dns_sendmsg4";
     pub const SENDMSG6: &str = "dns_sendmsg6";
+    pub const SOCK_RECV_LENGTH: &str = "dns_sock_recv_length";
+    /// The kernel tracepoint the read program attaches to (6.3 and later).
+    pub const SOCK_RECV_LENGTH_TRACEPOINT: &str = "sock_recv_length";
 }
 
 #[cfg(feature = "user")]

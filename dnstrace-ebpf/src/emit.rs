@@ -10,8 +10,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use dnstrace_common::{
-    COMM_LEN, Comm, Direction, EventHeader, Hook, MAX_PAYLOAD, SocketOwner, WAKEUP_BYTES,
-    WAKEUP_CHECK_BYTES,
+    COMM_LEN, Comm, Direction, EVENT_OWNER_KNOWN, EventHeader, Hook, MAX_PAYLOAD, PROTO_UDP,
+    SocketOwner, WAKEUP_BYTES, WAKEUP_CHECK_BYTES,
 };
 
 use crate::{
@@ -135,6 +135,15 @@ pub fn message(
         }
     }
     buffer.header.captured_len = captured;
+    // A response (QR set) reaching a client's UDP socket: count it for
+    // the read program. TCP reads do not map to messages.
+    if direction == Direction::Recv
+        && datagram.protocol == PROTO_UDP
+        && captured > 2
+        && buffer.payload[2] & 0x80 != 0
+    {
+        crate::read::response_arrived(cookie);
+    }
 
     let size = (HEADER_LEN + captured) as usize;
     // Waking the reader for every message would cost an interrupt and a
@@ -158,9 +167,47 @@ pub fn message(
     // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
     let record =
         unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
-    if EVENTS.output(record, u64::from(wakeup)).is_err()
-        && let Some(lost) = LOST.get_ptr_mut(0)
-    {
+    if EVENTS.output(record, u64::from(wakeup)).is_err() {
+        count_lost();
+    }
+}
+
+/// Reports that `reader` read `length` bytes of a response from the socket:
+/// a header without payload.
+#[inline(always)]
+pub fn read(cookie: u64, reader: &SocketOwner, length: u32) {
+    let header = EventHeader {
+        // SAFETY: a helper without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        socket_cookie: cookie,
+        cgroup_id: reader.cgroup_id,
+        netns_cookie: reader.netns_cookie,
+        pid: reader.pid,
+        tid: reader.tid,
+        uid: reader.uid,
+        payload_len: length,
+        captured_len: 0,
+        local_port: 0,
+        remote_port: 0,
+        local_addr: [0; 4],
+        remote_addr: [0; 4],
+        comm: reader.comm,
+        family: 0,
+        direction: Direction::Recv as u8,
+        protocol: PROTO_UDP,
+        hook: Hook::SockRecvLength as u8,
+        flags: EVENT_OWNER_KNOWN,
+        _padding: [0; 3],
+    };
+    // The reader finds it with the next batch of messages or poll.
+    if EVENTS.output(&header, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
+        count_lost();
+    }
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: this CPU's own counter; nothing else touches it now.
         unsafe { *lost += 1 };
     }

@@ -3,7 +3,9 @@
 //! `skb` sees every DNS packet a socket sends or receives, in every network
 //! namespace, from cgroup_skb hooks on the cgroup v2 root. `sock_addr` records
 //! socket owners from connect/sendmsg on kernels whose cgroup_skb programs may
-//! not ask who the current task is. `maps` and `emit` are shared by both.
+//! not ask who the current task is. `read` tells whether a process read the
+//! responses it received, where the kernel has the tracepoint for it. `maps`
+//! and `emit` are shared by all.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -13,6 +15,8 @@ mod emit;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod owner;
+#[cfg(target_arch = "bpf")]
+mod read;
 #[cfg(target_arch = "bpf")]
 mod skb;
 #[cfg(target_arch = "bpf")]

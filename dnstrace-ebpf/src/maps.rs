@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use dnstrace_common::{CaptureConfig, EventHeader, MAX_PAYLOAD, SocketOwner};
+use dnstrace_common::{CaptureConfig, EventHeader, MAX_PAYLOAD, ReadCounts, SocketOwner};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
@@ -21,6 +21,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Socket cookie to the process that last sent from it.
 #[map]
 pub static SOCKETS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Socket cookie to the responses it received and the reads that followed
+/// (see `read`).
+#[map]
+pub static RESPONSES: LruHashMap<u64, ReadCounts> = LruHashMap::with_max_entries(65_536, 0);
 
 /// tgids chosen with `--pid`.
 #[map]

@@ -13,7 +13,7 @@ use crate::{
     clock::{WallClock, monotonic_now_ns},
     failure::Failure,
     framing::TcpStreams,
-    message::{RecordDecoder, ThreadNames},
+    message::{Event, RecordDecoder, ThreadNames},
     output::Summary,
     pipeline::Pipeline,
     process::Namespaces,
@@ -33,7 +33,10 @@ fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
         pipeline.summary.malformed_records += 1;
         return;
     };
-    decoder.messages(&raw, |message| pipeline.message(&message));
+    decoder.events(&raw, |event| match event {
+        Event::Message(message) => pipeline.message(&message),
+        Event::Read(read) => pipeline.read(&read),
+    });
 }
 
 pub async fn run(

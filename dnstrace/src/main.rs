@@ -76,9 +76,16 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
         eprintln!("dnstrace: attached, backend {}", capture.backend.name());
+        match &capture.reads {
+            Ok(()) => {
+                eprintln!("dnstrace: reads of responses tracked (tracepoint sock:sock_recv_length)")
+            }
+            Err(reason) => eprintln!("dnstrace: reads of responses not tracked: {reason}"),
+        }
+        let pipeline = Pipeline::new(outputs).reads_tracked(capture.reads.is_ok());
         let summary = agent::run(
             capture,
-            Pipeline::new(outputs),
+            pipeline,
             args.duration.map(Duration::from_secs),
             args.summary_interval
                 .filter(|s| *s > 0)

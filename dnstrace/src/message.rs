@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, PROTO_TCP};
+use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, Hook, PROTO_TCP};
 
 use crate::{
     capture::RawMessage,
@@ -145,6 +145,26 @@ impl Message {
     }
 }
 
+/// A process read a response from its socket: the kernel saw the receive
+/// call return it. Only the size is known, not which message; the
+/// correlator matches it to the socket's responses in arrival order.
+#[derive(Clone, Debug)]
+pub struct Read {
+    pub wall_time_ns: i128,
+    pub monotonic_ns: u64,
+    /// The task that read: the current task of the receive call.
+    pub process: Process,
+    pub socket_cookie: u64,
+    /// Bytes the call returned.
+    pub size: u32,
+}
+
+/// What one ring buffer record holds.
+pub enum Event {
+    Message(Message),
+    Read(Read),
+}
+
 /// Turns the kernel's records into messages, keeping what one record
 /// shares with the next: the clock, namespaces, TCP streams, thread names.
 pub struct RecordDecoder {
@@ -157,10 +177,10 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
-    /// Hands each message in a record to `each`: one for UDP; for TCP, those
-    /// that start in the segment (none for a segment that only continues
-    /// one).
-    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
+    /// Hands each event in a record to `each`: a read, or messages: one
+    /// for UDP; for TCP, those that start in the segment (none for a
+    /// segment that only continues one).
+    pub fn events(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Event)) {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -170,6 +190,18 @@ impl RecordDecoder {
             cgroup_id: header.cgroup_id,
             netns: self.namespaces.inode(header.netns_cookie),
         });
+        if header.hook == Hook::SockRecvLength as u8 {
+            if let Some(process) = process {
+                each(Event::Read(Read {
+                    wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
+                    monotonic_ns: header.timestamp_ns,
+                    process,
+                    socket_cookie: header.socket_cookie,
+                    size: header.payload_len,
+                }));
+            }
+            return;
+        }
         let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
             Direction::Send
         } else {
@@ -198,20 +230,20 @@ impl RecordDecoder {
                     transport: Transport::Tcp,
                     ..envelope.clone()
                 };
-                each(Message::decoded(
+                each(Event::Message(Message::decoded(
                     envelope,
                     framed.bytes,
                     framed.len,
                     keep_payload,
-                ));
+                )));
             }
         } else {
-            each(Message::decoded(
+            each(Event::Message(Message::decoded(
                 envelope,
                 raw.payload,
                 header.payload_len,
                 keep_payload,
-            ));
+            )));
         }
     }
 }

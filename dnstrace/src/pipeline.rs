@@ -6,7 +6,7 @@ use std::{collections::HashMap, io};
 use crate::{
     correlate::{Correlated, Correlator},
     diagnose::Diagnoser,
-    message::{ClientId, Message},
+    message::{ClientId, Message, Read},
     output::{Output, ProcessReport, Summary},
 };
 
@@ -46,6 +46,13 @@ impl Pipeline {
         }
     }
 
+    /// Tells correlation that the capture reports reads of responses, so
+    /// one without a read was not read.
+    pub fn reads_tracked(mut self, tracked: bool) -> Self {
+        self.correlator.reads_tracked = tracked;
+        self
+    }
+
     /// Whether any output writes payloads, so decoding must keep them.
     pub fn needs_payloads(&self) -> bool {
         self.outputs.iter().any(|output| output.needs_payload())
@@ -61,6 +68,12 @@ impl Pipeline {
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+    }
+
+    /// A process read a response from its socket.
+    pub fn read(&mut self, read: &Read) {
+        self.each_output(|output| output.read(read));
+        self.correlator.observe_read(read);
     }
 
     /// Lets time decide what it decides (timeouts, settled lookups); `now`

@@ -61,6 +61,10 @@ pub enum Client {
     Go,
     /// dnsperf sending `queries` distinct names once each.
     Dnsperf { queries: u32 },
+    /// One A query from Python's socket module, straight to the server;
+    /// the response is read, or (`read: false`) left unread in the socket
+    /// once it has arrived.
+    UdpQuery { read: bool },
 }
 
 impl Client {
@@ -73,6 +77,7 @@ impl Client {
             Client::Musl => "musl",
             Client::Go => "go",
             Client::Dnsperf { .. } => "dnsperf",
+            Client::UdpQuery { .. } => "udp-query",
         }
     }
 
@@ -82,7 +87,9 @@ impl Client {
             // dig does its network I/O on libisc's threads.
             Client::Dig => comm.starts_with("isc-net-"),
             Client::Getent => comm == "getent",
-            Client::Python { .. } | Client::PythonMany { .. } => comm == "python3",
+            Client::Python { .. } | Client::PythonMany { .. } | Client::UdpQuery { .. } => {
+                comm == "python3"
+            }
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
@@ -94,7 +101,11 @@ impl Client {
     pub fn is_single_threaded(self) -> bool {
         matches!(
             self,
-            Client::Getent | Client::Python { .. } | Client::PythonMany { .. } | Client::Musl
+            Client::Getent
+                | Client::Python { .. }
+                | Client::PythonMany { .. }
+                | Client::Musl
+                | Client::UdpQuery { .. }
         )
     }
 
@@ -218,6 +229,17 @@ impl Client {
                 needs_port_53();
                 vec![go_client().display().to_string(), domain.clone()]
             }
+            Client::UdpQuery { read } => vec![
+                "/usr/bin/python3".into(),
+                workspace_dir()
+                    .join("tests/clients/udp-query.py")
+                    .display()
+                    .to_string(),
+                lookup.server.ip().to_string(),
+                lookup.server.port().to_string(),
+                domain.clone(),
+                if read { "read" } else { "leave" }.into(),
+            ],
             Client::Dnsperf { queries } => {
                 let input = files.join("queries");
                 let names: String = (0..queries).map(|i| format!("q{i}.{domain} A\n")).collect();
@@ -436,6 +458,10 @@ impl ClientRun {
                 "dnsperf sent fewer queries:\n{}",
                 self.stdout
             );
+            return;
+        }
+        if let Client::UdpQuery { .. } = self.client {
+            assert_eq!(self.stdout.trim(), "arrived", "udp-query: no response");
             return;
         }
         for want in [ANSWER_V4.to_string(), ANSWER_V6.to_string()] {

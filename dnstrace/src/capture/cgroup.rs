@@ -18,15 +18,18 @@ use dnstrace_common::{SocketOwner, names};
 
 use super::{Backend, CaptureRequest, PROBES, existing_sockets};
 
-/// Loads the probes for `backend` and attaches them to `cgroup_root`.
-/// The error is the reason this backend cannot run here.
+/// Loads the probes for `backend` and attaches them to `cgroup_root`;
+/// `track_reads` has the ingress program count responses for the read
+/// program. The error is the reason this backend cannot run here.
 pub fn attach(
     backend: Backend,
     request: &CaptureRequest,
     cgroup_root: &Path,
+    track_reads: bool,
 ) -> Result<Ebpf, String> {
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
+    config.track_reads = u32::from(track_reads);
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &config, true)
         .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
@@ -87,7 +90,7 @@ pub fn attach(
     Ok(ebpf)
 }
 
-fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
+pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
@@ -98,7 +101,7 @@ where
 }
 
 /// A verifier rejection gives a long log; its last line says why.
-fn explain(name: &str, error: ProgramError) -> String {
+pub(super) fn explain(name: &str, error: ProgramError) -> String {
     match &error {
         ProgramError::LoadError { verifier_log, .. } => {
             let log = verifier_log.to_string();

@@ -5,6 +5,7 @@ mod cgroup;
 mod environment;
 mod existing_sockets;
 mod kernel_log;
+mod reads;
 mod record;
 mod ring;
 
@@ -60,6 +61,8 @@ pub struct Capture {
     pub backend: Backend,
     /// Backends passed over, each with the reason.
     pub passed_over: Vec<(Backend, String)>,
+    /// Whether reads of received responses are reported, or why not.
+    pub reads: Result<(), String>,
 }
 
 impl Capture {
@@ -71,11 +74,14 @@ impl Capture {
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
             BackendChoice::CgroupSockaddr => &[Backend::CgroupSockaddr],
         };
+        let read_support = reads::supported();
         let mut passed_over = Vec::new();
         for &backend in candidates {
-            match cgroup::attach(backend, request, &cgroup_root) {
-                Ok(ebpf) => {
-                    return Self::fromebpf(ebpf, request.ring_buffer_bytes, backend, passed_over);
+            match cgroup::attach(backend, request, &cgroup_root, read_support.is_ok()) {
+                Ok(mut ebpf) => {
+                    let reads = read_support.and_then(|btf| reads::attach(&mut ebpf, &btf));
+                    return Self::fromebpf(ebpf, request.ring_buffer_bytes, backend, passed_over)
+                        .map(|capture| Self { reads, ..capture });
                 }
                 Err(reason) => passed_over.push((backend, reason)),
             }
@@ -119,6 +125,7 @@ impl Capture {
             lost,
             backend,
             passed_over,
+            reads: Err("not attached".into()),
         })
     }
 
@@ -139,6 +146,7 @@ impl Capture {
             let _ = match program {
                 aya::programs::Program::CgroupSkb(program) => program.unload(),
                 aya::programs::Program::CgroupSockAddr(program) => program.unload(),
+                aya::programs::Program::BtfTracePoint(program) => program.unload(),
                 _ => Ok(()),
             };
         }

@@ -125,6 +125,32 @@ pub struct Response {
     pub wall_time_ns: i128,
     pub from: SocketAddr,
     pub shape: Shape,
+    /// Length on the wire, to match the process's reads against.
+    pub size: u32,
+    pub read: ReadState,
+}
+
+/// Whether the process read a response from its socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadState {
+    /// Reads are not tracked: a kernel without the tracepoint, TCP, or a
+    /// trace read from a file.
+    Unknown,
+    /// Not read, so far.
+    Unread,
+    /// Read this long after it arrived.
+    Read { after_ns: u64 },
+}
+
+impl ReadState {
+    /// `true`, `false`, or `None` when not known: as JSON shows it.
+    pub fn was_read(self) -> Option<bool> {
+        match self {
+            Self::Unknown => None,
+            Self::Unread => Some(false),
+            Self::Read { .. } => Some(true),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,11 @@
 
 use std::net::SocketAddr;
 
-use super::{Correlated, Correlator, attempt::Outcome, lookup::LookupOutcome};
+use super::{
+    Correlated, Correlator,
+    attempt::{Outcome, ReadState},
+    lookup::LookupOutcome,
+};
 use crate::{
     decode::{DnsSummary, Flags, HeaderSummary, Question},
     diagnose::{Cause, Diagnoser},
@@ -585,4 +589,88 @@ fn a_load_generator_is_left_out_rather_than_misjudged() {
         "no half-seen lookups are reported"
     );
     assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+}
+
+/// A read of `size` bytes from `socket` at `at`.
+fn read(socket: Socket, size: u32, at: u64) -> crate::message::Read {
+    crate::message::Read {
+        wall_time_ns: i128::from(at),
+        monotonic_ns: at,
+        process: Process {
+            pid: socket.pid,
+            tid: socket.pid,
+            comm: "client".into(),
+            uid: 0,
+            cgroup_id: 1,
+            netns: None,
+        },
+        socket_cookie: socket.cookie,
+        size,
+    }
+}
+
+/// The A/AAAA pair on one socket, answered with responses of 60 and 80
+/// bytes; then `reads` (size, at); then the read state of each response.
+fn pair_read_as(tracked: bool, reads: &[(u32, u64)]) -> Vec<ReadState> {
+    let mut s = Scenario::new();
+    s.correlator.reads_tracked = tracked;
+    let socket = Socket::new(7, 1, server(1));
+    s.query(socket, 0x100, "db.test.", A, 0);
+    s.query(socket, 0x101, "db.test.", AAAA, 0);
+    for (id, qtype, size, at) in [(0x100, A, 60, MS), (0x101, AAAA, 80, 2 * MS)] {
+        let mut m = message(
+            Direction::Recv,
+            socket,
+            id,
+            "db.test.",
+            qtype,
+            at,
+            Some(GOOD),
+        );
+        m.size = size;
+        s.correlator.observe(&m, &mut s.out);
+    }
+    for &(size, at) in reads {
+        s.correlator.observe_read(&read(socket, size, at));
+    }
+    let (out, _) = s.settle(3 * MS);
+    lookups(&out)
+        .iter()
+        .flat_map(|lookup| &lookup.attempts)
+        .map(|a| a.response.as_ref().expect("answered").read)
+        .collect()
+}
+
+#[test]
+fn reads_take_a_sockets_responses_in_the_order_they_arrived() {
+    let read_after = |after_ns| ReadState::Read { after_ns };
+    assert_eq!(
+        pair_read_as(true, &[(60, 3 * MS), (80, 4 * MS)]),
+        [read_after(2 * MS), read_after(2 * MS)]
+    );
+    // A read into a smaller buffer returns less than the response.
+    assert_eq!(
+        pair_read_as(true, &[(30, 3 * MS)]),
+        [read_after(2 * MS), ReadState::Unread]
+    );
+    // A read longer than the first response skips it: the kernel dropped
+    // that one before the process could read it.
+    assert_eq!(
+        pair_read_as(true, &[(80, 3 * MS)]),
+        [ReadState::Unread, read_after(MS)]
+    );
+    assert_eq!(pair_read_as(true, &[]), [ReadState::Unread; 2]);
+    // A read with nothing left to take changes nothing.
+    assert_eq!(
+        pair_read_as(true, &[(60, 3 * MS), (80, 4 * MS), (80, 5 * MS)]),
+        [read_after(2 * MS), read_after(2 * MS)]
+    );
+}
+
+#[test]
+fn without_read_tracking_no_response_counts_as_unread() {
+    assert_eq!(
+        pair_read_as(false, &[(60, 3 * MS)]),
+        [ReadState::Unknown; 2]
+    );
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::{Cause, Finding, History, describe_shape, names_of, rejected_by_server};
 use crate::{
     correlate::{
-        attempt::{Attempt, Shape},
+        attempt::{Attempt, ReadState, Shape},
         lookup::Lookup,
     },
     decode::Flags,
@@ -57,6 +57,7 @@ fn finding(
         lookup.client,
         describe_shape(&rejected_shape)
     );
+    explanation.push_str(&reads_sentence(from_server));
     match accepted_shape {
         Some(accepted) => explanation.push_str(&format!(
             " Used by the same process: {}. Differs in: {}.",
@@ -105,6 +106,30 @@ fn finding(
         shapes: Some((rejected_shape, accepted_shape)),
         wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
     })
+}
+
+/// What the kernel saw of the process reading the rejected answers, where
+/// it could tell: read and then thrown away, or never read at all (the
+/// process had stopped waiting on that socket, which is a timeout in
+/// disguise).
+fn reads_sentence(rejected: &[&Attempt]) -> String {
+    let states: Vec<ReadState> = rejected
+        .iter()
+        .filter_map(|a| a.response.as_ref().map(|r| r.read))
+        .collect();
+    let read = states
+        .iter()
+        .filter(|s| matches!(s, ReadState::Read { .. }))
+        .count();
+    let unread = states.iter().filter(|s| **s == ReadState::Unread).count();
+    match (read, unread) {
+        (0, 0) => String::new(),
+        (_, 0) => " The process read each of them from its socket before it moved on.".into(),
+        (0, _) => " The process never read them from its socket: it had stopped waiting.".into(),
+        (read, unread) => {
+            format!(" The process read {read} of them from its socket; {unread} it never read.")
+        }
+    }
 }
 
 /// How many of rcode and the counts differ: flags are what the comparison

@@ -108,7 +108,26 @@ fn captures(backend: &str, early: u32) -> Result<String, String> {
     if run.active != backend {
         return Err(format!("asked for {backend}, dnstrace ran {}", run.active));
     }
-    Ok(format!("{} messages checked, lost 0", run.messages))
+    Ok(format!(
+        "{} messages checked, lost 0; {}",
+        run.messages,
+        reads_line(&run)?
+    ))
+}
+
+/// What dnstrace said of tracking reads: tracked, or why not. Either way it
+/// names the tracepoint (Debian 6.1 has none: Linux 6.3 added it).
+fn reads_line(run: &Run) -> Result<&str, String> {
+    let line = run
+        .stderr
+        .iter()
+        .filter_map(|line| line.strip_prefix("dnstrace: "))
+        .find(|line| line.starts_with("reads of responses "))
+        .ok_or("no start-up line says whether reads are tracked")?;
+    if !line.contains("sock_recv_length") {
+        return Err(format!("the reads line names no tracepoint: {line}"));
+    }
+    Ok(line)
 }
 
 /// dnstrace exits with status 2 and says the kernel refused the backend,
