@@ -62,16 +62,14 @@ pub const FAMILY_V6: u8 = 6;
 pub enum Hook {
     CgroupSkbEgress = 0,
     CgroupSkbIngress = 1,
-    /// Not a message: the process read a received response (see
-    /// [`ReadCounts`]). `payload_len` is how many bytes it read; no payload
-    /// follows.
-    SockRecvLength = 2,
 }
 
-/// Per client socket, how many DNS responses arrived and how many reads
-/// followed: the read program reports a read only while the first exceeds
-/// the second, so the reads of sockets that receive no responses (servers,
-/// and every socket that is not DNS) cost one lookup and no event.
+/// Per client UDP socket, how many DNS responses arrived and how many the
+/// process read: ingress counts the first and stamps each response with it
+/// ([`EventHeader::response_number`]); the read program counts the second,
+/// only while it is behind the first. Userspace reads the map to tell
+/// which responses were read: a socket hands out datagrams in order, so
+/// response N was read once `read >= N`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReadCounts {
@@ -96,6 +94,10 @@ pub struct EventHeader {
     pub cgroup_id: u64,
     /// `bpf_get_netns_cookie`, or 0 where the kernel cannot give it.
     pub netns_cookie: u64,
+    /// For a response reaching a UDP socket while reads are tracked: its
+    /// number among the responses the socket received, from 1 (see
+    /// [`ReadCounts`]). 0 otherwise.
+    pub response_number: u64,
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
@@ -152,8 +154,8 @@ pub struct CaptureConfig {
     /// (pid, comm, cgroup, netns). Debian 6.1 refuses them; the verifier
     /// prunes the dead branch because this value is read-only.
     pub skb_task_helpers: u32,
-    /// 1 when the read program is attached, so ingress counts responses
-    /// for it.
+    /// 1 when the read program will be attached, so ingress counts
+    /// responses for it.
     pub track_reads: u32,
 }
 
@@ -249,4 +251,6 @@ mod user {
     unsafe impl aya::Pod for super::SocketOwner {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::CaptureConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ReadCounts {}
 }

@@ -10,12 +10,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use dnstrace_common::{
-    COMM_LEN, Comm, Direction, EVENT_OWNER_KNOWN, EventHeader, Hook, MAX_PAYLOAD, PROTO_UDP,
-    SocketOwner, WAKEUP_BYTES, WAKEUP_CHECK_BYTES,
+    COMM_LEN, Comm, Direction, EventHeader, Hook, MAX_PAYLOAD, PROTO_UDP, SocketOwner,
+    WAKEUP_BYTES, WAKEUP_CHECK_BYTES,
 };
 
 use crate::{
     maps::{EVENTS, EventBuffer, LOST, SCRATCH},
+    read,
     skb::Datagram,
 };
 
@@ -135,15 +136,23 @@ pub fn message(
         }
     }
     buffer.header.captured_len = captured;
-    // A response (QR set) reaching a client's UDP socket: count it for
-    // the read program. TCP reads do not map to messages.
-    if direction == Direction::Recv
+    // A response (QR set) reaching a client's UDP socket is numbered, for
+    // the read program's count to be compared with. TCP reads do not map
+    // to messages.
+    let response_counts = if direction == Direction::Recv
         && datagram.protocol == PROTO_UDP
         && captured > 2
         && buffer.payload[2] & 0x80 != 0
     {
-        crate::read::response_arrived(cookie);
-    }
+        read::counts(cookie)
+    } else {
+        None
+    };
+    buffer.header.response_number = match response_counts {
+        // SAFETY: the map value lives while this program runs.
+        Some(counts) => unsafe { (*counts).received + 1 },
+        None => 0,
+    };
 
     let size = (HEADER_LEN + captured) as usize;
     // Waking the reader for every message would cost an interrupt and a
@@ -168,47 +177,16 @@ pub fn message(
     let record =
         unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
     if EVENTS.output(record, u64::from(wakeup)).is_err() {
-        count_lost();
-    }
-}
-
-/// Reports that `reader` read `length` bytes of a response from the socket:
-/// a header without payload.
-#[inline(always)]
-pub fn read(cookie: u64, reader: &SocketOwner, length: u32) {
-    let header = EventHeader {
-        // SAFETY: a helper without arguments.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        socket_cookie: cookie,
-        cgroup_id: reader.cgroup_id,
-        netns_cookie: reader.netns_cookie,
-        pid: reader.pid,
-        tid: reader.tid,
-        uid: reader.uid,
-        payload_len: length,
-        captured_len: 0,
-        local_port: 0,
-        remote_port: 0,
-        local_addr: [0; 4],
-        remote_addr: [0; 4],
-        comm: reader.comm,
-        family: 0,
-        direction: Direction::Recv as u8,
-        protocol: PROTO_UDP,
-        hook: Hook::SockRecvLength as u8,
-        flags: EVENT_OWNER_KNOWN,
-        _padding: [0; 3],
-    };
-    // The reader finds it with the next batch of messages or poll.
-    if EVENTS.output(&header, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
-        count_lost();
-    }
-}
-
-#[inline(always)]
-fn count_lost() {
-    if let Some(lost) = LOST.get_ptr_mut(0) {
-        // SAFETY: this CPU's own counter; nothing else touches it now.
-        unsafe { *lost += 1 };
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            // SAFETY: this CPU's own counter; nothing else touches it now.
+            unsafe { *lost += 1 };
+        }
+    } else if let Some(counts) = response_counts {
+        // Counted once userspace has it, so the numbers it sees have no
+        // gaps. Two responses for one socket at the same instant on two
+        // CPUs could take one number (Rust has no atomic add for the BPF
+        // target); userspace then finds the second read one read early.
+        // SAFETY: the map value lives while this program runs.
+        unsafe { (*counts).received += 1 };
     }
 }

@@ -1,51 +1,36 @@
-//! Whether a process read the responses that reached its socket: a tp_btf
-//! program on `sock:sock_recv_length`, which every receive call on a socket
-//! passes (recvfrom, recvmsg, recvmmsg, read) once the data is copied out.
-//! The tracepoint came with Linux 6.3; older kernels go without.
+//! Whether a process read the responses that reached it: a tp_btf program
+//! on `sock:sock_recv_length`, which every receive call on a socket passes
+//! (recvfrom, recvmsg, each datagram of recvmmsg, read) once the data is
+//! copied out. The tracepoint came with Linux 6.3; older kernels go
+//! without. It only counts: userspace compares the count with the numbers
+//! ingress gave the responses, so a read costs no event.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_socket_cookie},
-    },
-    macros::btf_tracepoint,
+    helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use dnstrace_common::{COMM_LEN, Comm, ReadCounts, SocketOwner};
+use dnstrace_common::ReadCounts;
 
-use crate::{
-    emit,
-    maps::{CONFIG, RESPONSES},
-    owner,
-};
+use crate::maps::{CONFIG, RESPONSES};
 
 /// recv flags after which nothing was consumed, or no message was read.
 const MSG_PEEK: i32 = 0x2;
 const MSG_ERRQUEUE: i32 = 0x2000;
 
-/// Counts a DNS response that reached a client socket, so that the read
-/// program reports the reads that follow.
+/// The socket's counts, created at the first response, when reads are
+/// tracked.
 #[inline(always)]
-pub fn response_arrived(cookie: u64) {
+pub fn counts(cookie: u64) -> Option<*mut ReadCounts> {
     if CONFIG.load().track_reads == 0 {
-        return;
+        return None;
     }
-    match RESPONSES.get_ptr_mut(&cookie) {
-        // SAFETY: the map value lives while this program runs. Two
-        // responses for one socket counted at the same instant on two CPUs
-        // could count as one (the BPF target has no atomic add in Rust);
-        // the read of the second would then go unreported.
-        Some(counts) => unsafe { (*counts).received += 1 },
-        None => {
-            let counts = ReadCounts {
-                received: 1,
-                read: 0,
-            };
-            // A full LRU map evicts its oldest entry, so this cannot fail
-            // for lack of room.
-            let _ = RESPONSES.insert(&cookie, &counts, 0);
-        }
+    if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
+        return Some(counts);
     }
+    // A full LRU map evicts its oldest entry, so this cannot fail for lack
+    // of room.
+    let _ = RESPONSES.insert(&cookie, &ReadCounts::default(), 0);
+    RESPONSES.get_ptr_mut(&cookie)
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
@@ -60,33 +45,17 @@ pub fn dns_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: the tracepoint's own socket, a pointer the verifier types
     // through BTF.
     let cookie = unsafe { bpf_get_socket_cookie(sock) };
-    let Some(counts) = RESPONSES.get_ptr_mut(&cookie) else {
-        return 0;
-    };
-    // SAFETY: as in `response_arrived`. Two threads reading one socket at
-    // once could both pass the check; a read reported twice is matched to
-    // nothing in userspace.
-    unsafe {
-        if (*counts).read >= (*counts).received {
-            return 0;
+    // Sockets without counts (servers, and every socket that is not a DNS
+    // client's) end here.
+    if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
+        // SAFETY: the map value lives while this program runs. Never ahead
+        // of the responses: a datagram that is not DNS read from the same
+        // socket cannot make a later response look read.
+        unsafe {
+            if (*counts).read < (*counts).received {
+                (*counts).read += 1;
+            }
         }
-        (*counts).read += 1;
     }
-    // The reader is the current task; its namespace is the socket's, as
-    // recorded when the socket sent.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let mut reader = SocketOwner {
-        // SAFETY: a helper without arguments.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        netns_cookie: owner::recorded(cookie).map_or(0, |owner| owner.netns_cookie),
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        selected: 1,
-        comm: Comm([0; COMM_LEN]),
-    };
-    // SAFETY: the helper writes at most COMM_LEN bytes into the buffer.
-    unsafe { bpf_get_current_comm(reader.comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
-    emit::read(cookie, &reader, length as u32);
     0
 }

@@ -13,7 +13,7 @@ use crate::{
     clock::{WallClock, monotonic_now_ns},
     failure::Failure,
     framing::TcpStreams,
-    message::{Event, RecordDecoder, ThreadNames},
+    message::{RecordDecoder, ThreadNames},
     output::Summary,
     pipeline::Pipeline,
     process::Namespaces,
@@ -33,10 +33,7 @@ fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
         pipeline.summary.malformed_records += 1;
         return;
     };
-    decoder.events(&raw, |event| match event {
-        Event::Message(message) => pipeline.message(&message),
-        Event::Read(read) => pipeline.read(&read),
-    });
+    decoder.messages(&raw, |message| pipeline.message(&message));
 }
 
 pub async fn run(

@@ -71,18 +71,23 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::setup(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
-        let capture = Capture::start(&request)?;
+        let mut capture = Capture::start(&request)?;
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
         eprintln!("dnstrace: attached, backend {}", capture.backend.name());
-        match &capture.reads {
-            Ok(()) => {
-                eprintln!("dnstrace: reads of responses tracked (tracepoint sock:sock_recv_length)")
+        let pipeline = match capture.take_read_counts() {
+            Ok(counts) => {
+                eprintln!(
+                    "dnstrace: reads of responses tracked (tracepoint sock:sock_recv_length)"
+                );
+                Pipeline::new(outputs).with_read_counts(Box::new(counts))
             }
-            Err(reason) => eprintln!("dnstrace: reads of responses not tracked: {reason}"),
-        }
-        let pipeline = Pipeline::new(outputs).reads_tracked(capture.reads.is_ok());
+            Err(reason) => {
+                eprintln!("dnstrace: reads of responses not tracked: {reason}");
+                Pipeline::new(outputs)
+            }
+        };
         let summary = agent::run(
             capture,
             pipeline,

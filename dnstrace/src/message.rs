@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, Hook, PROTO_TCP};
+use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, PROTO_TCP};
 
 use crate::{
     capture::RawMessage,
@@ -116,6 +116,10 @@ pub struct Message {
     pub transport: Transport,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// For a response reaching a UDP socket while reads are tracked: its
+    /// number among the responses the socket received, from 1. The
+    /// kernel's count of the socket's reads tells whether it was read.
+    pub response_number: Option<u64>,
     /// Length of the DNS message on the wire.
     pub size: u32,
     /// Fewer bytes were captured than the message holds.
@@ -145,26 +149,6 @@ impl Message {
     }
 }
 
-/// A process read a response from its socket: the kernel saw the receive
-/// call return it. Only the size is known, not which message; the
-/// correlator matches it to the socket's responses in arrival order.
-#[derive(Clone, Debug)]
-pub struct Read {
-    pub wall_time_ns: i128,
-    pub monotonic_ns: u64,
-    /// The task that read: the current task of the receive call.
-    pub process: Process,
-    pub socket_cookie: u64,
-    /// Bytes the call returned.
-    pub size: u32,
-}
-
-/// What one ring buffer record holds.
-pub enum Event {
-    Message(Message),
-    Read(Read),
-}
-
 /// Turns the kernel's records into messages, keeping what one record
 /// shares with the next: the clock, namespaces, TCP streams, thread names.
 pub struct RecordDecoder {
@@ -177,10 +161,10 @@ pub struct RecordDecoder {
 }
 
 impl RecordDecoder {
-    /// Hands each event in a record to `each`: a read, or messages: one
-    /// for UDP; for TCP, those that start in the segment (none for a
-    /// segment that only continues one).
-    pub fn events(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Event)) {
+    /// Hands each message in a record to `each`: one for UDP; for TCP, those
+    /// that start in the segment (none for a segment that only continues
+    /// one).
+    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -190,18 +174,6 @@ impl RecordDecoder {
             cgroup_id: header.cgroup_id,
             netns: self.namespaces.inode(header.netns_cookie),
         });
-        if header.hook == Hook::SockRecvLength as u8 {
-            if let Some(process) = process {
-                each(Event::Read(Read {
-                    wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
-                    monotonic_ns: header.timestamp_ns,
-                    process,
-                    socket_cookie: header.socket_cookie,
-                    size: header.payload_len,
-                }));
-            }
-            return;
-        }
         let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
             Direction::Send
         } else {
@@ -216,6 +188,7 @@ impl RecordDecoder {
             transport: Transport::Udp,
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
+            response_number: (header.response_number > 0).then_some(header.response_number),
         };
         let keep_payload = self.keep_payloads;
         if header.protocol == PROTO_TCP {
@@ -230,20 +203,20 @@ impl RecordDecoder {
                     transport: Transport::Tcp,
                     ..envelope.clone()
                 };
-                each(Event::Message(Message::decoded(
+                each(Message::decoded(
                     envelope,
                     framed.bytes,
                     framed.len,
                     keep_payload,
-                )));
+                ));
             }
         } else {
-            each(Event::Message(Message::decoded(
+            each(Message::decoded(
                 envelope,
                 raw.payload,
                 header.payload_len,
                 keep_payload,
-            )));
+            ));
         }
     }
 }
@@ -285,6 +258,7 @@ pub struct Envelope {
     pub transport: Transport,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    pub response_number: Option<u64>,
 }
 
 impl Message {
@@ -299,6 +273,7 @@ impl Message {
             transport: envelope.transport,
             local: envelope.local,
             remote: envelope.remote,
+            response_number: envelope.response_number,
             size,
             truncated_capture: (payload.len() as u32) < size,
             dns: decode::decode(payload, size as usize),

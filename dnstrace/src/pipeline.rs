@@ -4,9 +4,12 @@
 use std::{collections::HashMap, io};
 
 use crate::{
-    correlate::{Correlated, Correlator},
+    correlate::{
+        Correlated, Correlator,
+        reads::{self, ReadCounts},
+    },
     diagnose::Diagnoser,
-    message::{ClientId, Message, Read},
+    message::{ClientId, Message},
     output::{Output, ProcessReport, Summary},
 };
 
@@ -22,6 +25,7 @@ pub struct Pipeline {
     /// The first output error; the caller stops at its next check.
     write_error: Option<io::Error>,
     correlated: Vec<Correlated>,
+    read_counts: Option<Box<dyn ReadCounts>>,
 }
 
 impl Pipeline {
@@ -34,6 +38,7 @@ impl Pipeline {
             summary: Summary::default(),
             write_error: None,
             correlated: Vec::new(),
+            read_counts: None,
         }
     }
 
@@ -46,10 +51,9 @@ impl Pipeline {
         }
     }
 
-    /// Tells correlation that the capture reports reads of responses, so
-    /// one without a read was not read.
-    pub fn reads_tracked(mut self, tracked: bool) -> Self {
-        self.correlator.reads_tracked = tracked;
+    /// The kernel's counts of reads, to tell which responses were read.
+    pub fn with_read_counts(mut self, counts: Box<dyn ReadCounts>) -> Self {
+        self.read_counts = Some(counts);
         self
     }
 
@@ -70,12 +74,6 @@ impl Pipeline {
         self.correlated = correlated;
     }
 
-    /// A process read a response from its socket.
-    pub fn read(&mut self, read: &Read) {
-        self.each_output(|output| output.read(read));
-        self.correlator.observe_read(read);
-    }
-
     /// Lets time decide what it decides (timeouts, settled lookups); `now`
     /// is CLOCK_MONOTONIC nanoseconds, as message timestamps are.
     pub fn advance(&mut self, now: u64) {
@@ -89,7 +87,8 @@ impl Pipeline {
     fn handle(&mut self, correlated: &mut Vec<Correlated>) {
         for item in correlated.drain(..) {
             match item {
-                Correlated::Lookup(lookup) => {
+                Correlated::Lookup(mut lookup) => {
+                    reads::settle(&mut lookup, self.read_counts.as_deref_mut());
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES
                         && !self.processes.contains_key(&lookup.client.id)

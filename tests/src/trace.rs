@@ -287,18 +287,6 @@ pub struct Attempt {
     pub response_authority: Option<u16>,
     pub response_additional: Option<u16>,
     pub response_read: Option<bool>,
-    pub response_read_after_us: Option<u64>,
-}
-
-/// One `"kind":"read"` line: a process read a response from its socket.
-#[derive(Clone, Debug, Deserialize)]
-pub struct Read {
-    pub ts: String,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: String,
-    pub socket_cookie: u64,
-    pub size: u32,
 }
 
 /// One `"kind":"lookup"` line: every attempt one process made for one name.
@@ -379,7 +367,6 @@ pub struct Summary {
 pub struct Trace {
     pub messages: Vec<Message>,
     pub attempts: Vec<Attempt>,
-    pub reads: Vec<Read>,
     pub lookups: Vec<TracedLookup>,
     /// Every diagnosis line; see [`Trace::diagnoses_of`] for the totals.
     pub diagnoses: Vec<Diagnosis>,
@@ -409,7 +396,6 @@ impl Trace {
         let mut trace = Self {
             messages: Vec::new(),
             attempts: Vec::new(),
-            reads: Vec::new(),
             lookups: Vec::new(),
             diagnoses: Vec::new(),
             summary,
@@ -420,7 +406,6 @@ impl Trace {
             match line["kind"].as_str() {
                 Some("message") => trace.messages.push(typed(line)),
                 Some("attempt") => trace.attempts.push(typed(line)),
-                Some("read") => trace.reads.push(typed(line)),
                 Some("lookup") => trace.lookups.push(typed(line)),
                 Some("diagnosis") => trace.diagnoses.push(typed(line)),
                 _ => panic!("unknown kind of line, or a summary before the last line: {line}"),

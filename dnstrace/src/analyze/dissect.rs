@@ -120,6 +120,8 @@ impl Dissector {
                 transport: segment.transport,
                 local,
                 remote,
+                // Files do not say whether a response was read.
+                response_number: None,
             };
             let size = identity.size.unwrap_or(framed.len);
             let message =

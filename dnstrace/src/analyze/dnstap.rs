@@ -246,6 +246,8 @@ impl<R: Read> DnstapReader<R> {
             transport,
             local,
             remote,
+            // Files do not say whether a response was read.
+            response_number: None,
         };
         let size = identity.size.unwrap_or(payload.len() as u32);
         Ok(Message::decoded(

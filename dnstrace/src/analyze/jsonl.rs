@@ -206,6 +206,8 @@ impl MessageLine {
             transport,
             local: self.local,
             remote: self.remote,
+            // The JSON of a message does not say whether it was read.
+            response_number: None,
             size: self.size,
             truncated_capture: self.truncated_capture,
             dns: DnsSummary {
@@ -245,6 +247,7 @@ mod tests {
             transport: Transport::Udp,
             local: "10.0.0.2:40000".parse().unwrap(),
             remote: "10.0.0.1:53".parse().unwrap(),
+            response_number: None,
             size: payload.len() as u32,
             truncated_capture: false,
             dns: crate::decode::decode(&payload, payload.len()),

@@ -117,6 +117,8 @@ impl ReadOptions {
             transport,
             local: client,
             remote: server,
+            // Files do not say whether a response was read.
+            response_number: None,
         };
         Message::decoded(envelope, payload, size, self.keep_payloads)
     }

@@ -587,6 +587,7 @@ mod tests {
                 transport: Transport::Tcp,
                 local: "[fd00::2]:40000".parse().unwrap(),
                 remote: "[fd00::1]:53".parse().unwrap(),
+                response_number: None,
             },
             &payload,
             payload.len() as u32,

@@ -61,8 +61,8 @@ pub struct Capture {
     pub backend: Backend,
     /// Backends passed over, each with the reason.
     pub passed_over: Vec<(Backend, String)>,
-    /// Whether reads of received responses are reported, or why not.
-    pub reads: Result<(), String>,
+    /// The kernel's counts of reads, or why there are none.
+    reads: Result<reads::KernelReadCounts, String>,
 }
 
 impl Capture {
@@ -127,6 +127,12 @@ impl Capture {
             passed_over,
             reads: Err("not attached".into()),
         })
+    }
+
+    /// The kernel's counts of each DNS client socket's reads, or why this
+    /// kernel cannot keep them; once.
+    pub fn take_read_counts(&mut self) -> Result<reads::KernelReadCounts, String> {
+        std::mem::replace(&mut self.reads, Err("already taken".into()))
     }
 
     /// Waits until the ring has records. Readiness is cleared before the

@@ -1,12 +1,26 @@
-//! The read program: tells which received responses the process read,
-//! where the kernel has the `sock:sock_recv_length` tracepoint (6.3 and
-//! later). Whether it can run is known from the kernel's BTF before the
-//! probes load, so the ingress programs count responses only when it will.
+//! The read program: counts each DNS client socket's reads, where the
+//! kernel has the `sock:sock_recv_length` tracepoint (6.3 and later).
+//! Whether it can run is known from the kernel's BTF before the probes
+//! load, so ingress numbers responses only when it will.
 
-use aya::{Btf, Ebpf, programs::BtfTracePoint};
-use dnstrace_common::names;
+use aya::{
+    Btf, Ebpf,
+    maps::{HashMap, MapData},
+    programs::BtfTracePoint,
+};
+use dnstrace_common::{ReadCounts, names};
 
 use super::cgroup::{explain, program};
+use crate::correlate::reads;
+
+/// The counts the read program keeps, by socket cookie.
+pub struct KernelReadCounts(HashMap<MapData, u64, ReadCounts>);
+
+impl reads::ReadCounts for KernelReadCounts {
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+        self.0.get(&socket_cookie, 0).ok().map(|counts| counts.read)
+    }
+}
 
 /// The kernel's BTF, when the read program can attach to it; otherwise
 /// why not.
@@ -24,12 +38,17 @@ pub fn supported() -> Result<Btf, String> {
     Ok(btf)
 }
 
-pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), String> {
+pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<KernelReadCounts, String> {
     let name = names::SOCK_RECV_LENGTH;
     let program: &mut BtfTracePoint = program(ebpf, name)?;
     program
         .load(names::SOCK_RECV_LENGTH_TRACEPOINT, btf)
         .map_err(|e| explain(name, e))?;
     program.attach().map_err(|e| explain(name, e))?;
-    Ok(())
+    let map = ebpf
+        .take_map(names::RESPONSES)
+        .ok_or("the probes lack the response map")?;
+    HashMap::try_from(map)
+        .map(KernelReadCounts)
+        .map_err(|e| format!("response map: {e}"))
 }

@@ -125,21 +125,19 @@ pub struct Response {
     pub wall_time_ns: i128,
     pub from: SocketAddr,
     pub shape: Shape,
-    /// Length on the wire, to match the process's reads against.
-    pub size: u32,
+    /// Its number among its socket's responses, when reads are tracked.
+    pub number: Option<u64>,
     pub read: ReadState,
 }
 
 /// Whether the process read a response from its socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadState {
-    /// Reads are not tracked: a kernel without the tracepoint, TCP, or a
-    /// trace read from a file.
+    /// Reads are not tracked: a kernel without the tracepoint, TCP, a
+    /// trace read from a file, or a socket whose counts were evicted.
     Unknown,
-    /// Not read, so far.
     Unread,
-    /// Read this long after it arrived.
-    Read { after_ns: u64 },
+    Read,
 }
 
 impl ReadState {
@@ -148,7 +146,7 @@ impl ReadState {
         match self {
             Self::Unknown => None,
             Self::Unread => Some(false),
-            Self::Read { .. } => Some(true),
+            Self::Read => Some(true),
         }
     }
 }

@@ -7,13 +7,11 @@
 
 pub mod attempt;
 pub mod lookup;
+pub mod reads;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
@@ -21,7 +19,7 @@ use self::{
 };
 use crate::{
     decode::Question,
-    message::{Client, ClientId, Direction, Message, Read, Transport},
+    message::{Client, ClientId, Direction, Message},
     resolver::{ResolverContext, Resolvers},
 };
 
@@ -75,62 +73,6 @@ pub struct Correlator {
     /// one's query as another's rejection.
     by_address: bool,
     pub unattributed: u64,
-    /// Whether the capture reports reads of responses (see `observe_read`).
-    pub reads_tracked: bool,
-    unread: UnreadResponses,
-}
-
-/// Per socket, the responses that arrived and were not read yet, oldest
-/// first: the kernel hands a socket's datagrams to reads in that order.
-#[derive(Default)]
-struct UnreadResponses {
-    by_socket: HashMap<u64, VecDeque<Unread>, foldhash::fast::RandomState>,
-}
-
-struct Unread {
-    size: u32,
-    arrived_ns: u64,
-    client: ClientId,
-}
-
-impl UnreadResponses {
-    /// Past this many per socket the oldest are taken as never read; past
-    /// this many sockets (clients that never read), all are forgotten.
-    const PER_SOCKET: usize = 64;
-    const SOCKETS: usize = 4096;
-
-    fn arrived(&mut self, cookie: u64, response: &Response, client: ClientId) {
-        if self.by_socket.len() >= Self::SOCKETS && !self.by_socket.contains_key(&cookie) {
-            self.by_socket.clear();
-        }
-        let queue = self.by_socket.entry(cookie).or_default();
-        if queue.len() >= Self::PER_SOCKET {
-            queue.pop_front();
-        }
-        queue.push_back(Unread {
-            size: response.size,
-            arrived_ns: response.monotonic_ns,
-            client,
-        });
-    }
-
-    /// The response a read of `size` bytes took. A read shorter than the
-    /// response went into a smaller buffer; responses shorter than the read
-    /// were never read (the kernel dropped them, a full receive buffer).
-    fn take(&mut self, cookie: u64, size: u32) -> Option<Unread> {
-        let queue = self.by_socket.get_mut(&cookie)?;
-        let mut taken = None;
-        while let Some(next) = queue.pop_front() {
-            if size <= next.size {
-                taken = Some(next);
-                break;
-            }
-        }
-        if queue.is_empty() {
-            self.by_socket.remove(&cookie);
-        }
-        taken
-    }
 }
 
 /// Per-client state, looked up for every client message: foldhash is
@@ -185,28 +127,6 @@ impl Correlator {
             self.on_response(message, client, header.id, Shape::of(header), out);
         } else {
             self.on_query(message, client, header.id, out);
-        }
-    }
-
-    /// Marks the response a process read; a read of a response that was
-    /// reported already, or never correlated, changes nothing.
-    pub fn observe_read(&mut self, read: &Read) {
-        let Some(unread) = self.unread.take(read.socket_cookie, read.size) else {
-            return;
-        };
-        let Some(lookups) = self.lookups.get_mut(&unread.client) else {
-            return;
-        };
-        let response = lookups
-            .iter_mut()
-            .flat_map(|lookup| lookup.attempts.iter_mut())
-            .filter(|attempt| attempt.socket_cookie == read.socket_cookie)
-            .filter_map(|attempt| attempt.response.as_mut())
-            .find(|response| response.monotonic_ns == unread.arrived_ns);
-        if let Some(response) = response {
-            response.read = ReadState::Read {
-                after_ns: read.monotonic_ns.saturating_sub(unread.arrived_ns),
-            };
         }
     }
 
@@ -319,23 +239,18 @@ impl Correlator {
         out: &mut Vec<Correlated>,
     ) {
         let question = message.dns.question.as_ref().expect("checked by observe");
-        let tracked = self.reads_tracked && message.transport == Transport::Udp;
         let response = Response {
             monotonic_ns: message.monotonic_ns,
             wall_time_ns: message.wall_time_ns,
             from: message.remote,
             shape,
-            size: message.size,
-            read: if tracked {
-                ReadState::Unread
-            } else {
-                ReadState::Unknown
+            number: message.response_number,
+            // Settled when the lookup is reported (`reads::settle`).
+            read: match message.response_number {
+                Some(_) => ReadState::Unread,
+                None => ReadState::Unknown,
             },
         };
-        if tracked {
-            self.unread
-                .arrived(message.socket_cookie, &response, client.id);
-        }
         let lookups = self.lookups.entry(client.id).or_default();
         let on_socket =
             |a: &Attempt| a.socket_cookie == message.socket_cookie && a.sent_monotonic_ns.is_some();

@@ -120,6 +120,7 @@ fn message(
         local: SocketAddr::from(([10, 0, 0, 1], 40000 + socket.cookie as u16)),
         remote: socket.server,
         size: 40,
+        response_number: None,
         truncated_capture: false,
         payload: Vec::new(),
         dns: DnsSummary {
@@ -591,86 +592,69 @@ fn a_load_generator_is_left_out_rather_than_misjudged() {
     assert!(diagnoses.is_empty(), "{diagnoses:#?}");
 }
 
-/// A read of `size` bytes from `socket` at `at`.
-fn read(socket: Socket, size: u32, at: u64) -> crate::message::Read {
-    crate::message::Read {
-        wall_time_ns: i128::from(at),
-        monotonic_ns: at,
-        process: Process {
-            pid: socket.pid,
-            tid: socket.pid,
-            comm: "client".into(),
-            uid: 0,
-            cgroup_id: 1,
-            netns: None,
-        },
-        socket_cookie: socket.cookie,
-        size,
+/// The kernel's counts, as a test sets them.
+struct Counts(Option<u64>);
+
+impl super::reads::ReadCounts for Counts {
+    fn reads(&mut self, _socket_cookie: u64) -> Option<u64> {
+        self.0
     }
 }
 
-/// The A/AAAA pair on one socket, answered with responses of 60 and 80
-/// bytes; then `reads` (size, at); then the read state of each response.
-fn pair_read_as(tracked: bool, reads: &[(u32, u64)]) -> Vec<ReadState> {
+/// The A/AAAA pair on one socket, both answered (numbered 1 and 2 when
+/// `numbered`), settled against `counts`: each response's read state.
+fn pair_read_as(numbered: bool, counts: Option<Counts>) -> Vec<ReadState> {
     let mut s = Scenario::new();
-    s.correlator.reads_tracked = tracked;
     let socket = Socket::new(7, 1, server(1));
     s.query(socket, 0x100, "db.test.", A, 0);
     s.query(socket, 0x101, "db.test.", AAAA, 0);
-    for (id, qtype, size, at) in [(0x100, A, 60, MS), (0x101, AAAA, 80, 2 * MS)] {
+    for (number, id, qtype) in [(1, 0x100, A), (2, 0x101, AAAA)] {
         let mut m = message(
             Direction::Recv,
             socket,
             id,
             "db.test.",
             qtype,
-            at,
+            MS,
             Some(GOOD),
         );
-        m.size = size;
+        m.response_number = numbered.then_some(number);
         s.correlator.observe(&m, &mut s.out);
     }
-    for &(size, at) in reads {
-        s.correlator.observe_read(&read(socket, size, at));
+    let (out, _) = s.settle(MS);
+    let mut counts = counts;
+    let mut states = Vec::new();
+    for item in out {
+        if let Correlated::Lookup(mut lookup) = item {
+            super::reads::settle(
+                &mut lookup,
+                counts
+                    .as_mut()
+                    .map(|c| c as &mut dyn super::reads::ReadCounts),
+            );
+            states.extend(
+                lookup
+                    .attempts
+                    .iter()
+                    .map(|a| a.response.as_ref().unwrap().read),
+            );
+        }
     }
-    let (out, _) = s.settle(3 * MS);
-    lookups(&out)
-        .iter()
-        .flat_map(|lookup| &lookup.attempts)
-        .map(|a| a.response.as_ref().expect("answered").read)
-        .collect()
+    states
 }
 
 #[test]
-fn reads_take_a_sockets_responses_in_the_order_they_arrived() {
-    let read_after = |after_ns| ReadState::Read { after_ns };
+fn a_response_was_read_once_the_sockets_reads_reach_its_number() {
+    use ReadState::{Read, Unknown, Unread};
+    assert_eq!(pair_read_as(true, Some(Counts(Some(2)))), [Read, Read]);
+    assert_eq!(pair_read_as(true, Some(Counts(Some(1)))), [Read, Unread]);
+    assert_eq!(pair_read_as(true, Some(Counts(Some(0)))), [Unread, Unread]);
+    // The socket's counts were evicted: nothing can be told.
+    assert_eq!(pair_read_as(true, Some(Counts(None))), [Unknown, Unknown]);
+    // No counts at all (a file), or responses the kernel did not number.
+    assert_eq!(pair_read_as(true, None), [Unknown, Unknown]);
     assert_eq!(
-        pair_read_as(true, &[(60, 3 * MS), (80, 4 * MS)]),
-        [read_after(2 * MS), read_after(2 * MS)]
-    );
-    // A read into a smaller buffer returns less than the response.
-    assert_eq!(
-        pair_read_as(true, &[(30, 3 * MS)]),
-        [read_after(2 * MS), ReadState::Unread]
-    );
-    // A read longer than the first response skips it: the kernel dropped
-    // that one before the process could read it.
-    assert_eq!(
-        pair_read_as(true, &[(80, 3 * MS)]),
-        [ReadState::Unread, read_after(MS)]
-    );
-    assert_eq!(pair_read_as(true, &[]), [ReadState::Unread; 2]);
-    // A read with nothing left to take changes nothing.
-    assert_eq!(
-        pair_read_as(true, &[(60, 3 * MS), (80, 4 * MS), (80, 5 * MS)]),
-        [read_after(2 * MS), read_after(2 * MS)]
-    );
-}
-
-#[test]
-fn without_read_tracking_no_response_counts_as_unread() {
-    assert_eq!(
-        pair_read_as(false, &[(60, 3 * MS)]),
-        [ReadState::Unknown; 2]
+        pair_read_as(false, Some(Counts(Some(2)))),
+        [Unknown, Unknown]
     );
 }

@@ -117,10 +117,7 @@ fn reads_sentence(rejected: &[&Attempt]) -> String {
         .iter()
         .filter_map(|a| a.response.as_ref().map(|r| r.read))
         .collect();
-    let read = states
-        .iter()
-        .filter(|s| matches!(s, ReadState::Read { .. }))
-        .count();
+    let read = states.iter().filter(|s| **s == ReadState::Read).count();
     let unread = states.iter().filter(|s| **s == ReadState::Unread).count();
     match (read, unread) {
         (0, 0) => String::new(),

@@ -242,6 +242,7 @@ mod tests {
             transport: Transport::Udp,
             local: "10.0.0.2:40000".parse().expect("addr"),
             remote: "10.0.0.1:53".parse().expect("addr"),
+            response_number: None,
         };
         let size = payload.len() as u32;
         Message::decoded(envelope, &payload, size, true)

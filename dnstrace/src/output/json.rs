@@ -14,12 +14,12 @@ use super::{Destination, Output, Summary};
 use crate::{
     clock::Rfc3339,
     correlate::{
-        attempt::{Attempt, ReadState, Shape},
+        attempt::{Attempt, Shape},
         lookup::Lookup,
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Message, Read},
+    message::{Client, Message},
     resolver::Library,
 };
 
@@ -395,8 +395,6 @@ pub struct AttemptRecord<'a> {
     /// Whether the process read the response from its socket; null when
     /// that is not known (see docs/json.md).
     pub response_read: Option<bool>,
-    /// How long after it arrived the process read it.
-    pub response_read_after_us: Option<u64>,
 }
 
 impl<'a> AttemptRecord<'a> {
@@ -427,48 +425,6 @@ impl<'a> AttemptRecord<'a> {
             response_authority: shape.map(|s| s.authority),
             response_additional: shape.map(|s| s.additional),
             response_read: response.and_then(|r| r.read.was_read()),
-            response_read_after_us: response.and_then(|r| match r.read {
-                ReadState::Read { after_ns } => Some(after_ns / 1_000),
-                _ => None,
-            }),
-        }
-    }
-}
-
-/// A process read a response from its socket.
-#[derive(Serialize)]
-pub struct ReadRecord<'a> {
-    /// Always `"read"`.
-    pub kind: &'static str,
-    #[serde(serialize_with = "as_display")]
-    pub ts: Rfc3339,
-    /// The process and thread that read.
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: &'a str,
-    pub uid: u32,
-    pub cgroup_id: u64,
-    pub netns: Option<u64>,
-    /// The socket, as in the message records.
-    pub socket_cookie: u64,
-    /// Bytes the receive call returned.
-    pub size: u32,
-}
-
-impl<'a> ReadRecord<'a> {
-    pub fn new(read: &'a Read) -> Self {
-        let process = &read.process;
-        Self {
-            kind: "read",
-            ts: Rfc3339(read.wall_time_ns),
-            pid: process.pid,
-            tid: process.tid,
-            comm: &process.comm,
-            uid: process.uid,
-            cgroup_id: process.cgroup_id,
-            netns: process.netns,
-            socket_cookie: read.socket_cookie,
-            size: read.size,
         }
     }
 }
@@ -644,10 +600,6 @@ impl Output for JsonOutput {
         self.write_line()
     }
 
-    fn read(&mut self, read: &Read) -> io::Result<()> {
-        self.line(&ReadRecord::new(read))
-    }
-
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
         for attempt in &lookup.attempts {
             self.line(&AttemptRecord::new(attempt))?;
@@ -702,6 +654,7 @@ mod tests {
             local: local.parse().unwrap(),
             remote: "127.0.0.1:53".parse().unwrap(),
             size: 12,
+            response_number: None,
             truncated_capture: false,
             payload: Vec::new(),
             dns: decode(&payload, payload.len()),
@@ -741,20 +694,6 @@ mod tests {
             moved_on: false,
             ended_monotonic_ns: Some(1),
         };
-        let read = Read {
-            wall_time_ns: 0,
-            monotonic_ns: 0,
-            process: crate::message::Process {
-                pid: 1,
-                tid: 1,
-                comm: "c".into(),
-                uid: 0,
-                cgroup_id: 1,
-                netns: None,
-            },
-            socket_cookie: 1,
-            size: 40,
-        };
         let lookup = Lookup {
             client,
             name: "x".into(),
@@ -770,7 +709,6 @@ mod tests {
         for value in [
             serde_json::to_value(MessageRecord::new(&message)).unwrap(),
             serde_json::to_value(AttemptRecord::new(&attempt)).unwrap(),
-            serde_json::to_value(ReadRecord::new(&read)).unwrap(),
             serde_json::to_value(LookupRecord::new(&lookup)).unwrap(),
             serde_json::to_value(DiagnosisRecord::new(&diagnosis)).unwrap(),
             serde_json::to_value(summary).unwrap(),

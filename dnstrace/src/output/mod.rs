@@ -27,7 +27,7 @@ use crate::{
     correlate::{attempt::Attempt, lookup::Lookup},
     diagnose::Diagnosis,
     failure::Failure,
-    message::{Client, Message, Read},
+    message::{Client, Message},
 };
 
 /// Opens every output the arguments ask for: the main one (text or JSON)
@@ -173,10 +173,6 @@ pub trait Output {
         false
     }
     // Formats that carry only messages (pcapng) leave the rest alone.
-    /// A process read a response from its socket.
-    fn read(&mut self, _read: &Read) -> io::Result<()> {
-        Ok(())
-    }
     /// A lookup that settled, with its attempts.
     fn lookup(&mut self, _lookup: &Lookup) -> io::Result<()> {
         Ok(())

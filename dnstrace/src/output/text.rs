@@ -16,7 +16,7 @@ use crate::{
     },
     decode::{qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Direction, Message, Read},
+    message::{Client, Direction, Message},
 };
 
 const HEADER: &str = "TIME            PID     COMM            DIR REMOTE                 ID    FLAGS          RCODE     QTYPE   AN QNAME";
@@ -85,13 +85,6 @@ impl Output for TextOutput {
             _ => paint::RED,
         };
         self.write_line(colour, &format_line(message))
-    }
-
-    fn read(&mut self, read: &Read) -> io::Result<()> {
-        if !self.verbose {
-            return Ok(());
-        }
-        self.write_line(paint::DIM, &format_read(read))
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
@@ -253,18 +246,6 @@ fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
     ]
 }
 
-/// A read, under the message lines: `r` in the direction column.
-fn format_read(read: &Read) -> String {
-    format!(
-        "{time} {pid:<7} {comm:<15} r   read {size} bytes (socket {cookie})",
-        time = TimeOfDay(read.wall_time_ns),
-        pid = read.process.pid,
-        comm = &*read.process.comm,
-        size = read.size,
-        cookie = read.socket_cookie,
-    )
-}
-
 fn format_line(message: &Message) -> String {
     let (pid, comm) = match &message.process {
         Some(p) => (p.pid.to_string(), &*p.comm),
@@ -344,6 +325,7 @@ mod tests {
             local: "10.253.1.1:40000".parse::<SocketAddr>().unwrap(),
             remote: "10.253.1.2:53".parse::<SocketAddr>().unwrap(),
             size: 60,
+            response_number: None,
             truncated_capture: false,
             payload: Vec::new(),
             dns: DnsSummary {

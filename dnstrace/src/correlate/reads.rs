@@ -1,0 +1,42 @@
+//! Which responses a process read, settled when its lookup is reported.
+//! The kernel numbers each response reaching a client's UDP socket and
+//! counts the socket's reads (`dnstrace-ebpf/src/read.rs`); a socket hands
+//! out datagrams in the order they came, so response N was read once the
+//! count reaches N.
+
+use super::{attempt::ReadState, lookup::Lookup};
+
+/// The kernel's count of a socket's reads.
+pub trait ReadCounts {
+    /// `None` when the socket has no counts: never numbered, or evicted.
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64>;
+}
+
+/// Decides the read state of each numbered response in `lookup`; without
+/// counts (`None`), nothing can be known.
+pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounts + '_)>) {
+    // A lookup's attempts share a socket or two: each is asked once.
+    let mut asked: Vec<(u64, Option<u64>)> = Vec::new();
+    for attempt in &mut lookup.attempts {
+        let cookie = attempt.socket_cookie;
+        let Some(response) = attempt.response.as_mut() else {
+            continue;
+        };
+        let (Some(number), ReadState::Unread) = (response.number, response.read) else {
+            continue;
+        };
+        let reads = match asked.iter().find(|(socket, _)| *socket == cookie) {
+            Some(&(_, reads)) => reads,
+            None => {
+                let reads = counts.as_deref_mut().and_then(|c| c.reads(cookie));
+                asked.push((cookie, reads));
+                reads
+            }
+        };
+        response.read = match reads {
+            Some(reads) if reads >= number => ReadState::Read,
+            Some(_) => ReadState::Unread,
+            None => ReadState::Unknown,
+        };
+    }
+}
