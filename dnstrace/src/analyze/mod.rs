@@ -250,7 +250,7 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     eprintln!(
         "dnstrace: {} file(s) read: {}",
         inputs.len(),
-        pipeline.summary.line()
+        pipeline.summary.files_line()
     );
     match broken.is_empty() {
         true => Ok(()),

@@ -482,7 +482,11 @@ fn stray(
         sent_monotonic_ns: None,
         sent_wall_time_ns: None,
         ended_monotonic_ns: Some(response.monotonic_ns),
-        response: Some(response),
+        // Reported as it arrives, before the process could read it.
+        response: Some(Response {
+            read: ReadState::Unknown,
+            ..response
+        }),
         outcome: Outcome::Mismatched(mismatch),
         moved_on: false,
     })

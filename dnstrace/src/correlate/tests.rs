@@ -658,3 +658,30 @@ fn a_response_was_read_once_the_sockets_reads_reach_its_number() {
         [Unknown, Unknown]
     );
 }
+
+#[test]
+fn a_stray_response_is_not_judged_read_or_unread() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    s.query(socket, 0x100, "db.test.", A, 0);
+    let mut m = message(
+        Direction::Recv,
+        socket,
+        0x999,
+        "db.test.",
+        A,
+        MS,
+        Some(GOOD),
+    );
+    m.response_number = Some(1);
+    s.correlator.observe(&m, &mut s.out);
+    let strays: Vec<ReadState> = s
+        .out
+        .iter()
+        .filter_map(|item| match item {
+            Correlated::Stray(attempt) => attempt.response.as_ref().map(|r| r.read),
+            Correlated::Lookup(_) => None,
+        })
+        .collect();
+    assert_eq!(strays, [ReadState::Unknown]);
+}

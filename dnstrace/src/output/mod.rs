@@ -118,6 +118,24 @@ impl Summary {
             self.lost(),
             self.undecodable
         );
+        line.push_str(&self.details());
+        line
+    }
+
+    /// One line for stderr after `dnstrace analyze`: files lose nothing in
+    /// a ring buffer, so there is no lost count.
+    pub fn files_line(&self) -> String {
+        format!(
+            "{} messages, {} undecodable{}",
+            self.messages,
+            self.undecodable,
+            self.details()
+        )
+    }
+
+    /// What else the run counted, each only when it happened.
+    fn details(&self) -> String {
+        let mut line = String::new();
         if self.lost() > 0 {
             let per_cpu: Vec<String> = self
                 .lost_per_cpu
