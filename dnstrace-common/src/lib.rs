@@ -134,6 +134,10 @@ pub struct SocketOwner {
     /// may have only its pid, tid and namespace filled in: nothing else of it
     /// is ever reported.
     pub selected: u32,
+    /// Sends from the socket by this thread since its name, uid and cgroup
+    /// were last asked of the kernel (see `dnstrace-ebpf/src/owner.rs`).
+    pub sends: u32,
+    pub _padding: u32,
     pub comm: Comm,
 }
 

@@ -24,6 +24,8 @@ pub fn current_task(config: &CaptureConfig, netns_cookie: u64) -> SocketOwner {
         tid: pid_tgid as u32,
         uid: 0,
         selected: 0,
+        sends: 0,
+        _padding: 0,
         comm: Comm([0; COMM_LEN]),
     };
     // The config is read-only: the verifier drops the branches it rules out.
@@ -66,6 +68,49 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     config.selects(owner, by_pid)
 }
 
+/// How many sends from one socket by one thread take its name, uid and
+/// cgroup from the recorded owner before they are asked of the kernel
+/// again. Asking costs three helper calls on every DNS packet sent; a
+/// thread that renames itself, changes uid or moves cgroup while it keeps
+/// one socket shows the change within this many sends.
+const REFRESH_SENDS: u32 = 64;
+
+/// The sending task as the socket's owner: the recorded owner when the
+/// same thread sent from the socket within the last `REFRESH_SENDS` sends,
+/// else asked of the kernel (`current_task`). Returns it and whether it is
+/// new to the socket (a change of thread or of selection).
+#[inline(always)]
+pub fn sender(
+    config: &CaptureConfig,
+    cookie: u64,
+    netns_cookie: impl FnOnce() -> u64,
+) -> (SocketOwner, bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let recorded = SOCKETS.get_ptr_mut(&cookie);
+    if let Some(recorded) = recorded {
+        // SAFETY: the map value lives while this program runs; a race with
+        // another sender on the socket at worst miscounts the sends.
+        let recorded = unsafe { &mut *recorded };
+        if recorded.pid == (pid_tgid >> 32) as u32
+            && recorded.tid == pid_tgid as u32
+            && recorded.sends < REFRESH_SENDS
+        {
+            recorded.sends += 1;
+            return (*recorded, false);
+        }
+    }
+    // A socket never changes namespace: its recorded owner's spares a
+    // helper call.
+    let known = recorded.map(|recorded| {
+        // SAFETY: as above.
+        unsafe { *recorded }
+    });
+    let netns_cookie = known.map_or_else(netns_cookie, |known| known.netns_cookie);
+    let current = current_task(config, netns_cookie);
+    let new = remember(cookie, known.as_ref(), &current);
+    (current, new)
+}
+
 /// Remembers the owner so the socket's receives can be attributed. Skips the
 /// write when `known`, what the map held, is the same owner: this runs for
 /// every DNS packet sent. Returns whether the owner is new to this socket.
@@ -74,7 +119,9 @@ pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -
     let unchanged = known.is_some_and(|known| {
         known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected
     });
-    if !unchanged {
+    // Written also when unchanged but asked anew, to restart its count of
+    // sends.
+    if !unchanged || known.is_some_and(|known| known.sends != 0) {
         // A full LRU map evicts its oldest entry, so this cannot fail for lack of room.
         let _ = SOCKETS.insert(&cookie, owner, 0);
     }

@@ -51,15 +51,10 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
 
     let attribution = if direction == Direction::Send && config.skb_task_helpers != 0 {
-        let known = owner::recorded(cookie);
-        // A socket never changes namespace: its recorded owner's spares a
-        // helper call.
-        let netns_cookie = match &known {
-            Some(known) => known.netns_cookie,
+        let (current, new) = owner::sender(&config, cookie, || {
             // SAFETY: as above; the read-only config proves this kernel allows it.
-            None => unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
-        };
-        let current = owner::current_task(&config, netns_cookie);
+            unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
+        });
         emit::Attribution {
             cookie,
             owner: Some(current),
@@ -67,7 +62,7 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
             // A process seen for the first time is woken for at once: its
             // resolver settings are read from /proc, and short-lived
             // clients exit within milliseconds.
-            wake_now: owner::remember(cookie, known.as_ref(), &current),
+            wake_now: new,
         }
     } else {
         // Ingress runs in whatever task delivered the packet, often the

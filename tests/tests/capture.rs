@@ -149,3 +149,53 @@ fn glibc_repeated_queries_after_lame_answers_are_each_captured_once() {
     );
     assert_client_run_captured_once(&trace, &packets, net.client.inode(), &run);
 }
+
+/// The kernel side takes a socket's sender name from the socket's recorded
+/// owner while the same thread keeps sending, and asks again every 64
+/// sends: a thread that renames itself shows its new name within 64.
+#[test]
+fn a_thread_renamed_while_it_keeps_a_socket_shows_the_new_name_within_64_sends() {
+    const QUERIES: u16 = 100;
+    let net = Topology::new();
+    let knot = DnsServer::start(ServerKind::Knot, &net);
+    let server = knot.socket(Family::V4);
+    let tracer = Tracer::start(["--netns", net.client.name()]);
+    let script = dnstrace_tests::workspace_dir().join("tests/clients/rename.py");
+    let output = net
+        .client
+        .command("python3")
+        .arg(&script)
+        .args([
+            server.ip().to_string(),
+            server.port().to_string(),
+            format!("renamed.{}", dnstrace_tests::servers::ZONE),
+            QUERIES.to_string(),
+            "renamed".into(),
+        ])
+        .output()
+        .expect("run rename.py");
+    assert!(output.status.success(), "rename.py: {output:?}");
+    let pid: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("rename.py prints its pid");
+    let trace = tracer.stop();
+
+    let mut sent: Vec<&Message> = trace
+        .messages
+        .iter()
+        .filter(|m| m.pid == Some(pid) && m.direction == Direction::Send)
+        .collect();
+    sent.sort_by_key(|m| m.id);
+    let names: Vec<&str> = sent.iter().filter_map(|m| m.comm.as_deref()).collect();
+    assert_eq!(names.len(), usize::from(QUERIES), "every query: {names:?}");
+    assert_eq!(names[0], "python3", "before the rename");
+    let stale = names[1..]
+        .iter()
+        .take_while(|name| **name == "python3")
+        .count();
+    assert!(
+        stale <= 64 && names[1 + stale..].iter().all(|name| *name == "renamed"),
+        "the new name within 64 sends, and from then on: {names:?}"
+    );
+}

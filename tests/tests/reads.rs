@@ -107,9 +107,11 @@ fn reads_over_tcp_are_not_claimed() {
             .collect::<Vec<_>>()
     };
     let (udp, tcp) = (over("udp"), over("tcp"));
+    // glibc reads the first truncated answer and leaves for TCP; the other
+    // of the pair, when it came before the socket closed, stays unread.
     assert!(
-        !udp.is_empty() && udp.iter().all(|read| *read == Some(true)),
-        "truncated answers over UDP were read: {udp:?}"
+        udp.contains(&Some(true)) && udp.iter().all(Option::is_some),
+        "truncated answers over UDP: the first read, none unknown: {udp:?}"
     );
     assert!(
         !tcp.is_empty() && tcp.iter().all(Option::is_none),

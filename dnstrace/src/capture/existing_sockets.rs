@@ -46,6 +46,8 @@ pub fn owners(
                 tid: pid,
                 uid: socket.uid,
                 selected: 0,
+                sends: 0,
+                _padding: 0,
                 comm: Comm(comm_of(pid)?),
             };
             owner.selected = u32::from(config.selects(&owner, selected_pids.contains(&pid)));
