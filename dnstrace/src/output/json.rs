@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Serialize, Serializer};
 
-use super::{Destination, Output, Summary};
+use super::{Destination, Output, Summary, WRITE_BUFFER_BYTES};
 use crate::{
     clock::Rfc3339,
     correlate::{
@@ -285,7 +285,11 @@ impl WriteJson for SocketAddr {
                     if index > 0 {
                         out.push(b'.');
                     }
-                    octet.write_json(out);
+                    // Byte by byte: a copy whose length varies is a call.
+                    let (digits, count) = &OCTETS[usize::from(octet)];
+                    for digit in &digits[..usize::from(*count)] {
+                        out.push(*digit);
+                    }
                 }
                 out.push(b':');
                 v4.port().write_json(out);
@@ -301,6 +305,35 @@ impl WriteJson for SocketAddr {
         }
     }
 }
+
+/// Each octet's decimal digits and how many there are: two addresses of
+/// four octets go into every message line.
+const OCTETS: [([u8; 3], u8); 256] = {
+    let mut table = [([0; 3], 0); 256];
+    let mut octet = 0;
+    while octet < 256 {
+        let digits = [
+            (octet / 100) as u8,
+            (octet / 10 % 10) as u8,
+            (octet % 10) as u8,
+        ];
+        let count: usize = if octet >= 100 {
+            3
+        } else if octet >= 10 {
+            2
+        } else {
+            1
+        };
+        let mut index = 0;
+        while index < count {
+            table[octet].0[index] = b'0' + digits[3 - count + index];
+            index += 1;
+        }
+        table[octet].1 = count as u8;
+        octet += 1;
+    }
+    table
+};
 
 /// RFC 3339 timestamps, with the date and time of day formatted once per
 /// second: within a second only the nanoseconds change.
@@ -565,9 +598,11 @@ pub struct SummaryRecord {
 
 pub struct JsonOutput {
     destination: Destination,
-    /// The line being written: built whole, then handed to the
-    /// destination in one write rather than piece by piece.
-    line: Vec<u8>,
+    /// Whole lines not yet handed to the destination: each is written
+    /// straight in here, and they go out together once `WRITE_BUFFER_BYTES`
+    /// have gathered (at once, for a rotating file, which counts lines),
+    /// sparing a copy of every line into the destination's own buffer.
+    lines: Vec<u8>,
     times: TimeCache,
 }
 
@@ -575,29 +610,39 @@ impl JsonOutput {
     pub fn new(destination: Destination) -> Self {
         Self {
             destination,
-            line: Vec::with_capacity(1024),
+            lines: Vec::with_capacity(WRITE_BUFFER_BYTES + 1024),
             times: TimeCache::default(),
         }
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, value)?;
-        self.write_line()
+        serde_json::to_writer(&mut self.lines, value)?;
+        self.end_line()
     }
 
-    fn write_line(&mut self) -> io::Result<()> {
-        self.line.push(b'\n');
-        self.destination.writer.write_all(&self.line)?;
-        self.destination.line_written()
+    fn end_line(&mut self) -> io::Result<()> {
+        self.lines.push(b'\n');
+        if self.destination.rotates() {
+            self.write_lines()?;
+            return self.destination.line_written();
+        }
+        if self.lines.len() >= WRITE_BUFFER_BYTES {
+            self.write_lines()?;
+        }
+        Ok(())
+    }
+
+    fn write_lines(&mut self) -> io::Result<()> {
+        let written = self.destination.writer.write_all(&self.lines);
+        self.lines.clear();
+        written
     }
 }
 
 impl Output for JsonOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
-        self.line.clear();
-        MessageRecord::new(message).write_json(&mut self.line, &mut self.times);
-        self.write_line()
+        MessageRecord::new(message).write_json(&mut self.lines, &mut self.times);
+        self.end_line()
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
@@ -616,6 +661,7 @@ impl Output for JsonOutput {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.write_lines()?;
         self.destination.writer.flush()
     }
 

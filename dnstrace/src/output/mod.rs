@@ -314,6 +314,11 @@ impl Destination {
         }
     }
 
+    /// Whether the file rotates, and so must hear of each line.
+    pub fn rotates(&self) -> bool {
+        matches!(self.writer, Sink::Rotating(_))
+    }
+
     /// Called after each whole line, so a rotation never splits one.
     pub fn line_written(&mut self) -> io::Result<()> {
         match &mut self.writer {
