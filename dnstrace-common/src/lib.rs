@@ -135,7 +135,8 @@ pub struct SocketOwner {
     /// is ever reported.
     pub selected: u32,
     /// Sends from the socket by this thread since its name, uid and cgroup
-    /// were last asked of the kernel (see `dnstrace-ebpf/src/owner.rs`).
+    /// were last asked of the kernel; at [`OWNER_REFRESH_SENDS`] they are
+    /// asked again (see `dnstrace-ebpf/src/owner.rs`).
     pub sends: u32,
     pub _padding: u32,
     pub comm: Comm,
@@ -226,6 +227,10 @@ impl CaptureConfig {
         false
     }
 }
+
+/// How many sends from one socket by one thread share one asking of the
+/// kernel for the thread's name, uid and cgroup ([`SocketOwner::sends`]).
+pub const OWNER_REFRESH_SENDS: u32 = 64;
 
 /// Names shared by both halves, so a rename cannot split them.
 pub mod names {

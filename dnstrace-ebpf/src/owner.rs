@@ -5,18 +5,19 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_current_cgroup_id, bpf_get_current_comm},
 };
 use dnstrace_common::{
-    COMM_LEN, CaptureConfig, Comm, FILTER_CGROUP, FILTER_COMM, FILTER_PID, SocketOwner,
+    COMM_LEN, CaptureConfig, Comm, FILTER_CGROUP, FILTER_COMM, FILTER_PID, OWNER_REFRESH_SENDS,
+    SocketOwner,
 };
 
 use crate::maps::{SELECTED_PIDS, SOCKETS};
 
-/// The current task as a socket owner. Callers pass the netns cookie because
-/// the helper that gives it takes the program's context. What the filters
+/// The current task (`pid_tgid` from its helper) as a socket owner. Callers
+/// pass the netns cookie because the helper that gives it takes the
+/// program's context. What the filters
 /// do not need is asked of the kernel only for a task they select: the rest
 /// of an unselected owner is never reported.
 #[inline(always)]
-pub fn current_task(config: &CaptureConfig, netns_cookie: u64) -> SocketOwner {
-    let pid_tgid = bpf_get_current_pid_tgid();
+pub fn current_task(config: &CaptureConfig, pid_tgid: u64, netns_cookie: u64) -> SocketOwner {
     let mut owner = SocketOwner {
         cgroup_id: 0,
         netns_cookie,
@@ -68,17 +69,13 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     config.selects(owner, by_pid)
 }
 
-/// How many sends from one socket by one thread take its name, uid and
-/// cgroup from the recorded owner before they are asked of the kernel
-/// again. Asking costs three helper calls on every DNS packet sent; a
-/// thread that renames itself, changes uid or moves cgroup while it keeps
-/// one socket shows the change within this many sends.
-const REFRESH_SENDS: u32 = 64;
-
-/// The sending task as the socket's owner: the recorded owner when the
-/// same thread sent from the socket within the last `REFRESH_SENDS` sends,
-/// else asked of the kernel (`current_task`). Returns it and whether it is
-/// new to the socket (a change of thread or of selection).
+/// The sending task as the socket's owner: the recorded owner while the
+/// same thread keeps sending from the socket, else asked of the kernel
+/// (`current_task`), and asked again every `OWNER_REFRESH_SENDS` sends.
+/// Asking costs three helper calls on every DNS packet sent; a thread that
+/// renames itself, changes uid or moves cgroup while it keeps one socket
+/// shows the change within that many sends. Returns the owner and whether
+/// it is new to the socket (a change of thread or of selection).
 #[inline(always)]
 pub fn sender(
     config: &CaptureConfig,
@@ -88,25 +85,29 @@ pub fn sender(
     let pid_tgid = bpf_get_current_pid_tgid();
     let recorded = SOCKETS.get_ptr_mut(&cookie);
     if let Some(recorded) = recorded {
-        // SAFETY: the map value lives while this program runs; a race with
-        // another sender on the socket at worst miscounts the sends.
-        let recorded = unsafe { &mut *recorded };
-        if recorded.pid == (pid_tgid >> 32) as u32
-            && recorded.tid == pid_tgid as u32
-            && recorded.sends < REFRESH_SENDS
-        {
-            recorded.sends += 1;
-            return (*recorded, false);
+        // SAFETY: the map value lives while this program runs. Another CPU
+        // may write it meanwhile (the same socket sending from two
+        // threads): read and written through the pointer, never borrowed,
+        // a race costs at most a miscounted send.
+        unsafe {
+            let sends = (*recorded).sends;
+            if (*recorded).pid == (pid_tgid >> 32) as u32
+                && (*recorded).tid == pid_tgid as u32
+                && sends + 1 < OWNER_REFRESH_SENDS
+            {
+                (*recorded).sends = sends + 1;
+                return (recorded.read(), false);
+            }
         }
     }
     // A socket never changes namespace: its recorded owner's spares a
     // helper call.
     let known = recorded.map(|recorded| {
         // SAFETY: as above.
-        unsafe { *recorded }
+        unsafe { recorded.read() }
     });
     let netns_cookie = known.map_or_else(netns_cookie, |known| known.netns_cookie);
-    let current = current_task(config, netns_cookie);
+    let current = current_task(config, pid_tgid, netns_cookie);
     let new = remember(cookie, known.as_ref(), &current);
     (current, new)
 }

@@ -50,7 +50,10 @@ pub fn dns_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
         // SAFETY: the map value lives while this program runs. Never ahead
         // of the responses: a datagram that is not DNS read from the same
-        // socket cannot make a later response look read.
+        // socket cannot make a later response look read. Two threads
+        // reading one socket at the same instant could count one read
+        // (Rust has no atomic add for the BPF target), leaving the socket a
+        // read behind: its later responses would show as not read.
         unsafe {
             if (*counts).read < (*counts).received {
                 (*counts).read += 1;

@@ -6,7 +6,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    },
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -57,7 +60,7 @@ fn record(ctx: &SockAddrContext) -> i32 {
             bpf_get_netns_cookie(ctx.as_ptr()),
         )
     };
-    let current = owner::current_task(&config, netns_cookie);
+    let current = owner::current_task(&config, bpf_get_current_pid_tgid(), netns_cookie);
     let _ = owner::remember(cookie, owner::recorded(cookie).as_ref(), &current);
     ALLOW
 }

@@ -6,7 +6,7 @@ use std::{collections::HashMap, io};
 use crate::{
     correlate::{
         Correlated, Correlator,
-        reads::{self, ReadCounts},
+        reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
     message::{ClientId, Message},
@@ -25,7 +25,9 @@ pub struct Pipeline {
     /// The first output error; the caller stops at its next check.
     write_error: Option<io::Error>,
     correlated: Vec<Correlated>,
-    read_counts: Option<Box<dyn ReadCounts>>,
+    read_counts: Option<Box<dyn ReadCounter>>,
+    /// The latest time seen, CLOCK_MONOTONIC ns: a message's, or `advance`'s.
+    now_ns: u64,
 }
 
 impl Pipeline {
@@ -39,6 +41,7 @@ impl Pipeline {
             write_error: None,
             correlated: Vec::new(),
             read_counts: None,
+            now_ns: 0,
         }
     }
 
@@ -52,7 +55,7 @@ impl Pipeline {
     }
 
     /// The kernel's counts of reads, to tell which responses were read.
-    pub fn with_read_counts(mut self, counts: Box<dyn ReadCounts>) -> Self {
+    pub fn with_read_counts(mut self, counts: Box<dyn ReadCounter>) -> Self {
         self.read_counts = Some(counts);
         self
     }
@@ -63,6 +66,7 @@ impl Pipeline {
     }
 
     pub fn message(&mut self, message: &Message) {
+        self.now_ns = self.now_ns.max(message.monotonic_ns);
         self.summary.messages += 1;
         if message.dns.decode_error.is_some() {
             self.summary.undecodable += 1;
@@ -77,6 +81,7 @@ impl Pipeline {
     /// Lets time decide what it decides (timeouts, settled lookups); `now`
     /// is CLOCK_MONOTONIC nanoseconds, as message timestamps are.
     pub fn advance(&mut self, now: u64) {
+        self.now_ns = self.now_ns.max(now);
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.advance(now, &mut correlated);
         self.handle(&mut correlated);
@@ -88,7 +93,7 @@ impl Pipeline {
         for item in correlated.drain(..) {
             match item {
                 Correlated::Lookup(mut lookup) => {
-                    reads::settle(&mut lookup, self.read_counts.as_deref_mut());
+                    reads::settle(&mut lookup, self.read_counts.as_deref_mut(), self.now_ns);
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES
                         && !self.processes.contains_key(&lookup.client.id)

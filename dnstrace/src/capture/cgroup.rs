@@ -10,26 +10,32 @@
 use std::{fs::File, path::Path};
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::HashMap,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use dnstrace_common::{SocketOwner, names};
 
-use super::{Backend, CaptureRequest, PROBES, existing_sockets};
+use super::{
+    Backend, CaptureRequest, PROBES, existing_sockets,
+    reads::{self, KernelReadCounts},
+};
 
-/// Loads the probes for `backend` and attaches them to `cgroup_root`;
-/// `track_reads` has the ingress program count responses for the read
-/// program. The error is the reason this backend cannot run here.
+/// Loads the probes for `backend` and attaches them to `cgroup_root`, with
+/// the read program first where `read_support` has the kernel's BTF for
+/// it: attached later, it would miss reads of responses ingress already
+/// counted, and their sockets would stay a read behind. Gives the read
+/// counts or why there are none; the error is the reason this backend
+/// cannot run here.
 pub fn attach(
     backend: Backend,
     request: &CaptureRequest,
     cgroup_root: &Path,
-    track_reads: bool,
-) -> Result<Ebpf, String> {
+    read_support: &Result<Btf, String>,
+) -> Result<(Ebpf, Result<KernelReadCounts, String>), String> {
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
-    config.track_reads = u32::from(track_reads);
+    config.track_reads = u32::from(read_support.is_ok());
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &config, true)
         .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
@@ -49,6 +55,10 @@ pub fn attach(
         }
     }
 
+    let read_counts = match read_support {
+        Ok(btf) => reads::attach(&mut ebpf, btf),
+        Err(reason) => Err(reason.clone()),
+    };
     let cgroup = File::open(cgroup_root)
         .map_err(|e| format!("cannot open {}: {e}", cgroup_root.display()))?;
     for (name, attach_type) in [
@@ -87,7 +97,7 @@ pub fn attach(
         let _ = sockets.insert(&cookie, &owner, BPF_NOEXIST);
     }
 
-    Ok(ebpf)
+    Ok((ebpf, read_counts))
 }
 
 pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>

@@ -7,7 +7,7 @@
 
 use std::{collections::HashMap, fs, mem::size_of, os::fd::FromRawFd, path::Path};
 
-use dnstrace_common::{COMM_LEN, CaptureConfig, Comm, SocketOwner};
+use dnstrace_common::{COMM_LEN, CaptureConfig, Comm, OWNER_REFRESH_SENDS, SocketOwner};
 
 use crate::process::{all_network_namespaces, current_netns_cookie, in_network_namespace};
 
@@ -46,7 +46,8 @@ pub fn owners(
                 tid: pid,
                 uid: socket.uid,
                 selected: 0,
-                sends: 0,
+                // Guessed from /proc: the first send asks the kernel.
+                sends: OWNER_REFRESH_SENDS,
                 _padding: 0,
                 comm: Comm(comm_of(pid)?),
             };

@@ -77,9 +77,8 @@ impl Capture {
         let read_support = reads::supported();
         let mut passed_over = Vec::new();
         for &backend in candidates {
-            match cgroup::attach(backend, request, &cgroup_root, read_support.is_ok()) {
-                Ok(mut ebpf) => {
-                    let reads = read_support.and_then(|btf| reads::attach(&mut ebpf, &btf));
+            match cgroup::attach(backend, request, &cgroup_root, &read_support) {
+                Ok((ebpf, reads)) => {
                     return Self::fromebpf(ebpf, request.ring_buffer_bytes, backend, passed_over)
                         .map(|capture| Self { reads, ..capture });
                 }

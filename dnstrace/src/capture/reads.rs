@@ -16,7 +16,7 @@ use crate::correlate::reads;
 /// The counts the read program keeps, by socket cookie.
 pub struct KernelReadCounts(HashMap<MapData, u64, ReadCounts>);
 
-impl reads::ReadCounts for KernelReadCounts {
+impl reads::ReadCounter for KernelReadCounts {
     fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
         self.0.get(&socket_cookie, 0).ok().map(|counts| counts.read)
     }

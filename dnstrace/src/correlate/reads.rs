@@ -4,17 +4,20 @@
 //! out datagrams in the order they came, so response N was read once the
 //! count reaches N.
 
-use super::{attempt::ReadState, lookup::Lookup};
+use super::{SETTLE_NS, attempt::ReadState, lookup::Lookup};
 
 /// The kernel's count of a socket's reads.
-pub trait ReadCounts {
+pub trait ReadCounter {
     /// `None` when the socket has no counts: never numbered, or evicted.
     fn reads(&mut self, socket_cookie: u64) -> Option<u64>;
 }
 
-/// Decides the read state of each numbered response in `lookup`; without
-/// counts (`None`), nothing can be known.
-pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounts + '_)>) {
+/// Decides the read state of each numbered response in `lookup` at `now`
+/// (CLOCK_MONOTONIC ns); without counts (`None`), nothing can be known. A
+/// response younger than `SETTLE_NS` that was not read yet (a lookup
+/// reported early: at exit, or to make room) is not known either: its
+/// process may not have had the time.
+pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounter + '_)>, now: u64) {
     // A lookup's attempts share a socket or two: each is asked once.
     let mut asked: Vec<(u64, Option<u64>)> = Vec::new();
     for attempt in &mut lookup.attempts {
@@ -33,10 +36,11 @@ pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounts + '_)
                 reads
             }
         };
+        let settled = now.saturating_sub(response.monotonic_ns) >= SETTLE_NS;
         response.read = match reads {
             Some(reads) if reads >= number => ReadState::Read,
-            Some(_) => ReadState::Unread,
-            None => ReadState::Unknown,
+            Some(_) if settled => ReadState::Unread,
+            _ => ReadState::Unknown,
         };
     }
 }

@@ -111,7 +111,7 @@ fn finding(
 /// What the kernel saw of the process reading the rejected answers, where
 /// it could tell: read and then thrown away, or never read at all (the
 /// process had stopped waiting on that socket, which is a timeout in
-/// disguise).
+/// disguise). "Each" only when every one is known.
 fn reads_sentence(rejected: &[&Attempt]) -> String {
     let states: Vec<ReadState> = rejected
         .iter()
@@ -119,13 +119,15 @@ fn reads_sentence(rejected: &[&Attempt]) -> String {
         .collect();
     let read = states.iter().filter(|s| **s == ReadState::Read).count();
     let unread = states.iter().filter(|s| **s == ReadState::Unread).count();
-    match (read, unread) {
-        (0, 0) => String::new(),
-        (_, 0) => " The process read each of them from its socket before it moved on.".into(),
-        (0, _) => " The process never read them from its socket: it had stopped waiting.".into(),
-        (read, unread) => {
-            format!(" The process read {read} of them from its socket; {unread} it never read.")
-        }
+    let unknown = states.len() - read - unread;
+    match (read, unread, unknown) {
+        (0, 0, _) => String::new(),
+        (_, 0, 0) => " The process read each of them from its socket before it moved on.".into(),
+        (0, _, 0) => " The process never read them from its socket: it had stopped waiting.".into(),
+        (read, unread, unknown) => format!(
+            " Of them, the process read {read} from its socket and never read {unread}; \
+             for {unknown}, the kernel could not tell."
+        ),
     }
 }
 

@@ -616,7 +616,12 @@ impl JsonOutput {
     }
 
     fn line(&mut self, value: &impl Serialize) -> io::Result<()> {
-        serde_json::to_writer(&mut self.lines, value)?;
+        let start = self.lines.len();
+        if let Err(error) = serde_json::to_writer(&mut self.lines, value) {
+            // No half line before the next.
+            self.lines.truncate(start);
+            return Err(error.into());
+        }
         self.end_line()
     }
 
@@ -636,6 +641,14 @@ impl JsonOutput {
         let written = self.destination.writer.write_all(&self.lines);
         self.lines.clear();
         written
+    }
+}
+
+/// Lines gathered when dnstrace stops on an error, which skips `finish`,
+/// still go out.
+impl Drop for JsonOutput {
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 

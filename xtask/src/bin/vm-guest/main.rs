@@ -115,8 +115,9 @@ fn captures(backend: &str, early: u32) -> Result<String, String> {
     ))
 }
 
-/// What dnstrace said of tracking reads: tracked, or why not. Either way it
-/// names the tracepoint (Debian 6.1 has none: Linux 6.3 added it).
+/// What dnstrace said of tracking reads, which must match the kernel: the
+/// `sock_recv_length` tracepoint came with Linux 6.3, so Debian's 6.1
+/// cannot track them.
 fn reads_line(run: &Run) -> Result<&str, String> {
     let line = run
         .stderr
@@ -124,8 +125,16 @@ fn reads_line(run: &Run) -> Result<&str, String> {
         .filter_map(|line| line.strip_prefix("dnstrace: "))
         .find(|line| line.starts_with("reads of responses "))
         .ok_or("no start-up line says whether reads are tracked")?;
-    if !line.contains("sock_recv_length") {
-        return Err(format!("the reads line names no tracepoint: {line}"));
+    let kernel = system::kernel();
+    let version: Vec<u32> = kernel
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .map(|part| part.parse().unwrap_or(0))
+        .collect();
+    let has_tracepoint = version >= vec![6, 3];
+    let tracked = line.starts_with("reads of responses tracked");
+    if tracked != has_tracepoint || !line.contains("sock_recv_length") {
+        return Err(format!("on kernel {kernel}, dnstrace says: {line}"));
     }
     Ok(line)
 }
