@@ -182,3 +182,70 @@ fn differences(rejected: &Shape, accepted: &Shape) -> String {
         parts.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        correlate::attempt::{Outcome, Rejection, Response},
+        decode::Question,
+        message::{Client, ClientId, Transport},
+    };
+
+    fn rejected(read: ReadState) -> Attempt {
+        Attempt {
+            client: Client {
+                id: ClientId::Pid(7),
+                comm: Some("getent".into()),
+            },
+            socket_cookie: 1,
+            transport: Transport::Udp,
+            server: "192.0.2.1:53".parse().unwrap(),
+            question: Question {
+                name: "db.test.".into(),
+                qtype: 1,
+            },
+            id: 1,
+            sent_monotonic_ns: Some(0),
+            sent_wall_time_ns: Some(0),
+            response: Some(Response {
+                monotonic_ns: 1,
+                wall_time_ns: 1,
+                from: "192.0.2.1:53".parse().unwrap(),
+                shape: Shape {
+                    rcode: 0,
+                    flags: Flags::RD,
+                    answers: 0,
+                    authority: 1,
+                    additional: 0,
+                },
+                number: Some(1),
+                read,
+            }),
+            outcome: Outcome::Rejected(Rejection::AskedAgain),
+            moved_on: false,
+            ended_monotonic_ns: Some(1),
+        }
+    }
+
+    fn sentence(reads: &[ReadState]) -> String {
+        let attempts: Vec<Attempt> = reads.iter().map(|read| rejected(*read)).collect();
+        let attempts: Vec<&Attempt> = attempts.iter().collect();
+        reads_sentence(&attempts)
+    }
+
+    #[test]
+    fn the_explanation_says_what_the_kernel_saw_of_the_reads() {
+        use ReadState::{Read, Unknown, Unread};
+        assert!(sentence(&[Read, Read]).contains("read each of them"));
+        assert!(sentence(&[Unread, Unread]).contains("never read them"));
+        assert_eq!(
+            sentence(&[Read, Unread, Unknown]),
+            " Of them, the process read 1 from its socket and never read 1; for 1, the kernel \
+             could not tell."
+        );
+        // "Each" only when every read is known.
+        assert!(!sentence(&[Read, Unknown]).contains("each"));
+        assert_eq!(sentence(&[Unknown, Unknown]), "");
+    }
+}
