@@ -54,7 +54,7 @@ pub async fn run(
     let mut reports = interval_at(Instant::now() + report_every, report_every);
     let mut decoder = RecordDecoder {
         clock: WallClock::new(),
-        namespaces: Namespaces::scanned(),
+        namespaces: Namespaces::found(capture.take_namespaces()),
         streams: TcpStreams::default(),
         thread_names: ThreadNames::default(),
         keep_payloads: pipeline.needs_payloads(),

@@ -28,16 +28,15 @@ pub struct Namespaces {
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
 
 impl Namespaces {
-    /// Starts with every namespace that exists now.
-    pub fn scanned() -> Self {
-        let mut namespaces = Self {
-            inode_by_cookie: HashMap::new(),
+    /// Starts with the namespaces found at start-up (cookie → inode), when
+    /// the existing sockets were looked for in each.
+    pub fn found(inode_by_cookie: HashMap<u64, u64>) -> Self {
+        Self {
+            asked: inode_by_cookie.values().copied().collect(),
+            inode_by_cookie,
             last: None,
-            asked: HashSet::new(),
-            last_scan: None,
-        };
-        namespaces.scan();
-        namespaces
+            last_scan: Some(Instant::now()),
+        }
     }
 
     pub fn inode(&mut self, cookie: u64) -> Option<u64> {
@@ -182,8 +181,14 @@ mod tests {
         let own = File::open("/proc/self/ns/net").unwrap();
         let inode = own.metadata().unwrap().ino();
         let cookie = netns_cookie_of(&own).expect("needs root, as dnstrace does");
-        let mut namespaces = Namespaces::scanned();
+        let mut namespaces = Namespaces::found(HashMap::from([(cookie, inode)]));
         assert_eq!(namespaces.inode(cookie), Some(inode));
         assert_eq!(namespaces.inode(0), None, "0 means the kernel did not say");
+        // A cookie not found at start is looked for again, once the last
+        // look is old enough.
+        let mut namespaces = Namespaces::found(HashMap::new());
+        assert_eq!(namespaces.inode(cookie), None, "too soon to look again");
+        std::thread::sleep(RESCAN_INTERVAL);
+        assert_eq!(namespaces.inode(cookie), Some(inode));
     }
 }

@@ -7,11 +7,11 @@
 //! cgroup_skb (Debian's 6.1): connect and sendmsg hooks, which run in the
 //! calling process, record each DNS socket's owner instead.
 
-use std::{fs::File, path::Path};
+use std::{collections::HashMap, fs::File, path::Path};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::HashMap,
+    maps::HashMap as BpfHashMap,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
 use dnstrace_common::{SocketOwner, names};
@@ -21,18 +21,26 @@ use super::{
     reads::{self, KernelReadCounts},
 };
 
+/// What attaching a backend gives.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    /// The read counts, or why there are none.
+    pub read_counts: Result<KernelReadCounts, String>,
+    /// Network namespace cookies and their inodes, as found at start.
+    pub namespaces: HashMap<u64, u64>,
+}
+
 /// Loads the probes for `backend` and attaches them to `cgroup_root`, with
 /// the read program first where `read_support` has the kernel's BTF for
 /// it: attached later, it would miss reads of responses ingress already
-/// counted, and their sockets would stay a read behind. Gives the read
-/// counts or why there are none; the error is the reason this backend
-/// cannot run here.
+/// counted, and their sockets would stay a read behind. The error is the
+/// reason this backend cannot run here.
 pub fn attach(
     backend: Backend,
     request: &CaptureRequest,
     cgroup_root: &Path,
     read_support: &Result<Btf, String>,
-) -> Result<(Ebpf, Result<KernelReadCounts, String>), String> {
+) -> Result<Attached, String> {
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
     config.track_reads = u32::from(read_support.is_ok());
@@ -43,7 +51,7 @@ pub fn attach(
         .map_err(|e| format!("loading the probes failed: {e}"))?;
 
     if !request.pids.is_empty() {
-        let mut selected: HashMap<_, u32, u8> = ebpf
+        let mut selected: BpfHashMap<_, u32, u8> = ebpf
             .map_mut(names::SELECTED_PIDS)
             .ok_or("the probes lack the pid map")?
             .try_into()
@@ -88,16 +96,21 @@ pub fn attach(
     // Owners of sockets that existed before the programs were attached. A
     // socket that sent since keeps the owner the probes recorded (NOEXIST).
     const BPF_NOEXIST: u64 = 1;
-    let mut sockets: HashMap<_, u64, SocketOwner> = ebpf
+    let mut sockets: BpfHashMap<_, u64, SocketOwner> = ebpf
         .map_mut(names::SOCKETS)
         .ok_or("the probes lack the socket map")?
         .try_into()
         .map_err(|e| format!("socket map: {e}"))?;
-    for (cookie, owner) in existing_sockets::owners(&config, &request.pids, cgroup_root) {
-        let _ = sockets.insert(&cookie, &owner, BPF_NOEXIST);
+    let existing = existing_sockets::look(&config, &request.pids, cgroup_root);
+    for (cookie, owner) in &existing.owners {
+        let _ = sockets.insert(cookie, owner, BPF_NOEXIST);
     }
 
-    Ok((ebpf, read_counts))
+    Ok(Attached {
+        ebpf,
+        read_counts,
+        namespaces: existing.namespaces,
+    })
 }
 
 pub(super) fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, String>

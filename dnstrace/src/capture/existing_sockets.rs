@@ -19,18 +19,40 @@ struct DiagSocket {
     netns_cookie: u64,
 }
 
-/// Owners of the DNS sockets that exist now, keyed by socket cookie.
-pub fn owners(
+/// What a look into every network namespace at start-up found.
+pub struct Existing {
+    /// Owners of the DNS sockets that exist now, by socket cookie.
+    pub owners: Vec<(u64, SocketOwner)>,
+    /// Each namespace's cookie, and its inode: entering a namespace costs a
+    /// thread, so the agent takes its map of namespaces from this one look.
+    pub namespaces: HashMap<u64, u64>,
+}
+
+pub fn look(config: &CaptureConfig, selected_pids: &[u32], cgroup_root: &Path) -> Existing {
+    let mut sockets = Vec::new();
+    let mut namespaces = HashMap::new();
+    for (namespace, inode) in all_network_namespaces() {
+        let here = in_network_namespace(&namespace, || {
+            let cookie = current_netns_cookie()?;
+            Ok((cookie, dns_sockets_here(config, cookie)))
+        });
+        if let Ok((cookie, found)) = here {
+            namespaces.insert(cookie, inode);
+            sockets.extend(found.unwrap_or_default());
+        }
+    }
+    Existing {
+        owners: owners(sockets, config, selected_pids, cgroup_root),
+        namespaces,
+    }
+}
+
+fn owners(
+    sockets: Vec<DiagSocket>,
     config: &CaptureConfig,
     selected_pids: &[u32],
     cgroup_root: &Path,
 ) -> Vec<(u64, SocketOwner)> {
-    let mut sockets = Vec::new();
-    for (namespace, _) in all_network_namespaces() {
-        if let Ok(found) = in_network_namespace(&namespace, || dns_sockets_here(config)) {
-            sockets.extend(found);
-        }
-    }
     if sockets.is_empty() {
         return Vec::new();
     }
@@ -57,10 +79,9 @@ pub fn owners(
         .collect()
 }
 
-/// UDP sockets of this thread's network namespace whose local or remote
-/// port is a DNS port.
-fn dns_sockets_here(config: &CaptureConfig) -> Result<Vec<DiagSocket>, String> {
-    let netns_cookie = current_netns_cookie()?;
+/// UDP sockets of this thread's network namespace (whose cookie is
+/// `netns_cookie`) whose local or remote port is a DNS port.
+fn dns_sockets_here(config: &CaptureConfig, netns_cookie: u64) -> Result<Vec<DiagSocket>, String> {
     let mut found = Vec::new();
     for family in [libc::AF_INET, libc::AF_INET6] {
         for socket in dump_udp(family as u8)? {

@@ -9,7 +9,7 @@ mod reads;
 mod record;
 mod ring;
 
-use std::os::fd::AsFd as _;
+use std::{collections::HashMap, os::fd::AsFd as _};
 
 use aya::{
     Ebpf,
@@ -63,6 +63,8 @@ pub struct Capture {
     pub passed_over: Vec<(Backend, String)>,
     /// The kernel's counts of reads, or why there are none.
     reads: Result<reads::KernelReadCounts, String>,
+    /// Network namespace cookies and their inodes, as found at start.
+    namespaces: HashMap<u64, u64>,
 }
 
 impl Capture {
@@ -78,9 +80,18 @@ impl Capture {
         let mut passed_over = Vec::new();
         for &backend in candidates {
             match cgroup::attach(backend, request, &cgroup_root, &read_support) {
-                Ok((ebpf, reads)) => {
-                    return Self::fromebpf(ebpf, request.ring_buffer_bytes, backend, passed_over)
-                        .map(|capture| Self { reads, ..capture });
+                Ok(attached) => {
+                    return Self::fromebpf(
+                        attached.ebpf,
+                        request.ring_buffer_bytes,
+                        backend,
+                        passed_over,
+                    )
+                    .map(|capture| Self {
+                        reads: attached.read_counts,
+                        namespaces: attached.namespaces,
+                        ..capture
+                    });
                 }
                 Err(reason) => passed_over.push((backend, reason)),
             }
@@ -125,6 +136,7 @@ impl Capture {
             backend,
             passed_over,
             reads: Err("not attached".into()),
+            namespaces: HashMap::new(),
         })
     }
 
@@ -132,6 +144,11 @@ impl Capture {
     /// kernel cannot keep them; once.
     pub fn take_read_counts(&mut self) -> Result<reads::KernelReadCounts, String> {
         std::mem::replace(&mut self.reads, Err("already taken".into()))
+    }
+
+    /// The network namespaces found at start (cookie → inode); once.
+    pub fn take_namespaces(&mut self) -> HashMap<u64, u64> {
+        std::mem::take(&mut self.namespaces)
     }
 
     /// Waits until the ring has records. Readiness is cleared before the
