@@ -45,10 +45,28 @@ fn attached_dnstrace_programs() -> BTreeSet<u64> {
         .collect()
 }
 
+/// Ids of the links of programs on the `sock_recv_length` tracepoint
+/// (dnstrace's read program), by bpftool.
+fn attached_read_links() -> BTreeSet<u64> {
+    let output = Command::new("bpftool")
+        .args(["link", "show", "--json"])
+        .output()
+        .expect("bpftool (scripts/setup.sh installs it)");
+    assert!(output.status.success(), "bpftool failed: {output:?}");
+    let links: Vec<serde_json::Value> =
+        serde_json::from_slice(&output.stdout).expect("bpftool's JSON");
+    links
+        .iter()
+        .filter(|link| link["tp_name"] == "sock_recv_length")
+        .filter_map(|link| link["id"].as_u64())
+        .collect()
+}
+
 #[test]
 fn killing_the_agent_leaves_no_program_attached() {
     let _serial = CGROUP_PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
     let before = attached_dnstrace_programs();
+    let read_links_before = attached_read_links();
     let mut agent = Command::new(dnstrace_bin())
         .args(["--format", "json", "-o", "/dev/null"])
         .stderr(Stdio::piped())
@@ -75,6 +93,15 @@ fn killing_the_agent_leaves_no_program_attached() {
         2,
         "egress and ingress programs attached: {ours:?}"
     );
+    let our_read_links: BTreeSet<u64> = attached_read_links()
+        .difference(&read_links_before)
+        .copied()
+        .collect();
+    assert_eq!(
+        our_read_links.len(),
+        1,
+        "the read program attached (this kernel has sock_recv_length): {our_read_links:?}"
+    );
 
     agent.kill().expect("SIGKILL");
     agent.wait().expect("reap dnstrace");
@@ -83,6 +110,7 @@ fn killing_the_agent_leaves_no_program_attached() {
     loop {
         let left: Vec<u64> = attached_dnstrace_programs()
             .intersection(&ours)
+            .chain(attached_read_links().intersection(&our_read_links))
             .copied()
             .collect();
         if left.is_empty() {
