@@ -118,3 +118,30 @@ fn reads_over_tcp_are_not_claimed() {
         "over TCP, whether a response was read is not known: {tcp:?}"
     );
 }
+
+/// Every resolver reads its answers, whatever call it reads them with:
+/// dig (libuv), glibc's recvfrom, musl, Go's read on a connected socket.
+#[test]
+fn every_resolver_reads_its_answers_and_the_kernel_sees_it() {
+    let net = Topology::new();
+    let knot = DnsServer::start(ServerKind::Knot, &net);
+    for client in [
+        Client::Dig,
+        Client::Getent,
+        Client::Python { lookups: 1 },
+        Client::Musl,
+        Client::Go,
+    ] {
+        let lookup = Lookup::new(&format!("read-{}", client.name()), knot.socket(Family::V4));
+        let (run, trace) = traced(&net, client, &lookup, false);
+        let answered: Vec<_> = attempts_of(&trace, &run)
+            .into_iter()
+            .filter(|a| a.proto == "udp" && a.response_rcode.is_some())
+            .collect();
+        assert!(
+            !answered.is_empty() && answered.iter().all(|a| a.response_read == Some(true)),
+            "{}: every answer read: {answered:#?}",
+            client.name()
+        );
+    }
+}
