@@ -176,17 +176,19 @@ pub fn message(
     // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
     let record =
         unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
-    if EVENTS.output(record, u64::from(wakeup)).is_err() {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
-            // SAFETY: this CPU's own counter; nothing else touches it now.
-            unsafe { *lost += 1 };
-        }
-    } else if let Some(counts) = response_counts {
-        // Counted once userspace has it, so the numbers it sees have no
-        // gaps. Two responses for one socket at the same instant on two
-        // CPUs could take one number (Rust has no atomic add for the BPF
-        // target); userspace then finds the second read one read early.
+    if let Some(counts) = response_counts {
+        // Counted even when the record is lost below: the process may read
+        // the response all the same, and the numbers must keep step with
+        // its reads. Two responses for one socket at the same instant on
+        // two CPUs could take one number (Rust has no atomic add for the
+        // BPF target); userspace then finds the second read one read early.
         // SAFETY: the map value lives while this program runs.
         unsafe { (*counts).received += 1 };
+    }
+    if EVENTS.output(record, u64::from(wakeup)).is_err()
+        && let Some(lost) = LOST.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's own counter; nothing else touches it now.
+        unsafe { *lost += 1 };
     }
 }

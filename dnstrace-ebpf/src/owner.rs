@@ -117,16 +117,23 @@ pub fn sender(
 /// every DNS packet sent. Returns whether the owner is new to this socket.
 #[inline(always)]
 pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -> bool {
-    let unchanged = known.is_some_and(|known| {
+    let same_thread = known.is_some_and(|known| {
         known.pid == owner.pid && known.tid == owner.tid && known.selected == owner.selected
     });
-    // Written also when unchanged but asked anew, to restart its count of
-    // sends.
-    if !unchanged || known.is_some_and(|known| known.sends != 0) {
+    // Written also for the same thread when a field changed (the sock_addr
+    // hooks ask at every call), or to restart the count of sends.
+    let unchanged = same_thread
+        && known.is_some_and(|known| {
+            known.sends == 0
+                && known.comm == owner.comm
+                && known.uid == owner.uid
+                && known.cgroup_id == owner.cgroup_id
+        });
+    if !unchanged {
         // A full LRU map evicts its oldest entry, so this cannot fail for lack of room.
         let _ = SOCKETS.insert(&cookie, owner, 0);
     }
-    !unchanged
+    !same_thread
 }
 
 /// The recorded owner of a socket, if it ever sent DNS while we watched.

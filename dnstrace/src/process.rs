@@ -10,32 +10,39 @@ use std::{
 /// Maps the kernel's network namespace cookies to the inode numbers users
 /// know (`ip netns identify`, `ls -l /proc/PID/ns/net`).
 ///
-/// Only a socket inside a namespace can tell its cookie, so each namespace on
-/// the host is entered once and asked. Going through the pid of an event
-/// instead would race: short-lived clients have exited by the time their
-/// message is read, and their pid may already belong to another namespace.
+/// Only a socket inside a namespace can tell its cookie, so the namespaces
+/// on the host are entered and asked: at start, and again when a cookie
+/// nobody knows shows up. Going through the pid of an event instead would
+/// race: short-lived clients have exited by the time their message is read,
+/// and their pid may already belong to another namespace. Every namespace
+/// is asked again each time, as the kernel hands a dead namespace's inode
+/// number to the next one it makes (pods come and go on a node).
 pub struct Namespaces {
     inode_by_cookie: HashMap<u64, u64>,
     /// The last cookie found and its inode: messages come in runs from one
     /// namespace, and this is asked for every message.
     last: Option<(u64, u64)>,
-    asked: HashSet<u64>,
-    last_scan: Option<Instant>,
+    /// Cookies still unknown after a look that began once they had been
+    /// seen: their namespaces are gone, and they are not looked for again.
+    gone: HashSet<u64>,
+    last_scan: Instant,
 }
 
-/// A cookie that is still unknown after a scan (its namespace is gone)
-/// triggers at most one rescan per this interval.
+/// A cookie nobody knows triggers at most one look per this interval.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Past this many gone cookies the list starts over, rather than grow.
+const MAX_GONE: usize = 4096;
 
 impl Namespaces {
     /// Starts with the namespaces found at start-up (cookie → inode), when
     /// the existing sockets were looked for in each.
     pub fn found(inode_by_cookie: HashMap<u64, u64>) -> Self {
         Self {
-            asked: inode_by_cookie.values().copied().collect(),
             inode_by_cookie,
             last: None,
-            last_scan: Some(Instant::now()),
+            gone: HashSet::new(),
+            last_scan: Instant::now(),
         }
     }
 
@@ -52,27 +59,27 @@ impl Namespaces {
             self.last = Some((cookie, inode));
             return Some(inode);
         }
-        if self
-            .last_scan
-            .is_some_and(|at| at.elapsed() < RESCAN_INTERVAL)
-        {
+        if self.gone.contains(&cookie) || self.last_scan.elapsed() < RESCAN_INTERVAL {
             return None;
         }
         self.scan();
-        self.inode_by_cookie.get(&cookie).copied()
+        let inode = self.inode_by_cookie.get(&cookie).copied();
+        if inode.is_none() {
+            if self.gone.len() >= MAX_GONE {
+                self.gone.clear();
+            }
+            self.gone.insert(cookie);
+        }
+        inode
     }
 
-    /// Asks each namespace not asked before for its cookie.
+    /// Asks every namespace on the host for its cookie, afresh.
     fn scan(&mut self) {
-        self.last_scan = Some(Instant::now());
-        for (namespace, inode) in all_network_namespaces() {
-            if !self.asked.insert(inode) {
-                continue;
-            }
-            if let Ok(cookie) = netns_cookie_of(&namespace) {
-                self.inode_by_cookie.insert(cookie, inode);
-            }
-        }
+        self.last_scan = Instant::now();
+        self.last = None;
+        self.inode_by_cookie = all_network_namespaces()
+            .filter_map(|(namespace, inode)| Some((netns_cookie_of(&namespace).ok()?, inode)))
+            .collect();
     }
 }
 
@@ -190,5 +197,14 @@ mod tests {
         assert_eq!(namespaces.inode(cookie), None, "too soon to look again");
         std::thread::sleep(RESCAN_INTERVAL);
         assert_eq!(namespaces.inode(cookie), Some(inode));
+        // An inode number the kernel gave a dead namespace is asked again:
+        // its new cookie is found, and the old one is not looked for again.
+        let dead_cookie = cookie ^ 1;
+        let mut namespaces = Namespaces::found(HashMap::from([(dead_cookie, inode)]));
+        std::thread::sleep(RESCAN_INTERVAL);
+        assert_eq!(namespaces.inode(cookie), Some(inode));
+        std::thread::sleep(RESCAN_INTERVAL);
+        assert_eq!(namespaces.inode(dead_cookie), None);
+        assert!(namespaces.gone.contains(&dead_cookie));
     }
 }

@@ -101,9 +101,9 @@ impl Tracer {
 
     /// Waits until each process's queries are all in attempt lines: dnstrace
     /// has then reported all its lookups (it does so once nothing happened
-    /// in one for 1.5 s). Call it once the traced clients have exited, so
-    /// that no query is still to come, with a filter that keeps other
-    /// processes out.
+    /// in one for a second, looked at once a second). Call it once the
+    /// traced clients have exited, so that no query is still to come, with
+    /// a filter that keeps other processes out.
     pub fn wait_until_settled(&mut self) {
         let deadline = Instant::now() + PATIENCE;
         loop {

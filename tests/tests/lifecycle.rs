@@ -45,9 +45,23 @@ fn attached_dnstrace_programs() -> BTreeSet<u64> {
         .collect()
 }
 
-/// Ids of the links of programs on the `sock_recv_length` tracepoint
-/// (dnstrace's read program), by bpftool.
-fn attached_read_links() -> BTreeSet<u64> {
+/// Ids of the bpf links `pid` holds open, from its fds' fdinfo.
+fn links_held_by(pid: u32) -> BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("the agent's fdinfo")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("link_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Ids of the links on the `sock_recv_length` tracepoint (dnstrace's read
+/// program), by bpftool.
+fn read_links() -> BTreeSet<u64> {
     let output = Command::new("bpftool")
         .args(["link", "show", "--json"])
         .output()
@@ -66,7 +80,6 @@ fn attached_read_links() -> BTreeSet<u64> {
 fn killing_the_agent_leaves_no_program_attached() {
     let _serial = CGROUP_PROGRAMS.lock().unwrap_or_else(|e| e.into_inner());
     let before = attached_dnstrace_programs();
-    let read_links_before = attached_read_links();
     let mut agent = Command::new(dnstrace_bin())
         .args(["--format", "json", "-o", "/dev/null"])
         .stderr(Stdio::piped())
@@ -93,8 +106,10 @@ fn killing_the_agent_leaves_no_program_attached() {
         2,
         "egress and ingress programs attached: {ours:?}"
     );
-    let our_read_links: BTreeSet<u64> = attached_read_links()
-        .difference(&read_links_before)
+    // The agent's own links, so that another tracer on the host cannot
+    // count.
+    let our_read_links: BTreeSet<u64> = links_held_by(agent.id())
+        .intersection(&read_links())
         .copied()
         .collect();
     assert_eq!(
@@ -110,7 +125,7 @@ fn killing_the_agent_leaves_no_program_attached() {
     loop {
         let left: Vec<u64> = attached_dnstrace_programs()
             .intersection(&ours)
-            .chain(attached_read_links().intersection(&our_read_links))
+            .chain(read_links().intersection(&our_read_links))
             .copied()
             .collect();
         if left.is_empty() {
@@ -118,7 +133,7 @@ fn killing_the_agent_leaves_no_program_attached() {
         }
         assert!(
             Instant::now() < deadline,
-            "programs still attached 10 s after SIGKILL: {left:?}"
+            "programs or links still attached 10 s after SIGKILL: {left:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

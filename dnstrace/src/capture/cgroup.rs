@@ -6,6 +6,10 @@
 //! program. `cgroup-sockaddr` is for kernels that refuse those helpers in
 //! cgroup_skb (Debian's 6.1): connect and sendmsg hooks, which run in the
 //! calling process, record each DNS socket's owner instead.
+//!
+//! Attaching also attaches the read program (`reads.rs`) first, where the
+//! kernel has it, and seeds the owners of the DNS sockets that exist
+//! already, found in one look into every network namespace.
 
 use std::{collections::HashMap, fs::File, path::Path};
 

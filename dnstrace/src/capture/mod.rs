@@ -1,5 +1,6 @@
 //! Capture: loads the kernel programs, attaches them, and hands out raw
-//! records. One backend per file; this module picks among them.
+//! records. `cgroup.rs` has both backends, and this module picks between
+//! them; `reads.rs` is the read program, beside either.
 
 mod cgroup;
 mod environment;
@@ -81,7 +82,7 @@ impl Capture {
         for &backend in candidates {
             match cgroup::attach(backend, request, &cgroup_root, &read_support) {
                 Ok(attached) => {
-                    return Self::fromebpf(
+                    return Self::from_ebpf(
                         attached.ebpf,
                         request.ring_buffer_bytes,
                         backend,
@@ -106,7 +107,7 @@ impl Capture {
         )))
     }
 
-    fn fromebpf(
+    fn from_ebpf(
         mut ebpf: Ebpf,
         ring_buffer_bytes: u32,
         backend: Backend,

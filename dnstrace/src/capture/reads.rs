@@ -1,7 +1,9 @@
 //! The read program: counts each DNS client socket's reads, where the
 //! kernel has the `sock:sock_recv_length` tracepoint (6.3 and later).
-//! Whether it can run is known from the kernel's BTF before the probes
-//! load, so ingress numbers responses only when it will.
+//! Whether the tracepoint exists is read from the kernel's BTF before the
+//! probes load, and ingress numbers responses only then. (Should the
+//! program still fail to attach, the numbers go unused and
+//! `response_read` is null.)
 
 use aya::{
     Btf, Ebpf,

@@ -136,6 +136,9 @@ pub enum ReadState {
     /// Reads are not tracked: a kernel without the tracepoint, TCP, a
     /// trace read from a file, or a socket whose counts were evicted.
     Unknown,
+    /// Numbered by the kernel, to be settled against its count of the
+    /// socket's reads when the lookup is reported.
+    Pending,
     Unread,
     Read,
 }
@@ -144,7 +147,7 @@ impl ReadState {
     /// `true`, `false`, or `None` when not known: as JSON shows it.
     pub fn was_read(self) -> Option<bool> {
         match self {
-            Self::Unknown => None,
+            Self::Unknown | Self::Pending => None,
             Self::Unread => Some(false),
             Self::Read => Some(true),
         }

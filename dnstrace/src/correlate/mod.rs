@@ -247,7 +247,7 @@ impl Correlator {
             number: message.response_number,
             // Settled when the lookup is reported (`reads::settle`).
             read: match message.response_number {
-                Some(_) => ReadState::Unread,
+                Some(_) => ReadState::Pending,
                 None => ReadState::Unknown,
             },
         };

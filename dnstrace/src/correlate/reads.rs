@@ -25,7 +25,7 @@ pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounter + '_
         let Some(response) = attempt.response.as_mut() else {
             continue;
         };
-        let (Some(number), ReadState::Unread) = (response.number, response.read) else {
+        let (Some(number), ReadState::Pending) = (response.number, response.read) else {
             continue;
         };
         let reads = match asked.iter().find(|(socket, _)| *socket == cookie) {
