@@ -28,9 +28,9 @@ pub struct Identity {
 impl Identity {
     pub fn of(message: &Message) -> Self {
         Self {
-            process: message.process.clone(),
-            socket_cookie: message.socket_cookie,
-            direction: message.direction,
+            process: message.envelope.process.clone(),
+            socket_cookie: message.envelope.socket_cookie,
+            direction: message.envelope.direction,
             size: message.truncated_capture.then_some(message.size),
         }
     }

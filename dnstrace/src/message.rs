@@ -106,20 +106,8 @@ impl std::fmt::Display for Client {
 
 #[derive(Clone, Debug)]
 pub struct Message {
-    /// Nanoseconds since the Unix epoch.
-    pub wall_time_ns: i128,
-    /// CLOCK_MONOTONIC nanoseconds, for intervals.
-    pub monotonic_ns: u64,
-    pub process: Option<Process>,
-    pub socket_cookie: u64,
-    pub direction: Direction,
-    pub transport: Transport,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
-    /// For a response reaching a UDP socket while reads are tracked: its
-    /// number among the responses the socket received, from 1. The
-    /// kernel's count of the socket's reads tells whether it was read.
-    pub response_number: Option<u64>,
+    /// Where and when it was seen, and by whom.
+    pub envelope: Envelope,
     /// Length of the DNS message on the wire.
     pub size: u32,
     /// Fewer bytes were captured than the message holds.
@@ -136,15 +124,19 @@ impl Message {
     pub fn client(&self) -> Client {
         Client {
             id: self.client_id(),
-            comm: self.process.as_ref().map(|process| process.comm.clone()),
+            comm: self
+                .envelope
+                .process
+                .as_ref()
+                .map(|process| process.comm.clone()),
         }
     }
 
     /// [`Message::client`]'s id alone, without copying the name.
     pub fn client_id(&self) -> ClientId {
-        match &self.process {
+        match &self.envelope.process {
             Some(process) => ClientId::Pid(process.pid),
-            None => ClientId::Address(self.local.ip()),
+            None => ClientId::Address(self.envelope.local.ip()),
         }
     }
 }
@@ -248,9 +240,11 @@ impl ThreadNames {
 }
 
 /// Everything about a message but its bytes: where and when it was seen.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Envelope {
+    /// Nanoseconds since the Unix epoch.
     pub wall_time_ns: i128,
+    /// CLOCK_MONOTONIC nanoseconds, for intervals.
     pub monotonic_ns: u64,
     pub process: Option<Process>,
     pub socket_cookie: u64,
@@ -258,6 +252,9 @@ pub struct Envelope {
     pub transport: Transport,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// For a response reaching a UDP socket while reads are tracked: its
+    /// number among the responses the socket received, from 1. The
+    /// kernel's count of the socket's reads tells whether it was read.
     pub response_number: Option<u64>,
 }
 
@@ -265,15 +262,7 @@ impl Message {
     /// Decodes `payload` (of a message `size` bytes long on the wire).
     pub fn decoded(envelope: Envelope, payload: &[u8], size: u32, keep_payload: bool) -> Self {
         Self {
-            wall_time_ns: envelope.wall_time_ns,
-            monotonic_ns: envelope.monotonic_ns,
-            process: envelope.process,
-            socket_cookie: envelope.socket_cookie,
-            direction: envelope.direction,
-            transport: envelope.transport,
-            local: envelope.local,
-            remote: envelope.remote,
-            response_number: envelope.response_number,
+            envelope,
             size,
             truncated_capture: (payload.len() as u32) < size,
             dns: decode::decode(payload, size as usize),

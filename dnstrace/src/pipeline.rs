@@ -66,7 +66,7 @@ impl Pipeline {
     }
 
     pub fn message(&mut self, message: &Message) {
-        self.now_ns = self.now_ns.max(message.monotonic_ns);
+        self.now_ns = self.now_ns.max(message.envelope.monotonic_ns);
         self.summary.messages += 1;
         if message.dns.decode_error.is_some() {
             self.summary.undecodable += 1;

@@ -403,11 +403,11 @@ mod tests {
         let [message] = messages.as_slice() else {
             panic!("one message: {messages:?}");
         };
-        assert_eq!(message.direction, Direction::Send);
-        assert_eq!(message.local.to_string(), "10.0.0.2:40000");
-        assert_eq!(message.remote.to_string(), "10.0.0.1:53");
-        assert_eq!(message.wall_time_ns, 1_700_000_000_000_000_005);
-        assert!(message.process.is_none());
+        assert_eq!(message.envelope.direction, Direction::Send);
+        assert_eq!(message.envelope.local.to_string(), "10.0.0.2:40000");
+        assert_eq!(message.envelope.remote.to_string(), "10.0.0.1:53");
+        assert_eq!(message.envelope.wall_time_ns, 1_700_000_000_000_000_005);
+        assert!(message.envelope.process.is_none());
         assert_eq!(
             message.dns.question.as_ref().map(|q| q.name.as_str()),
             Some("example.test.")
@@ -442,9 +442,9 @@ mod tests {
         let [message] = messages.as_slice() else {
             panic!("one message: {messages:?}");
         };
-        assert_eq!(message.process, Some(process));
-        assert_eq!(message.socket_cookie, 77);
-        assert_eq!(message.local.to_string(), "10.0.0.2:40000");
+        assert_eq!(message.envelope.process, Some(process));
+        assert_eq!(message.envelope.socket_cookie, 77);
+        assert_eq!(message.envelope.local.to_string(), "10.0.0.2:40000");
         assert_eq!(message.size, 4000);
         assert!(message.truncated_capture);
     }
@@ -464,7 +464,7 @@ mod tests {
         let [message] = messages.as_slice() else {
             panic!("one message: {messages:?}");
         };
-        assert_eq!(message.local.to_string(), "0.0.0.0:0");
+        assert_eq!(message.envelope.local.to_string(), "0.0.0.0:0");
     }
 
     #[test]
@@ -488,7 +488,7 @@ mod tests {
         let (messages, skipped, error) = read_all(&file);
         assert!(error.is_none(), "a cut last frame is no error: {error:?}");
         assert_eq!(messages.len(), 1);
-        assert_eq!(messages[0].local.port(), 3);
+        assert_eq!(messages[0].envelope.local.port(), 3);
         assert_eq!(skipped.count, 4, "3 damaged records and the cut one");
         let first = skipped.first.expect("first recorded");
         assert_eq!(first.offset, start().len() as u64);

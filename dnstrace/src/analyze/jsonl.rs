@@ -16,7 +16,7 @@ use crate::{
         DnsSummary, Flags, HeaderSummary, Question, opcode_from_name, qtype_from_name,
         rcode_from_name,
     },
-    message::{Direction, Message, Process, Transport},
+    message::{Direction, Envelope, Message, Process, Transport},
 };
 
 /// A `"kind":"message"` line, as `output::json::MessageRecord` writes it.
@@ -198,16 +198,18 @@ impl MessageLine {
             _ => None,
         };
         Ok(Message {
-            wall_time_ns,
-            monotonic_ns: monotonic_of(wall_time_ns),
-            process,
-            socket_cookie: self.socket_cookie,
-            direction,
-            transport,
-            local: self.local,
-            remote: self.remote,
-            // The JSON of a message does not say whether it was read.
-            response_number: None,
+            envelope: Envelope {
+                wall_time_ns,
+                monotonic_ns: monotonic_of(wall_time_ns),
+                process,
+                socket_cookie: self.socket_cookie,
+                direction,
+                transport,
+                local: self.local,
+                remote: self.remote,
+                // The JSON of a message does not say whether it was read.
+                response_number: None,
+            },
             size: self.size,
             truncated_capture: self.truncated_capture,
             dns: DnsSummary {
@@ -232,22 +234,24 @@ mod tests {
             28, 0, 1, 0, 0, 0, 60, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
         ];
         Message {
-            wall_time_ns: 1_795_758_586_123_456_789,
-            monotonic_ns: 5,
-            process: Some(Process {
-                pid: 42,
-                tid: 43,
-                comm: "Web Content".into(),
-                uid: 1000,
-                cgroup_id: 7,
-                netns: Some(4_026_531_840),
-            }),
-            socket_cookie: 99,
-            direction: Direction::Recv,
-            transport: Transport::Udp,
-            local: "10.0.0.2:40000".parse().unwrap(),
-            remote: "10.0.0.1:53".parse().unwrap(),
-            response_number: None,
+            envelope: Envelope {
+                wall_time_ns: 1_795_758_586_123_456_789,
+                monotonic_ns: 5,
+                process: Some(Process {
+                    pid: 42,
+                    tid: 43,
+                    comm: "Web Content".into(),
+                    uid: 1000,
+                    cgroup_id: 7,
+                    netns: Some(4_026_531_840),
+                }),
+                socket_cookie: 99,
+                direction: Direction::Recv,
+                transport: Transport::Udp,
+                local: "10.0.0.2:40000".parse().unwrap(),
+                remote: "10.0.0.1:53".parse().unwrap(),
+                response_number: None,
+            },
             size: payload.len() as u32,
             truncated_capture: false,
             dns: crate::decode::decode(&payload, payload.len()),
@@ -273,15 +277,20 @@ mod tests {
         let [read] = &messages[..] else {
             panic!("{} messages", messages.len())
         };
-        assert_eq!(read.wall_time_ns, original.wall_time_ns);
-        assert_eq!(read.process, original.process);
+        assert_eq!(read.envelope.wall_time_ns, original.envelope.wall_time_ns);
+        assert_eq!(read.envelope.process, original.envelope.process);
         assert_eq!(read.dns, original.dns);
         assert_eq!(
-            (read.socket_cookie, read.local, read.remote, read.size),
             (
-                original.socket_cookie,
-                original.local,
-                original.remote,
+                read.envelope.socket_cookie,
+                read.envelope.local,
+                read.envelope.remote,
+                read.size
+            ),
+            (
+                original.envelope.socket_cookie,
+                original.envelope.local,
+                original.envelope.remote,
                 original.size
             )
         );

@@ -208,13 +208,13 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     while let Some(input) = inputs
         .iter_mut()
         .filter(|input| input.next.is_some())
-        .min_by_key(|input| input.next.as_ref().map(|m| m.wall_time_ns))
+        .min_by_key(|input| input.next.as_ref().map(|m| m.envelope.wall_time_ns))
     {
         let message = input.next.take().expect("filtered on next");
         input.pull();
-        if message.monotonic_ns >= advanced_to.saturating_add(ADVANCE_EVERY_NS) {
-            pipeline.advance(message.monotonic_ns);
-            advanced_to = message.monotonic_ns;
+        if message.envelope.monotonic_ns >= advanced_to.saturating_add(ADVANCE_EVERY_NS) {
+            pipeline.advance(message.envelope.monotonic_ns);
+            advanced_to = message.envelope.monotonic_ns;
         }
         pipeline.message(&message);
         if let Some(error) = pipeline.take_write_error() {

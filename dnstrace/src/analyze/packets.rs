@@ -470,15 +470,18 @@ mod tests {
         let messages = read_all(&mut reader).unwrap();
         assert_eq!(messages.len(), 2);
         for (message, direction) in messages.iter().zip([Direction::Send, Direction::Recv]) {
-            assert_eq!(message.direction, direction);
-            assert_eq!(message.local, CLIENT.parse().unwrap());
-            assert_eq!(message.remote, SERVER.parse().unwrap());
-            assert_eq!(message.transport, Transport::Udp);
-            assert_eq!(message.process, None);
+            assert_eq!(message.envelope.direction, direction);
+            assert_eq!(message.envelope.local, CLIENT.parse().unwrap());
+            assert_eq!(message.envelope.remote, SERVER.parse().unwrap());
+            assert_eq!(message.envelope.transport, Transport::Udp);
+            assert_eq!(message.envelope.process, None);
             assert_eq!(message.dns.question.as_ref().unwrap().name, "a.");
         }
-        assert_eq!(messages[0].socket_cookie, messages[1].socket_cookie);
-        assert_eq!(messages[1].wall_time_ns, 1_795_758_586_001_000_000);
+        assert_eq!(
+            messages[0].envelope.socket_cookie,
+            messages[1].envelope.socket_cookie
+        );
+        assert_eq!(messages[1].envelope.wall_time_ns, 1_795_758_586_001_000_000);
         assert_eq!(reader.skipped().count, 0);
     }
 
@@ -496,8 +499,11 @@ mod tests {
         let mut reader = PcapReader::open(&file[..], &options()).unwrap();
         let messages = read_all(&mut reader).unwrap();
         assert_eq!(messages.len(), 2);
-        assert_eq!(messages[0].socket_cookie, messages[1].socket_cookie);
-        assert_eq!(messages[1].remote, other);
+        assert_eq!(
+            messages[0].envelope.socket_cookie,
+            messages[1].envelope.socket_cookie
+        );
+        assert_eq!(messages[1].envelope.remote, other);
     }
 
     #[test]
@@ -603,22 +609,22 @@ mod tests {
         let [read] = &messages[..] else {
             panic!("{} messages", messages.len())
         };
-        assert_eq!(read.process, Some(process));
-        assert_eq!(read.wall_time_ns, written.wall_time_ns);
+        assert_eq!(read.envelope.process, Some(process));
+        assert_eq!(read.envelope.wall_time_ns, written.envelope.wall_time_ns);
         assert_eq!(
             (
-                read.socket_cookie,
-                read.direction,
-                read.transport,
-                read.local,
-                read.remote
+                read.envelope.socket_cookie,
+                read.envelope.direction,
+                read.envelope.transport,
+                read.envelope.local,
+                read.envelope.remote
             ),
             (
                 77,
                 Direction::Recv,
                 Transport::Tcp,
-                written.local,
-                written.remote
+                written.envelope.local,
+                written.envelope.remote
             )
         );
         assert_eq!(read.dns, written.dns);

@@ -105,20 +105,20 @@ impl Correlator {
             return;
         }
         // Only the client's view: its queries out, its responses in.
-        let client_side = match message.direction {
+        let client_side = match message.envelope.direction {
             Direction::Send => !header.is_response,
             Direction::Recv => header.is_response,
         };
         if !client_side {
             return;
         }
-        if message.process.is_none() && !self.by_address {
+        if message.envelope.process.is_none() && !self.by_address {
             self.unattributed += 1;
             return;
         }
         // The budget first: a busy client's messages end there, and need
         // no copy of its name.
-        if !self.within_budget(message.client_id(), message.monotonic_ns) {
+        if !self.within_budget(message.client_id(), message.envelope.monotonic_ns) {
             self.uncorrelated += 1;
             return;
         }
@@ -132,8 +132,8 @@ impl Correlator {
 
     fn on_query(&mut self, message: &Message, client: Client, id: u16, out: &mut Vec<Correlated>) {
         let question = message.dns.question.clone().expect("checked by observe");
-        let now = message.monotonic_ns;
-        let netns = message.process.as_ref().and_then(|p| p.netns);
+        let now = message.envelope.monotonic_ns;
+        let netns = message.envelope.process.as_ref().and_then(|p| p.netns);
         let context = match client.id {
             ClientId::Pid(pid) => self.resolvers.of(pid, netns),
             ClientId::Address(_) => Arc::clone(&self.unknown_context),
@@ -182,11 +182,11 @@ impl Correlator {
                 && lookup
                     .attempts
                     .iter()
-                    .all(|a| a.socket_cookie != message.socket_cookie)
+                    .all(|a| a.socket_cookie != message.envelope.socket_cookie)
                 && lookup
                     .attempts
                     .first()
-                    .is_some_and(|a| a.server == message.remote);
+                    .is_some_and(|a| a.server == message.envelope.remote);
             continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
@@ -202,7 +202,7 @@ impl Correlator {
                     context: Arc::clone(&context),
                     attempts: Vec::new(),
                     first_monotonic_ns: now,
-                    first_wall_time_ns: message.wall_time_ns,
+                    first_wall_time_ns: message.envelope.wall_time_ns,
                     last_monotonic_ns: now,
                 });
                 lookups.len() - 1
@@ -216,13 +216,13 @@ impl Correlator {
         }
         lookup.attempts.push(Attempt {
             client,
-            socket_cookie: message.socket_cookie,
-            transport: message.transport,
-            server: message.remote,
+            socket_cookie: message.envelope.socket_cookie,
+            transport: message.envelope.transport,
+            server: message.envelope.remote,
             question,
             id,
             sent_monotonic_ns: Some(now),
-            sent_wall_time_ns: Some(message.wall_time_ns),
+            sent_wall_time_ns: Some(message.envelope.wall_time_ns),
             response: None,
             outcome: Outcome::Pending,
             moved_on: false,
@@ -240,20 +240,21 @@ impl Correlator {
     ) {
         let question = message.dns.question.as_ref().expect("checked by observe");
         let response = Response {
-            monotonic_ns: message.monotonic_ns,
-            wall_time_ns: message.wall_time_ns,
-            from: message.remote,
+            monotonic_ns: message.envelope.monotonic_ns,
+            wall_time_ns: message.envelope.wall_time_ns,
+            from: message.envelope.remote,
             shape,
-            number: message.response_number,
+            number: message.envelope.response_number,
             // Settled when the lookup is reported (`reads::settle`).
-            read: match message.response_number {
+            read: match message.envelope.response_number {
                 Some(_) => ReadState::Pending,
                 None => ReadState::Unknown,
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
-        let on_socket =
-            |a: &Attempt| a.socket_cookie == message.socket_cookie && a.sent_monotonic_ns.is_some();
+        let on_socket = |a: &Attempt| {
+            a.socket_cookie == message.envelope.socket_cookie && a.sent_monotonic_ns.is_some()
+        };
         // The newest query that fits: glibc re-sends with the same id.
         let matching = lookups
             .iter_mut()
@@ -265,13 +266,13 @@ impl Correlator {
         if let Some(attempt) = matching {
             // A connected socket only hears its peer; an unconnected one may
             // hear anyone, and resolvers ignore answers from elsewhere.
-            if attempt.server == message.remote {
+            if attempt.server == message.envelope.remote {
                 attempt.outcome = match attempt.outcome {
                     Outcome::Timeout => Outcome::Late,
                     outcome => outcome,
                 };
                 if attempt.outcome == Outcome::Pending {
-                    attempt.ended_monotonic_ns = Some(message.monotonic_ns);
+                    attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
                 }
                 attempt.response = Some(response);
                 return;
@@ -400,11 +401,11 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         previous.outcome = Outcome::Answered;
         return;
     }
-    let rejection = if repeat.transport != previous.transport {
+    let rejection = if repeat.envelope.transport != previous.transport {
         Some(Rejection::SwitchedToTcp)
-    } else if repeat.remote != previous.server {
+    } else if repeat.envelope.remote != previous.server {
         Some(Rejection::NextServer)
-    } else if repeat.socket_cookie == previous.socket_cookie {
+    } else if repeat.envelope.socket_cookie == previous.socket_cookie {
         Some(Rejection::AskedAgain)
     } else if !answer_was_used || response.shape.is_lame_referral() {
         // A fresh socket to the same server: a resolver that opens one per
@@ -474,9 +475,9 @@ fn stray(
 ) -> Correlated {
     Correlated::Stray(Attempt {
         client,
-        socket_cookie: message.socket_cookie,
-        transport: message.transport,
-        server: message.remote,
+        socket_cookie: message.envelope.socket_cookie,
+        transport: message.envelope.transport,
+        server: message.envelope.remote,
         question: message.dns.question.clone().expect("checked by observe"),
         id,
         sent_monotonic_ns: None,

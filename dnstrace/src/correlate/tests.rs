@@ -12,7 +12,7 @@ use super::{
 use crate::{
     decode::{DnsSummary, Flags, HeaderSummary, Question},
     diagnose::{Cause, Diagnoser},
-    message::{Direction, Message, Process, Transport},
+    message::{Direction, Envelope, Message, Process, Transport},
     resolver::{ResolvConf, ResolverContext, Resolvers},
 };
 
@@ -103,24 +103,26 @@ fn message(
         additional: answer.map_or(0, |a| a.additional),
     };
     Message {
-        wall_time_ns: i128::from(at),
-        monotonic_ns: at,
-        process: Some(Process {
-            pid: socket.pid,
-            tid: socket.pid,
-            comm: "client".into(),
-            uid: 0,
-            cgroup_id: 1,
-            // No namespace: the tests must not depend on this host's /proc.
-            netns: None,
-        }),
-        socket_cookie: socket.cookie,
-        direction,
-        transport: Transport::Udp,
-        local: SocketAddr::from(([10, 0, 0, 1], 40000 + socket.cookie as u16)),
-        remote: socket.server,
+        envelope: Envelope {
+            wall_time_ns: i128::from(at),
+            monotonic_ns: at,
+            process: Some(Process {
+                pid: socket.pid,
+                tid: socket.pid,
+                comm: "client".into(),
+                uid: 0,
+                cgroup_id: 1,
+                // No namespace: the tests must not depend on this host's /proc.
+                netns: None,
+            }),
+            socket_cookie: socket.cookie,
+            direction,
+            transport: Transport::Udp,
+            local: SocketAddr::from(([10, 0, 0, 1], 40000 + socket.cookie as u16)),
+            remote: socket.server,
+            response_number: None,
+        },
         size: 40,
-        response_number: None,
         truncated_capture: false,
         payload: Vec::new(),
         dns: DnsSummary {
@@ -623,7 +625,7 @@ fn pair_read_as_at(numbered: bool, counts: Option<Counts>, now: u64) -> Vec<Read
             MS,
             Some(GOOD),
         );
-        m.response_number = numbered.then_some(number);
+        m.envelope.response_number = numbered.then_some(number);
         s.correlator.observe(&m, &mut s.out);
     }
     let (out, _) = s.settle(MS);
@@ -685,7 +687,7 @@ fn a_stray_response_is_not_judged_read_or_unread() {
         MS,
         Some(GOOD),
     );
-    m.response_number = Some(1);
+    m.envelope.response_number = Some(1);
     s.correlator.observe(&m, &mut s.out);
     let strays: Vec<ReadState> = s
         .out

@@ -149,7 +149,7 @@ impl Output for DnstapOutput {
 fn record(message: &Message) -> proto::Dnstap {
     // A payload too short for a header counts as a query.
     let is_response = message.dns.header.as_ref().is_some_and(|h| h.is_response);
-    let process_is_client = (message.direction == Direction::Send) != is_response;
+    let process_is_client = (message.envelope.direction == Direction::Send) != is_response;
     let kind = match (process_is_client, is_response) {
         (true, false) => proto::MessageType::StubQuery,
         (true, true) => proto::MessageType::StubResponse,
@@ -157,19 +157,20 @@ fn record(message: &Message) -> proto::Dnstap {
         (false, true) => proto::MessageType::ClientResponse,
     };
     let (client, server) = match process_is_client {
-        true => (message.local, message.remote),
-        false => (message.remote, message.local),
+        true => (message.envelope.local, message.envelope.remote),
+        false => (message.envelope.remote, message.envelope.local),
     };
     let family = match client.ip() {
         IpAddr::V4(_) => proto::SocketFamily::Inet,
         IpAddr::V6(_) => proto::SocketFamily::Inet6,
     };
-    let protocol = match message.transport {
+    let protocol = match message.envelope.transport {
         Transport::Udp => proto::SocketProtocol::Udp,
         Transport::Tcp => proto::SocketProtocol::Tcp,
     };
-    let seconds = u64::try_from(message.wall_time_ns.div_euclid(1_000_000_000)).unwrap_or(0);
-    let nanos = message.wall_time_ns.rem_euclid(1_000_000_000) as u32;
+    let seconds =
+        u64::try_from(message.envelope.wall_time_ns.div_euclid(1_000_000_000)).unwrap_or(0);
+    let nanos = message.envelope.wall_time_ns.rem_euclid(1_000_000_000) as u32;
     let payload = Some(message.payload.clone());
     let mut dns = proto::Message {
         r#type: kind as i32,
@@ -190,7 +191,7 @@ fn record(message: &Message) -> proto::Dnstap {
         dns.query_time_nsec = Some(nanos);
         dns.query_message = payload;
     }
-    let identity = match &message.process {
+    let identity = match &message.envelope.process {
         Some(process) => format!("{}[{}]", process.comm, process.pid),
         None => "unknown process".to_string(),
     };

@@ -80,23 +80,24 @@ pub struct MessageRecord<'a> {
 
 impl<'a> MessageRecord<'a> {
     pub fn new(message: &'a Message) -> Self {
-        let process = message.process.as_ref();
+        let envelope = &message.envelope;
+        let process = envelope.process.as_ref();
         let header = message.dns.header.as_ref();
         let question = message.dns.question.as_ref();
         Self {
             kind: Mnemonic("message".into()),
-            ts: Rfc3339(message.wall_time_ns),
+            ts: Rfc3339(envelope.wall_time_ns),
             pid: process.map(|p| p.pid),
             tid: process.map(|p| p.tid),
             comm: process.map(|p| &*p.comm),
             uid: process.map(|p| p.uid),
             cgroup_id: process.map(|p| p.cgroup_id),
             netns: process.and_then(|p| p.netns),
-            socket_cookie: message.socket_cookie,
-            direction: Mnemonic(message.direction.name().into()),
-            proto: Mnemonic(message.transport.name().into()),
-            local: message.local,
-            remote: message.remote,
+            socket_cookie: envelope.socket_cookie,
+            direction: Mnemonic(envelope.direction.name().into()),
+            proto: Mnemonic(envelope.transport.name().into()),
+            local: envelope.local,
+            remote: envelope.remote,
             id: header.map(|h| h.id),
             qr: header.map(|h| h.is_response),
             opcode: header.map(|h| Mnemonic(opcode_name(h.opcode))),
@@ -704,16 +705,18 @@ mod tests {
     ) -> Message {
         let payload = [0u8; 12];
         Message {
-            wall_time_ns,
-            monotonic_ns: 0,
-            process: None,
-            socket_cookie: 1,
-            direction,
-            transport: crate::message::Transport::Udp,
-            local: local.parse().unwrap(),
-            remote: "127.0.0.1:53".parse().unwrap(),
+            envelope: crate::message::Envelope {
+                wall_time_ns,
+                monotonic_ns: 0,
+                process: None,
+                socket_cookie: 1,
+                direction,
+                transport: crate::message::Transport::Udp,
+                local: local.parse().unwrap(),
+                remote: "127.0.0.1:53".parse().unwrap(),
+                response_number: None,
+            },
             size: 12,
-            response_number: None,
             truncated_capture: false,
             payload: Vec::new(),
             dns: decode(&payload, payload.len()),
@@ -827,7 +830,7 @@ mod tests {
         let mut times = TimeCache::default();
         let mut message = header_only(0, "10.0.0.7:40000", crate::message::Direction::Send);
         assert_same_json(&message, &mut times);
-        message.process = Some(crate::message::Process {
+        message.envelope.process = Some(crate::message::Process {
             pid: 4242,
             tid: u32::MAX,
             comm: "we\"ird\\\n\u{1}\u{7f}é名".into(),
@@ -848,16 +851,16 @@ mod tests {
             (-1, "[::ffff:1.2.3.4]:1", "[fe80::1]:53"),
             (0, "1.2.3.4:5", "6.7.8.9:10"),
         ] {
-            message.wall_time_ns = ns;
-            message.local = local.parse().unwrap();
-            message.remote = remote.parse().unwrap();
+            message.envelope.wall_time_ns = ns;
+            message.envelope.local = local.parse().unwrap();
+            message.envelope.remote = remote.parse().unwrap();
             assert_same_json(&message, &mut times);
         }
         // Cut short: a decode error, and flags but no question.
         message.dns = decode(&query[..20], query.len());
         message.truncated_capture = true;
         assert_same_json(&message, &mut times);
-        message.process = None;
+        message.envelope.process = None;
         message.dns = decode(&[], 0);
         assert_same_json(&message, &mut times);
     }

@@ -63,25 +63,28 @@ impl PcapngOutput {
     }
 
     fn packet(&mut self, message: &Message) -> Vec<u8> {
-        let (source, destination) = match message.direction {
-            Direction::Send => (message.local, message.remote),
-            Direction::Recv => (message.remote, message.local),
+        let (source, destination) = match message.envelope.direction {
+            Direction::Send => (message.envelope.local, message.envelope.remote),
+            Direction::Recv => (message.envelope.remote, message.envelope.local),
         };
-        let mut transport = match message.transport {
+        let mut transport = match message.envelope.transport {
             Transport::Udp => udp_header(source, destination, message.payload.len()),
             Transport::Tcp => {
-                let key = (message.socket_cookie, message.direction == Direction::Send);
+                let key = (
+                    message.envelope.socket_cookie,
+                    message.envelope.direction == Direction::Send,
+                );
                 let sequence = self.tcp_sequence.entry(key).or_insert(1);
                 let header = tcp_header(source, destination, *sequence);
                 *sequence = sequence.wrapping_add(message.payload.len() as u32 + 2);
                 header
             }
         };
-        if message.transport == Transport::Tcp {
+        if message.envelope.transport == Transport::Tcp {
             transport.extend_from_slice(&(message.payload.len() as u16).to_be_bytes());
         }
         transport.extend_from_slice(&message.payload);
-        let protocol = match message.transport {
+        let protocol = match message.envelope.transport {
             Transport::Udp => PROTO_UDP,
             Transport::Tcp => PROTO_TCP,
         };
@@ -100,7 +103,9 @@ impl Output for PcapngOutput {
         let missing = (message.size as usize).saturating_sub(message.payload.len());
         let block = EnhancedPacketBlock {
             interface_id: 0,
-            timestamp: Duration::from_nanos(u64::try_from(message.wall_time_ns).unwrap_or(0)),
+            timestamp: Duration::from_nanos(
+                u64::try_from(message.envelope.wall_time_ns).unwrap_or(0),
+            ),
             original_len: (data.len() + missing) as u32,
             data: Cow::Owned(data),
             // tshark shows it as `frame.comment`, as with ptcpdump's files.

@@ -78,7 +78,7 @@ impl Output for TextOutput {
         if !self.verbose {
             return Ok(());
         }
-        let colour = match (message.direction, message.dns.header.as_ref()) {
+        let colour = match (message.envelope.direction, message.dns.header.as_ref()) {
             (_, None) => paint::YELLOW,
             (Direction::Send, Some(h)) if !h.is_response => paint::DIM,
             (_, Some(h)) if h.rcode == 0 => paint::GREEN,
@@ -247,11 +247,11 @@ fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
 }
 
 fn format_line(message: &Message) -> String {
-    let (pid, comm) = match &message.process {
+    let (pid, comm) = match &message.envelope.process {
         Some(p) => (p.pid.to_string(), &*p.comm),
         None => ("?".to_string(), "?"),
     };
-    let arrow = match message.direction {
+    let arrow = match message.envelope.direction {
         Direction::Send => ">",
         Direction::Recv => "<",
     };
@@ -283,10 +283,10 @@ fn format_line(message: &Message) -> String {
     };
     let mut line = format!(
         "{time} {pid:<7} {comm:<15} {arrow}   {remote:<22} {id:<5} {flags:<14} {rcode:<9} {qtype:<6} {answers:>3} {qname}",
-        time = TimeOfDay(message.wall_time_ns),
-        remote = message.remote.to_string(),
+        time = TimeOfDay(message.envelope.wall_time_ns),
+        remote = message.envelope.remote.to_string(),
     );
-    if message.transport == crate::message::Transport::Tcp {
+    if message.envelope.transport == crate::message::Transport::Tcp {
         line.push_str(" [tcp]");
     }
     if let Some(error) = &dns.decode_error {
@@ -304,28 +304,30 @@ mod tests {
     use super::*;
     use crate::{
         decode::{DnsSummary, Flags, HeaderSummary, Question},
-        message::{Process, Transport},
+        message::{Envelope, Process, Transport},
     };
 
     fn response() -> Message {
         Message {
-            wall_time_ns: 1_795_758_586_123_456_789,
-            monotonic_ns: 1,
-            process: Some(Process {
-                pid: 4242,
-                tid: 4242,
-                comm: "getent".into(),
-                uid: 0,
-                cgroup_id: 1,
-                netns: Some(4026531840),
-            }),
-            socket_cookie: 7,
-            direction: Direction::Recv,
-            transport: Transport::Udp,
-            local: "10.253.1.1:40000".parse::<SocketAddr>().unwrap(),
-            remote: "10.253.1.2:53".parse::<SocketAddr>().unwrap(),
+            envelope: Envelope {
+                wall_time_ns: 1_795_758_586_123_456_789,
+                monotonic_ns: 1,
+                process: Some(Process {
+                    pid: 4242,
+                    tid: 4242,
+                    comm: "getent".into(),
+                    uid: 0,
+                    cgroup_id: 1,
+                    netns: Some(4026531840),
+                }),
+                socket_cookie: 7,
+                direction: Direction::Recv,
+                transport: Transport::Udp,
+                local: "10.253.1.1:40000".parse::<SocketAddr>().unwrap(),
+                remote: "10.253.1.2:53".parse::<SocketAddr>().unwrap(),
+                response_number: None,
+            },
             size: 60,
-            response_number: None,
             truncated_capture: false,
             payload: Vec::new(),
             dns: DnsSummary {
@@ -371,7 +373,7 @@ mod tests {
         let destination = Destination::open(Some(&path), Default::default()).unwrap();
         let mut output = TextOutput::new(destination, false, true).unwrap();
         let mut message = response();
-        if let Some(process) = message.process.as_mut() {
+        if let Some(process) = message.envelope.process.as_mut() {
             process.comm = "evil\x1b]0;x\x07".into();
         }
         output.message(&message).unwrap();
@@ -388,7 +390,7 @@ mod tests {
     #[test]
     fn an_unknown_owner_and_a_bad_payload_are_marked() {
         let mut message = response();
-        message.process = None;
+        message.envelope.process = None;
         message.dns = DnsSummary {
             decode_error: Some("too short".into()),
             ..DnsSummary::default()
