@@ -23,7 +23,7 @@ use tempfile::TempDir;
 use crate::{
     netns::Topology,
     process::{run, wait_bounded},
-    servers::{ANSWER_V4, ANSWER_V6, ZONE, dig_target},
+    servers::{ANSWER_V4, ANSWER_V6, NXDOMAIN_SUBZONE, ZONE, dig_target},
     target_dir, unique_name, workspace_dir,
 };
 
@@ -276,6 +276,15 @@ pub struct Lookup {
     pub resolv_conf: Vec<String>,
 }
 
+/// The search list of [`Lookup::ndots_search`]: a pod's namespace and
+/// cluster suffixes, all under the NXDOMAIN subzone.
+fn ndots_suffixes() -> [String; 3] {
+    ["ns.svc", "svc", ""].map(|prefix| match prefix {
+        "" => format!("{NXDOMAIN_SUBZONE}.{ZONE}"),
+        prefix => format!("{prefix}.{NXDOMAIN_SUBZONE}.{ZONE}"),
+    })
+}
+
 impl Lookup {
     pub fn new(label: &str, server: SocketAddr) -> Self {
         Self::in_subzone(label, "", server)
@@ -300,6 +309,26 @@ impl Lookup {
     pub fn with_resolv_conf(mut self, line: impl Into<String>) -> Self {
         self.resolv_conf.push(line.into());
         self
+    }
+
+    /// getent's lookup of a name with two dots on the shaping server
+    /// `server`, under a Kubernetes pod's search list whose every suffix is
+    /// NXDOMAIN, with ndots:5: the name is tried under each suffix before
+    /// it resolves on its own.
+    pub fn ndots_search(server: SocketAddr) -> Self {
+        Self::new("getent", server)
+            .with_resolv_conf(format!("search {}", ndots_suffixes().join(" ")))
+            .with_resolv_conf("options ndots:5")
+    }
+
+    /// The names an [`Lookup::ndots_search`] tries, in order, with their
+    /// trailing dots: under each suffix, then the name itself.
+    pub fn ndots_names_tried(&self) -> Vec<String> {
+        ndots_suffixes()
+            .iter()
+            .map(|suffix| format!("{}.{suffix}.", self.domain))
+            .chain([format!("{}.", self.domain)])
+            .collect()
     }
 
     /// The lookup's unique label under `subzone` of [`ZONE`] instead ("" for

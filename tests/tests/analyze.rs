@@ -19,7 +19,7 @@ use dnstrace_tests::{
     clients::{Client, ClientRun, Lookup, PausedClient},
     netns::{CLIENT_V4, Family, Topology},
     process::{Daemon, PATIENCE, poll_until},
-    servers::{DnsServer, NXDOMAIN_SUBZONE, ServerKind, ZONE},
+    servers::{DnsServer, ServerKind, ZONE},
     trace::{
         Attempt, Diagnosis, Trace, TracedLookup, Tracer, analyze, analyzed_whole, dnstrace_bin,
         readable_by_all,
@@ -506,21 +506,11 @@ fn servfail_fallback_captured_by_tcpdump_is_a_server_failure_fallback_for_the_cl
 fn ndots_search_expansion_captured_by_tcpdump_counts_the_wasted_queries_for_the_client_address() {
     let net = Topology::new();
     let shaping = DnsServer::start(ServerKind::Shaping, &net);
-    let suffixes = ["ns.svc", "svc", ""].map(|prefix| match prefix {
-        "" => format!("{NXDOMAIN_SUBZONE}.{ZONE}"),
-        prefix => format!("{prefix}.{NXDOMAIN_SUBZONE}.{ZONE}"),
-    });
-    let lookup = Lookup::new("getent", shaping.socket(Family::V4))
-        .with_resolv_conf(format!("search {}", suffixes.join(" ")))
-        .with_resolv_conf("options ndots:5");
+    let lookup = Lookup::ndots_search(shaping.socket(Family::V4));
     let captured = traced_and_captured(&net, &lookup, PausedClient::run);
 
     let run = &captured.run;
-    let mut expected_names: Vec<String> = suffixes
-        .iter()
-        .map(|suffix| format!("{}{suffix}.", run.domain))
-        .collect();
-    expected_names.push(run.domain.clone());
+    let expected_names = lookup.ndots_names_tried();
     // Without the process's resolv.conf, analyze joins the names by their
     // shared first label (docs/diagnoses.md).
     let traces = assert_same_verdicts_as_live(&captured, "search_expansion");

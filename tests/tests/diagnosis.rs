@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dnstrace_tests::{
     clients::{Client, ClientRun, Lookup, PausedClient},
     netns::{Family, Topology},
-    servers::{
-        ANSWER_V4, ANSWER_V6, DnsServer, NXDOMAIN_SUBZONE, ServerKind, V4_ONLY_SUBZONE, ZONE,
-    },
+    servers::{ANSWER_V4, ANSWER_V6, DnsServer, NXDOMAIN_SUBZONE, ServerKind, V4_ONLY_SUBZONE},
     trace::{Attempt, Diagnosis, Trace, TracedLookup, Tracer},
 };
 
@@ -349,21 +347,11 @@ fn ndots_search_expansion_counts_the_wasted_queries() {
     let shaping = DnsServer::start(ServerKind::Shaping, &net);
     // A Kubernetes pod's list; every suffix is NXDOMAIN, and the name itself
     // (2 dots, fewer than 5) resolves last.
-    let suffixes = ["ns.svc", "svc", ""].map(|prefix| match prefix {
-        "" => format!("{NXDOMAIN_SUBZONE}.{ZONE}"),
-        prefix => format!("{prefix}.{NXDOMAIN_SUBZONE}.{ZONE}"),
-    });
-    let lookup = Lookup::new("getent", shaping.socket(Family::V4))
-        .with_resolv_conf(format!("search {}", suffixes.join(" ")))
-        .with_resolv_conf("options ndots:5");
+    let lookup = Lookup::ndots_search(shaping.socket(Family::V4));
     let (run, trace) = traced(&net, Client::Getent, &lookup, PausedClient::run);
 
     let traced_lookup = the_lookup(&trace, &run);
-    let mut expected_names: Vec<String> = suffixes
-        .iter()
-        .map(|suffix| format!("{}{suffix}.", run.domain))
-        .collect();
-    expected_names.push(run.domain.clone());
+    let expected_names = lookup.ndots_names_tried();
     assert_eq!(traced_lookup.names_tried, expected_names);
     assert_eq!(traced_lookup.outcome, "resolved");
     // A and AAAA for each of the three suffixes.
