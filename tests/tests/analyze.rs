@@ -21,8 +21,8 @@ use dnstrace_tests::{
     process::{Daemon, PATIENCE, poll_until},
     servers::{DnsServer, ServerKind, ZONE},
     trace::{
-        Attempt, Diagnosis, Trace, TracedLookup, Tracer, analyze, analyzed_whole, dnstrace_bin,
-        readable_by_all,
+        Analysis, Attempt, Diagnosis, Trace, TracedLookup, Tracer, analyze, analyzed_whole,
+        dnstrace_bin, readable_by_all,
     },
     unique_name,
 };
@@ -980,6 +980,38 @@ fn assert_not_looked_up(trace: &Trace, run: &ClientRun, what: &str) {
     );
 }
 
+/// Checks that analyze read the records before record `third` (the third
+/// lookup's first) and nothing after: the first two lookups resolved, the
+/// last two not there. `damage` names what stopped it, for the messages.
+fn assert_analysed_up_to_the_third_lookup(
+    trace: &Trace,
+    runs: &[ClientRun],
+    third: usize,
+    damage: &str,
+) {
+    assert_eq!(
+        trace.summary.messages, third as u64,
+        "the records before {damage}"
+    );
+    for run in &runs[..2] {
+        assert_resolved(trace, run, &format!("before {damage}"));
+    }
+    for run in &runs[2..] {
+        assert_not_looked_up(trace, run, &format!("after {damage}"));
+    }
+}
+
+/// analyze's stderr line naming `file` and an offset, and that offset.
+fn damage_reported<'a>(analysis: &'a Analysis, file: &Path) -> (&'a str, usize) {
+    let path = file.display().to_string();
+    let warning = analysis
+        .stderr
+        .iter()
+        .find(|l| l.contains(&path) && l.contains("offset"))
+        .unwrap_or_else(|| panic!("a line naming {path} and the offset: {:?}", analysis.stderr));
+    (warning, offset_in(warning).expect("an offset"))
+}
+
 #[test]
 fn a_pcap_cut_in_the_middle_of_a_record_is_analysed_up_to_it() {
     let Lookups { runs, pcap, dir } = capture_four_lookups();
@@ -998,13 +1030,7 @@ fn a_pcap_cut_in_the_middle_of_a_record_is_analysed_up_to_it() {
         analysis.status,
         analysis.stderr
     );
-    let path = cut.display().to_string();
-    let warning = analysis
-        .stderr
-        .iter()
-        .find(|l| l.contains(&path) && l.contains("offset"))
-        .unwrap_or_else(|| panic!("a line naming {path} and the offset: {:?}", analysis.stderr));
-    let reported = offset_in(warning).expect("an offset");
+    let (warning, reported) = damage_reported(&analysis, &cut);
     assert!(
         (offset..=cut_len).contains(&reported),
         "the cut record starts at {offset} (the file ends at {cut_len}): {warning}"
@@ -1014,13 +1040,7 @@ fn a_pcap_cut_in_the_middle_of_a_record_is_analysed_up_to_it() {
         assert!(warning.contains("skipped 1 damaged record"), "{warning}");
         assert_eq!(trace.summary.skipped_records, 1, "{:?}", trace.summary);
     }
-    assert_eq!(trace.summary.messages, third as u64, "the whole records");
-    for run in &runs[..2] {
-        assert_resolved(&trace, run, "before the cut");
-    }
-    for run in &runs[2..] {
-        assert_not_looked_up(&trace, run, "after the cut");
-    }
+    assert_analysed_up_to_the_third_lookup(&trace, &runs, third, "the cut");
 }
 
 #[test]
@@ -1048,25 +1068,13 @@ fn a_pcap_record_header_damaged_mid_file_ends_the_file_with_exit_1() {
         analysis.status,
         analysis.stderr
     );
-    let path = damaged.display().to_string();
-    let warning = analysis
-        .stderr
-        .iter()
-        .find(|l| l.contains(&path) && l.contains("offset"))
-        .unwrap_or_else(|| panic!("a line naming {path} and the offset: {:?}", analysis.stderr));
-    let reported = offset_in(warning).expect("an offset");
+    let (warning, reported) = damage_reported(&analysis, &damaged);
     assert!(
         (offset..offset + RECORD_HEADER).contains(&reported),
         "the damaged record header is at {offset}: {warning}"
     );
     let trace = analysis.trace();
-    assert_eq!(trace.summary.messages, third as u64, "the records before");
-    for run in &runs[..2] {
-        assert_resolved(&trace, run, "before the damage");
-    }
-    for run in &runs[2..] {
-        assert_not_looked_up(&trace, run, "after the damage");
-    }
+    assert_analysed_up_to_the_third_lookup(&trace, &runs, third, "the damage");
 }
 
 #[test]
