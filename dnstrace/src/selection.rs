@@ -11,7 +11,11 @@ use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
-use crate::{cli::TraceArgs, failure::Failure, process::netns_cookie_of};
+use crate::{
+    cli::TraceArgs,
+    failure::Failure,
+    process::{is_alive, netns_cookie_of},
+};
 
 pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
@@ -20,10 +24,19 @@ pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
             "at most {MAX_PORTS} --port options"
         )));
     }
+    if args.ports.contains(&0) {
+        return Err(Failure::setup(
+            "--port 0: not a port a DNS message can use (1 to 65535)",
+        ));
+    }
     config.ports = [0; MAX_PORTS];
     config.ports[..args.ports.len()].copy_from_slice(&args.ports);
     config.port_count = args.ports.len() as u32;
 
+    // A pid that does not exist would select nothing, silently.
+    if let Some(pid) = args.pids.iter().find(|pid| !is_alive(**pid)) {
+        return Err(Failure::setup(format!("--pid {pid}: no such process")));
+    }
     if !args.pids.is_empty() {
         config.filters |= FILTER_PID;
     }
