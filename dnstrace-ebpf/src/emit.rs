@@ -15,9 +15,8 @@ use dnstrace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, EventBuffer, LOST, SCRATCH},
-    read,
-    skb::Datagram,
+    maps::{EVENTS, EventBuffer, LOST, SCRATCH, response_counts},
+    packet::Datagram,
 };
 
 const HEADER_LEN: u32 = size_of::<EventHeader>() as u32;
@@ -144,7 +143,7 @@ pub fn message(
         && captured > 2
         && buffer.payload[2] & 0x80 != 0
     {
-        read::counts(cookie)
+        response_counts(cookie)
     } else {
         None
     };

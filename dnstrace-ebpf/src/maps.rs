@@ -1,4 +1,4 @@
-//! Maps and load-time configuration shared by every program.
+//! Maps, load-time configuration and counters shared by every program.
 
 use aya_ebpf::{
     Global,
@@ -44,3 +44,19 @@ pub struct EventBuffer {
 
 #[map]
 pub static SCRATCH: PerCpuArray<EventBuffer> = PerCpuArray::with_max_entries(1, 0);
+
+/// The socket's counts, created at the first response, when reads are
+/// tracked.
+#[inline(always)]
+pub fn response_counts(cookie: u64) -> Option<*mut ReadCounts> {
+    if CONFIG.load().track_reads == 0 {
+        return None;
+    }
+    if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
+        return Some(counts);
+    }
+    // A full LRU map evicts its oldest entry, so this cannot fail for lack
+    // of room.
+    let _ = RESPONSES.insert(&cookie, &ReadCounts::default(), 0);
+    RESPONSES.get_ptr_mut(&cookie)
+}
