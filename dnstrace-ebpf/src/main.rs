@@ -11,6 +11,10 @@
 //! into the ring buffer).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds: the BPF target has them, but Rust offers them only through
+// the intrinsic, as the target has no compare-and-swap (see maps::add).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod emit;

@@ -5,7 +5,7 @@
 //! without. It only counts: userspace compares the count with the numbers
 //! ingress gave the responses, so a read costs no event.
 
-use crate::maps::RESPONSES;
+use crate::maps::{RESPONSES, add};
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -32,13 +32,11 @@ pub fn dns_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
         // SAFETY: the map value lives while this program runs. Never ahead
         // of the responses: a datagram that is not DNS read from the same
-        // socket cannot make a later response look read. Two threads
-        // reading one socket at the same instant could count one read
-        // (Rust has no atomic add for the BPF target), leaving the socket a
-        // read behind: its later responses would show as not read.
+        // socket cannot make a later response look read. The add is atomic,
+        // so two threads reading one socket at once count two reads.
         unsafe {
             if (*counts).read < (*counts).received {
-                (*counts).read += 1;
+                add(&raw mut (*counts).read, 1);
             }
         }
     }
