@@ -10,6 +10,7 @@ use std::{
 };
 
 use dnstrace_tests::{
+    dnstap::Collector,
     netns::{Family, Topology},
     process::{Daemon, run},
     servers::{DnsServer, ServerKind, ZONE},
@@ -175,18 +176,63 @@ fn assert_shown_escaped(text: &str, label: &str) {
     assert!(raw.is_empty(), "raw {raw:?} reached the terminal:\n{text}");
 }
 
+const DAC_OVERRIDE: u64 = 1 << 1;
+const DAC_READ_SEARCH: u64 = 1 << 2;
+const SYS_PTRACE: u64 = 1 << 19;
+const SYS_ADMIN: u64 = 1 << 21;
+/// What docs/security.md says a tracing run keeps.
+const TRACING: u64 = SYS_ADMIN | SYS_PTRACE | DAC_READ_SEARCH;
+
 /// Once attached, every thread of the agent holds only what docs/security.md
 /// lists, and can gain nothing back (no_new_privs, bounding set).
 #[test]
 fn the_agent_keeps_only_the_capabilities_it_still_uses() {
-    const SYS_ADMIN: u64 = 1 << 21;
-    const SYS_PTRACE: u64 = 1 << 19;
-    const DAC_READ_SEARCH: u64 = 1 << 2;
-    let kept = SYS_ADMIN | SYS_PTRACE | DAC_READ_SEARCH;
     let tracer = Tracer::start(dnstrace_tests::trace::EVERYTHING);
-    let tasks = fs::read_dir(format!("/proc/{}/task", tracer.pid())).expect("tasks");
+    for (tid, kept) in capabilities_of_each_thread(tracer.pid()) {
+        assert_eq!(kept, TRACING, "thread {tid}");
+    }
+    let trace = tracer.stop();
+    assert!(
+        trace.stderr.iter().any(|line| line
+            == "dnstrace: capabilities kept: cap_dac_read_search,cap_sys_ptrace,cap_sys_admin; \
+                no_new_privs set"),
+        "{:?}",
+        trace.stderr
+    );
+}
+
+/// The dnstap sender starts before the programs attach, and drops what it
+/// does not use itself: a Unix socket may need DAC_OVERRIDE to reconnect,
+/// nothing else. The agent's own thread keeps DAC_OVERRIDE for the same.
+#[test]
+fn the_dnstap_sending_thread_keeps_only_what_reconnecting_needs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("collector.sock");
+    let collector = Collector::unix(&socket, &dir.path().join("out.fstrm"));
+    let target = format!("unix:{}", socket.display());
+    let tracer = Tracer::start(["--dnstap", &target]);
+    let threads = capabilities_of_each_thread(tracer.pid());
+    assert!(threads.len() >= 2, "the sender is a thread: {threads:?}");
+    for (tid, kept) in threads {
+        let expected = match tid == tracer.pid() {
+            true => TRACING | DAC_OVERRIDE,
+            false => DAC_OVERRIDE,
+        };
+        assert_eq!(kept, expected, "thread {tid}");
+    }
+    tracer.stop();
+    collector.stop();
+}
+
+/// Each thread of `pid` with its effective capabilities, once checked that
+/// it can gain none: permitted and bounding sets the same, inheritable and
+/// ambient empty, no_new_privs set.
+fn capabilities_of_each_thread(pid: u32) -> Vec<(u32, u64)> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut threads = Vec::new();
     for task in tasks {
-        let status = fs::read_to_string(task.expect("task").path().join("status")).expect("status");
+        let task = task.expect("task");
+        let status = fs::read_to_string(task.path().join("status")).expect("status");
         let field = |name: &str| {
             status
                 .lines()
@@ -196,23 +242,16 @@ fn the_agent_keeps_only_the_capabilities_it_still_uses() {
                 .to_string()
         };
         let mask = |name: &str| u64::from_str_radix(&field(name), 16).expect("hex");
-        assert_eq!(mask("CapEff:"), kept, "effective:\n{status}");
-        assert_eq!(mask("CapPrm:"), kept, "permitted:\n{status}");
-        assert_eq!(mask("CapBnd:"), kept, "bounding:\n{status}");
+        let effective = mask("CapEff:");
+        assert_eq!(mask("CapPrm:"), effective, "permitted:\n{status}");
+        assert_eq!(mask("CapBnd:"), effective, "bounding:\n{status}");
         assert_eq!(mask("CapInh:"), 0, "inheritable:\n{status}");
         assert_eq!(mask("CapAmb:"), 0, "ambient:\n{status}");
         assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+        let tid = task.file_name().to_string_lossy().parse().expect("tid");
+        threads.push((tid, effective));
     }
-    let trace = tracer.stop();
-    assert!(
-        trace
-            .stderr
-            .iter()
-            .any(|line| line
-                == "dnstrace: capabilities kept: cap_dac_read_search,cap_sys_ptrace,cap_sys_admin; no_new_privs set"),
-        "{:?}",
-        trace.stderr
-    );
+    threads
 }
 
 /// In a PID namespace of its own (a pod without hostPID), the pids the
