@@ -341,7 +341,7 @@ pub fn open_private(dir: &OwnedFd, name: &OsStr, creation: Creation) -> io::Resu
         rustix::fs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(
             |errno| match errno {
                 Errno::LOOP => io::Error::other(
-                    "it is a symbolic link, and dnstrace follows none for its output (remove it)",
+                    "it is a symbolic link, which dnstrace never follows for output (name the file itself)",
                 ),
                 Errno::EXIST => io::Error::other(
                     "something else appeared under that name while rotating (left alone)",
