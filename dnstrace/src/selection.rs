@@ -12,6 +12,7 @@ use dnstrace_common::{
 };
 
 use crate::{
+    capture::foreign_pid_namespace,
     cli::TraceArgs,
     failure::Failure,
     process::{is_alive, netns_cookie_of},
@@ -33,8 +34,10 @@ pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     config.ports[..args.ports.len()].copy_from_slice(&args.ports);
     config.port_count = args.ports.len() as u32;
 
-    // A pid that does not exist would select nothing, silently.
-    if let Some(pid) = args.pids.iter().find(|pid| !is_alive(**pid)) {
+    // A pid that does not exist would select nothing, silently. The kernel
+    // filters on the host's pids, which only the host's /proc can confirm.
+    let checkable = foreign_pid_namespace().is_none();
+    if let Some(pid) = args.pids.iter().find(|pid| checkable && !is_alive(**pid)) {
         return Err(Failure::setup(format!("--pid {pid}: no such process")));
     }
     if !args.pids.is_empty() {
