@@ -255,15 +255,17 @@ fn capabilities_of_each_thread(pid: u32) -> Vec<(u32, u64)> {
 }
 
 /// In a PID namespace of its own (a pod without hostPID), the pids the
-/// kernel gives are not the ones /proc shows: dnstrace says so at start.
+/// kernel gives are not the ones /proc shows: dnstrace says so at start,
+/// and takes --pid as a host pid, which that /proc cannot confirm.
 #[test]
 fn a_pid_namespace_other_than_the_hosts_is_said_at_start() {
     let dir = tempfile::tempdir().expect("temp dir");
+    let host_pid = std::process::id().to_string();
     let mut command = Command::new("unshare");
     command
         .args(["--pid", "--fork", "--mount-proc"])
         .arg(dnstrace_bin())
-        .args(["--duration", "1", "-o"])
+        .args(["--pid", &host_pid, "--duration", "1", "-o"])
         .arg(dir.path().join("trace.txt"));
     let (status, stderr) = Daemon::spawn("dnstrace", &mut command).wait();
     assert!(status.success(), "{status}: {stderr:?}");
