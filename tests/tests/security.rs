@@ -86,7 +86,8 @@ fn every_output_file_is_private_whatever_existed_before() {
 
 /// A client whose thread name and query name carry a terminal escape and a
 /// right-to-left override: the text output shows both as escapes, live and
-/// in `dnstrace analyze` of the JSON written meanwhile.
+/// in `dnstrace analyze` of the JSON written meanwhile; so do names in a
+/// JSON Lines file, and a file's name on stderr.
 #[test]
 fn thread_names_and_query_names_reach_the_terminal_escaped() {
     const HOSTILE_COMM: &str = "\x1b[2J\u{202e}gpj.exe";
@@ -157,6 +158,36 @@ fn thread_names_and_query_names_reach_the_terminal_escaped() {
         .expect("run dnstrace analyze");
     assert!(analyzed.status.success(), "{analyzed:?}");
     assert_shown_escaped(&String::from_utf8_lossy(&analyzed.stdout), &label);
+
+    // JSON Lines hold names as they were decoded: a file can carry any
+    // text in them. Its name, too, is anyone's in a shared directory, and
+    // stderr quotes it when a line is damaged.
+    let text = fs::read_to_string(&json).expect("read the JSON");
+    let line = text
+        .lines()
+        .find(|line| line.contains(r#""kind":"message""#) && line.contains(&label))
+        .expect("a message line of the lookups");
+    let hostile_line = line.replace(&label, &format!("{label}\\u001b[2J\\u202e"));
+    let hostile_file = dir.path().join("trace\x1b[2J\u{202e}.jsonl");
+    fs::write(&hostile_file, format!("{hostile_line}\nnot JSON\n")).expect("write");
+    let analyzed = Command::new(dnstrace_bin())
+        .arg("analyze")
+        .arg(&hostile_file)
+        .arg("-v")
+        .output()
+        .expect("run dnstrace analyze");
+    let stdout = String::from_utf8_lossy(&analyzed.stdout);
+    assert!(
+        stdout.contains(&format!("{label}\\x1b[2J\\u{{202e}}")),
+        "the name as escapes:\n{stdout}"
+    );
+    assert_no_raw_controls(&stdout);
+    let stderr = String::from_utf8_lossy(&analyzed.stderr);
+    assert!(
+        stderr.contains("trace\\x1b[2J\\u{202e}.jsonl: skipped 1 damaged record"),
+        "the file's name as escapes:\n{stderr}"
+    );
+    assert_no_raw_controls(&stderr);
 }
 
 fn assert_shown_escaped(text: &str, label: &str) {
@@ -165,6 +196,10 @@ fn assert_shown_escaped(text: &str, label: &str) {
         "the thread name as escapes:\n{text}"
     );
     assert!(text.contains(label), "the query's lines are there:\n{text}");
+    assert_no_raw_controls(text);
+}
+
+fn assert_no_raw_controls(text: &str) {
     let raw: Vec<char> = text
         .chars()
         .filter(|c| {
