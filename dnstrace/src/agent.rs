@@ -9,7 +9,7 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, parse_record},
+    capture::{Capture, DropNames, is_drop, parse_drop, parse_record},
     clock::{WallClock, monotonic_now_ns},
     failure::Failure,
     framing::TcpStreams,
@@ -28,7 +28,19 @@ const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 const FORGET_EVERY_TICKS: u64 = 30;
 
 /// One ring buffer record, into the pipeline.
-fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
+fn record(
+    decoder: &mut RecordDecoder,
+    bytes: &[u8],
+    pipeline: &mut Pipeline,
+    drop_names: Option<&DropNames>,
+) {
+    if is_drop(bytes) {
+        match (parse_drop(bytes), drop_names) {
+            (Some(raw), Some(names)) => pipeline.dropped(decoder.dropped(&raw, names)),
+            _ => pipeline.summary.malformed_records += 1,
+        }
+        return;
+    }
     let Some(raw) = parse_record(bytes) else {
         pipeline.summary.malformed_records += 1;
         return;
@@ -61,6 +73,7 @@ pub async fn run(
         thread_names: ThreadNames::default(),
         keep_payloads: pipeline.needs_payloads(),
     };
+    let drop_names = capture.take_drop_names().ok();
     let mut losses = Losses::default();
     let mut tick_count = 0u64;
 
@@ -76,7 +89,7 @@ pub async fn run(
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
-                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
@@ -89,14 +102,14 @@ pub async fn run(
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
         if let Some(error) = pipeline.take_write_error() {
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
     }
 
     capture.detach();
-    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
     capture.flush_kernel_log();
     if let Some(line) = losses.update(capture.lost_per_cpu()) {
         eprintln!("dnstrace: {line}");

@@ -7,10 +7,10 @@ use std::{
     sync::Arc,
 };
 
-use dnstrace_common::{EVENT_OWNER_KNOWN, FAMILY_V4, PROTO_TCP};
+use dnstrace_common::{EVENT_OWNER_KNOWN, EventHeader, FAMILY_V4, PROTO_TCP};
 
 use crate::{
-    capture::RawMessage,
+    capture::{DropNames, RawDrop, RawMessage},
     clock::WallClock,
     decode::{self, DnsSummary},
     framing::TcpStreams,
@@ -158,30 +158,8 @@ impl RecordDecoder {
     /// one).
     pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
         let header = &raw.header;
-        let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
-            pid: header.pid,
-            tid: header.tid,
-            comm: self.thread_names.name(&header.comm.0),
-            uid: header.uid,
-            cgroup_id: header.cgroup_id,
-            netns: self.namespaces.inode(header.netns_cookie),
-        });
-        let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
-            Direction::Send
-        } else {
-            Direction::Recv
-        };
-        let envelope = Envelope {
-            wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
-            monotonic_ns: header.timestamp_ns,
-            process,
-            socket_cookie: header.socket_cookie,
-            direction,
-            transport: Transport::Udp,
-            local: socket_addr(header.family, &header.local_addr, header.local_port),
-            remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
-            response_number: (header.response_number > 0).then_some(header.response_number),
-        };
+        let envelope = self.envelope(header);
+        let direction = envelope.direction;
         let keep_payload = self.keep_payloads;
         if header.protocol == PROTO_TCP {
             let sending = direction == Direction::Send;
@@ -211,6 +189,61 @@ impl RecordDecoder {
             ));
         }
     }
+
+    /// The part of a record every message of it shares.
+    fn envelope(&mut self, header: &EventHeader) -> Envelope {
+        let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
+            pid: header.pid,
+            tid: header.tid,
+            comm: self.thread_names.name(&header.comm.0),
+            uid: header.uid,
+            cgroup_id: header.cgroup_id,
+            netns: self.namespaces.inode(header.netns_cookie),
+        });
+        let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
+            Direction::Send
+        } else {
+            Direction::Recv
+        };
+        Envelope {
+            wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
+            monotonic_ns: header.timestamp_ns,
+            process,
+            socket_cookie: header.socket_cookie,
+            direction,
+            transport: Transport::Udp,
+            local: socket_addr(header.family, &header.local_addr, header.local_port),
+            remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
+            response_number: (header.response_number > 0).then_some(header.response_number),
+        }
+    }
+
+    /// A drop record as a dropped message, with its reason and place named.
+    pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &DropNames) -> Dropped {
+        let header = &raw.header.event;
+        let envelope = Envelope {
+            transport: if header.protocol == PROTO_TCP {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
+            ..self.envelope(header)
+        };
+        // A TCP segment that starts a message begins with its length.
+        let (payload, size) = match envelope.transport {
+            Transport::Tcp => (
+                raw.payload.get(2..).unwrap_or_default(),
+                header.payload_len.saturating_sub(2),
+            ),
+            Transport::Udp => (raw.payload, header.payload_len),
+        };
+        Dropped {
+            message: Message::decoded(envelope, payload, size, self.keep_payloads),
+            reason: names.reason(raw.header.reason),
+            location: names.location(raw.header.location),
+            netns: (raw.header.netns_inode != 0).then_some(u64::from(raw.header.netns_inode)),
+        }
+    }
 }
 
 /// The kernel's thread names as shared strings, each made once: a thread
@@ -237,6 +270,20 @@ impl ThreadNames {
         self.by_bytes.insert(*comm, Arc::clone(&name));
         name
     }
+}
+
+/// A DNS packet the kernel dropped (`skb:kfree_skb`).
+#[derive(Clone, Debug)]
+pub struct Dropped {
+    /// The packet as a message: its process, addresses and DNS, with
+    /// `direction` seen from the client (send: a query on its way out).
+    pub message: Message,
+    /// The kernel's name for the reason, such as `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that dropped it, such as `nf_hook_slow+0x8d`.
+    pub location: String,
+    /// Inode of the network namespace it was dropped in.
+    pub netns: Option<u64>,
 }
 
 /// Everything about a message but its bytes: where and when it was seen.

@@ -9,7 +9,8 @@ use crate::{
         reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
-    message::{ClientId, Message},
+    drop_owners::QueryOwners,
+    message::{ClientId, Dropped, Message},
     output::{Output, ProcessReport, Summary},
 };
 
@@ -28,6 +29,10 @@ pub struct Pipeline {
     read_counts: Option<Box<dyn ReadCounter>>,
     /// The latest time seen, CLOCK_MONOTONIC ns: a message's, or `advance`'s.
     now_ns: u64,
+    /// Whether the kernel's drops are watched, so queries' senders are
+    /// remembered for them.
+    watch_drops: bool,
+    query_owners: QueryOwners,
 }
 
 impl Pipeline {
@@ -42,6 +47,8 @@ impl Pipeline {
             correlated: Vec::new(),
             read_counts: None,
             now_ns: 0,
+            watch_drops: false,
+            query_owners: QueryOwners::default(),
         }
     }
 
@@ -60,6 +67,13 @@ impl Pipeline {
         self
     }
 
+    /// Drops will come: remember who sent each query, to attribute the
+    /// drops the kernel could not.
+    pub fn watching_drops(mut self) -> Self {
+        self.watch_drops = true;
+        self
+    }
+
     /// Whether any output writes payloads, so decoding must keep them.
     pub fn needs_payloads(&self) -> bool {
         self.outputs.iter().any(|output| output.needs_payload())
@@ -72,10 +86,21 @@ impl Pipeline {
             self.summary.undecodable += 1;
         }
         self.each_output(|output| output.message(message));
+        if self.watch_drops {
+            self.query_owners.message(message);
+        }
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+    }
+
+    /// A DNS packet the kernel dropped: counted, and to every output.
+    pub fn dropped(&mut self, mut dropped: Dropped) {
+        self.now_ns = self.now_ns.max(dropped.message.envelope.monotonic_ns);
+        self.summary.drops += 1;
+        self.query_owners.attribute(&mut dropped);
+        self.each_output(|output| output.dropped(&dropped));
     }
 
     /// Lets time decide what it decides (timeouts, settled lookups); `now`

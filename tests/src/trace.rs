@@ -357,6 +357,24 @@ pub struct Shape {
 }
 
 /// The last line.
+/// One `"kind":"drop"` line: a DNS packet the kernel dropped.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Drop {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub socket_cookie: u64,
+    pub direction: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub id: Option<u16>,
+    pub qr: Option<bool>,
+    pub qname: Option<String>,
+    pub qtype: Option<String>,
+    pub reason: String,
+    pub location: String,
+    pub drop_netns: Option<u64>,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize)]
 pub struct Summary {
     pub messages: u64,
@@ -365,6 +383,9 @@ pub struct Summary {
     /// `dnstrace analyze`: damaged input records skipped.
     #[serde(default)]
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped.
+    #[serde(default)]
+    pub drops: u64,
 }
 
 /// Everything one tracer run wrote.
@@ -375,6 +396,8 @@ pub struct Trace {
     pub lookups: Vec<TracedLookup>,
     /// Every diagnosis line; see [`Trace::diagnoses_of`] for the totals.
     pub diagnoses: Vec<Diagnosis>,
+    /// DNS packets the kernel dropped.
+    pub drops: Vec<Drop>,
     pub summary: Summary,
     /// Each line as plain JSON, for checks on the schema itself.
     pub lines: Vec<serde_json::Value>,
@@ -403,6 +426,7 @@ impl Trace {
             attempts: Vec::new(),
             lookups: Vec::new(),
             diagnoses: Vec::new(),
+            drops: Vec::new(),
             summary,
             lines: Vec::new(),
             stderr,
@@ -413,6 +437,7 @@ impl Trace {
                 Some("attempt") => trace.attempts.push(typed(line)),
                 Some("lookup") => trace.lookups.push(typed(line)),
                 Some("diagnosis") => trace.diagnoses.push(typed(line)),
+                Some("drop") => trace.drops.push(typed(line)),
                 _ => panic!("unknown kind of line, or a summary before the last line: {line}"),
             }
         }

@@ -19,7 +19,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Message},
+    message::{Client, Dropped, Message},
     resolver::Library,
 };
 
@@ -140,6 +140,33 @@ impl MessageRecord<'_> {
             local, remote, id, qr, opcode, flags, rcode, qname, qtype, answers, authority,
             additional, edns_udp_size, size, truncated_capture, decode_error);
         out.push(b'}');
+    }
+}
+
+/// A DNS packet the kernel dropped: the fields of a message (with kind
+/// `"drop"`), then why and where.
+#[derive(Serialize)]
+pub struct DropRecord<'a> {
+    #[serde(flatten)]
+    pub message: MessageRecord<'a>,
+    /// The kernel's drop reason, such as `NETFILTER_DROP`.
+    pub reason: &'a str,
+    /// The kernel function that dropped the packet, `symbol+0xoffset`.
+    pub location: &'a str,
+    /// Inode of the network namespace the packet was dropped in.
+    pub drop_netns: Option<u64>,
+}
+
+impl<'a> DropRecord<'a> {
+    pub fn new(dropped: &'a Dropped) -> Self {
+        let mut message = MessageRecord::new(&dropped.message);
+        message.kind = Mnemonic("drop".into());
+        Self {
+            message,
+            reason: &dropped.reason,
+            location: &dropped.location,
+            drop_netns: dropped.netns,
+        }
     }
 }
 
@@ -595,6 +622,8 @@ pub struct SummaryRecord {
     pub undecodable: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped (each also a `drop` record).
+    pub drops: u64,
 }
 
 pub struct JsonOutput {
@@ -670,6 +699,10 @@ impl Output for JsonOutput {
         self.line(&AttemptRecord::new(attempt))
     }
 
+    fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        self.line(&DropRecord::new(dropped))
+    }
+
     fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
         self.line(&DiagnosisRecord::new(diagnosis))
     }
@@ -686,6 +719,7 @@ impl Output for JsonOutput {
             lost: summary.lost(),
             undecodable: summary.undecodable,
             skipped_records: summary.skipped_records,
+            drops: summary.drops,
         })?;
         self.flush()
     }
@@ -734,6 +768,13 @@ mod tests {
             lost: 0,
             undecodable: 0,
             skipped_records: 0,
+            drops: 0,
+        };
+        let dropped = Dropped {
+            message: message.clone(),
+            reason: "NETFILTER_DROP".into(),
+            location: "nf_hook_slow+0x8d".into(),
+            netns: Some(1),
         };
         let client = crate::message::Client {
             id: crate::message::ClientId::Pid(1),
@@ -770,6 +811,7 @@ mod tests {
         let diagnosis = diagnoser.all()[0].clone();
         for value in [
             serde_json::to_value(MessageRecord::new(&message)).unwrap(),
+            serde_json::to_value(DropRecord::new(&dropped)).unwrap(),
             serde_json::to_value(AttemptRecord::new(&attempt)).unwrap(),
             serde_json::to_value(LookupRecord::new(&lookup)).unwrap(),
             serde_json::to_value(DiagnosisRecord::new(&diagnosis)).unwrap(),

@@ -33,7 +33,7 @@ use crate::{
     correlate::{attempt::Attempt, lookup::Lookup},
     diagnose::Diagnosis,
     failure::Failure,
-    message::{Client, Message},
+    message::{Client, Dropped, Message},
 };
 
 /// Opens every output the arguments ask for: the main one (text or JSON)
@@ -121,6 +121,8 @@ pub struct Summary {
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped.
+    pub drops: u64,
 }
 
 impl Summary {
@@ -163,6 +165,12 @@ impl Summary {
                 .map(|(cpu, lost)| format!("cpu{cpu}: {lost}"))
                 .collect();
             line.push_str(&format!(" ({})", per_cpu.join(", ")));
+        }
+        if self.drops > 0 {
+            line.push_str(&format!(
+                ", {} DNS packets dropped by the kernel",
+                self.drops
+            ));
         }
         if self.evicted_lookups > 0 {
             line.push_str(&format!(
@@ -211,6 +219,10 @@ pub trait Output {
     // Formats that carry only messages (pcapng) leave the rest alone.
     /// A lookup that settled, with its attempts.
     fn lookup(&mut self, _lookup: &Lookup) -> io::Result<()> {
+        Ok(())
+    }
+    /// A DNS packet the kernel dropped.
+    fn dropped(&mut self, _dropped: &Dropped) -> io::Result<()> {
         Ok(())
     }
     /// A response that matched no query.
