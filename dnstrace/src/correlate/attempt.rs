@@ -22,6 +22,11 @@ pub enum Outcome {
     Rejected(Rejection),
     /// The response came after the process had moved on.
     Late,
+    /// The process stopped waiting for this query for another reason than
+    /// time: a copy sent to another server at once was answered (musl asks
+    /// every server), or it moved to TCP at once after a truncated answer to
+    /// the other query of its pair. Too soon to be any resolver's timeout.
+    Superseded,
     /// A response that fits no query: wrong id, question or source.
     Mismatched(Mismatch),
 }
@@ -57,6 +62,7 @@ impl Outcome {
             Self::Timeout => "timeout",
             Self::Rejected(_) => "rejected",
             Self::Late => "late",
+            Self::Superseded => "superseded",
             Self::Mismatched(_) => "mismatched",
         }
     }
@@ -95,17 +101,6 @@ impl Shape {
             authority: header.authority,
             additional: header.additional,
         }
-    }
-
-    /// glibc's "lame referral" test in res_send.c (send_dg): NOERROR, no
-    /// answers, neither AA nor RA, no additional records. glibc drops such
-    /// an answer and moves to the next server; Go rejects it too.
-    pub fn is_lame_referral(&self) -> bool {
-        self.rcode == 0
-            && self.answers == 0
-            && !self.flags.contains(Flags::AA)
-            && !self.flags.contains(Flags::RA)
-            && self.additional == 0
     }
 
     /// An answer that gives the process addresses (or whatever it asked).

@@ -1,11 +1,15 @@
 //! Correlation: messages → attempts → lookups, per process.
 //!
-//! A query opens an attempt; the response on the same socket with the same
-//! id and question closes it. What the process does next decides whether it
-//! used the response: asking the same question again at once, asking
-//! another server or switching to TCP means it threw the answer away.
+//! A query opens an attempt; the response on the same socket, with the same
+//! id and question, from the server the query went to closes it (a
+//! response without a question section by socket, id and source alone).
+//! What the process does next decides whether it used the response: asking
+//! the same question again at once, asking another server or switching to
+//! TCP means it threw the answer away, unless its resolver keeps that answer
+//! (behaviour.rs): then the program is looking the name up again.
 
 pub mod attempt;
+pub mod behaviour;
 pub mod lookup;
 pub mod reads;
 #[cfg(test)]
@@ -19,8 +23,8 @@ use self::{
 };
 use crate::{
     decode::Question,
-    message::{Client, ClientId, Direction, Message},
-    resolver::{ResolverContext, Resolvers},
+    message::{Client, ClientId, Direction, Message, Transport},
+    resolver::{Library, ResolverContext, Resolvers},
 };
 
 /// A response is judged rejected only if the process asks again within this
@@ -31,6 +35,10 @@ pub const SETTLE_NS: u64 = 1_000_000_000;
 /// Slack on top of the resolver's timeout before an unanswered query counts
 /// as timed out, for a process that never asks again.
 const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
+/// No resolver gives up on a query sooner than this (glibc and Go wait at
+/// least 1 s, musl its timeout over its attempts, 100 ms at the least): a
+/// process that stops waiting sooner has another reason.
+const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
 /// Open lookups kept per process, and processes tracked; past either the
 /// oldest lookup is reported as it stands and counted as evicted.
 const MAX_LOOKUPS_PER_PROCESS: usize = 512;
@@ -101,7 +109,9 @@ impl Correlator {
         let Some(header) = &message.dns.header else {
             return;
         };
-        if message.dns.question.is_none() {
+        // A query without a question asks nothing; a response without one
+        // (a bare REFUSED or FORMERR header) still answers its query.
+        if message.dns.question.is_none() && !header.is_response {
             return;
         }
         // Only the client's view: its queries out, its responses in.
@@ -146,7 +156,9 @@ impl Correlator {
 
         for lookup in lookups.iter_mut() {
             let positive = lookup.has_positive_response();
+            let over = lookup.is_over();
             let same_name = lookup.name == name;
+            let library = lookup.context.library.clone();
             for previous in lookup
                 .attempts
                 .iter_mut()
@@ -159,7 +171,12 @@ impl Correlator {
                     }
                     continue;
                 }
-                judge_repeat(previous, message, now, positive || previous.moved_on);
+                let known = Known {
+                    library: library.as_ref(),
+                    answer_was_used: positive || previous.moved_on,
+                    lookup_over: over,
+                };
+                judge_repeat(previous, message, id, now, &known);
             }
         }
 
@@ -168,25 +185,26 @@ impl Correlator {
         // label with an unresolved lookup continues it (postgres.ns.svc… →
         // postgres.).
         let search_unknown = context.conf.is_none();
-        // A lookup that has an answer to every question it asked ends when
-        // the process starts over: a fresh socket to the server it began
-        // with. (glibc's last round, one query per socket after timeouts,
-        // still belongs to a lookup that lacks an answer.)
+        // A lookup that is over for the program (an answer its resolver
+        // keeps to every question) ends when the process asks one of its
+        // questions again on a fresh socket; a question not asked yet is
+        // the next name of the search list. (glibc's last round, one query
+        // per socket after timeouts, still belongs to a lookup that lacks
+        // an answer.)
         let position = lookups.iter().rposition(|lookup| {
             let continues = lookup.name == name
                 || (search_unknown
                     && !lookup.has_positive_response()
                     && first_label(&lookup.name) == first_label(&name));
-            let starts_over = lookup.has_positive_response()
-                && lookup.every_question_answered()
+            let starts_over = lookup.is_over()
                 && lookup
                     .attempts
                     .iter()
                     .all(|a| a.socket_cookie != message.envelope.socket_cookie)
                 && lookup
                     .attempts
-                    .first()
-                    .is_some_and(|a| a.server == message.envelope.remote);
+                    .iter()
+                    .any(|a| a.question.same_as(&question));
             continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
@@ -238,11 +256,12 @@ impl Correlator {
         shape: Shape,
         out: &mut Vec<Correlated>,
     ) {
-        let question = message.dns.question.as_ref().expect("checked by observe");
+        let question = message.dns.question.as_ref();
+        let from = message.envelope.remote;
         let response = Response {
             monotonic_ns: message.envelope.monotonic_ns,
             wall_time_ns: message.envelope.wall_time_ns,
-            from: message.envelope.remote,
+            from,
             shape,
             number: message.envelope.response_number,
             // Settled when the lookup is reported (`reads::settle`).
@@ -252,47 +271,58 @@ impl Correlator {
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
-        let on_socket = |a: &Attempt| {
-            a.socket_cookie == message.envelope.socket_cookie && a.sent_monotonic_ns.is_some()
+        let waiting = |a: &Attempt| {
+            a.socket_cookie == message.envelope.socket_cookie
+                && a.sent_monotonic_ns.is_some()
+                && a.response.is_none()
         };
-        // The newest query that fits: glibc re-sends with the same id.
+        // Without a question, the id alone must do.
+        let fits = |a: &Attempt| a.id == id && question.is_none_or(|q| a.question.same_as(q));
+        // The newest query that fits, from the server it went to: glibc
+        // re-sends with the same id, and musl sends the same id from one
+        // socket to every server at once. An unconnected socket may hear
+        // anyone, and resolvers ignore answers from elsewhere.
         let matching = lookups
             .iter_mut()
             .rev()
             .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-            .find(|a| {
-                on_socket(a) && a.id == id && a.response.is_none() && a.question.same_as(question)
-            });
+            .find(|a| waiting(a) && fits(a) && a.server == from);
         if let Some(attempt) = matching {
-            // A connected socket only hears its peer; an unconnected one may
-            // hear anyone, and resolvers ignore answers from elsewhere.
-            if attempt.server == message.envelope.remote {
-                attempt.outcome = match attempt.outcome {
-                    Outcome::Timeout => Outcome::Late,
-                    outcome => outcome,
-                };
-                if attempt.outcome == Outcome::Pending {
-                    attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
-                }
-                attempt.response = Some(response);
-                return;
+            attempt.outcome = match attempt.outcome {
+                Outcome::Timeout => Outcome::Late,
+                outcome => outcome,
+            };
+            if attempt.outcome == Outcome::Pending {
+                attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
             }
-            out.push(stray(message, client, id, response, Mismatch::Source));
+            attempt.response = Some(response);
             return;
         }
         let waiting: Vec<&Attempt> = lookups
             .iter()
             .flat_map(|lookup| lookup.attempts.iter())
-            .filter(|a| on_socket(a) && a.response.is_none())
+            .filter(|a| waiting(a))
             .collect();
+        let source = waiting.iter().find(|a| fits(a));
         let mismatch = if waiting.is_empty() {
             Mismatch::Unsolicited
+        } else if source.is_some() {
+            Mismatch::Source
         } else if waiting.iter().any(|a| a.id == id) {
             Mismatch::Question
         } else {
             Mismatch::Id
         };
-        out.push(stray(message, client, id, response, mismatch));
+        // A response without a question is shown with the one it answers
+        // where that is known.
+        let question = question
+            .or(source.map(|a| &a.question))
+            .cloned()
+            .unwrap_or(Question {
+                name: String::new(),
+                qtype: 0,
+            });
+        out.push(stray(message, client, question, id, response, mismatch));
     }
 
     /// Counts the message against its process's budget. A process going
@@ -327,19 +357,32 @@ impl Correlator {
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
                 let rejected = rejected_shapes(lookup);
-                for attempt in lookup
+                let library = lookup.context.library.as_ref();
+                let superseded: Vec<bool> = lookup
                     .attempts
-                    .iter_mut()
-                    .filter(|a| a.outcome == Outcome::Pending)
-                {
+                    .iter()
+                    .map(|a| superseded_by_copy(&lookup.attempts, a, library))
+                    .collect();
+                for (attempt, superseded) in lookup.attempts.iter_mut().zip(superseded) {
+                    if attempt.outcome != Outcome::Pending {
+                        continue;
+                    }
                     match (&attempt.response, attempt.sent_monotonic_ns) {
                         (Some(response), _)
                             if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
                         {
-                            attempt.outcome = unrepeated_answer(attempt, &rejected);
+                            attempt.outcome = if superseded {
+                                Outcome::Superseded
+                            } else {
+                                unrepeated_answer(attempt, &rejected)
+                            };
                         }
                         (None, Some(sent)) if now.saturating_sub(sent) > timeout => {
-                            attempt.outcome = Outcome::Timeout;
+                            attempt.outcome = if superseded {
+                                Outcome::Superseded
+                            } else {
+                                Outcome::Timeout
+                            };
                             attempt.ended_monotonic_ns = Some(now);
                         }
                         _ => {}
@@ -388,12 +431,41 @@ impl Correlator {
     }
 }
 
-/// The process asked `previous`'s question again. What that says about
-/// `previous` depends on whether it had an answer, and how it asks again.
-fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_used: bool) {
+/// What the correlator knows, besides the messages, when a question comes
+/// again.
+struct Known<'a> {
+    library: Option<&'a Library>,
+    /// The lookup had an answer with records, or the process had asked
+    /// about another name since.
+    answer_was_used: bool,
+    /// The lookup was over for the program (`Lookup::is_over`).
+    lookup_over: bool,
+}
+
+/// The process asked `previous`'s question again, with `id`. What that
+/// says about `previous` depends on whether it had an answer, how it asks
+/// again, and which answers its resolver keeps.
+fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, known: &Known<'_>) {
+    let same_socket = repeat.envelope.socket_cookie == previous.socket_cookie;
+    let other_server = repeat.envelope.remote != previous.server;
+    if same_socket && id == previous.id && other_server {
+        // The same query to another server from the same socket: musl asks
+        // every server at once, and again each retry. It still waits for
+        // this one.
+        return;
+    }
     let Some(response) = &previous.response else {
-        // It gave up waiting: a retransmission, the next server, or TCP.
-        previous.outcome = Outcome::Timeout;
+        // It gave up waiting: a retransmission, the next server, or TCP;
+        // or, sooner than any resolver times out, something else moved it
+        // on (the other answer of its pair was truncated).
+        let waited = previous
+            .sent_monotonic_ns
+            .map_or(u64::MAX, |sent| now.saturating_sub(sent));
+        previous.outcome = if waited < SHORTEST_TIMEOUT_NS {
+            Outcome::Superseded
+        } else {
+            Outcome::Timeout
+        };
         previous.ended_monotonic_ns = Some(now);
         return;
     };
@@ -401,25 +473,47 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         previous.outcome = Outcome::Answered;
         return;
     }
+    let rejects = behaviour::rejects(known.library, &response.shape);
     let rejection = if repeat.envelope.transport != previous.transport {
-        Some(Rejection::SwitchedToTcp)
-    } else if repeat.envelope.remote != previous.server {
-        Some(Rejection::NextServer)
-    } else if repeat.envelope.socket_cookie == previous.socket_cookie {
+        (repeat.envelope.transport == Transport::Tcp).then_some(Rejection::SwitchedToTcp)
+    } else if same_socket {
         Some(Rejection::AskedAgain)
-    } else if !answer_was_used || response.shape.is_lame_referral() {
-        // A fresh socket to the same server: a resolver that opens one per
-        // try (Go), unless the lookup already had its answer, in which case
-        // this is the application asking again. A lame referral is never an
-        // answer to keep, so asking again after one is rejecting it.
-        Some(Rejection::AskedAgain)
-    } else {
+    } else if known.lookup_over && rejects == Some(false) {
+        // Its resolver keeps this answer and had one to every question:
+        // the program is looking the name up again (on any server).
         None
+    } else if other_server {
+        Some(Rejection::NextServer)
+    } else {
+        // A fresh socket to the same server: a resolver that opens one per
+        // try (Go) if it throws this answer away; where the resolver is not
+        // known, if the lookup had no answer yet or this one is lame.
+        let rejected = rejects
+            .unwrap_or_else(|| !known.answer_was_used || behaviour::is_glibc_lame(&response.shape));
+        rejected.then_some(Rejection::AskedAgain)
     };
     previous.outcome = match rejection {
         Some(rejection) => Outcome::Rejected(rejection),
         None => Outcome::Answered,
     };
+}
+
+/// Whether a copy of `attempt` (the same query from the same socket to
+/// another server, as musl sends) had an answer the resolver keeps before
+/// `attempt` had one it keeps: musl takes the first and ignores the rest.
+fn superseded_by_copy(attempts: &[Attempt], attempt: &Attempt, library: Option<&Library>) -> bool {
+    let kept = |response: &Response| behaviour::rejects(library, &response.shape) != Some(true);
+    let own = attempt.response.as_ref().filter(|r| kept(r));
+    attempts.iter().any(|copy| {
+        copy.socket_cookie == attempt.socket_cookie
+            && copy.id == attempt.id
+            && copy.server != attempt.server
+            && copy.question.same_as(&attempt.question)
+            && copy
+                .response
+                .as_ref()
+                .is_some_and(|r| kept(r) && own.is_none_or(|own| r.monotonic_ns < own.monotonic_ns))
+    })
 }
 
 /// A lookup reported before time could judge it (at exit, or evicted): a
@@ -469,6 +563,7 @@ fn first_label(name: &str) -> &str {
 fn stray(
     message: &Message,
     client: Client,
+    question: Question,
     id: u16,
     response: Response,
     mismatch: Mismatch,
@@ -478,7 +573,7 @@ fn stray(
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
         server: message.envelope.remote,
-        question: message.dns.question.clone().expect("checked by observe"),
+        question,
         id,
         sent_monotonic_ns: None,
         sent_wall_time_ns: None,

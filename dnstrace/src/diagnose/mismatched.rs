@@ -27,14 +27,22 @@ pub fn check(stray: &Attempt) -> Finding {
             "An answer after the process gave up (it came too late), or unsolicited traffic.",
         ),
     };
+    // A bare header (a 12-byte REFUSED or FORMERR) names no question.
+    let question = match stray.question.name.as_str() {
+        "" => "no question".to_string(),
+        name => name.to_string(),
+    };
     Finding {
         cause: Cause::MismatchedAnswer,
         server: Some(from),
-        names: vec![stray.question.name.clone()],
+        names: Some(stray.question.name.clone())
+            .filter(|name| !name.is_empty())
+            .into_iter()
+            .collect(),
         evidence: vec![stray.id],
         explanation: format!(
-            "A response from {from} for {} (id {}) to {} {what}.",
-            stray.question.name, stray.id, stray.client
+            "A response from {from} for {question} (id {}) to {} {what}.",
+            stray.id, stray.client
         ),
         fix: fix.into(),
         shapes: None,
