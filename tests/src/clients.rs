@@ -55,9 +55,9 @@ pub enum Client {
         processes: u32,
         per_second: u32,
     },
-    /// musl's resolver, statically linked.
+    /// musl's resolver, statically linked; [`Lookup::times`] lookups.
     Musl,
-    /// Go's pure resolver.
+    /// Go's pure resolver; [`Lookup::times`] lookups, 100 ms apart.
     Go,
     /// dnsperf sending `queries` distinct names once each.
     Dnsperf { queries: u32 },
@@ -223,11 +223,22 @@ impl Client {
             }
             Client::Musl => {
                 needs_port_53();
-                vec![musl_client().display().to_string(), domain.clone()]
+                vec![
+                    musl_client().display().to_string(),
+                    domain.clone(),
+                    lookup.times.to_string(),
+                ]
             }
             Client::Go => {
                 needs_port_53();
-                vec![go_client().display().to_string(), domain.clone()]
+                vec![
+                    go_client().display().to_string(),
+                    "-n".into(),
+                    lookup.times.to_string(),
+                    "-every".into(),
+                    "100ms".into(),
+                    domain.clone(),
+                ]
             }
             Client::UdpQuery { read } => vec![
                 "/usr/bin/python3".into(),
@@ -274,6 +285,10 @@ pub struct Lookup {
     /// resolv.conf lines after the `nameserver` line of `server`: more
     /// nameservers, `search`, `options`.
     pub resolv_conf: Vec<String>,
+    /// How many times the program looks the name up, for clients that can
+    /// repeat ([`Client::Musl`], [`Client::Go`]; [`Client::Python`] has its
+    /// own count).
+    pub times: u32,
 }
 
 /// The search list of [`Lookup::ndots_search`]: a pod's namespace and
@@ -302,7 +317,14 @@ impl Lookup {
             domain: format!("{}.{subzone}{ZONE}", unique_name(label)),
             server,
             resolv_conf: Vec::new(),
+            times: 1,
         }
+    }
+
+    /// Has the program look the name up `times` times.
+    pub fn times(mut self, times: u32) -> Self {
+        self.times = times;
+        self
     }
 
     /// Adds a line to the client's resolv.conf.

@@ -160,8 +160,13 @@ pub fn dig_target(server: SocketAddr) -> [String; 3] {
     ]
 }
 
+/// The address the shaping server's `other-address` shape answers from.
+pub const SHAPING_OTHER_HOST: u8 = 24;
+
 /// The shaping server, built by cargo next to the test executables.
 fn shaping_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
+    let other = ServerAddrs::host(SHAPING_OTHER_HOST);
+    net.add_server_addrs(other);
     let test_exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/shaping-server
     let bin = test_exe
@@ -178,6 +183,8 @@ fn shaping_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
     command.args([
         SocketAddr::new(addrs.v4.into(), port).to_string(),
         SocketAddr::new(addrs.v6.into(), port).to_string(),
+        format!("other={}", other.v4),
+        format!("other={}", other.v6),
     ]);
     command
 }

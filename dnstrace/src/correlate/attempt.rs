@@ -112,6 +112,12 @@ impl Shape {
     pub fn is_server_failure(&self) -> bool {
         matches!(self.rcode, 2 | 4 | 5)
     }
+
+    /// An error instead of an answer: a server failure, or FORMERR (which
+    /// Go and musl take as one too).
+    pub fn is_error(&self) -> bool {
+        self.is_server_failure() || self.rcode == 1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

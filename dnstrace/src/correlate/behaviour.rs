@@ -46,6 +46,29 @@ pub fn rejects(library: Option<&Library>, shape: &Shape) -> Option<bool> {
     }
 }
 
+/// Whether `library` asks again from a fresh socket to the same server when
+/// it throws an answer away, as Go does (a socket per try). glibc asks again
+/// on the socket it used or moves to the next server, and musl re-sends on
+/// its one socket; a fresh socket to the same server is then the program
+/// looking up again.
+pub fn retries_on_fresh_socket(library: Option<&Library>) -> Option<bool> {
+    library.map(|library| *library == Library::Go)
+}
+
+/// Whether `library` ignores an answer whose question is not the query's
+/// (glibc, Go); musl checks the id alone and takes it.
+pub fn checks_question(library: Option<&Library>) -> Option<bool> {
+    library.map(|library| *library != Library::Musl)
+}
+
+/// Whether `library` takes an answer without a question section (a bare
+/// 12-byte header) as the answer to the query with its id. Go's
+/// `checkResponse` wants the question back: it ignores such an answer and
+/// waits for its timeout.
+pub fn takes_bare_answers(library: Option<&Library>) -> bool {
+    library != Some(&Library::Go)
+}
+
 /// glibc's "lame referral" test in `send_dg` (resolv/res_send.c): NOERROR,
 /// no answers, neither AA nor RA, and no additional records at all.
 pub fn is_glibc_lame(shape: &Shape) -> bool {

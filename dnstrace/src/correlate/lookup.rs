@@ -96,6 +96,33 @@ impl Lookup {
         })
     }
 
+    /// Whether some response so far, used or not yet judged, answers each
+    /// question asked.
+    pub fn every_question_answered(&self) -> bool {
+        self.attempts.iter().all(|asked| {
+            self.attempts.iter().any(|a| {
+                a.question.same_as(&asked.question)
+                    && a.response.is_some()
+                    && matches!(a.outcome, Outcome::Pending | Outcome::Answered)
+            })
+        })
+    }
+
+    /// Whether the process's resolver asks again from a fresh socket to
+    /// the same server (behaviour.rs). Where the library is not known, a
+    /// socket that carried two questions (glibc's and musl's A/AAAA pair)
+    /// tells a resolver that does not; Go uses a socket per query.
+    pub fn retries_on_fresh_socket(&self) -> Option<bool> {
+        behaviour::retries_on_fresh_socket(self.context.library.as_ref()).or_else(|| {
+            let pairs = self.attempts.iter().any(|a| {
+                self.attempts.iter().any(|b| {
+                    b.socket_cookie == a.socket_cookie && b.question.qtype != a.question.qtype
+                })
+            });
+            pairs.then_some(false)
+        })
+    }
+
     pub fn is_settled(&self) -> bool {
         self.attempts.iter().all(|a| a.outcome != Outcome::Pending)
     }

@@ -159,6 +159,7 @@ impl Correlator {
             let over = lookup.is_over();
             let same_name = lookup.name == name;
             let library = lookup.context.library.clone();
+            let fresh_socket_retries = lookup.retries_on_fresh_socket();
             for previous in lookup
                 .attempts
                 .iter_mut()
@@ -175,6 +176,7 @@ impl Correlator {
                     library: library.as_ref(),
                     answer_was_used: positive || previous.moved_on,
                     lookup_over: over,
+                    fresh_socket_retries,
                 };
                 judge_repeat(previous, message, id, now, &known);
             }
@@ -196,15 +198,30 @@ impl Correlator {
                 || (search_unknown
                     && !lookup.has_positive_response()
                     && first_label(&lookup.name) == first_label(&name));
-            let starts_over = lookup.is_over()
-                && lookup
-                    .attempts
-                    .iter()
-                    .all(|a| a.socket_cookie != message.envelope.socket_cookie)
-                && lookup
-                    .attempts
-                    .iter()
-                    .any(|a| a.question.same_as(&question));
+            let fresh_socket = lookup
+                .attempts
+                .iter()
+                .all(|a| a.socket_cookie != message.envelope.socket_cookie);
+            let asked_before = |same_server: bool| {
+                lookup.attempts.iter().any(|a| {
+                    a.question.same_as(&question)
+                        && (!same_server || a.server == message.envelope.remote)
+                })
+            };
+            let starts_over = fresh_socket
+                && match lookup.retries_on_fresh_socket() {
+                    // A resolver that asks again on its socket or at the
+                    // next server: a question asked there before, once each
+                    // has had a response (glibc's last round after
+                    // timeouts opens fresh sockets for those still
+                    // without); or elsewhere once the lookup is over
+                    // (`options rotate`).
+                    Some(false) => {
+                        lookup.every_question_answered()
+                            && (asked_before(true) || (asked_before(false) && lookup.is_over()))
+                    }
+                    _ => asked_before(false) && lookup.is_over(),
+                };
             continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
@@ -271,13 +288,22 @@ impl Correlator {
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
+        let library = lookups.first().and_then(|l| l.context.library.clone());
+        let library = library.as_ref();
         let waiting = |a: &Attempt| {
             a.socket_cookie == message.envelope.socket_cookie
                 && a.sent_monotonic_ns.is_some()
                 && a.response.is_none()
         };
-        // Without a question, the id alone must do.
-        let fits = |a: &Attempt| a.id == id && question.is_none_or(|q| a.question.same_as(q));
+        // Without a question, the id alone must do, for resolvers that
+        // take such answers.
+        let fits = |a: &Attempt| {
+            a.id == id
+                && match question {
+                    Some(q) => a.question.same_as(q),
+                    None => behaviour::takes_bare_answers(library),
+                }
+        };
         // The newest query that fits, from the server it went to: glibc
         // re-sends with the same id, and musl sends the same id from one
         // socket to every server at once. An unconnected socket may hear
@@ -298,31 +324,53 @@ impl Correlator {
             attempt.response = Some(response);
             return;
         }
-        let waiting: Vec<&Attempt> = lookups
+        let open: Vec<&Attempt> = lookups
             .iter()
             .flat_map(|lookup| lookup.attempts.iter())
             .filter(|a| waiting(a))
             .collect();
-        let source = waiting.iter().find(|a| fits(a));
-        let mismatch = if waiting.is_empty() {
+        let source = open.iter().find(|a| fits(a));
+        let same_id = open
+            .iter()
+            .find(|a| a.id == id && a.server == from)
+            .map(|a| (a.socket_cookie, a.id));
+        let mismatch = if open.is_empty() {
             Mismatch::Unsolicited
         } else if source.is_some() {
             Mismatch::Source
-        } else if waiting.iter().any(|a| a.id == id) {
+        } else if same_id.is_some() {
             Mismatch::Question
+        } else if open.iter().any(|a| a.id == id) {
+            Mismatch::Source
         } else {
             Mismatch::Id
         };
         // A response without a question is shown with the one it answers
         // where that is known.
-        let question = question
+        let shown = question
             .or(source.map(|a| &a.question))
             .cloned()
             .unwrap_or(Question {
                 name: String::new(),
                 qtype: 0,
             });
-        out.push(stray(message, client, question, id, response, mismatch));
+        out.push(stray(message, client, shown, id, response.clone(), mismatch));
+        // musl checks the id alone and uses an answer to another question;
+        // where the resolver is not known it may have. Either way its query
+        // was answered, not timed out.
+        let taken = mismatch == Mismatch::Question
+            && question.is_some()
+            && behaviour::checks_question(library) != Some(true);
+        if let (true, Some(key)) = (taken, same_id)
+            && let Some(attempt) = lookups
+                .iter_mut()
+                .rev()
+                .flat_map(|lookup| lookup.attempts.iter_mut().rev())
+                .find(|a| waiting(a) && (a.socket_cookie, a.id) == key && a.server == from)
+        {
+            attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
+            attempt.response = Some(response);
+        }
     }
 
     /// Counts the message against its process's budget. A process going
@@ -440,6 +488,8 @@ struct Known<'a> {
     answer_was_used: bool,
     /// The lookup was over for the program (`Lookup::is_over`).
     lookup_over: bool,
+    /// `Lookup::retries_on_fresh_socket`.
+    fresh_socket_retries: Option<bool>,
 }
 
 /// The process asked `previous`'s question again, with `id`. What that
@@ -487,9 +537,12 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
     } else {
         // A fresh socket to the same server: a resolver that opens one per
         // try (Go) if it throws this answer away; where the resolver is not
-        // known, if the lookup had no answer yet or this one is lame.
-        let rejected = rejects
-            .unwrap_or_else(|| !known.answer_was_used || behaviour::is_glibc_lame(&response.shape));
+        // known, if the lookup had no answer yet or this one is lame. Others
+        // never ask again that way: the program is looking up again.
+        let rejected = known.fresh_socket_retries != Some(false)
+            && rejects.unwrap_or_else(|| {
+                !known.answer_was_used || behaviour::is_glibc_lame(&response.shape)
+            });
         rejected.then_some(Rejection::AskedAgain)
     };
     previous.outcome = match rejection {

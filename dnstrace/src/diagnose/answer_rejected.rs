@@ -17,7 +17,7 @@ use crate::{
 pub fn check(lookup: &Lookup, history: &History<'_>) -> Vec<Finding> {
     // Server failures and truncation have rules of their own.
     rejected_by_server(lookup, |shape| {
-        !shape.is_server_failure() && !shape.flags.contains(Flags::TC)
+        !shape.is_error() && !shape.flags.contains(Flags::TC)
     })
     .into_iter()
     .filter_map(|(server, attempts)| finding(lookup, history, &attempts, server))

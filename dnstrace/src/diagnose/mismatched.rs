@@ -12,6 +12,12 @@ pub fn check(stray: &Attempt) -> Finding {
              path: resolvers ignore such answers and wait for their timeout. Make the server answer \
              from the address it was asked on.",
         ),
+        Outcome::Mismatched(Mismatch::Question) if stray.question.name.is_empty() => (
+            "carries an id the socket waits for, but no question section",
+            "Go's resolver ignores an answer without the question and waits for its timeout; \
+             glibc and musl take it by its id. Make the server (or the middlebox in the path) \
+             echo the question in its answers.",
+        ),
         Outcome::Mismatched(Mismatch::Question) => (
             "carries an id the socket waits for, but another question",
             "The server or something on the path rewrote the question. glibc and Go ignore such an \
