@@ -354,7 +354,14 @@ impl Correlator {
                 name: String::new(),
                 qtype: 0,
             });
-        out.push(stray(message, client, shown, id, response.clone(), mismatch));
+        out.push(stray(
+            message,
+            client,
+            shown,
+            id,
+            response.clone(),
+            mismatch,
+        ));
         // musl checks the id alone and uses an answer to another question;
         // where the resolver is not known it may have. Either way its query
         // was answered, not timed out.
