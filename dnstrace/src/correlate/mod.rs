@@ -544,11 +544,12 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
     } else {
         // A fresh socket to the same server: a resolver that opens one per
         // try (Go) if it throws this answer away; where the resolver is not
-        // known, if the lookup had no answer yet or this one is lame. Others
-        // never ask again that way: the program is looking up again.
+        // known but asks one question per socket as Go does, if the lookup
+        // had no answer yet or this one has Go's lame shape. Others never
+        // ask again that way: the program is looking up again.
         let rejected = known.fresh_socket_retries != Some(false)
             && rejects.unwrap_or_else(|| {
-                !known.answer_was_used || behaviour::is_glibc_lame(&response.shape)
+                !known.answer_was_used || behaviour::is_go_lame(&response.shape)
             });
         rejected.then_some(Rejection::AskedAgain)
     };
