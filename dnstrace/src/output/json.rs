@@ -415,7 +415,7 @@ pub struct AttemptRecord<'a> {
     pub qname: &'a str,
     pub qtype: Cow<'static, str>,
     pub id: u16,
-    /// `answered`, `timeout`, `rejected`, `late` or `mismatched`.
+    /// `answered`, `timeout`, `rejected`, `late`, `superseded` or `mismatched`.
     pub outcome: &'static str,
     /// Why, for `rejected` and `mismatched`.
     pub outcome_detail: Option<&'static str>,

@@ -1,11 +1,11 @@
 //! A DNS server that answers in odd shapes on purpose, to provoke the stub
-//! resolver behaviour in shared/notes/resolver-behaviour.md.
+//! resolver behaviour in docs/resolvers.md.
 //!
 //! Usage: `shaping-server ADDR:PORT... [other=IP...]` (UDP and TCP); the
 //! `other-address` shape answers from the `other=` address of the query's
-//! family. The shape comes from
-//! the label just before the zone: `<anything>.<shape>.example.test.` Without
-//! a known shape label, a name gets a normal authoritative answer. Over TCP
+//! family. The shape comes from the label just before the zone:
+//! `<anything>.<shape>.example.test.` Without a known shape label, a name
+//! gets a normal authoritative answer. Over TCP
 //! every shape is answered as over UDP, except that nothing is truncated
 //! there: a `tc` name gets its whole answer, as resolvers that fall back to
 //! TCP expect. Each query is logged to stderr as
