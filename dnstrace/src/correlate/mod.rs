@@ -308,37 +308,24 @@ impl Correlator {
         // re-sends with the same id, and musl sends the same id from one
         // socket to every server at once. An unconnected socket may hear
         // anyone, and resolvers ignore answers from elsewhere.
-        let matching = lookups
-            .iter_mut()
-            .rev()
-            .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-            .find(|a| waiting(a) && fits(a) && a.server == from);
-        if let Some(attempt) = matching {
-            attempt.outcome = match attempt.outcome {
-                Outcome::Timeout => Outcome::Late,
-                outcome => outcome,
-            };
-            if attempt.outcome == Outcome::Pending {
-                attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
-            }
-            attempt.response = Some(response);
+        let Err(response) = give_newest(
+            lookups,
+            |a| waiting(a) && fits(a) && a.server == from,
+            response,
+        ) else {
             return;
-        }
+        };
         let open: Vec<&Attempt> = lookups
             .iter()
             .flat_map(|lookup| lookup.attempts.iter())
             .filter(|a| waiting(a))
             .collect();
         let source = open.iter().find(|a| fits(a));
-        let same_id = open
-            .iter()
-            .find(|a| a.id == id && a.server == from)
-            .map(|a| (a.socket_cookie, a.id));
         let mismatch = if open.is_empty() {
             Mismatch::Unsolicited
         } else if source.is_some() {
             Mismatch::Source
-        } else if same_id.is_some() {
+        } else if open.iter().any(|a| a.id == id && a.server == from) {
             Mismatch::Question
         } else if open.iter().any(|a| a.id == id) {
             Mismatch::Source
@@ -365,18 +352,16 @@ impl Correlator {
         // musl checks the id alone and uses an answer to another question;
         // where the resolver is not known it may have. Either way its query
         // was answered, not timed out.
-        let taken = mismatch == Mismatch::Question
+        if mismatch == Mismatch::Question
             && question.is_some()
-            && behaviour::checks_question(library) != Some(true);
-        if let (true, Some(key)) = (taken, same_id)
-            && let Some(attempt) = lookups
-                .iter_mut()
-                .rev()
-                .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-                .find(|a| waiting(a) && (a.socket_cookie, a.id) == key && a.server == from)
+            && behaviour::checks_question(library) != Some(true)
         {
-            attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
-            attempt.response = Some(response);
+            // Reported as mismatched already, whether or not it is taken.
+            let _ = give_newest(
+                lookups,
+                |a| waiting(a) && a.id == id && a.server == from,
+                response,
+            );
         }
     }
 
@@ -557,6 +542,32 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
         Some(rejection) => Outcome::Rejected(rejection),
         None => Outcome::Answered,
     };
+}
+
+/// Gives `response` to the newest attempt that `fits`; hands it back when
+/// none does.
+fn give_newest(
+    lookups: &mut [Lookup],
+    fits: impl Fn(&Attempt) -> bool,
+    response: Response,
+) -> Result<(), Response> {
+    let Some(attempt) = lookups
+        .iter_mut()
+        .rev()
+        .flat_map(|lookup| lookup.attempts.iter_mut().rev())
+        .find(|a| fits(a))
+    else {
+        return Err(response);
+    };
+    attempt.outcome = match attempt.outcome {
+        Outcome::Timeout => Outcome::Late,
+        outcome => outcome,
+    };
+    if attempt.outcome == Outcome::Pending {
+        attempt.ended_monotonic_ns = Some(response.monotonic_ns);
+    }
+    attempt.response = Some(response);
+    Ok(())
 }
 
 /// Whether a copy of `attempt` (the same query from the same socket to
