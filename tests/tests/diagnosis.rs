@@ -475,13 +475,37 @@ fn a_process_resolving_a_hundred_names_a_second_gets_true_outcomes() {
     });
 }
 
-/// Every diagnosis of `run`'s pid, as (cause, server).
-fn verdicts(trace: &Trace, run: &ClientRun) -> BTreeSet<(String, Option<SocketAddr>)> {
-    trace
+/// Asserts that `run`'s pid got exactly these diagnoses, as (cause,
+/// server).
+fn assert_verdicts(trace: &Trace, run: &ClientRun, expected: &[(&str, SocketAddr)]) {
+    let got: BTreeSet<(String, Option<SocketAddr>)> = trace
         .diagnoses_of(run.pid)
         .into_iter()
         .map(|d| (d.cause.clone(), d.server))
-        .collect()
+        .collect();
+    let expected: BTreeSet<(String, Option<SocketAddr>)> = expected
+        .iter()
+        .map(|(cause, server)| (cause.to_string(), Some(*server)))
+        .collect();
+    assert_eq!(
+        got,
+        expected,
+        "{} for {}; lines:\n{}",
+        run.client.name(),
+        run.domain,
+        trace.correlation_of(run.pid)
+    );
+}
+
+/// Asserts that every attempt of `run`'s pid is `what` says.
+fn assert_every_attempt(trace: &Trace, run: &ClientRun, what: &str, is: impl Fn(&Attempt) -> bool) {
+    assert!(
+        trace.attempts.iter().filter(|a| a.pid == run.pid).all(is),
+        "{} for {}: {what}; lines:\n{}",
+        run.client.name(),
+        run.domain,
+        trace.correlation_of(run.pid)
+    );
 }
 
 #[test]
@@ -492,20 +516,12 @@ fn musl_asking_every_server_at_once_gets_no_false_verdict() {
     for shape in ["ok", "nxdomain", "lame", "refused"] {
         let (_shaping, _knot, lookup) = lame_first_then_good(&net, shape);
         let (run, trace) = traced(&net, Client::Musl, &lookup, |client| client.run_to_exit().1);
-        assert!(
-            verdicts(&trace, &run).is_empty(),
-            "musl, {shape} from the first server: {:#?}\nlines:\n{}",
-            verdicts(&trace, &run),
-            trace.correlation_of(run.pid)
-        );
-        assert!(
-            trace
-                .attempts
-                .iter()
-                .filter(|a| a.pid == run.pid)
-                .all(|a| a.outcome != "mismatched" && a.outcome != "timeout"),
-            "musl, {shape}: each answer matches its own server's query; lines:\n{}",
-            trace.correlation_of(run.pid)
+        assert_verdicts(&trace, &run, &[]);
+        assert_every_attempt(
+            &trace,
+            &run,
+            "each answer matches its server's query",
+            |a| a.outcome != "mismatched" && a.outcome != "timeout",
         );
     }
 }
@@ -516,12 +532,7 @@ fn a_refused_without_a_question_sends_glibc_on_and_is_a_server_failure_fallback(
     let (shaping, _knot, lookup) = lame_first_then_good(&net, "refused-bare");
     let (run, trace) = traced(&net, Client::Getent, &lookup, PausedClient::run);
     let server = shaping.socket(Family::V4);
-    assert_eq!(
-        verdicts(&trace, &run),
-        BTreeSet::from([("server_failure_fallback".to_string(), Some(server))]),
-        "lines:\n{}",
-        trace.correlation_of(run.pid)
-    );
+    assert_verdicts(&trace, &run, &[("server_failure_fallback", server)]);
     let diagnosis = the_diagnosis(&trace, &run, "server_failure_fallback");
     assert_evidence(&trace, &run, diagnosis, |a| {
         a.server == server && a.response_rcode.as_deref() == Some("REFUSED")
@@ -535,20 +546,10 @@ fn dig_taking_a_refused_without_a_question_as_its_answer_gets_no_timeout() {
     let shaping = DnsServer::start(ServerKind::Shaping, &net);
     let lookup = Lookup::in_subzone("dig", "refused-bare", shaping.socket(Family::V4));
     let (run, trace) = traced(&net, Client::Dig, &lookup, |client| client.run_to_exit().1);
-    assert!(
-        verdicts(&trace, &run).is_empty(),
-        "lines:\n{}",
-        trace.correlation_of(run.pid)
-    );
-    assert!(
-        trace
-            .attempts
-            .iter()
-            .filter(|a| a.pid == run.pid)
-            .all(|a| a.response_rcode.as_deref() == Some("REFUSED")),
-        "each query matched its bare REFUSED; lines:\n{}",
-        trace.correlation_of(run.pid)
-    );
+    assert_verdicts(&trace, &run, &[]);
+    assert_every_attempt(&trace, &run, "each query matched its bare REFUSED", |a| {
+        a.response_rcode.as_deref() == Some("REFUSED")
+    });
 }
 
 #[test]
@@ -560,12 +561,7 @@ fn go_rejecting_a_lame_aaaa_with_an_opt_record_is_answer_rejected() {
     let server = shaping.socket(Family::V4);
     let lookup = Lookup::in_subzone("go", "lame-aaaa-edns", server);
     let (run, trace) = traced(&net, Client::Go, &lookup, |client| client.run_to_exit().1);
-    assert_eq!(
-        verdicts(&trace, &run),
-        BTreeSet::from([("answer_rejected".to_string(), Some(server))]),
-        "lines:\n{}",
-        trace.correlation_of(run.pid)
-    );
+    assert_verdicts(&trace, &run, &[("answer_rejected", server)]);
     let diagnosis = the_diagnosis(&trace, &run, "answer_rejected");
     let shape = diagnosis.rejected_shape.as_ref().expect("a rejected_shape");
     assert_eq!(
@@ -594,11 +590,7 @@ fn a_program_looking_up_an_nxdomain_name_three_times_rejects_nothing() {
         &lookup,
         PausedClient::run_expecting_failure,
     );
-    assert!(
-        verdicts(&trace, &run).is_empty(),
-        "lines:\n{}",
-        trace.correlation_of(run.pid)
-    );
+    assert_verdicts(&trace, &run, &[]);
     let outcomes: Vec<&str> = lookups_of(&trace, &run)
         .iter()
         .map(|l| l.outcome.as_str())
