@@ -139,7 +139,7 @@ fn resolver(client: Client) -> Resolver {
 #[derive(Debug, Default)]
 struct Wire {
     /// It asked a question again on the socket it used, or at another
-    /// server (not: the program asking again on a fresh socket).
+    /// server from another socket.
     asked_again: bool,
     /// For some question, the shaping server's answer came first.
     shaping_first: bool,
@@ -163,8 +163,10 @@ impl Wire {
                 continue;
             };
             if m.qr == Some(false) {
+                // Not musl's copy to its other server (same socket), nor the
+                // program asking again (a fresh socket to the same server).
                 wire.asked_again |= asked.iter().any(|&(n, t, socket, server)| {
-                    (n, t) == (qname, qtype) && (socket == m.socket_cookie || server != m.remote)
+                    (n, t) == (qname, qtype) && (socket == m.socket_cookie) == (server == m.remote)
                 });
                 asked.push((qname, qtype, m.socket_cookie, m.remote));
                 continue;
