@@ -398,7 +398,7 @@ impl Correlator {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
                 let rejected = rejected_shapes(lookup);
                 let library = lookup.context.library.as_ref();
-                let superseded: Vec<bool> = lookup
+                let superseded: Vec<Option<u64>> = lookup
                     .attempts
                     .iter()
                     .map(|a| superseded_by_copy(&lookup.attempts, a, library))
@@ -411,19 +411,23 @@ impl Correlator {
                         (Some(response), _)
                             if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
                         {
-                            attempt.outcome = if superseded {
-                                Outcome::Superseded
-                            } else {
-                                unrepeated_answer(attempt, &rejected)
+                            attempt.outcome = match superseded {
+                                Some(_) => Outcome::Superseded,
+                                None => unrepeated_answer(attempt, &rejected),
                             };
                         }
-                        (None, Some(sent)) if now.saturating_sub(sent) > timeout => {
-                            attempt.outcome = if superseded {
-                                Outcome::Superseded
-                            } else {
-                                Outcome::Timeout
+                        (None, Some(sent))
+                            if now.saturating_sub(sent) > timeout
+                                || superseded.is_some_and(|at| {
+                                    now.saturating_sub(at) > REJECT_WINDOW_NS
+                                }) =>
+                        {
+                            // Given up on when the copy's answer came.
+                            attempt.outcome = match superseded {
+                                Some(_) => Outcome::Superseded,
+                                None => Outcome::Timeout,
                             };
-                            attempt.ended_monotonic_ns = Some(now);
+                            attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
                         }
                         _ => {}
                     }
@@ -570,22 +574,29 @@ fn give_newest(
     Ok(())
 }
 
-/// Whether a copy of `attempt` (the same query from the same socket to
-/// another server, as musl sends) had an answer the resolver keeps before
-/// `attempt` had one it keeps: musl takes the first and ignores the rest.
-fn superseded_by_copy(attempts: &[Attempt], attempt: &Attempt, library: Option<&Library>) -> bool {
+/// When a copy of `attempt` (the same query from the same socket to another
+/// server, as musl sends) had an answer the resolver keeps, if that came
+/// before `attempt` had one it keeps: musl takes the first and ignores the
+/// rest.
+fn superseded_by_copy(
+    attempts: &[Attempt],
+    attempt: &Attempt,
+    library: Option<&Library>,
+) -> Option<u64> {
     let kept = |response: &Response| behaviour::rejects(library, &response.shape) != Some(true);
     let own = attempt.response.as_ref().filter(|r| kept(r));
-    attempts.iter().any(|copy| {
-        copy.socket_cookie == attempt.socket_cookie
-            && copy.id == attempt.id
-            && copy.server != attempt.server
-            && copy.question.same_as(&attempt.question)
-            && copy
-                .response
-                .as_ref()
-                .is_some_and(|r| kept(r) && own.is_none_or(|own| r.monotonic_ns < own.monotonic_ns))
-    })
+    attempts
+        .iter()
+        .filter(|copy| {
+            copy.socket_cookie == attempt.socket_cookie
+                && copy.id == attempt.id
+                && copy.server != attempt.server
+                && copy.question.same_as(&attempt.question)
+        })
+        .filter_map(|copy| copy.response.as_ref())
+        .filter(|r| kept(r) && own.is_none_or(|own| r.monotonic_ns < own.monotonic_ns))
+        .map(|r| r.monotonic_ns)
+        .min()
 }
 
 /// A lookup reported before time could judge it (at exit, or evicted): a
