@@ -208,20 +208,16 @@ impl Correlator {
                         && (!same_server || a.server == message.envelope.remote)
                 })
             };
-            let starts_over = fresh_socket
-                && match lookup.retries_on_fresh_socket() {
-                    // A resolver that asks again on its socket or at the
-                    // next server: a question asked there before, once each
-                    // has had a response (glibc's last round after
-                    // timeouts opens fresh sockets for those still
-                    // without); or elsewhere once the lookup is over
-                    // (`options rotate`).
-                    Some(false) => {
-                        lookup.every_question_answered()
-                            && (asked_before(true) || (asked_before(false) && lookup.is_over()))
-                    }
-                    _ => asked_before(false) && lookup.is_over(),
-                };
+            // A resolver that asks again on its socket or at the next
+            // server starts over on a fresh socket to a server asked the
+            // question before, once each question has had a response
+            // (glibc's last round after timeouts opens fresh sockets for
+            // those still without).
+            let starts_over = (asked_before(false) && lookup.is_over())
+                || (fresh_socket
+                    && lookup.retries_on_fresh_socket() == Some(false)
+                    && asked_before(true)
+                    && lookup.every_question_answered());
             continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
@@ -522,12 +518,13 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
     let rejects = behaviour::rejects(known.library, &response.shape);
     let rejection = if repeat.envelope.transport != previous.transport {
         (repeat.envelope.transport == Transport::Tcp).then_some(Rejection::SwitchedToTcp)
-    } else if same_socket {
-        Some(Rejection::AskedAgain)
     } else if known.lookup_over && rejects == Some(false) {
         // Its resolver keeps this answer and had one to every question:
-        // the program is looking the name up again (on any server).
+        // the program is looking the name up again, on any server, and on
+        // the same socket where its resolver keeps one open (c-ares).
         None
+    } else if same_socket {
+        Some(Rejection::AskedAgain)
     } else if other_server {
         Some(Rejection::NextServer)
     } else {

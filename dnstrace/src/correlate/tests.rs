@@ -1068,3 +1068,24 @@ fn with_options_rotate_a_program_asking_again_asks_the_next_server_and_rejects_n
     assert!(diagnoses.is_empty(), "{diagnoses:#?}");
     assert_eq!(lookups(&out).len(), 2);
 }
+
+#[test]
+fn a_resolver_keeping_its_socket_open_asks_again_on_it_and_rejects_nothing() {
+    // c-ares (Node's dns.resolve) keeps one socket per server open across
+    // lookups: the program's next lookup comes on the same socket.
+    for read in [GLIBC, |_| ResolverContext::default()] {
+        let mut s = Scenario::reading(read);
+        let socket = Socket::new(29, 1, server(1));
+        for round in 0..3u64 {
+            let t = round * MS;
+            let id = 0x80 + 2 * round as u16;
+            s.query(socket, id, "gone.test.", A, t);
+            s.query(socket, id + 1, "gone.test.", AAAA, t);
+            s.answer(socket, id, "gone.test.", A, t + MS / 2, NXDOMAIN);
+            s.answer(socket, id + 1, "gone.test.", AAAA, t + MS / 2, NXDOMAIN);
+        }
+        let (out, diagnoses) = s.settle(3 * MS);
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+        assert_eq!(lookups(&out).len(), 3, "{out:#?}");
+    }
+}
