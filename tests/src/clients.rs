@@ -59,6 +59,8 @@ pub enum Client {
     Musl,
     /// Go's pure resolver; [`Lookup::times`] lookups, 100 ms apart.
     Go,
+    /// c-ares through Node's `dns.Resolver`; [`Lookup::times`] lookups.
+    Node,
     /// dnsperf sending `queries` distinct names once each.
     Dnsperf { queries: u32 },
     /// One A query from Python's socket module, straight to the server;
@@ -76,6 +78,7 @@ impl Client {
             Client::PythonMany { .. } => "python-many",
             Client::Musl => "musl",
             Client::Go => "go",
+            Client::Node => "node",
             Client::Dnsperf { .. } => "dnsperf",
             Client::UdpQuery { .. } => "udp-query",
         }
@@ -93,6 +96,7 @@ impl Client {
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
+            Client::Node => comm == "node",
             Client::Dnsperf { .. } => comm == "dnsperf",
         }
     }
@@ -240,6 +244,15 @@ impl Client {
                     domain.clone(),
                 ]
             }
+            Client::Node => vec![
+                "node".into(),
+                workspace_dir()
+                    .join("tests/clients/node-resolve.js")
+                    .display()
+                    .to_string(),
+                domain.clone(),
+                lookup.times.to_string(),
+            ],
             Client::UdpQuery { read } => vec![
                 "/usr/bin/python3".into(),
                 workspace_dir()

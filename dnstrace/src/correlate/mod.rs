@@ -213,7 +213,13 @@ impl Correlator {
             // question before, once each question has had a response
             // (glibc's last round after timeouts opens fresh sockets for
             // those still without).
-            let starts_over = (asked_before(false) && lookup.is_over())
+            // A query with the id of one on the same socket is a copy
+            // (musl's to its other server) or a retransmission.
+            let copy = lookup
+                .attempts
+                .iter()
+                .any(|a| a.socket_cookie == message.envelope.socket_cookie && a.id == id);
+            let starts_over = (asked_before(false) && lookup.is_over() && !copy)
                 || (fresh_socket
                     && lookup.retries_on_fresh_socket() == Some(false)
                     && asked_before(true)

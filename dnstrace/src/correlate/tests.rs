@@ -1089,3 +1089,20 @@ fn a_resolver_keeping_its_socket_open_asks_again_on_it_and_rejects_nothing() {
         assert_eq!(lookups(&out).len(), 3, "{out:#?}");
     }
 }
+
+#[test]
+fn musl_sending_its_copy_after_the_first_answer_came_keeps_one_lookup() {
+    // Under load musl's sends interleave with the answers: the A copy to
+    // the second server leaves after the first server's answer.
+    let mut s = Scenario::reading(MUSL);
+    let (first, second) = (Socket::new(30, 1, server(1)), Socket::new(30, 1, server(2)));
+    s.query(first, 0x90, "db.test.", A, 0);
+    s.answer(first, 0x90, "db.test.", A, MS / 10, GOOD);
+    s.query(second, 0x90, "db.test.", A, MS / 5);
+    s.query(first, 0x91, "db.test.", AAAA, MS / 4);
+    s.query(second, 0x91, "db.test.", AAAA, MS / 3);
+    s.answer(first, 0x91, "db.test.", AAAA, MS / 2, GOOD);
+    let (out, diagnoses) = s.settle(MS);
+    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    assert_eq!(lookups(&out).len(), 1, "{out:#?}");
+}
