@@ -4,8 +4,10 @@
 
 pub mod cgroup;
 pub mod clients;
+pub mod cri;
 pub mod dnstap;
 pub mod expect;
+pub mod kubernetes;
 pub mod netns;
 pub mod process;
 pub mod servers;
