@@ -88,6 +88,13 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
+    /// The host's cgroup v2 hierarchy, where the programs attach (found in
+    /// /proc/self/mountinfo when not given). In a container, mount the
+    /// host's /sys/fs/cgroup and name it here; on a host with both
+    /// hierarchies its unified/ directory is taken.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
@@ -123,6 +130,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub rotate_keep: usize,
 
+    /// JSON record kinds to write, comma-separated (default: all). A node's
+    /// log pipeline wants lookups and diagnoses, not every message.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND,...")]
+    pub json_kinds: Vec<JsonKind>,
+
     /// Also write every message as a packet to this pcapng file (Wireshark,
     /// tshark), with the process in each packet's comment.
     #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
@@ -147,6 +159,16 @@ pub struct OutputArgs {
 pub enum Format {
     Text,
     Json,
+}
+
+/// The JSON Lines record kinds (docs/json.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JsonKind {
+    Message,
+    Attempt,
+    Lookup,
+    Diagnosis,
+    Summary,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

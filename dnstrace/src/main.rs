@@ -62,6 +62,7 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         pids: args.pids.clone(),
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_mib << 20,
+        cgroup_root: args.cgroup_root.clone(),
     };
     // Open the outputs before loading anything, so a bad path fails fast.
     let outputs = output::open_all(output_args)?;

@@ -210,3 +210,28 @@ fn timestamps_are_wall_clock_nanoseconds_in_causal_order() {
         );
     }
 }
+
+/// `--json-kinds` keeps a node's log to the records it names.
+#[test]
+fn json_kinds_writes_only_the_kinds_named() {
+    let net = Topology::new();
+    let server = DnsServer::start(ServerKind::Dnsmasq, &net);
+    let tracer = Tracer::start([
+        "--netns",
+        net.client.name(),
+        "--json-kinds",
+        "lookup,summary",
+    ]);
+    Client::Getent.run(&net, &Lookup::new("getent", server.socket(Family::V4)));
+    let trace = tracer.stop();
+    let kinds: BTreeSet<&str> = trace
+        .lines
+        .iter()
+        .filter_map(|line| line["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["lookup", "summary"]));
+    assert_eq!(
+        trace.summary.messages, 4,
+        "every message is still seen and counted: {trace:?}"
+    );
+}

@@ -10,7 +10,7 @@ mod reads;
 mod record;
 mod ring;
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf,
@@ -19,7 +19,10 @@ use aya::{
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
-pub use self::record::{RawMessage, parse_record};
+pub use self::{
+    environment::is_cgroup2,
+    record::{RawMessage, parse_record},
+};
 use crate::{cli::BackendChoice, failure::Failure};
 
 /// The object file `dnstrace/build.rs` built from `dnstrace-ebpf`.
@@ -31,6 +34,8 @@ pub struct CaptureRequest {
     pub pids: Vec<u32>,
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
+    /// `--cgroup-root`: the host's cgroup v2 hierarchy, when not found.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// A backend that could run here.
@@ -71,7 +76,7 @@ pub struct Capture {
 impl Capture {
     pub fn start(request: &CaptureRequest) -> Result<Self, Failure> {
         environment::check_privileges()?;
-        let cgroup_root = environment::cgroup2_root()?;
+        let cgroup_root = environment::cgroup2_root(request.cgroup_root.as_deref())?;
         let candidates: &[Backend] = match request.backend {
             BackendChoice::Auto => &[Backend::CgroupSkb, Backend::CgroupSockaddr],
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],

@@ -12,6 +12,7 @@ use serde::{Serialize, Serializer};
 
 use super::{Destination, Output, Summary, WRITE_BUFFER_BYTES};
 use crate::{
+    cli::JsonKind,
     clock::Rfc3339,
     correlate::{
         attempt::{Attempt, Shape},
@@ -605,14 +606,39 @@ pub struct JsonOutput {
     /// sparing a copy of every line into the destination's own buffer.
     lines: Vec<u8>,
     times: TimeCache,
+    kinds: Kinds,
+}
+
+/// Which record kinds are written (`--json-kinds`).
+struct Kinds {
+    message: bool,
+    attempt: bool,
+    lookup: bool,
+    diagnosis: bool,
+    summary: bool,
+}
+
+impl Kinds {
+    /// Every kind when none is named.
+    fn from(named: &[JsonKind]) -> Self {
+        let wanted = |kind| named.is_empty() || named.contains(&kind);
+        Self {
+            message: wanted(JsonKind::Message),
+            attempt: wanted(JsonKind::Attempt),
+            lookup: wanted(JsonKind::Lookup),
+            diagnosis: wanted(JsonKind::Diagnosis),
+            summary: wanted(JsonKind::Summary),
+        }
+    }
 }
 
 impl JsonOutput {
-    pub fn new(destination: Destination) -> Self {
+    pub fn new(destination: Destination, kinds: &[JsonKind]) -> Self {
         Self {
             destination,
             lines: Vec::with_capacity(WRITE_BUFFER_BYTES + 1024),
             times: TimeCache::default(),
+            kinds: Kinds::from(kinds),
         }
     }
 
@@ -655,22 +681,36 @@ impl Drop for JsonOutput {
 
 impl Output for JsonOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
+        if !self.kinds.message {
+            return Ok(());
+        }
         MessageRecord::new(message).write_json(&mut self.lines, &mut self.times);
         self.end_line()
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
-        for attempt in &lookup.attempts {
-            self.line(&AttemptRecord::new(attempt))?;
+        if self.kinds.attempt {
+            for attempt in &lookup.attempts {
+                self.line(&AttemptRecord::new(attempt))?;
+            }
+        }
+        if !self.kinds.lookup {
+            return Ok(());
         }
         self.line(&LookupRecord::new(lookup))
     }
 
     fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
+        if !self.kinds.attempt {
+            return Ok(());
+        }
         self.line(&AttemptRecord::new(attempt))
     }
 
     fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
+        if !self.kinds.diagnosis {
+            return Ok(());
+        }
         self.line(&DiagnosisRecord::new(diagnosis))
     }
 
@@ -680,6 +720,9 @@ impl Output for JsonOutput {
     }
 
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+        if !self.kinds.summary {
+            return self.flush();
+        }
         self.line(&SummaryRecord {
             kind: "summary",
             messages: summary.messages,

@@ -48,7 +48,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     }
     let destination = Destination::open(args.output.as_deref(), rotation)?;
     let main: Box<dyn Output> = match args.format {
-        Format::Json => Box::new(JsonOutput::new(destination)),
+        Format::Json => Box::new(JsonOutput::new(destination, &args.json_kinds)),
         Format::Text => {
             let color = match args.color {
                 ColorChoice::Always => true,
@@ -64,7 +64,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     let mut outputs = vec![main];
     if let Some(path) = &args.json {
         let destination = Destination::open(Some(path), rotation)?;
-        outputs.push(Box::new(JsonOutput::new(destination)));
+        outputs.push(Box::new(JsonOutput::new(destination, &args.json_kinds)));
     }
     if let Some(path) = &args.pcapng {
         let file = create_private(path)?;
