@@ -72,7 +72,9 @@ impl Health {
 /// at start (exit 2).
 pub fn bind(address: SocketAddr) -> Result<std::net::TcpListener, Failure> {
     let failure = |e: std::io::Error| {
-        Failure::setup(format!("cannot serve metrics on {address} (--metrics): {e}"))
+        Failure::setup(format!(
+            "cannot serve metrics on {address} (--metrics): {e}"
+        ))
     };
     let listener = std::net::TcpListener::bind(address).map_err(failure)?;
     listener.set_nonblocking(true).map_err(failure)?;

@@ -327,7 +327,10 @@ impl MetricsOutput {
     }
 
     fn fold(&self, label: &'static str) {
-        self.agent.folded.get_or_create(&FoldedLabels { label }).inc();
+        self.agent
+            .folded
+            .get_or_create(&FoldedLabels { label })
+            .inc();
     }
 
     /// Removes what has not been used for the grace period.
@@ -360,7 +363,11 @@ impl MetricsOutput {
         raise(&direction(Direction::Recv), self.received);
         raise(&agent.lost, summary.lost());
         raise(&agent.undecodable, summary.undecodable);
-        let reason = |reason| agent.uncorrelated.get_or_create_owned(&ReasonLabels { reason });
+        let reason = |reason| {
+            agent
+                .uncorrelated
+                .get_or_create_owned(&ReasonLabels { reason })
+        };
         raise(&reason("busy"), summary.uncorrelated);
         raise(&reason("unattributed"), summary.unattributed);
         raise(&agent.lookups_evicted, summary.evicted_lookups);

@@ -100,7 +100,11 @@ mod tests {
         assert_eq!(slots.admit("c", 3, || "C".into()), None, "full");
         assert_eq!(slots.admit("a", 4, || unreachable!()), Some("A".into()));
         slots.expire(3);
-        assert_eq!(slots.admit("c", 5, || "C".into()), Some("C".into()), "b went");
+        assert_eq!(
+            slots.admit("c", 5, || "C".into()),
+            Some("C".into()),
+            "b went"
+        );
         assert_eq!(slots.admit("b", 6, || "B".into()), None);
     }
 

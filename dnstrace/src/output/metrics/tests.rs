@@ -1,6 +1,6 @@
 use super::*;
 use crate::{
-    correlate::attempt::{Rejection, Response, ReadState, Shape},
+    correlate::attempt::{ReadState, Rejection, Response, Shape},
     decode::{Flags, Question},
     message::{Client, Transport},
 };
@@ -89,7 +89,10 @@ fn text(output: &MetricsOutput) -> String {
 /// The sample lines of `metric` (its name up to the labels).
 fn samples<'t>(text: &'t str, metric: &str) -> Vec<&'t str> {
     text.lines()
-        .filter(|line| line.strip_prefix(metric).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter(|line| {
+            line.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
         .collect()
 }
 
@@ -97,12 +100,22 @@ fn samples<'t>(text: &'t str, metric: &str) -> Vec<&'t str> {
 fn a_lookup_is_counted_under_its_client_outcome_and_types() {
     let mut metrics = output(&args(500, 32, 0));
     let getent = client(7, "getent");
-    metrics.lookup(&resolved(&getent, "db.test", SECOND)).unwrap();
+    metrics
+        .lookup(&resolved(&getent, "db.test", SECOND))
+        .unwrap();
     let failed = vec![
-        attempt(&getent, 2, 1, Outcome::Rejected(Rejection::NextServer), SECOND),
+        attempt(
+            &getent,
+            2,
+            1,
+            Outcome::Rejected(Rejection::NextServer),
+            SECOND,
+        ),
         attempt(&getent, 2, 1, Outcome::Timeout, SECOND),
     ];
-    metrics.lookup(&lookup(&getent, "x.test", failed, SECOND)).unwrap();
+    metrics
+        .lookup(&lookup(&getent, "x.test", failed, SECOND))
+        .unwrap();
     let text = text(&metrics);
     let who = r#"namespace="",pod="",container="",comm="getent""#;
     assert!(
@@ -117,7 +130,10 @@ fn a_lookup_is_counted_under_its_client_outcome_and_types() {
         )),
         "{text}"
     );
-    for metric in ["dnstrace_responses_rejected_total", "dnstrace_timeouts_total"] {
+    for metric in [
+        "dnstrace_responses_rejected_total",
+        "dnstrace_timeouts_total",
+    ] {
         assert_eq!(
             samples(&text, metric),
             [format!("{metric}{{{who},server=\"192.0.2.2:53\"}} 1")],
@@ -146,11 +162,25 @@ fn clients_and_servers_past_their_bounds_are_folded_into_other() {
     let text = text(&metrics);
     let lookups = samples(&text, "dnstrace_lookups_total");
     assert_eq!(lookups.len(), 3, "2 clients and ~other: {text}");
-    assert!(lookups.iter().any(|l| l.contains(r#"comm="~other""#) && l.ends_with(" 18")));
+    assert!(
+        lookups
+            .iter()
+            .any(|l| l.contains(r#"comm="~other""#) && l.ends_with(" 18"))
+    );
     let timeouts = samples(&text, "dnstrace_timeouts_total");
-    assert_eq!(timeouts.len(), 3, "p0 at its server, p1 and ~other at ~other: {text}");
-    assert!(text.contains("dnstrace_metrics_folded_total{label=\"client\"} 18\n"), "{text}");
-    assert!(text.contains("dnstrace_metrics_folded_total{label=\"server\"} 19\n"), "{text}");
+    assert_eq!(
+        timeouts.len(),
+        3,
+        "p0 at its server, p1 and ~other at ~other: {text}"
+    );
+    assert!(
+        text.contains("dnstrace_metrics_folded_total{label=\"client\"} 18\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dnstrace_metrics_folded_total{label=\"server\"} 19\n"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -163,16 +193,28 @@ fn series_of_clients_gone_for_the_grace_period_are_removed() {
         open_lookups: 0,
         processes: 0,
     };
-    metrics.lookup(&resolved(&client(1, "gone"), "a.test", SECOND)).unwrap();
+    metrics
+        .lookup(&resolved(&client(1, "gone"), "a.test", SECOND))
+        .unwrap();
     metrics.state(&state(200 * SECOND)).unwrap();
-    metrics.lookup(&resolved(&client(2, "late"), "a.test", 250 * SECOND)).unwrap();
-    assert!(text(&metrics).contains(r#"comm="~other""#), "the one slot was taken");
+    metrics
+        .lookup(&resolved(&client(2, "late"), "a.test", 250 * SECOND))
+        .unwrap();
+    assert!(
+        text(&metrics).contains(r#"comm="~other""#),
+        "the one slot was taken"
+    );
     metrics.state(&state(302 * SECOND)).unwrap();
     let after = text(&metrics);
     assert!(!after.contains("gone"), "{after}");
     assert!(after.contains(r#"comm="~other""#), "{after}");
-    metrics.lookup(&resolved(&client(2, "late"), "a.test", 303 * SECOND)).unwrap();
-    assert!(text(&metrics).contains(r#"comm="late""#), "the slot was freed");
+    metrics
+        .lookup(&resolved(&client(2, "late"), "a.test", 303 * SECOND))
+        .unwrap();
+    assert!(
+        text(&metrics).contains(r#"comm="late""#),
+        "the slot was freed"
+    );
 }
 
 #[test]
@@ -210,7 +252,9 @@ fn a_diagnosis_counts_what_it_grew_by() {
     let text = text(&metrics);
     assert_eq!(
         samples(&text, "dnstrace_diagnoses_total"),
-        [r#"dnstrace_diagnoses_total{namespace="",pod="",container="",comm="app",cause="timeout",server="192.0.2.1:53"} 3"#],
+        [
+            r#"dnstrace_diagnoses_total{namespace="",pod="",container="",comm="app",cause="timeout",server="192.0.2.1:53"} 3"#
+        ],
         "{text}"
     );
 }
