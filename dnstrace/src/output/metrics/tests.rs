@@ -86,14 +86,18 @@ fn text(output: &MetricsOutput) -> String {
     exposition(&output.registry)
 }
 
-/// The sample lines of `metric` (its name up to the labels).
+/// The sample lines of `metric` (its name up to the labels), sorted: a
+/// family keeps its series in no order.
 fn samples<'t>(text: &'t str, metric: &str) -> Vec<&'t str> {
-    text.lines()
+    let mut lines: Vec<&str> = text
+        .lines()
         .filter(|line| {
             line.strip_prefix(metric)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .collect()
+        .collect();
+    lines.sort_unstable();
+    lines
 }
 
 #[test]
