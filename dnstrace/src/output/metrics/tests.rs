@@ -262,3 +262,42 @@ fn a_diagnosis_counts_what_it_grew_by() {
         "{text}"
     );
 }
+
+#[test]
+fn every_metric_is_in_docs_metrics_md() {
+    let docs = include_str!("../../../../docs/metrics.md");
+    // No client slots, so that something is folded.
+    let mut metrics = output(&args(0, 32, 1));
+    let app = client(1, "app");
+    let attempts = vec![
+        attempt(&app, 1, 1, Outcome::Rejected(Rejection::AskedAgain), SECOND),
+        attempt(&app, 1, 1, Outcome::Timeout, SECOND),
+    ];
+    let failed = lookup(&app, "x.test", attempts, SECOND);
+    metrics.lookup(&failed).unwrap();
+    let mut diagnoser = crate::diagnose::Diagnoser::default();
+    diagnoser.lookup(&failed);
+    for diagnosis in diagnoser.all() {
+        metrics.diagnosis(diagnosis, true).unwrap();
+    }
+    let summary = Summary::default();
+    let state = AgentState {
+        now_ns: SECOND,
+        summary: &summary,
+        open_lookups: 0,
+        processes: 0,
+    };
+    metrics.state(&state).unwrap();
+    let text = text(&metrics);
+    let types: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .collect();
+    assert_eq!(types.len(), 16, "every family has a series here: {text}");
+    for name in types.iter().filter_map(|t| t.split(' ').next()) {
+        assert!(
+            docs.contains(&format!("`{name}")),
+            "docs/metrics.md lacks {name}"
+        );
+    }
+}
