@@ -19,7 +19,7 @@ use std::{
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 use self::{
@@ -163,109 +163,101 @@ impl MetricsOutput {
 
     fn new(args: &MetricsArgs) -> Self {
         let mut registry = Registry::default();
-        let lookups = counter_family(
-            &mut registry,
-            "dnstrace_lookups",
-            "Lookups (one process resolving one name, retries and search list included) by outcome and question type",
-        );
-        let queries_wasted = counter_family(
-            &mut registry,
-            "dnstrace_queries_wasted",
-            "Queries that did not give a lookup its result: unanswered, rejected, or for search-list names that failed",
-        );
-        let responses_rejected = counter_family(
-            &mut registry,
-            "dnstrace_responses_rejected",
-            "Responses that reached the client and were thrown away: it asked again, asked another server, or switched to TCP",
-        );
-        let timeouts = counter_family(
-            &mut registry,
-            "dnstrace_timeouts",
-            "Queries that got no response before the client gave up waiting",
-        );
-        let diagnoses = counter_family(
-            &mut registry,
-            "dnstrace_diagnoses",
-            "Findings of each diagnosis cause (docs/diagnoses.md), per client and server",
-        );
-        let lookups_by_name = counter_family(
-            &mut registry,
-            "dnstrace_lookups_by_name",
-            "Lookups by query name, for the names --metrics-top-names allows; the rest are ~other",
-        );
-        let lookup_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register(
-            "dnstrace_lookup_duration_seconds",
-            "Lookup latency as the client saw it: its first query to the response it used, or to giving up",
-            lookup_duration.clone(),
-        );
-        let agent = AgentFamilies {
-            messages: Family::default(),
-            lost: Counter::default(),
-            undecodable: Counter::default(),
-            uncorrelated: Family::default(),
-            lookups_evicted: Counter::default(),
-            diagnoses_dropped: Counter::default(),
-            lookups_pending: Gauge::default(),
-            processes: Gauge::default(),
-            folded: Family::default(),
+        let r = &mut registry;
+        let clients = ClientFamilies {
+            lookups: per_client(
+                r,
+                "dnstrace_lookups",
+                "Lookups (one process resolving one name, retries and search list included) by outcome and question type",
+                Family::default(),
+            ),
+            lookup_duration: per_client(
+                r,
+                "dnstrace_lookup_duration_seconds",
+                "Lookup latency as the client saw it: its first query to the response it used, or to giving up",
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            queries_wasted: per_client(
+                r,
+                "dnstrace_queries_wasted",
+                "Queries that did not give a lookup its result: unanswered, rejected, or for search-list names that failed",
+                Family::default(),
+            ),
+            responses_rejected: per_client(
+                r,
+                "dnstrace_responses_rejected",
+                "Responses that reached the client and were thrown away: it asked again, asked another server, or switched to TCP",
+                Family::default(),
+            ),
+            timeouts: per_client(
+                r,
+                "dnstrace_timeouts",
+                "Queries that got no response before the client gave up waiting",
+                Family::default(),
+            ),
+            diagnoses: per_client(
+                r,
+                "dnstrace_diagnoses",
+                "Findings of each diagnosis cause (docs/diagnoses.md), per client and server",
+                Family::default(),
+            ),
+            lookups_by_name: per_client(
+                r,
+                "dnstrace_lookups_by_name",
+                "Lookups by query name, for the names --metrics-top-names allows; the rest are ~other",
+                Family::default(),
+            ),
         };
-        registry.register(
-            "dnstrace_messages",
-            "DNS messages seen, by direction from the process's side",
-            agent.messages.clone(),
-        );
-        registry.register(
-            "dnstrace_lost_messages",
-            "Messages dropped in the kernel because the ring buffer was full",
-            agent.lost.clone(),
-        );
-        registry.register(
-            "dnstrace_undecodable",
-            "Messages whose DNS payload did not decode",
-            agent.undecodable.clone(),
-        );
-        registry.register(
-            "dnstrace_messages_uncorrelated",
-            "Client messages left out of correlation: of processes too busy to correlate (busy), or of no known process (unattributed)",
-            agent.uncorrelated.clone(),
-        );
-        registry.register(
-            "dnstrace_lookups_evicted",
-            "Lookups reported before they settled because correlation state was full",
-            agent.lookups_evicted.clone(),
-        );
-        registry.register(
-            "dnstrace_diagnoses_dropped",
-            "Diagnoses not kept because too many were",
-            agent.diagnoses_dropped.clone(),
-        );
-        registry.register(
-            "dnstrace_lookups_pending",
-            "Lookups open in correlation, not yet settled",
-            agent.lookups_pending.clone(),
-        );
-        registry.register(
-            "dnstrace_processes_tracked",
-            "Processes in the per-process report",
-            agent.processes.clone(),
-        );
-        registry.register(
-            "dnstrace_metrics_folded",
-            "Updates counted under ~other because the client, server or name bound was reached",
-            agent.folded.clone(),
-        );
+        let agent = AgentFamilies {
+            messages: registered(
+                r,
+                "dnstrace_messages",
+                "DNS messages seen, by direction from the process's side",
+            ),
+            lost: registered(
+                r,
+                "dnstrace_lost_messages",
+                "Messages dropped in the kernel because the ring buffer was full",
+            ),
+            undecodable: registered(
+                r,
+                "dnstrace_undecodable",
+                "Messages whose DNS payload did not decode",
+            ),
+            uncorrelated: registered(
+                r,
+                "dnstrace_messages_uncorrelated",
+                "Client messages left out of correlation: of processes too busy to correlate (busy), or of no known process (unattributed)",
+            ),
+            lookups_evicted: registered(
+                r,
+                "dnstrace_lookups_evicted",
+                "Lookups reported before they settled because correlation state was full",
+            ),
+            diagnoses_dropped: registered(
+                r,
+                "dnstrace_diagnoses_dropped",
+                "Diagnoses not kept because too many were",
+            ),
+            lookups_pending: registered(
+                r,
+                "dnstrace_lookups_pending",
+                "Lookups open in correlation, not yet settled",
+            ),
+            processes: registered(
+                r,
+                "dnstrace_processes_tracked",
+                "Processes in the per-process report",
+            ),
+            folded: registered(
+                r,
+                "dnstrace_metrics_folded",
+                "Updates counted under ~other because the client, server or name bound was reached",
+            ),
+        };
         Self {
             registry: Arc::new(registry),
-            clients: ClientFamilies {
-                lookups,
-                lookup_duration: Expiring::new(lookup_duration),
-                queries_wasted,
-                responses_rejected,
-                timeouts,
-                diagnoses,
-                lookups_by_name,
-            },
+            clients,
             agent,
             identities: Slots::new(args.max_clients),
             servers: Slots::new(args.max_servers),
@@ -333,6 +325,24 @@ impl MetricsOutput {
             .inc();
     }
 
+    /// A rejected or timed-out attempt, counted against its server.
+    fn attempt(&mut self, client: &Identity, attempt: &Attempt) {
+        let rejected = match attempt.outcome {
+            Outcome::Rejected(_) => true,
+            Outcome::Timeout => false,
+            _ => return,
+        };
+        let labels = ServerLabels {
+            client: client.clone(),
+            server: self.server(attempt.server),
+        };
+        let family = match rejected {
+            true => &mut self.clients.responses_rejected,
+            false => &mut self.clients.timeouts,
+        };
+        family.get(labels, self.now_ns).inc();
+    }
+
     /// Removes what has not been used for the grace period.
     fn expire(&mut self) {
         let Some(cutoff) = self.now_ns.checked_sub(self.grace_ns) else {
@@ -375,12 +385,23 @@ impl MetricsOutput {
     }
 }
 
-/// A per-client family of counters, registered.
-fn counter_family<L>(registry: &mut Registry, name: &str, help: &str) -> Expiring<L, Counter>
+/// A new metric, registered under `name`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// A per-client family, registered under `name`.
+fn per_client<L, M, C>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: Family<L, M, C>,
+) -> Expiring<L, M, C>
 where
-    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+    Family<L, M, C>: Metric + Clone,
 {
-    let family = Family::default();
     registry.register(name, help, family.clone());
     Expiring::new(family)
 }
@@ -512,26 +533,6 @@ impl Output for MetricsOutput {
             Some(file) => file.write_all(exposition(&self.registry).as_bytes()),
             None => Ok(()),
         }
-    }
-}
-
-impl MetricsOutput {
-    /// A rejected or timed-out attempt, counted against its server.
-    fn attempt(&mut self, client: &Identity, attempt: &Attempt) {
-        let rejected = match attempt.outcome {
-            Outcome::Rejected(_) => true,
-            Outcome::Timeout => false,
-            _ => return,
-        };
-        let labels = ServerLabels {
-            client: client.clone(),
-            server: self.server(attempt.server),
-        };
-        let family = match rejected {
-            true => &mut self.clients.responses_rejected,
-            false => &mut self.clients.timeouts,
-        };
-        family.get(labels, self.now_ns).inc();
     }
 }
 

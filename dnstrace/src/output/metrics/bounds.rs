@@ -54,19 +54,21 @@ pub struct Expiring<L, M, C = fn() -> M> {
     used: HashMap<L, u64>,
 }
 
-impl<L, M, C> Expiring<L, M, C>
-where
-    L: Clone + Hash + Eq,
-    M: Clone,
-    C: MetricConstructor<M>,
-{
+impl<L, M, C> Expiring<L, M, C> {
     pub fn new(family: Family<L, M, C>) -> Self {
         Self {
             family,
             used: HashMap::new(),
         }
     }
+}
 
+impl<L, M, C> Expiring<L, M, C>
+where
+    L: Clone + Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M>,
+{
     /// The series of `labels`, made if it is new.
     pub fn get(&mut self, labels: L, now: u64) -> M {
         let metric = self.family.get_or_create_owned(&labels);
