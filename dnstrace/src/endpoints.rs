@@ -159,3 +159,35 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::from_static(text.as_bytes())))
         .expect("a valid response")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(path: &str, health: &Health) -> StatusCode {
+        let request = Request::get(path).body(()).unwrap();
+        respond(&request, &Registry::default(), health).status()
+    }
+
+    #[test]
+    fn probes_answer_from_the_agent_loop_and_the_attachment() {
+        let health = Health::default();
+        assert_eq!(status("/healthz", &health), StatusCode::OK);
+        assert_eq!(status("/readyz", &health), StatusCode::SERVICE_UNAVAILABLE);
+        health.set_attached(true);
+        assert_eq!(status("/readyz", &health), StatusCode::OK);
+        let stalled = STALLED_AFTER.as_nanos() as u64 + 1;
+        health.last_tick_ns.store(
+            monotonic_now_ns().saturating_sub(stalled),
+            Ordering::Relaxed,
+        );
+        assert_eq!(status("/healthz", &health), StatusCode::SERVICE_UNAVAILABLE);
+        health.tick();
+        assert_eq!(status("/healthz", &health), StatusCode::OK);
+        assert_eq!(status("/metrics", &health), StatusCode::OK);
+        assert_eq!(status("/", &health), StatusCode::NOT_FOUND);
+        let post = Request::post("/metrics").body(()).unwrap();
+        let response = respond(&post, &Registry::default(), &health);
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+}
