@@ -89,6 +89,9 @@ pub fn spawn(
 ) -> Result<(), Failure> {
     let listener = TcpListener::from_std(listener)
         .map_err(|e| Failure::setup(format!("cannot serve metrics: {e}")))?;
+    if let Ok(address) = listener.local_addr() {
+        eprintln!("dnstrace: metrics on http://{address}/metrics");
+    }
     tokio::spawn(accept(listener, registry, health));
     Ok(())
 }
