@@ -11,6 +11,7 @@ use tokio::{
 use crate::{
     capture::{Capture, parse_record},
     clock::{WallClock, monotonic_now_ns},
+    endpoints::Health,
     failure::Failure,
     framing::TcpStreams,
     message::{RecordDecoder, ThreadNames},
@@ -41,6 +42,7 @@ pub async fn run(
     mut pipeline: Pipeline,
     duration: Option<Duration>,
     summary_interval: Option<Duration>,
+    health: &Health,
 ) -> Result<Summary, Failure> {
     let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
@@ -81,7 +83,10 @@ pub async fn run(
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
                 }
-                let lost: u64 = capture.lost_per_cpu().map_err(Failure::runtime)?.into_iter().sum();
+                let lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
+                let lost: u64 = lost_per_cpu.iter().sum();
+                pipeline.publish_state(monotonic_now_ns(), lost_per_cpu);
+                health.tick();
                 if lost > reported_lost {
                     eprintln!("dnstrace: {lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)");
                     reported_lost = lost;
@@ -96,6 +101,7 @@ pub async fn run(
     }
 
     capture.detach();
+    health.set_attached(false);
     capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
     capture.flush_kernel_log();
     pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;

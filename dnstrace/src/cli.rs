@@ -1,7 +1,10 @@
 //! Command-line interface, shaped after tcpdump: no arguments traces every
 //! process on the host; options narrow it down.
 
-use std::path::PathBuf;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -98,6 +101,11 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
+
+    /// Serve Prometheus metrics at /metrics, with /healthz and /readyz, on
+    /// HOST:PORT, or on 127.0.0.1 for a bare PORT (docs/metrics.md).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where and how results are written; tracing and `analyze` share these.
@@ -153,6 +161,37 @@ pub struct OutputArgs {
     /// When to colour text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// What the Prometheus metrics hold, and their bounds (docs/metrics.md).
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// Write the Prometheus metrics to FILE at the end (text format), for
+    /// offline comparisons.
+    #[arg(long = "metrics-file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Clients (pod and container, or process name) whose lookups get
+    /// series of their own; the rest are counted under `~other`.
+    #[arg(long = "metrics-max-clients", value_name = "N", default_value_t = 500)]
+    pub max_clients: usize,
+
+    /// Servers with series of their own; the rest are `~other`.
+    #[arg(long = "metrics-max-servers", value_name = "N", default_value_t = 32)]
+    pub max_servers: usize,
+
+    /// Seconds after its last lookup that a client's or server's series
+    /// are removed.
+    #[arg(long = "metrics-grace", value_name = "SECS", default_value_t = 300)]
+    pub grace_secs: u64,
+
+    /// Also count lookups by query name, for up to N names; the rest are
+    /// `~other`. 0 (the default) puts no names in labels.
+    #[arg(long = "metrics-top-names", value_name = "N", default_value_t = 0)]
+    pub top_names: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -211,9 +250,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size out of range: {text:?}"))
 }
 
+/// `9464` (loopback), `0.0.0.0:9464`, `[::]:9464`.
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse()
+        .map_err(|_| format!("not a PORT or HOST:PORT: {text:?}"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_listen_address, parse_size};
 
     #[test]
     fn sizes_take_binary_suffixes() {
@@ -223,5 +271,19 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("3X").is_err());
         assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn a_bare_metrics_port_listens_on_loopback_only() {
+        assert_eq!(
+            parse_listen_address("9464"),
+            Ok("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen_address("[::]:9464"),
+            Ok("[::]:9464".parse().unwrap())
+        );
+        assert!(parse_listen_address("localhost:9464").is_err());
+        assert!(parse_listen_address("70000").is_err());
     }
 }

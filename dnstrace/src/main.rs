@@ -15,6 +15,7 @@ mod correlate;
 mod decode;
 mod diagnose;
 mod dnstap;
+mod endpoints;
 mod failure;
 mod framing;
 mod identity;
@@ -25,14 +26,16 @@ mod process;
 mod resolver;
 mod selection;
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 
 use crate::{
     capture::{Capture, CaptureRequest},
     cli::{Args, Command, OutputArgs, TraceArgs},
+    endpoints::Health,
     failure::Failure,
+    output::{Output, metrics::MetricsOutput},
     pipeline::Pipeline,
 };
 
@@ -65,14 +68,23 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         cgroup_root: args.cgroup_root.clone(),
     };
     // Open the outputs before loading anything, so a bad path fails fast.
-    let outputs = output::open_all(output_args)?;
+    let mut outputs = output::open_all(output_args)?;
+    let metrics = MetricsOutput::open(&output_args.metrics, args.metrics.is_some())?;
+    let listener = args.metrics.map(endpoints::bind).transpose()?;
+    let registry = metrics.as_ref().map(MetricsOutput::registry);
+    outputs.extend(metrics.map(|metrics| Box::new(metrics) as Box<dyn Output>));
+    let health = Arc::new(Health::default());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::setup(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        if let (Some(listener), Some(registry)) = (listener, registry) {
+            endpoints::spawn(listener, registry, health.clone())?;
+        }
         let mut capture = Capture::start(&request)?;
+        health.set_attached(true);
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
@@ -96,6 +108,7 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             args.summary_interval
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
+            &health,
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -370,6 +370,11 @@ impl Correlator {
         );
     }
 
+    /// Lookups not yet reported.
+    pub fn open_lookups(&self) -> usize {
+        self.lookups.values().map(Vec::len).sum()
+    }
+
     /// Forgets processes that exited (their lookups settle first).
     pub fn forget_exited(&mut self) {
         self.resolvers.forget_exited();

@@ -3,6 +3,7 @@
 
 pub mod dnstap;
 pub mod json;
+pub mod metrics;
 pub mod pcapng;
 pub mod rotation;
 pub mod text;
@@ -211,9 +212,26 @@ pub trait Output {
     ) -> io::Result<()> {
         Ok(())
     }
+    /// The agent's own state, once a tick while tracing live.
+    fn state(&mut self, _state: &AgentState) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes everything written so far visible (a tick, or the end).
     fn flush(&mut self) -> io::Result<()>;
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+}
+
+/// What the agent holds and has counted, for outputs that report on
+/// dnstrace itself (metrics).
+pub struct AgentState<'a> {
+    /// CLOCK_MONOTONIC nanoseconds, as message timestamps are.
+    pub now_ns: u64,
+    /// The counts so far, losses included.
+    pub summary: &'a Summary,
+    /// Lookups not yet settled.
+    pub open_lookups: usize,
+    /// Processes in the per-process report.
+    pub processes: usize,
 }
 
 /// One process's lookups so far.
