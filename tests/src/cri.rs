@@ -16,6 +16,7 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -36,9 +37,11 @@ pub struct Node {
     containerd: Option<Daemon>,
     runtime: tokio::runtime::Runtime,
     client: Client<Channel>,
-    bridge: String,
     sandboxes: Vec<String>,
+    _exclusive: MutexGuard<'static, ()>,
 }
+
+static NODES: Mutex<()> = Mutex::new(());
 
 /// What kubelet would take from a pod's spec for its sandbox.
 pub struct PodSpec<'a> {
@@ -64,9 +67,9 @@ pub struct Pod {
 
 /// What kubelet would take from a container's spec.
 #[derive(Default)]
-pub struct ContainerSpec<'a> {
-    pub name: &'a str,
-    pub image: &'a str,
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
     /// Host path, container path, read-only.
@@ -93,8 +96,11 @@ impl Node {
             .prefix(&unique_name("node"))
             .tempdir_in("/tmp")
             .expect("node directory");
+        // One node at a time per test process: they would share a bridge.
+        let exclusive = NODES.lock().unwrap_or_else(PoisonError::into_inner);
         // A bridge name is at most 15 bytes; the pid makes it ours alone.
         let bridge = format!("dtcni{}", std::process::id());
+        fs::write(dir.path().join("bridge"), &bridge).unwrap();
         let cni = dir.path().join("cni");
         fs::create_dir_all(&cni).unwrap();
         fs::write(
@@ -173,8 +179,8 @@ state = "{state}"
             containerd: Some(containerd),
             runtime,
             client,
-            bridge,
             sandboxes: Vec::new(),
+            _exclusive: exclusive,
         };
         let pause = node.dir.path().join("pause");
         run(Command::new("musl-gcc")
@@ -349,7 +355,7 @@ state = "{state}"
     }
 
     /// CreateContainer and StartContainer in `pod`.
-    pub fn start_container(&self, pod: &Pod, spec: &ContainerSpec<'_>) -> Container {
+    pub fn start_container(&self, pod: &Pod, spec: &ContainerSpec) -> Container {
         let log = format!("{}.log", spec.name);
         let seccomp = spec.seccomp_runtime_default.then(|| cri::SecurityProfile {
             profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
@@ -357,11 +363,11 @@ state = "{state}"
         });
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
-                name: spec.name.into(),
+                name: spec.name.clone(),
                 attempt: 0,
             }),
             image: Some(cri::ImageSpec {
-                image: spec.image.into(),
+                image: spec.image.clone(),
                 ..Default::default()
             }),
             args: spec.args.clone(),
@@ -522,13 +528,13 @@ impl Drop for Node {
             }
         }
         drop(self.containerd.take());
-        clean_up(self.dir.path(), &self.bridge);
+        clean_up(self.dir.path());
     }
 }
 
 /// What a node leaves behind when containerd could not remove its pods (a
 /// test that panicked, or was killed): shims, their mounts, the bridge.
-fn clean_up(dir: &Path, bridge: &str) {
+fn clean_up(dir: &Path) {
     let address = dir.join("containerd.sock").display().to_string();
     let config = dir.join("config.toml").display().to_string();
     let _ = Command::new("pkill")
@@ -568,15 +574,21 @@ fn clean_up(dir: &Path, bridge: &str) {
             }
         }
     }
+    // containerd removes them with their pods; these are what it left.
     for netns in fs::read_to_string(dir.join("netns"))
         .unwrap_or_default()
         .lines()
+        .filter(|netns| Path::new(netns).exists())
     {
-        let _ = Command::new("umount").args(["--lazy", netns]).status();
+        let _ = Command::new("umount")
+            .args(["--lazy", netns])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = fs::remove_file(netns);
     }
+    let bridge = fs::read_to_string(dir.join("bridge")).unwrap_or_default();
     let _ = Command::new("ip")
-        .args(["link", "delete", bridge])
+        .args(["link", "delete", &bridge])
         .stderr(std::process::Stdio::null())
         .status();
     let _ = fs::remove_dir_all(dir);
@@ -614,8 +626,7 @@ fn clean_up_stale_nodes() {
             continue;
         };
         if crate::is_stale_name(&name[..at + "-node".len()]) {
-            let pid = name[2..].split('-').next().unwrap_or_default();
-            clean_up(&entry.path(), &format!("dtcni{pid}"));
+            clean_up(&entry.path());
         }
     }
 }

@@ -5,19 +5,14 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Output},
 };
 
-use dnstrace_tests::workspace_dir;
-use serde_json::Value;
+use dnstrace_tests::kubernetes::{manifests_dir, yaml_as_json};
 
 /// The Kubernetes version the manifests are checked against.
 const KUBERNETES_VERSION: &str = "1.37.0";
-
-fn manifests_dir() -> PathBuf {
-    workspace_dir().join("deploy/kubernetes")
-}
 
 /// The manifests `kubectl apply -k` applies: every YAML file but the
 /// kustomization itself (examples/ holds resources of other projects' CRDs).
@@ -41,25 +36,6 @@ fn validate(files: &[PathBuf]) -> Output {
         .unwrap_or_else(|e| {
             panic!("cannot run kubernetes-validate ({e}); scripts/setup.sh installs it")
         })
-}
-
-/// A YAML file as JSON, through PyYAML (which kubernetes-validate brings).
-fn yaml_as_json(file: &Path) -> Value {
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(file)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "cannot read {}: {}",
-        file.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("PyYAML writes JSON")
 }
 
 #[test]

@@ -3,15 +3,23 @@
 //! that answers like CoreDNS before 1.5.1 (cached answers without AA), and
 //! a client pod whose resolver throws those answers away.
 
-use std::{ffi::OsStr, time::Duration};
+use std::{
+    ffi::OsStr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use dnstrace_tests::{
     clients::go_client,
-    cri::{ContainerSpec, Node, Pod, PodSpec},
+    cri::{Container, ContainerSpec, Node, Pod, PodSpec, log_lines},
+    kubernetes::{agent_container, agent_host_pid},
+    process::{PATIENCE, poll_until},
     servers::shaping_server_binary,
     trace::Tracer,
 };
 use k8s_cri::v1::DnsConfig;
+use serde_json::Value;
 
 /// The shaping server answers names under `cache.example.test` as CoreDNS's
 /// `cache 30` did (tests/src/bin/shaping-server.rs).
@@ -40,8 +48,8 @@ fn cluster(node: &mut Node) -> Pod {
     node.start_container(
         &dns,
         &ContainerSpec {
-            name: "coredns",
-            image: DNS_IMAGE,
+            name: "coredns".into(),
+            image: DNS_IMAGE.into(),
             args: vec![format!("{}:53", dns.ip)],
             ..Default::default()
         },
@@ -73,8 +81,8 @@ fn resolve_three_times(node: &Node, client: &Pod) -> u32 {
     let app = node.start_container(
         client,
         &ContainerSpec {
-            name: "app",
-            image: CLIENT_IMAGE,
+            name: "app".into(),
+            image: CLIENT_IMAGE.into(),
             args: ["-n", "3", "-every", "1s", NAME].map(String::from).to_vec(),
             ..Default::default()
         },
@@ -105,4 +113,79 @@ fn a_pod_that_throws_away_cached_answers_is_named_by_the_host_tracer() {
         "one answer_rejected for the client pod's pid {pid}; its lines:\n{}",
         trace.correlation_of(pid)
     );
+}
+
+/// The HTTP status the agent's `path` answers with on its pod address, asked
+/// from inside the pod's network namespace (nothing outside reaches it).
+fn http_status(pod: &Pod, path: &str) -> Option<u16> {
+    let output = Command::new("nsenter")
+        .arg(format!("--net={}", pod.netns.display()))
+        .args([
+            "python3",
+            "-c",
+            "import sys, urllib.request, urllib.error\n\
+             try:\n    print(urllib.request.urlopen(sys.argv[1], timeout=5).status)\n\
+             except urllib.error.HTTPError as e:\n    print(e.code)",
+        ])
+        .arg(format!("http://{}:9253{path}", pod.ip))
+        .stderr(Stdio::null())
+        .output()
+        .expect("nsenter runs");
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// The agent's JSON lines so far.
+fn agent_lines(agent: &Container) -> Vec<Value> {
+    log_lines(agent)
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// The DaemonSet's own pod spec, translated to CRI as kubelet would (host
+/// pids, its capabilities and nothing more, read-only root and mounts, not
+/// privileged), runs the agent from the image `cargo xtask image` built:
+/// it gets ready, and names the cause of another pod's failing lookups in
+/// its log.
+#[test]
+fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
+    let image = std::env::var_os("DNSTRACE_IMAGE").map(PathBuf::from).expect(
+        "DNSTRACE_IMAGE names the OCI archive `cargo xtask image` writes (cargo xtask test sets it)",
+    );
+    let mut node = Node::start();
+    node.import_image(&image);
+    let dns = cluster(&mut node);
+    let agent_pod = node.run_pod(&PodSpec {
+        namespace: "dnstrace",
+        name: "dnstrace-x7k2p",
+        host_pid: agent_host_pid(),
+        dns: None,
+    });
+    let agent = node.start_container(&agent_pod, &agent_container(agent_pod.ip));
+    poll_until("the agent's /readyz to answer 200", PATIENCE, || {
+        http_status(&agent_pod, "/readyz") == Some(200)
+    });
+    assert_eq!(http_status(&agent_pod, "/healthz"), Some(200));
+    let client = client_pod(&mut node, &dns, "web-7f9c4-x2k8p");
+    let pid = resolve_three_times(&node, &client);
+    let is_the_diagnosis = |line: &Value| {
+        line["kind"] == "diagnosis" && line["cause"] == "answer_rejected" && line["pid"] == pid
+    };
+    poll_until(
+        "the agent to log answer_rejected for the client pod",
+        PATIENCE,
+        || agent_lines(&agent).iter().any(is_the_diagnosis),
+    );
+    node.stop_container(&agent, Duration::from_secs(10));
+    let lines = agent_lines(&agent);
+    let summary = lines.last().expect("the agent logged lines");
+    assert_eq!(summary["kind"], "summary", "the agent stopped cleanly");
+    assert_eq!(summary["lost"], 0);
+    for line in &lines {
+        let kind = line["kind"].as_str().unwrap_or_default();
+        assert!(
+            ["lookup", "diagnosis", "summary"].contains(&kind),
+            "the DaemonSet writes only lookups, diagnoses and the summary: {line}"
+        );
+    }
 }

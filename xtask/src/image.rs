@@ -24,8 +24,15 @@ pub struct Options {
 /// The image's name; its tag is the crate's version.
 pub const IMAGE_NAME: &str = "dnstrace";
 
+/// The name the archive carries, fully qualified: kubelet and the CRI
+/// resolve the DaemonSet's `dnstrace:VERSION` to it, so an archive imported
+/// with `ctr -n k8s.io images import` is found under the name the
+/// DaemonSet uses.
 pub fn tag() -> String {
-    format!("{IMAGE_NAME}:{}", env!("CARGO_PKG_VERSION"))
+    format!(
+        "docker.io/library/{IMAGE_NAME}:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Builds the image and returns the archive's path.
