@@ -14,14 +14,7 @@ use crate::{cri::ContainerSpec, workspace_dir};
 
 /// The capabilities the DaemonSet adds after dropping ALL, in its order:
 /// what the agent was measured to need (docs/kubernetes.md).
-pub const AGENT_CAPABILITIES: &[&str] = &[
-    "BPF",
-    "PERFMON",
-    "NET_ADMIN",
-    "SYS_ADMIN",
-    "SYS_PTRACE",
-    "DAC_READ_SEARCH",
-];
+pub const AGENT_CAPABILITIES: &[&str] = &["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE"];
 
 pub fn manifests_dir() -> PathBuf {
     workspace_dir().join("deploy/kubernetes")

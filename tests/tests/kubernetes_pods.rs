@@ -7,14 +7,14 @@ use std::{
     ffi::OsStr,
     path::PathBuf,
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use dnstrace_tests::{
     clients::go_client,
     cri::{Container, ContainerSpec, Node, Pod, PodSpec, log_lines},
-    kubernetes::{agent_container, agent_host_pid},
-    process::{PATIENCE, poll_until},
+    kubernetes::{AGENT_CAPABILITIES, agent_container, agent_host_pid},
+    process::PATIENCE,
     servers::shaping_server_binary,
     trace::Tracer,
 };
@@ -134,6 +134,31 @@ fn http_status(pod: &Pod, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }
 
+/// Retries `done` for a while; panics with the agent's log if it never is.
+fn poll_agent(agent: &Container, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {PATIENCE:?}; the agent's log:\n{}",
+            log_lines(agent).join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The resolvers the agent named in `pid`'s lookups (null when it could
+/// not tell), each once.
+fn resolvers_named(lines: &[Value], pid: u32) -> Vec<String> {
+    let mut named: Vec<String> = lines
+        .iter()
+        .filter(|line| line["kind"] == "lookup" && line["pid"] == pid)
+        .map(|line| line["resolver"].as_str().unwrap_or("null").to_owned())
+        .collect();
+    named.dedup();
+    named
+}
+
 /// The agent's JSON lines so far.
 fn agent_lines(agent: &Container) -> Vec<Value> {
     log_lines(agent)
@@ -162,7 +187,7 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
         dns: None,
     });
     let agent = node.start_container(&agent_pod, &agent_container(agent_pod.ip));
-    poll_until("the agent's /readyz to answer 200", PATIENCE, || {
+    poll_agent(&agent, "the agent's /readyz to answer 200", || {
         http_status(&agent_pod, "/readyz") == Some(200)
     });
     assert_eq!(http_status(&agent_pod, "/healthz"), Some(200));
@@ -171,13 +196,16 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
     let is_the_diagnosis = |line: &Value| {
         line["kind"] == "diagnosis" && line["cause"] == "answer_rejected" && line["pid"] == pid
     };
-    poll_until(
+    poll_agent(
+        &agent,
         "the agent to log answer_rejected for the client pod",
-        PATIENCE,
         || agent_lines(&agent).iter().any(is_the_diagnosis),
     );
     node.stop_container(&agent, Duration::from_secs(10));
     let lines = agent_lines(&agent);
+    // It read the client's resolver from /proc/PID/exe, another
+    // container's file, which takes SYS_PTRACE.
+    assert_eq!(resolvers_named(&lines, pid), ["Go resolver"]);
     let summary = lines.last().expect("the agent logged lines");
     assert_eq!(summary["kind"], "summary", "the agent stopped cleanly");
     assert_eq!(summary["lost"], 0);
@@ -187,5 +215,53 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
             ["lookup", "diagnosis", "summary"].contains(&kind),
             "the DaemonSet writes only lookups, diagnoses and the summary: {line}"
         );
+    }
+}
+
+/// Each capability the DaemonSet adds is needed: without BPF, PERFMON or
+/// NET_ADMIN the agent cannot attach and says so (exit 2); without
+/// SYS_PTRACE it traces, but cannot read another container's files to tell
+/// which resolver a client runs.
+#[test]
+fn each_capability_the_daemonset_adds_is_needed() {
+    let image = std::env::var_os("DNSTRACE_IMAGE").map(PathBuf::from).expect(
+        "DNSTRACE_IMAGE names the OCI archive `cargo xtask image` writes (cargo xtask test sets it)",
+    );
+    let mut node = Node::start();
+    node.import_image(&image);
+    let dns = cluster(&mut node);
+    let client = client_pod(&mut node, &dns, "web-7f9c4-x2k8p");
+    for &missing in AGENT_CAPABILITIES {
+        let agent_pod = node.run_pod(&PodSpec {
+            namespace: "dnstrace",
+            name: &format!("dnstrace-without-{}", missing.to_lowercase()),
+            host_pid: agent_host_pid(),
+            dns: None,
+        });
+        let mut spec = agent_container(agent_pod.ip);
+        spec.add_capabilities.retain(|cap| cap != missing);
+        let agent = node.start_container(&agent_pod, &spec);
+        if missing == "SYS_PTRACE" {
+            poll_agent(&agent, "the agent's /readyz to answer 200", || {
+                http_status(&agent_pod, "/readyz") == Some(200)
+            });
+            let pid = resolve_three_times(&node, &client);
+            poll_agent(&agent, "the agent to log the client's lookups", || {
+                !resolvers_named(&agent_lines(&agent), pid).is_empty()
+            });
+            node.stop_container(&agent, Duration::from_secs(10));
+            assert_eq!(
+                resolvers_named(&agent_lines(&agent), pid),
+                ["null"],
+                "without SYS_PTRACE the client's resolver cannot be read"
+            );
+        } else {
+            let code = node.wait_exit(&agent, PATIENCE);
+            let log = log_lines(&agent).join("\n");
+            assert!(
+                code == 2 && log.contains("dnstrace: not permitted"),
+                "without {missing}: exit {code}, log:\n{log}"
+            );
+        }
     }
 }
