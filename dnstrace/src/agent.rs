@@ -47,6 +47,8 @@ pub async fn run(
     let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
+    // Said once SIGINT and SIGTERM end the run cleanly: before, they kill it.
+    eprintln!("dnstrace: attached, backend {}", capture.backend.name());
     let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut ticks = interval_at(Instant::now() + TICK, TICK);
@@ -61,7 +63,7 @@ pub async fn run(
         thread_names: ThreadNames::default(),
         keep_payloads: pipeline.needs_payloads(),
     };
-    let mut reported_lost = 0;
+    let mut losses = Losses::default();
     let mut tick_count = 0u64;
 
     loop {
@@ -83,14 +85,11 @@ pub async fn run(
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
                 }
-                let lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
-                let lost: u64 = lost_per_cpu.iter().sum();
-                pipeline.publish_state(monotonic_now_ns(), lost_per_cpu);
-                health.tick();
-                if lost > reported_lost {
-                    eprintln!("dnstrace: {lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)");
-                    reported_lost = lost;
+                if let Some(line) = losses.update(capture.lost_per_cpu()) {
+                    eprintln!("dnstrace: {line}");
                 }
+                pipeline.publish_state(monotonic_now_ns(), losses.per_cpu.clone());
+                health.tick();
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
@@ -104,10 +103,69 @@ pub async fn run(
     health.set_attached(false);
     capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
     capture.flush_kernel_log();
-    pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
+    if let Some(line) = losses.update(capture.lost_per_cpu()) {
+        eprintln!("dnstrace: {line}");
+    }
+    pipeline.summary.lost_per_cpu = losses.per_cpu;
     pipeline.finish();
     if let Some(error) = pipeline.take_write_error() {
         return Err(Failure::runtime(format!("writing output failed: {error}")));
     }
     Ok(pipeline.summary.clone())
+}
+
+/// The kernel's loss counters as last read. A read that fails (the bpf
+/// syscall can fail for a moment, as under memory pressure) keeps the last
+/// counts and is said once until a read works again: it never ends the run.
+#[derive(Debug, Default)]
+struct Losses {
+    per_cpu: Vec<u64>,
+    reported: u64,
+    failing: bool,
+}
+
+impl Losses {
+    /// Takes a read of the counters; the line to print, if any.
+    fn update(&mut self, read: Result<Vec<u64>, String>) -> Option<String> {
+        match read {
+            Ok(per_cpu) => {
+                self.failing = false;
+                self.per_cpu = per_cpu;
+                let lost: u64 = self.per_cpu.iter().sum();
+                (lost > self.reported).then(|| {
+                    self.reported = lost;
+                    format!(
+                        "{lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)"
+                    )
+                })
+            }
+            Err(error) if !self.failing => {
+                self.failing = true;
+                Some(format!("{error}; the counts read last are kept"))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Losses;
+
+    #[test]
+    fn a_failed_read_of_the_loss_counters_keeps_the_last_counts() {
+        let mut losses = Losses::default();
+        assert_eq!(losses.update(Ok(vec![0, 0])), None);
+        let line = losses.update(Ok(vec![0, 3])).unwrap();
+        assert!(line.starts_with("3 messages lost so far"), "{line}");
+        let error = || Err("cannot read the lost-event counters: EAGAIN".to_string());
+        let line = losses.update(error()).unwrap();
+        assert!(line.ends_with("the counts read last are kept"), "{line}");
+        assert_eq!(losses.update(error()), None, "said once");
+        assert_eq!(losses.per_cpu, [0, 3]);
+        assert_eq!(losses.update(Ok(vec![0, 3])), None, "nothing new");
+        assert!(losses.update(error()).is_some(), "a new failure is said");
+        let line = losses.update(Ok(vec![2, 3])).unwrap();
+        assert!(line.starts_with("5 messages lost"), "{line}");
+    }
 }

@@ -22,9 +22,11 @@ mod identity;
 mod message;
 mod output;
 mod pipeline;
+mod privileges;
 mod process;
 mod resolver;
 mod selection;
+mod terminal;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
@@ -48,13 +50,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("dnstrace: {failure}");
+            terminal::eprint_line(&failure.message);
             ExitCode::from(failure.exit_code)
         }
     }
 }
 
 fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
+    if let Some(note) = capture::foreign_pid_namespace() {
+        terminal::eprint_line(&note);
+    }
     if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
         return Err(Failure::setup(
             "--ring-buffer-mib must be a power of two up to 1024",
@@ -84,11 +89,19 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             endpoints::spawn(listener, registry, health.clone())?;
         }
         let mut capture = Capture::start(&request)?;
+        let kept = match output::writes_after_start(output_args) {
+            true => privileges::TRACING | privileges::WRITING_LATER,
+            false => privileges::TRACING,
+        };
+        let kept = privileges::keep_only(kept).map_err(Failure::setup)?;
+        eprintln!(
+            "dnstrace: capabilities kept: {}; no_new_privs set",
+            privileges::names(kept)
+        );
         health.set_attached(true);
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
-        eprintln!("dnstrace: attached, backend {}", capture.backend.name());
         let pipeline = match capture.take_read_counts() {
             Ok(counts) => {
                 eprintln!(

@@ -7,7 +7,12 @@ use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
-use crate::{capture::is_cgroup2, cli::TraceArgs, failure::Failure, process::netns_cookie_of};
+use crate::{
+    capture::{foreign_pid_namespace, is_cgroup2},
+    cli::TraceArgs,
+    failure::Failure,
+    process::{is_alive, netns_cookie_of},
+};
 
 pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
@@ -16,10 +21,21 @@ pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
             "at most {MAX_PORTS} --port options"
         )));
     }
+    if args.ports.contains(&0) {
+        return Err(Failure::setup(
+            "--port 0: not a port a DNS message can use (1 to 65535)",
+        ));
+    }
     config.ports = [0; MAX_PORTS];
     config.ports[..args.ports.len()].copy_from_slice(&args.ports);
     config.port_count = args.ports.len() as u32;
 
+    // A pid that does not exist would select nothing, silently. The kernel
+    // filters on the host's pids, which only the host's /proc can confirm.
+    let checkable = foreign_pid_namespace().is_none();
+    if let Some(pid) = args.pids.iter().find(|pid| checkable && !is_alive(**pid)) {
+        return Err(Failure::setup(format!("--pid {pid}: no such process")));
+    }
     if !args.pids.is_empty() {
         config.filters |= FILTER_PID;
     }

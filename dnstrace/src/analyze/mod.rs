@@ -241,11 +241,11 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     for input in &inputs {
         let skipped = input.reader.skipped();
         if let Some(first) = &skipped.first {
-            eprintln!(
-                "dnstrace: {}: skipped {} damaged record(s), the first at {first}",
+            crate::terminal::eprint_line(&format!(
+                "{}: skipped {} damaged record(s), the first at {first}",
                 input.path.display(),
                 skipped.count
-            );
+            ));
         }
         if let Some(error) = &input.broken {
             broken.push(format!("{}: {error}", input.path.display()));

@@ -35,6 +35,40 @@ pub fn check_privileges() -> Result<(), Failure> {
     ))
 }
 
+/// The inode of the host's (initial) PID namespace, fixed by the kernel
+/// (`PROC_PID_INIT_INO`).
+const HOST_PID_NAMESPACE_INODE: u64 = 0xEFFF_FFFC;
+
+/// Why the pids the kernel gives (the host's) are not the pids this process
+/// sees in /proc, or `None` when they are. In a pod without `hostPID`, or
+/// under `unshare --pid`, /proc shows another namespace: the details of
+/// each process (thread names, resolv.conf, libc) would be looked up under
+/// the wrong pid, and `--pid` would name pids of that namespace.
+pub fn foreign_pid_namespace() -> Option<String> {
+    let inode = fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino());
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let levels = status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))
+        .map_or(1, |pids| pids.split_whitespace().count());
+    foreign_pid_namespace_in(inode, levels)
+}
+
+fn foreign_pid_namespace_in(inode: Option<u64>, levels: usize) -> Option<String> {
+    let why = match inode {
+        Some(inode) if inode != HOST_PID_NAMESPACE_INODE => format!("pid:[{inode}]"),
+        // /proc of the host's namespace, seen from a namespace below it.
+        _ if levels > 1 => format!("{levels} levels deep"),
+        _ => return None,
+    };
+    Some(format!(
+        "not in the host's PID namespace ({why}): the kernel reports the host's pids, which \
+         this /proc does not show, so processes' names, resolv.conf and libc may be missing \
+         or wrong, and --pid takes the host's pids (run with the host's PID namespace: \
+         hostPID: true in Kubernetes)"
+    ))
+}
+
 /// Where the cgroup v2 hierarchy is: `requested` (`--cgroup-root`), or the
 /// cgroup2 mount of its root. Programs attached there see every socket on
 /// the host, so a cgroup namespace of our own, whose mounts show only our
@@ -142,5 +176,21 @@ mod tests {
     fn ignores_a_cgroup2_mount_of_a_subtree() {
         let mountinfo = "40 1 0:30 /kubepods /host/cgroup rw - cgroup2 cgroup2 rw";
         assert_eq!(cgroup2_root_in(mountinfo), None);
+    }
+
+    #[test]
+    fn a_pid_namespace_other_than_the_hosts_is_named() {
+        assert_eq!(
+            foreign_pid_namespace_in(Some(HOST_PID_NAMESPACE_INODE), 1),
+            None
+        );
+        assert_eq!(foreign_pid_namespace_in(None, 1), None);
+        let pod = foreign_pid_namespace_in(Some(4026532211), 1).unwrap();
+        assert!(
+            pod.starts_with("not in the host's PID namespace (pid:[4026532211])"),
+            "{pod}"
+        );
+        let nested = foreign_pid_namespace_in(Some(HOST_PID_NAMESPACE_INODE), 2).unwrap();
+        assert!(nested.contains("2 levels deep"), "{nested}");
     }
 }

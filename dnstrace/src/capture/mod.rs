@@ -20,7 +20,7 @@ use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
 pub use self::{
-    environment::is_cgroup2,
+    environment::{foreign_pid_namespace, is_cgroup2},
     record::{RawMessage, parse_record},
 };
 use crate::{cli::BackendChoice, failure::Failure};

@@ -17,6 +17,7 @@ use crate::{
     decode::{qtype_name, rcode_name},
     diagnose::Diagnosis,
     message::{Client, Direction, Message},
+    terminal,
 };
 
 const HEADER: &str = "TIME            PID     COMM            DIR REMOTE                 ID    FLAGS          RCODE     QTYPE   AN QNAME";
@@ -41,16 +42,8 @@ impl TextOutput {
     }
 
     fn write_line(&mut self, colour: &str, line: &str) -> io::Result<()> {
-        // Thread names and names read from files are anyone's text: a
-        // control character in them must not reach the terminal.
-        let line: std::borrow::Cow<'_, str> = if line.chars().any(char::is_control) {
-            line.chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect::<String>()
-                .into()
-        } else {
-            line.into()
-        };
+        // Thread names and names read from files are anyone's text.
+        let line = terminal::escape(line);
         let writer = &mut self.destination.writer;
         if self.color {
             writeln!(writer, "{colour}{line}{}", paint::RESET)?;
@@ -374,17 +367,18 @@ mod tests {
         let mut output = TextOutput::new(destination, false, true).unwrap();
         let mut message = response();
         if let Some(process) = message.envelope.process.as_mut() {
-            process.comm = "evil\x1b]0;x\x07".into();
+            process.comm = "evil\x1b]0;x\x07\u{202e}".into();
         }
         output.message(&message).unwrap();
         output.flush().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let _ = std::fs::remove_file(&path);
-        assert!(text.contains("evil?]0;x?"), "{text}");
+        assert!(text.contains("evil\\x1b]0;x\\x07\\u{202e}"), "{text}");
         assert!(
             !text.chars().any(|c| c.is_control() && c != '\n'),
             "{text:?}"
         );
+        assert!(!text.contains('\u{202e}'), "{text:?}");
     }
 
     #[test]
