@@ -91,6 +91,23 @@ pub struct TraceArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
+
+    /// containerd's task state, where each container's bundle (and its
+    /// pod's names) is: DIR/NAMESPACE/ID/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task"
+    )]
+    pub containerd_state: PathBuf,
+
+    /// CRI-O's container state: DIR/ID/userdata/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containers/storage/overlay-containers"
+    )]
+    pub crio_state: PathBuf,
 }
 
 /// Where and how results are written; tracing and `analyze` share these.

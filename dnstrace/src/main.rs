@@ -15,6 +15,7 @@ mod correlate;
 mod decode;
 mod diagnose;
 mod dnstap;
+mod enrich;
 mod failure;
 mod framing;
 mod identity;
@@ -95,6 +96,10 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             args.summary_interval
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
+            enrich::StateRoots {
+                containerd: args.containerd_state.clone(),
+                crio: args.crio_state.clone(),
+            },
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -19,7 +19,10 @@ use aya::{
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
-pub use self::record::{RawMessage, parse_record};
+pub use self::{
+    environment::cgroup2_root,
+    record::{RecordDecoder, ThreadNames, parse_record},
+};
 use crate::{cli::BackendChoice, failure::Failure};
 
 /// The object file `dnstrace/build.rs` built from `dnstrace-ebpf`.

@@ -1,0 +1,350 @@
+//! Enrich: between decode and correlate, attaches to each message what is
+//! known about its process (resolver, network namespace, container, pod),
+//! shared, so that correlation and diagnosis only read messages.
+//!
+//! The facts are read by a worker thread (`worker.rs`), never on the event
+//! thread. A process's first message asks for them; that process's messages
+//! are then held, in order, until they come or `HOLD_NS` passes, when they
+//! go on without them (counted as `unenriched`). Other processes' messages
+//! are not held. Facts are kept per process and asked again when a process
+//! shows up in another cgroup or network namespace; processes that exited
+//! are forgotten at each sweep. See docs/architecture.md.
+
+mod confined;
+mod container;
+mod resolver_files;
+mod worker;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    time::Duration,
+};
+
+pub use self::container::StateRoots;
+use self::worker::{Gatherer, Reply, Request};
+use crate::{
+    message::{Facts, Message},
+    process::Namespaces,
+};
+
+/// How long a process's messages wait for its facts before going on
+/// without them. Reading them takes a few milliseconds; a network
+/// namespace made since the last look may take up to 200 ms more.
+pub const HOLD_NS: u64 = 500_000_000;
+/// Messages held per process, and in all; past either, messages go on
+/// without facts rather than pile up.
+const MAX_HELD_PER_PROCESS: usize = 1024;
+const MAX_HELD: usize = 65_536;
+/// Processes whose facts are kept; past this the oldest half is dropped
+/// (and counted).
+const MAX_PROCESSES: usize = 4096;
+/// Requests the worker may have queued.
+const MAX_REQUESTS: usize = 1024;
+
+/// What enrichment counted, for the summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnrichCounts {
+    /// Messages passed on before their process's facts were known.
+    pub unenriched: u64,
+    /// Cache entries dropped because a cache was full.
+    pub evicted: u64,
+}
+
+/// Facts of one process, or the wait for them.
+enum Entry {
+    Known {
+        facts: Arc<Facts>,
+        cgroup_id: u64,
+        netns_cookie: u64,
+        /// Order of arrival, for eviction.
+        serial: u64,
+    },
+    Asked {
+        since_ns: u64,
+        /// Held messages, in order, each with its namespace cookie. Empty
+        /// once the hold expired: then messages go on until the facts come.
+        held: Vec<(Message, u64)>,
+        expired: bool,
+        /// What was known before, for messages that go on meanwhile.
+        previous: Arc<Facts>,
+    },
+}
+
+pub struct Enricher {
+    requests: SyncSender<Request>,
+    replies: Receiver<Reply>,
+    by_pid: HashMap<u32, Entry, foldhash::fast::RandomState>,
+    /// Network namespace cookies and their inodes (`None`: gone before it
+    /// could be looked up).
+    netns_by_cookie: HashMap<u64, Option<u64>, foldhash::fast::RandomState>,
+    held: usize,
+    serial: u64,
+    worker_evicted: Arc<AtomicU64>,
+    /// Entries this side dropped because it was full.
+    evicted_here: u64,
+    pub counts: EnrichCounts,
+}
+
+/// Where the worker looks.
+pub struct Sources {
+    /// The cgroup v2 hierarchy's mount point.
+    pub cgroup_mount: Option<PathBuf>,
+    pub state_roots: StateRoots,
+    /// Network namespaces found at start (cookie → inode).
+    pub namespaces: HashMap<u64, u64>,
+}
+
+impl Enricher {
+    /// Starts the worker thread.
+    pub fn start(sources: Sources) -> std::io::Result<Self> {
+        let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
+        let (replies_out, replies) = mpsc::channel();
+        let worker_evicted = Arc::new(AtomicU64::new(0));
+        let gatherer = Gatherer::new(
+            sources.cgroup_mount,
+            sources.state_roots,
+            Namespaces::found(sources.namespaces.clone()),
+            Arc::clone(&worker_evicted),
+        );
+        std::thread::Builder::new()
+            .name("dnstrace-enrich".into())
+            .spawn(move || gatherer.serve(requests_in, replies_out))?;
+        Ok(Self {
+            requests,
+            replies,
+            by_pid: HashMap::default(),
+            netns_by_cookie: sources
+                .namespaces
+                .into_iter()
+                .map(|(cookie, inode)| (cookie, Some(inode)))
+                .collect(),
+            held: 0,
+            serial: 0,
+            worker_evicted,
+            evicted_here: 0,
+            counts: EnrichCounts::default(),
+        })
+    }
+
+    /// Takes a decoded message (from network namespace `netns_cookie`),
+    /// and hands it to `next` now or later, with its process's facts.
+    pub fn admit(
+        &mut self,
+        mut message: Message,
+        netns_cookie: u64,
+        next: &mut impl FnMut(Message),
+    ) {
+        let captured_ns = message.envelope.monotonic_ns;
+        let Some(process) = &mut message.envelope.process else {
+            return next(message);
+        };
+        let pid = process.pid;
+        let cgroup_id = process.cgroup_id;
+        let netns_known = netns_cookie == 0 || self.netns_by_cookie.contains_key(&netns_cookie);
+        let previous = match self.by_pid.get_mut(&pid) {
+            Some(Entry::Known {
+                facts,
+                cgroup_id: known_cgroup,
+                netns_cookie: known_netns,
+                ..
+            }) if *known_cgroup == cgroup_id && *known_netns == netns_cookie && netns_known => {
+                process.facts = Arc::clone(facts);
+                process.netns = self.netns_of(netns_cookie);
+                return next(message);
+            }
+            Some(Entry::Asked {
+                held,
+                expired,
+                previous,
+                ..
+            }) => {
+                if *expired || held.len() >= MAX_HELD_PER_PROCESS || self.held >= MAX_HELD {
+                    process.facts = Arc::clone(previous);
+                    process.netns = self.netns_of(netns_cookie);
+                    self.counts.unenriched += 1;
+                    return next(message);
+                }
+                held.push((message, netns_cookie));
+                self.held += 1;
+                return;
+            }
+            Some(Entry::Known { facts, .. }) => Arc::clone(facts),
+            None => Facts::unknown(),
+        };
+        // New, or seen in another cgroup or namespace: ask.
+        let request = Request::Facts {
+            pid,
+            cgroup_id,
+            netns_cookie,
+        };
+        if self.requests.try_send(request).is_err() || self.held >= MAX_HELD {
+            // The worker is behind (or gone): no hold.
+            process.facts = previous;
+            process.netns = self.netns_of(netns_cookie);
+            self.counts.unenriched += 1;
+            return next(message);
+        }
+        if self.by_pid.len() >= MAX_PROCESSES && !self.by_pid.contains_key(&pid) {
+            self.evict_oldest_half();
+        }
+        self.held += 1;
+        self.by_pid.insert(
+            pid,
+            Entry::Asked {
+                since_ns: captured_ns,
+                held: vec![(message, netns_cookie)],
+                expired: false,
+                previous,
+            },
+        );
+    }
+
+    /// Takes the worker's answers and lets through what they or time
+    /// released. Call it often (each pass of the event loop).
+    pub fn poll(&mut self, now_ns: u64, next: &mut impl FnMut(Message)) {
+        while let Ok(reply) = self.replies.try_recv() {
+            self.on_reply(reply, next);
+        }
+        let mut expired: Vec<(Message, u64)> = Vec::new();
+        for entry in self.by_pid.values_mut() {
+            if let Entry::Asked {
+                since_ns,
+                held,
+                expired: is_expired,
+                ..
+            } = entry
+                && !*is_expired
+                && now_ns.saturating_sub(*since_ns) >= HOLD_NS
+            {
+                *is_expired = true;
+                expired.append(held);
+            }
+        }
+        self.release_unenriched(expired, next);
+        self.counts.evicted = self.worker_evicted.load(Ordering::Relaxed) + self.evicted_here;
+    }
+
+    /// At exit: waits for facts already asked for, at most `HOLD_NS`, then
+    /// lets every held message through.
+    pub fn finish(&mut self, next: &mut impl FnMut(Message)) {
+        let deadline = std::time::Instant::now() + Duration::from_nanos(HOLD_NS);
+        while self.held > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.replies.recv_timeout(left) {
+                Ok(reply) => self.on_reply(reply, next),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let held: Vec<(Message, u64)> = self
+            .by_pid
+            .values_mut()
+            .flat_map(|entry| match entry {
+                Entry::Asked { held, .. } => std::mem::take(held),
+                Entry::Known { .. } => Vec::new(),
+            })
+            .collect();
+        self.release_unenriched(held, next);
+        self.counts.evicted = self.worker_evicted.load(Ordering::Relaxed) + self.evicted_here;
+    }
+
+    /// Asks the worker which known processes exited, to forget them at a
+    /// later poll.
+    pub fn sweep(&mut self) {
+        let pids: Vec<u32> = self
+            .by_pid
+            .iter()
+            .filter(|(_, entry)| matches!(entry, Entry::Known { .. }))
+            .map(|(pid, _)| *pid)
+            .collect();
+        match self.requests.try_send(Request::Sweep(pids)) {
+            Ok(()) | Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply, next: &mut impl FnMut(Message)) {
+        let Reply::Facts {
+            pid,
+            cgroup_id,
+            netns_cookie,
+            netns,
+            facts,
+        } = reply
+        else {
+            if let Reply::Gone(pids) = reply {
+                for pid in pids {
+                    if matches!(self.by_pid.get(&pid), Some(Entry::Known { .. })) {
+                        self.by_pid.remove(&pid);
+                    }
+                }
+            }
+            return;
+        };
+        if netns_cookie != 0 {
+            if self.netns_by_cookie.len() >= MAX_PROCESSES {
+                self.evicted_here += self.netns_by_cookie.len() as u64;
+                self.netns_by_cookie.clear();
+            }
+            self.netns_by_cookie.insert(netns_cookie, netns);
+        }
+        self.serial += 1;
+        let known = Entry::Known {
+            facts: Arc::clone(&facts),
+            cgroup_id,
+            netns_cookie,
+            serial: self.serial,
+        };
+        let Some(Entry::Asked { held, .. }) = self.by_pid.insert(pid, known) else {
+            return;
+        };
+        self.held -= held.len();
+        for (mut message, cookie) in held {
+            if let Some(process) = &mut message.envelope.process {
+                process.facts = Arc::clone(&facts);
+                process.netns = self.netns_of(cookie);
+            }
+            next(message);
+        }
+    }
+
+    fn release_unenriched(&mut self, held: Vec<(Message, u64)>, next: &mut impl FnMut(Message)) {
+        self.held -= held.len();
+        self.counts.unenriched += held.len() as u64;
+        for (mut message, cookie) in held {
+            if let Some(process) = &mut message.envelope.process {
+                process.netns = self.netns_of(cookie);
+            }
+            next(message);
+        }
+    }
+
+    fn netns_of(&self, cookie: u64) -> Option<u64> {
+        self.netns_by_cookie.get(&cookie).copied().flatten()
+    }
+
+    /// Drops the half of the known processes known longest; those waiting
+    /// for facts are kept.
+    fn evict_oldest_half(&mut self) {
+        let mut serials: Vec<u64> = self
+            .by_pid
+            .values()
+            .filter_map(|entry| match entry {
+                Entry::Known { serial, .. } => Some(*serial),
+                Entry::Asked { .. } => None,
+            })
+            .collect();
+        serials.sort_unstable();
+        let Some(&cut) = serials.get(serials.len() / 2) else {
+            return;
+        };
+        let before = self.by_pid.len();
+        self.by_pid
+            .retain(|_, entry| !matches!(entry, Entry::Known { serial, .. } if *serial < cut));
+        self.evicted_here += (before - self.by_pid.len()) as u64;
+    }
+}
