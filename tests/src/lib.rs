@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod clients;
 pub mod dnstap;
 pub mod expect;
+pub mod loopback;
 pub mod netns;
 pub mod process;
 pub mod servers;

@@ -143,6 +143,11 @@ impl Tracer {
         }
     }
 
+    /// The tracer's pid, to look at it in /proc.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
+    }
+
     /// Waits until dnstrace prints a stderr line starting with `prefix`.
     pub fn wait_for_stderr(&mut self, prefix: &str, timeout: Duration) {
         self.daemon.wait_for_stderr(prefix, timeout);

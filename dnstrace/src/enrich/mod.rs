@@ -115,12 +115,26 @@ impl Enricher {
         std::thread::Builder::new()
             .name("dnstrace-enrich".into())
             .spawn(move || gatherer.serve(requests_in, replies_out))?;
-        Ok(Self {
+        Ok(Self::talking_to(
+            requests,
+            replies,
+            sources.namespaces,
+            worker_evicted,
+        ))
+    }
+
+    /// The event thread's side, given its channels to the worker.
+    fn talking_to(
+        requests: SyncSender<Request>,
+        replies: Receiver<Reply>,
+        namespaces: HashMap<u64, u64>,
+        worker_evicted: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
             requests,
             replies,
             by_pid: HashMap::default(),
-            netns_by_cookie: sources
-                .namespaces
+            netns_by_cookie: namespaces
                 .into_iter()
                 .map(|(cookie, inode)| (cookie, Some(inode)))
                 .collect(),
@@ -129,7 +143,7 @@ impl Enricher {
             worker_evicted,
             evicted_here: 0,
             counts: EnrichCounts::default(),
-        })
+        }
     }
 
     /// Takes a decoded message (from network namespace `netns_cookie`),
@@ -346,5 +360,195 @@ impl Enricher {
         self.by_pid
             .retain(|_, entry| !matches!(entry, Entry::Known { serial, .. } if *serial < cut));
         self.evicted_here += (before - self.by_pid.len()) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, sync::mpsc::Sender};
+
+    use super::*;
+    use crate::{
+        message::{Container, Direction, Envelope, Process, Transport},
+        resolver::ResolverContext,
+    };
+
+    const MS: u64 = 1_000_000;
+
+    fn message(pid: u32, at: u64) -> Message {
+        let envelope = Envelope {
+            wall_time_ns: i128::from(at),
+            monotonic_ns: at,
+            process: Some(Process {
+                pid,
+                tid: pid,
+                comm: "client".into(),
+                uid: 0,
+                cgroup_id: 5,
+                netns: None,
+                facts: Facts::unknown(),
+            }),
+            socket_cookie: u64::from(pid),
+            direction: Direction::Send,
+            transport: Transport::Udp,
+            local: "10.0.0.1:40000".parse().unwrap(),
+            remote: "10.0.0.2:53".parse().unwrap(),
+            response_number: None,
+        };
+        Message::decoded(envelope, &[0; 12], 12, false)
+    }
+
+    /// An enricher whose worker is the test: it sees the requests and
+    /// sends the replies.
+    fn enricher() -> (Enricher, Receiver<Request>, Sender<Reply>) {
+        let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
+        let (replies_out, replies) = mpsc::channel();
+        let enricher = Enricher::talking_to(
+            requests,
+            replies,
+            HashMap::from([(77, 4_026_531_840)]),
+            Arc::default(),
+        );
+        (enricher, requests_in, replies_out)
+    }
+
+    fn facts(container: &str) -> Arc<Facts> {
+        Arc::new(Facts {
+            resolver: Arc::new(ResolverContext::default()),
+            container: Some(Container {
+                id: container.into(),
+                runtime: None,
+                name: None,
+                image: None,
+            }),
+            pod: None,
+        })
+    }
+
+    fn container_of(message: &Message) -> Option<String> {
+        let process = message.envelope.process.as_ref()?;
+        Some(process.facts.container.as_ref()?.id.clone())
+    }
+
+    #[test]
+    fn a_new_process_waits_for_its_facts_and_others_do_not() {
+        let (mut enricher, requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        enricher.admit(message(1, MS), 77, &mut next);
+        enricher.admit(message(1, 2 * MS), 77, &mut next);
+        let Ok(Request::Facts {
+            pid: 1,
+            cgroup_id: 5,
+            netns_cookie: 77,
+        }) = requests.try_recv()
+        else {
+            panic!("one request for pid 1");
+        };
+        assert!(requests.try_recv().is_err(), "asked once");
+        enricher.poll(3 * MS, &mut next);
+        assert!(out.borrow().is_empty(), "held until the facts come");
+        replies
+            .send(Reply::Facts {
+                pid: 1,
+                cgroup_id: 5,
+                netns_cookie: 77,
+                netns: Some(4_026_531_840),
+                facts: facts("c1"),
+            })
+            .unwrap();
+        enricher.poll(4 * MS, &mut next);
+        // Released in order, with the facts, shared, and the namespace.
+        let times: Vec<u64> = out
+            .borrow()
+            .iter()
+            .map(|m| m.envelope.monotonic_ns)
+            .collect();
+        assert_eq!(times, [MS, 2 * MS]);
+        assert_eq!(container_of(&out.borrow()[0]).as_deref(), Some("c1"));
+        {
+            let out = out.borrow();
+            let (first, second) = (&out[0].envelope.process, &out[1].envelope.process);
+            assert!(Arc::ptr_eq(
+                &first.as_ref().unwrap().facts,
+                &second.as_ref().unwrap().facts
+            ));
+            assert_eq!(first.as_ref().unwrap().netns, Some(4_026_531_840));
+        }
+        // Known now: the next message goes straight through.
+        enricher.admit(message(1, 5 * MS), 77, &mut next);
+        assert_eq!(out.borrow().len(), 3);
+        assert_eq!(container_of(&out.borrow()[2]).as_deref(), Some("c1"));
+        assert_eq!(enricher.counts.unenriched, 0);
+    }
+
+    #[test]
+    fn facts_that_do_not_come_in_time_are_not_waited_for() {
+        let (mut enricher, _requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        enricher.admit(message(2, MS), 77, &mut next);
+        // A message without a process never waits.
+        let mut unowned = message(3, MS);
+        unowned.envelope.process = None;
+        enricher.admit(unowned, 77, &mut next);
+        assert_eq!(out.borrow().len(), 1);
+        enricher.poll(MS + HOLD_NS - 1, &mut next);
+        assert_eq!(out.borrow().len(), 1, "still within the hold");
+        enricher.poll(MS + HOLD_NS, &mut next);
+        assert_eq!(out.borrow().len(), 2, "released without facts");
+        assert_eq!(container_of(&out.borrow()[1]), None);
+        // Until the facts come, the process's messages go on at once.
+        enricher.admit(message(2, 2 * HOLD_NS), 77, &mut next);
+        assert_eq!(out.borrow().len(), 3);
+        assert_eq!(enricher.counts.unenriched, 2);
+        replies
+            .send(Reply::Facts {
+                pid: 2,
+                cgroup_id: 5,
+                netns_cookie: 77,
+                netns: None,
+                facts: facts("late"),
+            })
+            .unwrap();
+        enricher.poll(3 * HOLD_NS, &mut next);
+        enricher.admit(message(2, 3 * HOLD_NS), 77, &mut next);
+        assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("late"));
+    }
+
+    #[test]
+    fn at_exit_held_messages_go_out_even_without_a_worker() {
+        let (mut enricher, requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        enricher.admit(message(4, MS), 77, &mut |m| out.borrow_mut().push(m));
+        drop((requests, replies));
+        enricher.finish(&mut |m| out.borrow_mut().push(m));
+        assert_eq!(out.borrow().len(), 1);
+        assert_eq!(enricher.counts.unenriched, 1);
+    }
+
+    #[test]
+    fn a_process_seen_in_another_cgroup_is_asked_about_again() {
+        let (mut enricher, requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        enricher.admit(message(5, MS), 77, &mut next);
+        replies
+            .send(Reply::Facts {
+                pid: 5,
+                cgroup_id: 5,
+                netns_cookie: 77,
+                netns: None,
+                facts: facts("before"),
+            })
+            .unwrap();
+        enricher.poll(2 * MS, &mut next);
+        let mut moved = message(5, 3 * MS);
+        if let Some(process) = &mut moved.envelope.process {
+            process.cgroup_id = 6;
+        }
+        enricher.admit(moved, 77, &mut next);
+        assert_eq!(out.borrow().len(), 1, "held again");
+        assert_eq!(requests.try_iter().count(), 2);
     }
 }
