@@ -9,8 +9,9 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, RecordDecoder, ThreadNames, cgroup2_root, parse_record},
+    capture::{Capture, KernelReadCounts, RecordDecoder, ThreadNames, cgroup2_root, parse_record},
     clock::{WallClock, monotonic_now_ns},
+    correlate::reads::ReadCounter,
     enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
     framing::TcpStreams,
@@ -26,6 +27,14 @@ const TICK: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 /// How often exited processes are forgotten.
 const FORGET_EVERY_TICKS: u64 = 30;
+
+/// Correlation settles reads with the kernel's counts; capture knows
+/// nothing of correlation, so the two meet here.
+impl ReadCounter for KernelReadCounts {
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+        KernelReadCounts::reads(self, socket_cookie)
+    }
+}
 
 /// The stages between the ring buffer and the pipeline: decode, enrich.
 struct Stages {

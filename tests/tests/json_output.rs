@@ -16,7 +16,7 @@ use dnstrace_tests::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// The documented message fields (docs/json.md).
-const MESSAGE_FIELDS: [&str; 27] = [
+const MESSAGE_FIELDS: [&str; 29] = [
     "kind",
     "ts",
     "pid",
@@ -25,6 +25,8 @@ const MESSAGE_FIELDS: [&str; 27] = [
     "uid",
     "cgroup_id",
     "netns",
+    "container",
+    "pod",
     "socket_cookie",
     "direction",
     "proto",

@@ -21,6 +21,7 @@ use tokio::io::unix::AsyncFd;
 
 pub use self::{
     environment::cgroup2_root,
+    reads::KernelReadCounts,
     record::{RecordDecoder, ThreadNames, parse_record},
 };
 use crate::{cli::BackendChoice, failure::Failure};

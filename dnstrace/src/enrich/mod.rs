@@ -76,7 +76,18 @@ enum Entry {
     },
 }
 
+/// The last process let through with its facts: messages come in runs
+/// from one process, and this is asked for every message.
+struct LastHit {
+    pid: u32,
+    cgroup_id: u64,
+    netns_cookie: u64,
+    facts: Arc<Facts>,
+    netns: Option<u64>,
+}
+
 pub struct Enricher {
+    last: Option<LastHit>,
     requests: SyncSender<Request>,
     replies: Receiver<Reply>,
     by_pid: HashMap<u32, Entry, foldhash::fast::RandomState>,
@@ -131,6 +142,7 @@ impl Enricher {
         worker_evicted: Arc<AtomicU64>,
     ) -> Self {
         Self {
+            last: None,
             requests,
             replies,
             by_pid: HashMap::default(),
@@ -160,7 +172,15 @@ impl Enricher {
         };
         let pid = process.pid;
         let cgroup_id = process.cgroup_id;
+        if let Some(last) = &self.last
+            && (last.pid, last.cgroup_id, last.netns_cookie) == (pid, cgroup_id, netns_cookie)
+        {
+            process.facts = Arc::clone(&last.facts);
+            process.netns = last.netns;
+            return next(message);
+        }
         let netns_known = netns_cookie == 0 || self.netns_by_cookie.contains_key(&netns_cookie);
+        let netns = self.netns_of(netns_cookie);
         let previous = match self.by_pid.get_mut(&pid) {
             Some(Entry::Known {
                 facts,
@@ -169,7 +189,14 @@ impl Enricher {
                 ..
             }) if *known_cgroup == cgroup_id && *known_netns == netns_cookie && netns_known => {
                 process.facts = Arc::clone(facts);
-                process.netns = self.netns_of(netns_cookie);
+                process.netns = netns;
+                self.last = Some(LastHit {
+                    pid,
+                    cgroup_id,
+                    netns_cookie,
+                    facts: Arc::clone(facts),
+                    netns,
+                });
                 return next(message);
             }
             Some(Entry::Asked {
@@ -180,7 +207,7 @@ impl Enricher {
             }) => {
                 if *expired || held.len() >= MAX_HELD_PER_PROCESS || self.held >= MAX_HELD {
                     process.facts = Arc::clone(previous);
-                    process.netns = self.netns_of(netns_cookie);
+                    process.netns = netns;
                     self.counts.unenriched += 1;
                     return next(message);
                 }
@@ -200,7 +227,7 @@ impl Enricher {
         if self.requests.try_send(request).is_err() || self.held >= MAX_HELD {
             // The worker is behind (or gone): no hold.
             process.facts = previous;
-            process.netns = self.netns_of(netns_cookie);
+            process.netns = netns;
             self.counts.unenriched += 1;
             return next(message);
         }
@@ -282,6 +309,7 @@ impl Enricher {
     }
 
     fn on_reply(&mut self, reply: Reply, next: &mut impl FnMut(Message)) {
+        self.last = None;
         let Reply::Facts {
             pid,
             cgroup_id,
@@ -344,6 +372,7 @@ impl Enricher {
     /// Drops the half of the known processes known longest; those waiting
     /// for facts are kept.
     fn evict_oldest_half(&mut self) {
+        self.last = None;
         let mut serials: Vec<u64> = self
             .by_pid
             .values()
