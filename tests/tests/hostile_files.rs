@@ -4,12 +4,11 @@
 //! user and mount namespace of its own, as anyone on a node can. dnstrace
 //! must keep capturing and writing, stop on SIGINT, and write everything.
 
-use std::{fs, os::unix::fs::PermissionsExt, process::Command};
+use std::{fs, os::unix::fs::PermissionsExt};
 
 use dnstrace_tests::{
-    clients::NOBODY,
     loopback,
-    process::Daemon,
+    process::{self, Daemon},
     trace::{EVERYTHING, Trace, Tracer},
     unique_name,
 };
@@ -20,13 +19,8 @@ use dnstrace_tests::{
 fn attacker(setup: &str, exec_prefix: &str, qname: &str) -> Daemon {
     let query = loopback::query_then_stay(qname);
     let script = format!("set -e\n{setup}\nexec {exec_prefix} \"$@\"");
-    let mut command = Command::new("setpriv");
+    let mut command = process::as_nobody();
     command
-        .args([
-            format!("--reuid={NOBODY}"),
-            format!("--regid={NOBODY}"),
-            "--clear-groups".into(),
-        ])
         .args([
             "unshare",
             "--user",

@@ -48,7 +48,8 @@ const MESSAGE_FIELDS: [&str; 29] = [
     "decode_error",
 ];
 /// Null even in a complete message: no EDNS, or nothing wrong.
-const MAY_BE_NULL: [&str; 2] = ["edns_udp_size", "decode_error"];
+/// (A host process is in no container and no pod.)
+const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
 const SUMMARY_FIELDS: [&str; 5] = ["kind", "messages", "lost", "undecodable", "skipped_records"];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 

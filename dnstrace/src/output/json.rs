@@ -173,17 +173,24 @@ impl<'a> ContainerRecord<'a> {
     }
 }
 
+/// `{"first":…,"next":…}`: the fields named, in order, as serde writes
+/// them.
+macro_rules! write_object {
+    ($out:ident, $record:ident: $first:ident $(, $key:ident)*) => {
+        $out.extend_from_slice(concat!("{\"", stringify!($first), "\":").as_bytes());
+        $record.$first.write_json($out);
+        $(
+            $out.extend_from_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
+            $record.$key.write_json($out);
+        )*
+        $out.push(b'}');
+    };
+}
+
 impl WriteJson for ContainerRecord<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"id\":");
-        self.id.write_json(out);
-        out.extend_from_slice(b",\"runtime\":");
-        self.runtime.write_json(out);
-        out.extend_from_slice(b",\"name\":");
-        self.name.write_json(out);
-        out.extend_from_slice(b",\"image\":");
-        self.image.write_json(out);
-        out.push(b'}');
+        let record = self;
+        write_object!(out, record: id, runtime, name, image);
     }
 }
 
@@ -208,13 +215,8 @@ impl<'a> PodRecord<'a> {
 
 impl WriteJson for PodRecord<'_> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"{\"name\":");
-        self.name.write_json(out);
-        out.extend_from_slice(b",\"namespace\":");
-        self.namespace.write_json(out);
-        out.extend_from_slice(b",\"uid\":");
-        self.uid.write_json(out);
-        out.push(b'}');
+        let record = self;
+        write_object!(out, record: name, namespace, uid);
     }
 }
 
