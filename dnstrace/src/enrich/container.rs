@@ -457,6 +457,35 @@ mod tests {
             }
         );
         assert_eq!(pod, None);
+        // State that is not JSON, or a FIFO where config.json goes: no
+        // names, the id stays, and nothing blocks.
+        for (id, make) in [("1".repeat(64), "garbage"), ("2".repeat(64), "fifo")] {
+            let bundle = roots.containerd.join(format!("k8s.io/{id}"));
+            fs::create_dir_all(&bundle).unwrap();
+            let config = bundle.join("config.json");
+            match make {
+                "garbage" => fs::write(&config, "{not json").unwrap(),
+                _ => rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &config,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .unwrap(),
+            }
+            let found = CgroupContainer {
+                id: id.clone(),
+                runtime: Some(Runtime::Containerd),
+                pod_uid: None,
+            };
+            let (container, pod) = describe(&found, &roots);
+            assert_eq!(
+                (container.id, container.name, pod),
+                (id, None, None),
+                "{make}"
+            );
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 }
