@@ -1,7 +1,8 @@
 //! Pod and container identity: a process in a cgroup named as containerd
 //! names a container's, with that container's bundle config.json in a
 //! runtime state root given by flag, is reported with its container and
-//! pod, in JSON, text and pcapng (read back by `dnstrace analyze`). A
+//! pod, in JSON, text, pcapng and dnstap (read back by `dnstrace
+//! analyze`). A
 //! container whose state is missing keeps its id; a host process has none.
 
 use std::{fs, path::Path, process::Command};
@@ -82,6 +83,7 @@ fn processes_in_containers_are_named_by_container_and_pod() {
     let files = tempfile::tempdir().expect("output dir");
     let text = files.path().join("text.out");
     let pcapng = files.path().join("trace.pcapng");
+    let dnstap = files.path().join("trace.dnstap");
 
     let mut tracer = Tracer::start_printing(
         [
@@ -92,6 +94,8 @@ fn processes_in_containers_are_named_by_container_and_pod() {
             state.path().join("crio").as_os_str(),
             "-w".as_ref(),
             pcapng.as_os_str(),
+            "--dnstap".as_ref(),
+            dnstap.as_os_str(),
         ],
         &text,
     );
@@ -157,17 +161,28 @@ fn processes_in_containers_are_named_by_container_and_pod() {
         "{lookup_line:?} in:\n{printed}"
     );
 
-    // pcapng comments carry the identity, and analyze reads it back.
-    readable_by_all(&pcapng);
-    let analyzed = analyzed_whole(&[&pcapng]);
-    let read_back = identities(&analyzed.lines, "message", pids[0]);
-    assert!(!read_back.is_empty(), "analyze lost the pid");
-    for identity in read_back {
-        assert_eq!(identity, (in_pod_container.clone(), pod.clone()));
+    // pcapng comments and dnstap's extra carry the identity, and analyze
+    // reads it back.
+    for file in [&pcapng, &dnstap] {
+        readable_by_all(file);
+        let analyzed = analyzed_whole(&[file]);
+        let read_back = identities(&analyzed.lines, "message", pids[0]);
+        assert!(!read_back.is_empty(), "analyze of {file:?} lost the pid");
+        for identity in read_back {
+            assert_eq!(
+                identity,
+                (in_pod_container.clone(), pod.clone()),
+                "{file:?}"
+            );
+        }
+        let host = identities(&analyzed.lines, "lookup", pids[2]);
+        assert!(
+            !host.is_empty(),
+            "analyze of {file:?} lost the host process"
+        );
+        assert!(
+            host.iter()
+                .all(|identity| *identity == (Value::Null, Value::Null))
+        );
     }
-    assert!(
-        identities(&analyzed.lines, "lookup", pids[2])
-            .iter()
-            .all(|identity| *identity == (Value::Null, Value::Null))
-    );
 }
