@@ -2,8 +2,8 @@
 //! names a container's, with that container's bundle config.json in a
 //! runtime state root given by flag, is reported with its container and
 //! pod, in JSON, text, pcapng and dnstap (read back by `dnstrace
-//! analyze`). A
-//! container whose state is missing keeps its id; a host process has none.
+//! analyze`). A container whose state is missing keeps its id; a host
+//! process has none.
 
 use std::{fs, path::Path, process::Command};
 
