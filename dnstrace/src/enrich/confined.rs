@@ -8,7 +8,8 @@
 //! a regular file is then opened for reading, non-blocking, through the
 //! same inode. A FIFO, a device or a directory is refused without being
 //! opened; reads stop at a size cap. What is left, a file on a filesystem
-//! that stalls (FUSE), can only hold up the worker thread, never capture.
+//! that stalls (FUSE), can only hold up the worker thread, which is then
+//! left behind (`STUCK_NS`), never capture.
 
 use std::{
     fs::File,

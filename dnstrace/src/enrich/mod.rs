@@ -8,7 +8,8 @@
 //! go on without them (counted as `unenriched`). Other processes' messages
 //! are not held. Facts are kept per process and asked again when a process
 //! shows up in another cgroup or network namespace; processes that exited
-//! are forgotten at each sweep. See docs/architecture.md.
+//! are forgotten at each sweep. A worker stuck on a file is replaced
+//! (`STUCK_NS`). See docs/architecture.md.
 
 mod confined;
 mod container;
@@ -16,7 +17,7 @@ mod resolver_files;
 mod worker;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc,
@@ -46,6 +47,11 @@ const MAX_HELD: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
 /// Requests the worker may have queued.
 const MAX_REQUESTS: usize = 1024;
+/// A worker that has not answered a request for this long is stuck on a
+/// file that never answers (a FUSE filesystem a tenant mounted): it is
+/// left behind and a new one started, at most `MAX_STUCK_WORKERS` times.
+pub const STUCK_NS: u64 = 5_000_000_000;
+const MAX_STUCK_WORKERS: u64 = 4;
 
 /// What enrichment counted, for the summary.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,6 +60,8 @@ pub struct EnrichCounts {
     pub unenriched: u64,
     /// Cache entries dropped because a cache was full.
     pub evicted: u64,
+    /// Workers left behind, stuck reading a process's files.
+    pub stuck_workers: u64,
 }
 
 /// Facts of one process, or the wait for them.
@@ -86,10 +94,24 @@ struct LastHit {
     netns: Option<u64>,
 }
 
+/// Starts a worker, and gives the channels to it.
+type StartWorker = Box<dyn FnMut() -> std::io::Result<(SyncSender<Request>, Receiver<Reply>)>>;
+
+/// A request for facts the worker has not answered yet.
+struct Outstanding {
+    pid: u32,
+    cgroup_id: u64,
+    netns_cookie: u64,
+    sent_ns: u64,
+}
+
 pub struct Enricher {
     last: Option<LastHit>,
     requests: SyncSender<Request>,
     replies: Receiver<Reply>,
+    start_worker: StartWorker,
+    /// Oldest first: the worker answers in order.
+    outstanding: VecDeque<Outstanding>,
     by_pid: HashMap<u32, Entry, foldhash::fast::RandomState>,
     /// Network namespace cookies and their inodes (`None`: gone before it
     /// could be looked up).
@@ -114,37 +136,39 @@ pub struct Sources {
 impl Enricher {
     /// Starts the worker thread.
     pub fn start(sources: Sources) -> std::io::Result<Self> {
-        let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
-        let (replies_out, replies) = mpsc::channel();
         let worker_evicted = Arc::new(AtomicU64::new(0));
-        let gatherer = Gatherer::new(
-            sources.cgroup_mount,
-            sources.state_roots,
-            Namespaces::found(sources.namespaces.clone()),
-            Arc::clone(&worker_evicted),
-        );
-        std::thread::Builder::new()
-            .name("dnstrace-enrich".into())
-            .spawn(move || gatherer.serve(requests_in, replies_out))?;
-        Ok(Self::talking_to(
-            requests,
-            replies,
-            sources.namespaces,
-            worker_evicted,
-        ))
+        let namespaces = sources.namespaces.clone();
+        let evicted = Arc::clone(&worker_evicted);
+        let start_worker = move || {
+            let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
+            let (replies_out, replies) = mpsc::channel();
+            let gatherer = Gatherer::new(
+                sources.cgroup_mount.clone(),
+                sources.state_roots.clone(),
+                Namespaces::found(sources.namespaces.clone()),
+                Arc::clone(&evicted),
+            );
+            std::thread::Builder::new()
+                .name("dnstrace-enrich".into())
+                .spawn(move || gatherer.serve(requests_in, replies_out))?;
+            Ok((requests, replies))
+        };
+        Self::talking_to(Box::new(start_worker), namespaces, worker_evicted)
     }
 
-    /// The event thread's side, given its channels to the worker.
+    /// The event thread's side of the workers `start_worker` starts.
     fn talking_to(
-        requests: SyncSender<Request>,
-        replies: Receiver<Reply>,
+        mut start_worker: StartWorker,
         namespaces: HashMap<u64, u64>,
         worker_evicted: Arc<AtomicU64>,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let (requests, replies) = start_worker()?;
+        Ok(Self {
             last: None,
             requests,
             replies,
+            start_worker,
+            outstanding: VecDeque::new(),
             by_pid: HashMap::default(),
             netns_by_cookie: namespaces
                 .into_iter()
@@ -155,7 +179,7 @@ impl Enricher {
             worker_evicted,
             evicted_here: 0,
             counts: EnrichCounts::default(),
-        }
+        })
     }
 
     /// Takes a decoded message (from network namespace `netns_cookie`),
@@ -224,13 +248,19 @@ impl Enricher {
             cgroup_id,
             netns_cookie,
         };
-        if self.requests.try_send(request).is_err() || self.held >= MAX_HELD {
+        if self.held >= MAX_HELD || self.requests.try_send(request).is_err() {
             // The worker is behind (or gone): no hold.
             process.facts = previous;
             process.netns = netns;
             self.counts.unenriched += 1;
             return next(message);
         }
+        self.outstanding.push_back(Outstanding {
+            pid,
+            cgroup_id,
+            netns_cookie,
+            sent_ns: captured_ns,
+        });
         if self.by_pid.len() >= MAX_PROCESSES && !self.by_pid.contains_key(&pid) {
             self.evict_oldest_half();
         }
@@ -268,7 +298,56 @@ impl Enricher {
             }
         }
         self.release_unenriched(expired, next);
+        if self
+            .outstanding
+            .front()
+            .is_some_and(|oldest| now_ns.saturating_sub(oldest.sent_ns) >= STUCK_NS)
+        {
+            self.leave_stuck_worker(next);
+        }
         self.counts.evicted = self.worker_evicted.load(Ordering::Relaxed) + self.evicted_here;
+    }
+
+    /// The worker has not answered its oldest request in `STUCK_NS`: that
+    /// process's files never answer. It is known from now on as a process
+    /// nothing could be read about; the other requests are asked again at
+    /// their next message, of a new worker (up to `MAX_STUCK_WORKERS`).
+    fn leave_stuck_worker(&mut self, next: &mut impl FnMut(Message)) {
+        self.last = None;
+        let stuck = self.outstanding.pop_front().expect("checked by poll");
+        eprintln!(
+            "dnstrace: reading pid {}'s files did not finish in {} s; going on without them",
+            stuck.pid,
+            STUCK_NS / 1_000_000_000
+        );
+        self.serial += 1;
+        let known = Entry::Known {
+            facts: Facts::unknown(),
+            cgroup_id: stuck.cgroup_id,
+            netns_cookie: stuck.netns_cookie,
+            serial: self.serial,
+        };
+        let mut released = Vec::new();
+        if let Some(Entry::Asked { held, .. }) = self.by_pid.insert(stuck.pid, known) {
+            released.extend(held);
+        }
+        for lost in self.outstanding.drain(..) {
+            if let Some(Entry::Asked { held, .. }) = self.by_pid.remove(&lost.pid) {
+                released.extend(held);
+            }
+        }
+        self.release_unenriched(released, next);
+        if self.counts.stuck_workers >= MAX_STUCK_WORKERS {
+            return;
+        }
+        self.counts.stuck_workers += 1;
+        match (self.start_worker)() {
+            Ok((requests, replies)) => {
+                self.requests = requests;
+                self.replies = replies;
+            }
+            Err(error) => eprintln!("dnstrace: cannot start another enrich thread: {error}"),
+        }
     }
 
     /// At exit: waits for facts already asked for, at most `HOLD_NS`, then
@@ -327,6 +406,13 @@ impl Enricher {
             }
             return;
         };
+        if self
+            .outstanding
+            .front()
+            .is_some_and(|oldest| oldest.pid == pid)
+        {
+            self.outstanding.pop_front();
+        }
         if netns_cookie != 0 {
             if self.netns_by_cookie.len() >= MAX_PROCESSES {
                 self.evicted_here += self.netns_by_cookie.len() as u64;
@@ -430,15 +516,29 @@ mod tests {
     /// An enricher whose worker is the test: it sees the requests and
     /// sends the replies.
     fn enricher() -> (Enricher, Receiver<Request>, Sender<Reply>) {
-        let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
-        let (replies_out, replies) = mpsc::channel();
+        let (enricher, workers) = enricher_and_workers();
+        let (requests, replies) = workers.recv().unwrap();
+        (enricher, requests, replies)
+    }
+
+    /// The worker's ends of the channels of each worker started.
+    type Workers = Receiver<(Receiver<Request>, Sender<Reply>)>;
+
+    fn enricher_and_workers() -> (Enricher, Workers) {
+        let (workers_out, workers) = mpsc::channel();
+        let start = move || {
+            let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
+            let (replies_out, replies) = mpsc::channel();
+            let _ = workers_out.send((requests_in, replies_out));
+            Ok((requests, replies))
+        };
         let enricher = Enricher::talking_to(
-            requests,
-            replies,
+            Box::new(start),
             HashMap::from([(77, 4_026_531_840)]),
             Arc::default(),
-        );
-        (enricher, requests_in, replies_out)
+        )
+        .unwrap();
+        (enricher, workers)
     }
 
     fn facts(container: &str) -> Arc<Facts> {
@@ -579,5 +679,45 @@ mod tests {
         enricher.admit(moved, 77, &mut next);
         assert_eq!(out.borrow().len(), 1, "held again");
         assert_eq!(requests.try_iter().count(), 2);
+    }
+
+    #[test]
+    fn a_worker_stuck_on_a_file_is_left_behind_and_only_its_process_goes_without() {
+        let (mut enricher, workers) = enricher_and_workers();
+        let (stuck, _never_answered) = workers.recv().unwrap();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        enricher.admit(message(1, MS), 77, &mut next);
+        enricher.admit(message(2, 2 * MS), 77, &mut next);
+        assert_eq!(stuck.try_iter().count(), 2);
+        enricher.poll(MS + STUCK_NS - 1, &mut next);
+        assert_eq!(out.borrow().len(), 2, "both released after their hold");
+        assert_eq!(enricher.counts.stuck_workers, 0);
+        enricher.poll(MS + STUCK_NS, &mut next);
+        assert_eq!(enricher.counts.stuck_workers, 1);
+        let (requests, replies) = workers.try_recv().expect("a new worker");
+        // The stuck process is not asked about again; the other one is.
+        enricher.admit(message(1, 6 * STUCK_NS), 77, &mut next);
+        enricher.admit(message(2, 6 * STUCK_NS), 77, &mut next);
+        let asked: Vec<u32> = requests
+            .try_iter()
+            .filter_map(|request| match request {
+                Request::Facts { pid, .. } => Some(pid),
+                Request::Sweep(_) => None,
+            })
+            .collect();
+        assert_eq!(asked, [2]);
+        assert_eq!(out.borrow().len(), 3, "pid 2 waits for the new worker");
+        replies
+            .send(Reply::Facts {
+                pid: 2,
+                cgroup_id: 5,
+                netns_cookie: 77,
+                netns: None,
+                facts: facts("fresh"),
+            })
+            .unwrap();
+        enricher.poll(6 * STUCK_NS + MS, &mut next);
+        assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("fresh"));
     }
 }
