@@ -4,13 +4,13 @@
 //! user and mount namespace of its own, as anyone on a node can. dnstrace
 //! must keep capturing and writing, stop on SIGINT, and write everything.
 
-use std::{fs, os::unix::fs::PermissionsExt};
+use std::{fs, os::unix::fs::PermissionsExt, process::Command};
 
 use dnstrace_tests::{
     loopback,
-    process::{self, Daemon},
+    process::{self, Daemon, PATIENCE},
     trace::{EVERYTHING, Trace, Tracer},
-    unique_name,
+    unique_name, workspace_dir,
 };
 
 /// Runs `setup` (shell) as nobody in new user and mount namespaces, then
@@ -139,4 +139,79 @@ fn a_link_out_of_the_process_root_is_resolved_inside_it() {
         "the search list is the one inside the root: {}",
         trace.correlation_of(pid)
     );
+}
+
+/// A process whose resolv.conf is on a FUSE filesystem that never answers
+/// (here mounted as root, since /dev/fuse is root's on this machine; a
+/// tenant given /dev/fuse can do it in its own user namespace). No flag
+/// makes such a read return: the worker reading it is left behind, and a
+/// process that starts afterwards still gets its facts.
+#[test]
+fn a_file_that_never_answers_delays_only_its_own_process() {
+    let stuck_name = format!("{}.example.test.", unique_name("stuck"));
+    let mut tracer = Tracer::start(EVERYTHING);
+    // In a pid namespace of its own, so the filesystem's server dies with
+    // the querying process (its pid 1) when the test ends.
+    let stall = workspace_dir().join("tests/clients/stalling-fuse.py");
+    let script = format!(
+        "python3 {} /etc/resolv.conf 60 &\n\
+         for i in $(seq 200); do grep -q ' /etc/resolv.conf fuse' /proc/self/mounts && break; sleep 0.05; done\n\
+         exec \"$@\"",
+        stall.display()
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "--pid", "--fork"])
+        .args(["--kill-child", "sh", "-c", &script, "stuck"])
+        .args(loopback::query_then_stay(&stuck_name));
+    let stuck = Daemon::spawn("stuck client", &mut command);
+    tracer.wait_for_line("the stuck client's query", |line| {
+        line["kind"] == "message" && line["qname"] == stuck_name.as_str()
+    });
+    tracer.wait_for_stderr("dnstrace: reading pid ", PATIENCE);
+
+    // A process that starts now has its resolv.conf read by a new worker.
+    let label = unique_name("after");
+    let name = format!("{label}.second.test.");
+    let conf = tempfile::NamedTempFile::new().expect("resolv.conf");
+    fs::write(conf.path(), "search second.test\n").expect("write resolv.conf");
+    let script = "mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"";
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .arg(conf.path())
+        .args(loopback::query_then_stay(&name));
+    let after = Daemon::spawn("client after", &mut command);
+    let after_pid = after.pid();
+    tracer.wait_for_line("the later client's query", |line| {
+        line["kind"] == "message" && line["qname"] == name.as_str()
+    });
+    let trace = tracer.stop();
+    drop((after, stuck));
+
+    let stuck_pid = trace
+        .messages
+        .iter()
+        .find(|m| m.qname.as_deref() == Some(stuck_name.as_str()))
+        .and_then(|m| m.pid)
+        .expect("the stuck client's query has its pid");
+    assert!(
+        trace
+            .stderr
+            .iter()
+            .any(|line| line.starts_with(&format!("dnstrace: reading pid {stuck_pid}'s files"))),
+        "{:?}",
+        trace.stderr
+    );
+    let later = trace
+        .lookups
+        .iter()
+        .find(|l| l.pid.0 == Some(after_pid))
+        .unwrap_or_else(|| {
+            panic!(
+                "no lookup of {after_pid}: {}",
+                trace.correlation_of(after_pid)
+            )
+        });
+    assert_eq!(later.name, label, "its own search list was read");
 }
