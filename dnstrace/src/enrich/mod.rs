@@ -36,8 +36,9 @@ use crate::{
 
 /// How long a process's messages wait for its facts before going on
 /// without them. Reading them takes a few milliseconds; a network
-/// namespace made since the last look may take up to 200 ms more.
-pub const HOLD_NS: u64 = 500_000_000;
+/// namespace made since the last look may take up to 200 ms more, and a
+/// stuck worker `STUCK_NS` before the request goes to a new one.
+pub const HOLD_NS: u64 = 1_000_000_000;
 /// Messages held per process, and in all; past either, messages go on
 /// without facts rather than pile up.
 const MAX_HELD_PER_PROCESS: usize = 1024;
@@ -47,10 +48,11 @@ const MAX_HELD: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
 /// Requests the worker may have queued.
 const MAX_REQUESTS: usize = 1024;
-/// A worker that has not answered a request for this long is stuck on a
+/// A worker that has not answered for this long while asked is stuck on a
 /// file that never answers (a FUSE filesystem a tenant mounted): it is
-/// left behind and a new one started, at most `MAX_STUCK_WORKERS` times.
-pub const STUCK_NS: u64 = 5_000_000_000;
+/// left behind and a new one takes the other requests, while fewer than
+/// `MAX_STUCK_WORKERS` left behind are still stuck.
+pub const STUCK_NS: u64 = 500_000_000;
 const MAX_STUCK_WORKERS: u64 = 4;
 
 /// What enrichment counted, for the summary.
@@ -112,6 +114,12 @@ pub struct Enricher {
     start_worker: StartWorker,
     /// Oldest first: the worker answers in order.
     outstanding: VecDeque<Outstanding>,
+    /// When the worker last answered, or was started (a poll's time): a
+    /// worker that is only busy keeps answering.
+    answered_ns: u64,
+    /// Workers whose thread still runs: the current one, and those left
+    /// behind that are still stuck.
+    live_workers: Arc<AtomicU64>,
     by_pid: HashMap<u32, Entry, foldhash::fast::RandomState>,
     /// Network namespace cookies and their inodes (`None`: gone before it
     /// could be looked up).
@@ -137,8 +145,10 @@ impl Enricher {
     /// Starts the worker thread.
     pub fn start(sources: Sources) -> std::io::Result<Self> {
         let worker_evicted = Arc::new(AtomicU64::new(0));
+        let live_workers = Arc::new(AtomicU64::new(0));
         let namespaces = sources.namespaces.clone();
         let evicted = Arc::clone(&worker_evicted);
+        let live = Arc::clone(&live_workers);
         let start_worker = move || {
             let (requests, requests_in) = mpsc::sync_channel(MAX_REQUESTS);
             let (replies_out, replies) = mpsc::channel();
@@ -148,19 +158,34 @@ impl Enricher {
                 Namespaces::found(sources.namespaces.clone()),
                 Arc::clone(&evicted),
             );
-            std::thread::Builder::new()
+            let running = Arc::clone(&live);
+            live.fetch_add(1, Ordering::Relaxed);
+            let spawned = std::thread::Builder::new()
                 .name("dnstrace-enrich".into())
-                .spawn(move || gatherer.serve(requests_in, replies_out))?;
-            Ok((requests, replies))
+                .spawn(move || {
+                    gatherer.serve(requests_in, replies_out);
+                    running.fetch_sub(1, Ordering::Relaxed);
+                });
+            if spawned.is_err() {
+                live.fetch_sub(1, Ordering::Relaxed);
+            }
+            spawned.map(|_| (requests, replies))
         };
-        Self::talking_to(Box::new(start_worker), namespaces, worker_evicted)
+        Self::talking_to(
+            Box::new(start_worker),
+            namespaces,
+            worker_evicted,
+            live_workers,
+        )
     }
 
-    /// The event thread's side of the workers `start_worker` starts.
+    /// The event thread's side of the workers `start_worker` starts (and
+    /// counts in `live_workers` while they run).
     fn talking_to(
         mut start_worker: StartWorker,
         namespaces: HashMap<u64, u64>,
         worker_evicted: Arc<AtomicU64>,
+        live_workers: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
         let (requests, replies) = start_worker()?;
         Ok(Self {
@@ -169,6 +194,8 @@ impl Enricher {
             replies,
             start_worker,
             outstanding: VecDeque::new(),
+            answered_ns: 0,
+            live_workers,
             by_pid: HashMap::default(),
             netns_by_cookie: namespaces
                 .into_iter()
@@ -281,9 +308,12 @@ impl Enricher {
     pub fn poll(&mut self, now_ns: u64, next: &mut impl FnMut(Message)) {
         while let Ok(reply) = self.replies.try_recv() {
             self.on_reply(reply, next);
+            self.answered_ns = now_ns;
         }
         let mut expired: Vec<(Message, u64)> = Vec::new();
-        for entry in self.by_pid.values_mut() {
+        // Only entries holding messages expire; this runs often.
+        let holding = if self.held > 0 { self.by_pid.len() } else { 0 };
+        for entry in self.by_pid.values_mut().take(holding) {
             if let Entry::Asked {
                 since_ns,
                 held,
@@ -298,27 +328,40 @@ impl Enricher {
             }
         }
         self.release_unenriched(expired, next);
-        if self
-            .outstanding
-            .front()
-            .is_some_and(|oldest| now_ns.saturating_sub(oldest.sent_ns) >= STUCK_NS)
-        {
-            self.leave_stuck_worker(next);
+        if self.outstanding.front().is_some_and(|oldest| {
+            now_ns.saturating_sub(oldest.sent_ns.max(self.answered_ns)) >= STUCK_NS
+        }) {
+            self.leave_stuck_worker(now_ns, next);
         }
         self.counts.evicted = self.worker_evicted.load(Ordering::Relaxed) + self.evicted_here;
     }
 
-    /// The worker has not answered its oldest request in `STUCK_NS`: that
-    /// process's files never answer. It is known from now on as a process
-    /// nothing could be read about; the other requests are asked again at
-    /// their next message, of a new worker (up to `MAX_STUCK_WORKERS`).
-    fn leave_stuck_worker(&mut self, next: &mut impl FnMut(Message)) {
+    /// The worker has not answered for `STUCK_NS` while asked: the files
+    /// of the process it reads for never answer. That process is known
+    /// from now on as one nothing could be read about; the other requests
+    /// go to a new worker (unless `MAX_STUCK_WORKERS` left behind are
+    /// still stuck: then they wait on this one).
+    fn leave_stuck_worker(&mut self, now_ns: u64, next: &mut impl FnMut(Message)) {
+        if self.live_workers.load(Ordering::Relaxed) > MAX_STUCK_WORKERS {
+            return;
+        }
+        let (requests, replies) = match (self.start_worker)() {
+            Ok(channels) => channels,
+            Err(error) => {
+                eprintln!("dnstrace: cannot start another enrich thread: {error}");
+                return;
+            }
+        };
+        self.requests = requests;
+        self.replies = replies;
+        self.answered_ns = now_ns;
+        self.counts.stuck_workers += 1;
         self.last = None;
         let stuck = self.outstanding.pop_front().expect("checked by poll");
         eprintln!(
-            "dnstrace: reading pid {}'s files did not finish in {} s; going on without them",
+            "dnstrace: reading pid {}'s files did not finish in {} ms; going on without them",
             stuck.pid,
-            STUCK_NS / 1_000_000_000
+            STUCK_NS / 1_000_000
         );
         self.serial += 1;
         let known = Entry::Known {
@@ -331,22 +374,15 @@ impl Enricher {
         if let Some(Entry::Asked { held, .. }) = self.by_pid.insert(stuck.pid, known) {
             released.extend(held);
         }
-        for lost in self.outstanding.drain(..) {
-            if let Some(Entry::Asked { held, .. }) = self.by_pid.remove(&lost.pid) {
-                released.extend(held);
-            }
-        }
         self.release_unenriched(released, next);
-        if self.counts.stuck_workers >= MAX_STUCK_WORKERS {
-            return;
-        }
-        self.counts.stuck_workers += 1;
-        match (self.start_worker)() {
-            Ok((requests, replies)) => {
-                self.requests = requests;
-                self.replies = replies;
-            }
-            Err(error) => eprintln!("dnstrace: cannot start another enrich thread: {error}"),
+        for waiting in &self.outstanding {
+            let request = Request::Facts {
+                pid: waiting.pid,
+                cgroup_id: waiting.cgroup_id,
+                netns_cookie: waiting.netns_cookie,
+            };
+            // A new worker's queue has room for what the old one held.
+            let _ = self.requests.try_send(request);
         }
     }
 
@@ -536,6 +572,7 @@ mod tests {
             Box::new(start),
             HashMap::from([(77, 4_026_531_840)]),
             Arc::default(),
+            Arc::default(),
         )
         .unwrap();
         (enricher, workers)
@@ -622,8 +659,11 @@ mod tests {
         unowned.envelope.process = None;
         enricher.admit(unowned, 77, &mut next);
         assert_eq!(out.borrow().len(), 1);
+        // A worker busy with others' files, answering them meanwhile.
+        replies.send(Reply::Gone(Vec::new())).unwrap();
         enricher.poll(MS + HOLD_NS - 1, &mut next);
         assert_eq!(out.borrow().len(), 1, "still within the hold");
+        replies.send(Reply::Gone(Vec::new())).unwrap();
         enricher.poll(MS + HOLD_NS, &mut next);
         assert_eq!(out.borrow().len(), 2, "released without facts");
         assert_eq!(container_of(&out.borrow()[1]), None);
@@ -691,14 +731,14 @@ mod tests {
         enricher.admit(message(2, 2 * MS), 77, &mut next);
         assert_eq!(stuck.try_iter().count(), 2);
         enricher.poll(MS + STUCK_NS - 1, &mut next);
-        assert_eq!(out.borrow().len(), 2, "both released after their hold");
         assert_eq!(enricher.counts.stuck_workers, 0);
+        assert!(out.borrow().is_empty());
         enricher.poll(MS + STUCK_NS, &mut next);
         assert_eq!(enricher.counts.stuck_workers, 1);
+        assert_eq!(out.borrow().len(), 1, "the stuck process goes on without");
+        assert_eq!(container_of(&out.borrow()[0]), None);
+        // The other request goes to a new worker, within its hold.
         let (requests, replies) = workers.try_recv().expect("a new worker");
-        // The stuck process is not asked about again; the other one is.
-        enricher.admit(message(1, 6 * STUCK_NS), 77, &mut next);
-        enricher.admit(message(2, 6 * STUCK_NS), 77, &mut next);
         let asked: Vec<u32> = requests
             .try_iter()
             .filter_map(|request| match request {
@@ -707,7 +747,6 @@ mod tests {
             })
             .collect();
         assert_eq!(asked, [2]);
-        assert_eq!(out.borrow().len(), 3, "pid 2 waits for the new worker");
         replies
             .send(Reply::Facts {
                 pid: 2,
@@ -717,7 +756,38 @@ mod tests {
                 facts: facts("fresh"),
             })
             .unwrap();
-        enricher.poll(6 * STUCK_NS + MS, &mut next);
-        assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("fresh"));
+        enricher.poll(MS + STUCK_NS + MS, &mut next);
+        assert_eq!(out.borrow().len(), 2);
+        assert_eq!(container_of(&out.borrow()[1]).as_deref(), Some("fresh"));
+        // The stuck process is not asked about again.
+        enricher.admit(message(1, HOLD_NS), 77, &mut next);
+        assert_eq!(out.borrow().len(), 3);
+        assert!(requests.try_recv().is_err());
+        assert_eq!(enricher.counts.unenriched, 1);
+    }
+
+    #[test]
+    fn a_worker_that_keeps_answering_is_not_stuck() {
+        let (mut enricher, workers) = enricher_and_workers();
+        let (_requests, replies) = workers.recv().unwrap();
+        let mut next = |_: Message| {};
+        enricher.admit(message(1, MS), 77, &mut next);
+        enricher.admit(message(2, MS), 77, &mut next);
+        replies
+            .send(Reply::Facts {
+                pid: 1,
+                cgroup_id: 5,
+                netns_cookie: 77,
+                netns: None,
+                facts: facts("one"),
+            })
+            .unwrap();
+        // Busy with pid 2 since it answered pid 1, later than pid 2 asked.
+        enricher.poll(STUCK_NS - MS, &mut next);
+        enricher.poll(2 * STUCK_NS - 2 * MS, &mut next);
+        assert_eq!(enricher.counts.stuck_workers, 0);
+        assert!(workers.try_recv().is_err(), "no new worker");
+        enricher.poll(2 * STUCK_NS, &mut next);
+        assert_eq!(enricher.counts.stuck_workers, 1);
     }
 }
