@@ -591,6 +591,18 @@ mod tests {
         })
     }
 
+    /// The worker's answer for `pid`: in a container named `container`.
+    fn answer(replies: &Sender<Reply>, pid: u32, netns: Option<u64>, container: &str) {
+        let reply = Reply::Facts {
+            pid,
+            cgroup_id: 5,
+            netns_cookie: 77,
+            netns,
+            facts: facts(container),
+        };
+        replies.send(reply).unwrap();
+    }
+
     fn container_of(message: &Message) -> Option<String> {
         let process = message.envelope.process.as_ref()?;
         Some(process.facts.container.as_ref()?.id.clone())
@@ -614,15 +626,7 @@ mod tests {
         assert!(requests.try_recv().is_err(), "asked once");
         enricher.poll(3 * MS, &mut next);
         assert!(out.borrow().is_empty(), "held until the facts come");
-        replies
-            .send(Reply::Facts {
-                pid: 1,
-                cgroup_id: 5,
-                netns_cookie: 77,
-                netns: Some(4_026_531_840),
-                facts: facts("c1"),
-            })
-            .unwrap();
+        answer(&replies, 1, Some(4_026_531_840), "c1");
         enricher.poll(4 * MS, &mut next);
         // Released in order, with the facts, shared, and the namespace.
         let times: Vec<u64> = out
@@ -671,15 +675,7 @@ mod tests {
         enricher.admit(message(2, 2 * HOLD_NS), 77, &mut next);
         assert_eq!(out.borrow().len(), 3);
         assert_eq!(enricher.counts.unenriched, 2);
-        replies
-            .send(Reply::Facts {
-                pid: 2,
-                cgroup_id: 5,
-                netns_cookie: 77,
-                netns: None,
-                facts: facts("late"),
-            })
-            .unwrap();
+        answer(&replies, 2, None, "late");
         enricher.poll(3 * HOLD_NS, &mut next);
         enricher.admit(message(2, 3 * HOLD_NS), 77, &mut next);
         assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("late"));
@@ -702,15 +698,7 @@ mod tests {
         let out: RefCell<Vec<Message>> = RefCell::default();
         let mut next = |m: Message| out.borrow_mut().push(m);
         enricher.admit(message(5, MS), 77, &mut next);
-        replies
-            .send(Reply::Facts {
-                pid: 5,
-                cgroup_id: 5,
-                netns_cookie: 77,
-                netns: None,
-                facts: facts("before"),
-            })
-            .unwrap();
+        answer(&replies, 5, None, "before");
         enricher.poll(2 * MS, &mut next);
         let mut moved = message(5, 3 * MS);
         if let Some(process) = &mut moved.envelope.process {
@@ -747,15 +735,7 @@ mod tests {
             })
             .collect();
         assert_eq!(asked, [2]);
-        replies
-            .send(Reply::Facts {
-                pid: 2,
-                cgroup_id: 5,
-                netns_cookie: 77,
-                netns: None,
-                facts: facts("fresh"),
-            })
-            .unwrap();
+        answer(&replies, 2, None, "fresh");
         enricher.poll(MS + STUCK_NS + MS, &mut next);
         assert_eq!(out.borrow().len(), 2);
         assert_eq!(container_of(&out.borrow()[1]).as_deref(), Some("fresh"));
@@ -773,15 +753,7 @@ mod tests {
         let mut next = |_: Message| {};
         enricher.admit(message(1, MS), 77, &mut next);
         enricher.admit(message(2, MS), 77, &mut next);
-        replies
-            .send(Reply::Facts {
-                pid: 1,
-                cgroup_id: 5,
-                netns_cookie: 77,
-                netns: None,
-                facts: facts("one"),
-            })
-            .unwrap();
+        answer(&replies, 1, None, "one");
         // Busy with pid 2 since it answered pid 1, later than pid 2 asked.
         enricher.poll(STUCK_NS - MS, &mut next);
         enricher.poll(2 * STUCK_NS - 2 * MS, &mut next);
