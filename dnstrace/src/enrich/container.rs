@@ -269,7 +269,15 @@ impl Names {
                 "io.kubernetes.cri.sandbox-uid",
             ],
         };
-        let get = |key: &str| annotations.get(key).filter(|v| !v.is_empty()).cloned();
+        // Kubernetes names are at most 253 bytes, images a few hundred:
+        // longer values are not a runtime's, and are not kept.
+        const MAX_VALUE: usize = 1024;
+        let get = |key: &str| {
+            annotations
+                .get(key)
+                .filter(|v| !v.is_empty() && v.len() <= MAX_VALUE)
+                .cloned()
+        };
         Self {
             container: get(keys[0]),
             image: get(keys[1]),
@@ -414,6 +422,13 @@ mod tests {
         );
         assert_eq!(sandbox.container, None);
         assert_eq!(sandbox.pod.name.as_deref(), Some("web-0"));
+        // A value no runtime would write is not kept.
+        let huge = "x".repeat(1 << 20);
+        let odd = Names::from_annotations(
+            Runtime::Containerd,
+            &annotations(&[("io.kubernetes.cri.container-name", &huge)]),
+        );
+        assert_eq!(odd.container, None);
     }
 
     #[test]
