@@ -9,15 +9,16 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, parse_record},
+    capture::{Capture, KernelReadCounts, RecordDecoder, ThreadNames, parse_record},
     clock::{WallClock, monotonic_now_ns},
+    correlate::reads::ReadCounter,
     endpoints::Health,
+    enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
     framing::TcpStreams,
-    message::{RecordDecoder, ThreadNames},
+    message::Message,
     output::Summary,
     pipeline::Pipeline,
-    process::Namespaces,
 };
 
 /// How often outputs are flushed, time advances in correlation, and the
@@ -28,13 +29,43 @@ const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 /// How often exited processes are forgotten.
 const FORGET_EVERY_TICKS: u64 = 30;
 
-/// One ring buffer record, into the pipeline.
-fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
-    let Some(raw) = parse_record(bytes) else {
-        pipeline.summary.malformed_records += 1;
-        return;
-    };
-    decoder.messages(&raw, |message| pipeline.message(&message));
+/// Correlation settles reads with the kernel's counts; capture knows
+/// nothing of correlation, so the two meet here.
+impl ReadCounter for KernelReadCounts {
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+        KernelReadCounts::reads(self, socket_cookie)
+    }
+}
+
+/// The stages between the ring buffer and the pipeline: decode, enrich.
+struct Stages {
+    decoder: RecordDecoder,
+    enricher: Enricher,
+}
+
+impl Stages {
+    /// One ring buffer record, into the pipeline (some of its messages
+    /// perhaps later, once their process's facts are known).
+    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        let Some(raw) = parse_record(bytes) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let netns_cookie = raw.header.netns_cookie;
+        let enricher = &mut self.enricher;
+        self.decoder.messages(&raw, |message| {
+            enricher.admit(message, netns_cookie, &mut |m: Message| {
+                pipeline.message(&m)
+            })
+        });
+    }
+
+    /// Drains the ring, then lets through what enrichment released.
+    fn drain(&mut self, capture: &mut Capture, pipeline: &mut Pipeline) {
+        capture.drain(|bytes| self.record(bytes, pipeline));
+        self.enricher
+            .poll(monotonic_now_ns(), &mut |m: Message| pipeline.message(&m));
+    }
 }
 
 pub async fn run(
@@ -43,6 +74,7 @@ pub async fn run(
     duration: Option<Duration>,
     summary_interval: Option<Duration>,
     health: &Health,
+    state_roots: StateRoots,
 ) -> Result<Summary, Failure> {
     let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
@@ -56,12 +88,20 @@ pub async fn run(
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let report_every = summary_interval.unwrap_or(Duration::MAX / 4);
     let mut reports = interval_at(Instant::now() + report_every, report_every);
-    let mut decoder = RecordDecoder {
-        clock: WallClock::new(),
-        namespaces: Namespaces::found(capture.take_namespaces()),
-        streams: TcpStreams::default(),
-        thread_names: ThreadNames::default(),
-        keep_payloads: pipeline.needs_payloads(),
+    let enricher = Enricher::start(Sources {
+        cgroup_mount: Some(capture.cgroup_root.clone()),
+        state_roots,
+        namespaces: capture.take_namespaces(),
+    })
+    .map_err(|e| Failure::setup(format!("cannot start the enrich thread: {e}")))?;
+    let mut stages = Stages {
+        decoder: RecordDecoder {
+            clock: WallClock::new(),
+            streams: TcpStreams::default(),
+            thread_names: ThreadNames::default(),
+            keep_payloads: pipeline.needs_payloads(),
+        },
+        enricher,
     };
     let mut losses = Losses::default();
     let mut tick_count = 0u64;
@@ -78,12 +118,13 @@ pub async fn run(
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
-                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+                stages.drain(&mut capture, &mut pipeline);
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
+                    stages.enricher.sweep();
                 }
                 if let Some(line) = losses.update(capture.lost_per_cpu()) {
                     eprintln!("dnstrace: {line}");
@@ -93,7 +134,7 @@ pub async fn run(
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+        stages.drain(&mut capture, &mut pipeline);
         if let Some(error) = pipeline.take_write_error() {
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
@@ -101,7 +142,12 @@ pub async fn run(
 
     capture.detach();
     health.set_attached(false);
-    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+    stages.drain(&mut capture, &mut pipeline);
+    stages
+        .enricher
+        .finish(&mut |m: Message| pipeline.message(&m));
+    pipeline.summary.unenriched = stages.enricher.counts.unenriched;
+    pipeline.summary.evicted_facts = stages.enricher.counts.evicted;
     capture.flush_kernel_log();
     if let Some(line) = losses.update(capture.lost_per_cpu()) {
         eprintln!("dnstrace: {line}");

@@ -106,6 +106,23 @@ pub struct TraceArgs {
     /// HOST:PORT, or on 127.0.0.1 for a bare PORT (docs/metrics.md).
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics: Option<SocketAddr>,
+
+    /// containerd's task state, where each container's bundle (and its
+    /// pod's names) is: DIR/NAMESPACE/ID/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task"
+    )]
+    pub containerd_state: PathBuf,
+
+    /// CRI-O's container state: DIR/ID/userdata/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containers/storage/overlay-containers"
+    )]
+    pub crio_state: PathBuf,
 }
 
 /// Where and how results are written; tracing and `analyze` share these.

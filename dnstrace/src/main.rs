@@ -16,6 +16,7 @@ mod decode;
 mod diagnose;
 mod dnstap;
 mod endpoints;
+mod enrich;
 mod failure;
 mod framing;
 mod identity;
@@ -122,6 +123,10 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
             &health,
+            enrich::StateRoots {
+                containerd: args.containerd_state.clone(),
+                crio: args.crio_state.clone(),
+            },
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -167,7 +167,6 @@ impl Pipeline {
     }
 
     pub fn forget_exited(&mut self) {
-        self.correlator.forget_exited();
         self.diagnoser.forget(|pid| !crate::process::is_alive(pid));
     }
 

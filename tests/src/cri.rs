@@ -191,10 +191,15 @@ state = "{state}"
         node
     }
 
+    /// containerd's state directory: what `/run/containerd` is on a node.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// Where containerd keeps each running task's bundle (config.json):
-    /// `<state>/io.containerd.runtime.v2.task`.
+    /// what dnstrace's `--containerd-state` names.
     pub fn task_state_root(&self) -> PathBuf {
-        self.dir.path().join("state/io.containerd.runtime.v2.task")
+        self.state_dir().join("io.containerd.runtime.v2.task")
     }
 
     fn write(&self, name: &str, contents: &str) -> PathBuf {

@@ -59,8 +59,10 @@ pub fn agent_image() -> String {
 /// The DaemonSet's one container as kubelet would hand it to the runtime
 /// in a pod whose address is `pod_ip`: `$(VAR)` in its arguments expanded
 /// from its environment, its hostPath volumes mounted where its
-/// volumeMounts say, its security context as is.
-pub fn agent_container(pod_ip: Ipv4Addr) -> ContainerSpec {
+/// volumeMounts say, its security context as is. The test node's
+/// containerd keeps its state in `containerd_state`, not /run/containerd,
+/// so that volume's host path is that.
+pub fn agent_container(pod_ip: Ipv4Addr, containerd_state: &Path) -> ContainerSpec {
     let daemonset = yaml_as_json(&manifests_dir().join("daemonset.yaml"));
     let pod = &daemonset["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -103,9 +105,12 @@ pub fn agent_container(pod_ip: Ipv4Addr) -> ContainerSpec {
                 .iter()
                 .find(|v| v["name"] == mount["name"])
                 .expect("each mount names a volume");
-            let host = volume["hostPath"]["path"]
+            let mut host = volume["hostPath"]["path"]
                 .as_str()
                 .expect("hostPath volumes only");
+            if host == "/run/containerd" {
+                host = containerd_state.to_str().expect("a UTF-8 path");
+            }
             if volume["hostPath"]["type"] == "DirectoryOrCreate" {
                 fs::create_dir_all(host).expect("kubelet creates DirectoryOrCreate paths");
             }

@@ -8,6 +8,7 @@ pub mod cri;
 pub mod dnstap;
 pub mod expect;
 pub mod kubernetes;
+pub mod loopback;
 pub mod netns;
 pub mod process;
 pub mod servers;

@@ -98,7 +98,12 @@ fn a_pod_that_throws_away_cached_answers_is_named_by_the_host_tracer() {
     let mut node = Node::start();
     let dns = cluster(&mut node);
     let client = client_pod(&mut node, &dns, "web-7f9c4-x2k8p");
-    let mut tracer = Tracer::start([OsStr::new("--netns"), client.netns.as_os_str()]);
+    let mut tracer = Tracer::start([
+        OsStr::new("--netns"),
+        client.netns.as_os_str(),
+        OsStr::new("--containerd-state"),
+        node.task_state_root().as_os_str(),
+    ]);
     let pid = resolve_three_times(&node, &client);
     tracer.wait_until_settled();
     let trace = tracer.stop();
@@ -113,6 +118,21 @@ fn a_pod_that_throws_away_cached_answers_is_named_by_the_host_tracer() {
         "one answer_rejected for the client pod's pid {pid}; its lines:\n{}",
         trace.correlation_of(pid)
     );
+    let diagnosis = trace
+        .lines
+        .iter()
+        .rfind(|line| line["kind"] == "diagnosis" && line["pid"] == pid)
+        .expect("the diagnosis line");
+    assert_names_the_client_pod(diagnosis);
+}
+
+/// A line of the client pod's: named by namespace, pod and container, as
+/// containerd's annotations say.
+fn assert_names_the_client_pod(line: &Value) {
+    assert_eq!(line["pod"]["namespace"], "shop", "{line}");
+    assert_eq!(line["pod"]["name"], "web-7f9c4-x2k8p", "{line}");
+    assert_eq!(line["container"]["name"], "app", "{line}");
+    assert_eq!(line["container"]["runtime"], "containerd", "{line}");
 }
 
 /// The HTTP status the agent's `path` answers with on its pod address, asked
@@ -186,7 +206,10 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
         host_pid: agent_host_pid(),
         dns: None,
     });
-    let agent = node.start_container(&agent_pod, &agent_container(agent_pod.ip));
+    let agent = node.start_container(
+        &agent_pod,
+        &agent_container(agent_pod.ip, &node.state_dir()),
+    );
     poll_agent(&agent, "the agent's /readyz to answer 200", || {
         http_status(&agent_pod, "/readyz") == Some(200)
     });
@@ -206,6 +229,11 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
     // It read the client's resolver from /proc/PID/exe, another
     // container's file, which takes SYS_PTRACE.
     assert_eq!(resolvers_named(&lines, pid), ["Go resolver"]);
+    let diagnosis = lines
+        .iter()
+        .rfind(|line| is_the_diagnosis(line))
+        .expect("the diagnosis line");
+    assert_names_the_client_pod(diagnosis);
     let summary = lines.last().expect("the agent logged lines");
     assert_eq!(summary["kind"], "summary", "the agent stopped cleanly");
     assert_eq!(summary["lost"], 0);
@@ -238,7 +266,7 @@ fn each_capability_the_daemonset_adds_is_needed() {
             host_pid: agent_host_pid(),
             dns: None,
         });
-        let mut spec = agent_container(agent_pod.ip);
+        let mut spec = agent_container(agent_pod.ip, &node.state_dir());
         spec.add_capabilities.retain(|cap| cap != missing);
         let agent = node.start_container(&agent_pod, &spec);
         if missing == "SYS_PTRACE" {

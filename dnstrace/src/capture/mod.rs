@@ -21,7 +21,8 @@ use tokio::io::unix::AsyncFd;
 
 pub use self::{
     environment::{foreign_pid_namespace, is_cgroup2},
-    record::{RawMessage, parse_record},
+    reads::KernelReadCounts,
+    record::{RecordDecoder, ThreadNames, parse_record},
 };
 use crate::{cli::BackendChoice, failure::Failure};
 
@@ -71,6 +72,9 @@ pub struct Capture {
     reads: Result<reads::KernelReadCounts, String>,
     /// Network namespace cookies and their inodes, as found at start.
     namespaces: HashMap<u64, u64>,
+    /// The cgroup v2 hierarchy the programs are attached to, where a
+    /// process's cgroup id is looked up.
+    pub cgroup_root: PathBuf,
 }
 
 impl Capture {
@@ -96,6 +100,7 @@ impl Capture {
                     .map(|capture| Self {
                         reads: attached.read_counts,
                         namespaces: attached.namespaces,
+                        cgroup_root,
                         ..capture
                     });
                 }
@@ -143,6 +148,7 @@ impl Capture {
             passed_over,
             reads: Err("not attached".into()),
             namespaces: HashMap::new(),
+            cgroup_root: PathBuf::new(),
         })
     }
 

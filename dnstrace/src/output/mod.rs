@@ -122,6 +122,12 @@ pub struct Summary {
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// Messages passed on before their process's facts (resolver,
+    /// container) were known.
+    pub unenriched: u64,
+    /// Facts about processes, cgroups and containers dropped because the
+    /// enrich caches were full.
+    pub evicted_facts: u64,
 }
 
 impl Summary {
@@ -194,6 +200,18 @@ impl Summary {
             line.push_str(&format!(
                 ", {} damaged record(s) skipped",
                 self.skipped_records
+            ));
+        }
+        if self.unenriched > 0 {
+            line.push_str(&format!(
+                ", {} messages passed on before their process was known",
+                self.unenriched
+            ));
+        }
+        if self.evicted_facts > 0 {
+            line.push_str(&format!(
+                ", {} process facts forgotten early (cache full)",
+                self.evicted_facts
             ));
         }
         if self.malformed_records > 0 {

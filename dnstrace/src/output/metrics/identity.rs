@@ -21,6 +21,11 @@ pub fn other() -> Arc<str> {
     OTHER_TEXT.clone()
 }
 
+/// A label value, empty where it is not known.
+fn text(value: Option<&str>) -> Arc<str> {
+    value.map_or_else(empty, Arc::from)
+}
+
 /// `namespace`, `pod` and `container` for a process in a Kubernetes pod;
 /// `comm` for any other process; empty where they do not apply (a client
 /// known only by its address, in `analyze` of a capture).
@@ -33,17 +38,29 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The one place a client becomes labels.
+    /// The one place a client becomes labels. A process in a pod is named
+    /// by its pod and container alone, so that a pod's series do not
+    /// multiply by the names of its processes.
     pub fn of(client: &Client) -> Self {
-        // Pods: once a client carries its pod and container (the enrich
-        // stage), fill namespace, pod and container from them here and
-        // leave comm empty, so that a pod's series do not multiply by the
-        // names of its processes.
-        Self {
-            namespace: empty(),
-            pod: empty(),
-            container: empty(),
-            comm: client.comm.clone().unwrap_or_else(empty),
+        let facts = client.facts.as_deref();
+        let pod = facts.and_then(|facts| facts.pod.as_ref());
+        match pod.and_then(|pod| pod.name.as_deref()) {
+            Some(name) => Self {
+                namespace: text(pod.and_then(|pod| pod.namespace.as_deref())),
+                pod: name.into(),
+                container: text(
+                    facts
+                        .and_then(|facts| facts.container.as_ref())
+                        .and_then(|container| container.name.as_deref()),
+                ),
+                comm: empty(),
+            },
+            None => Self {
+                namespace: empty(),
+                pod: empty(),
+                container: empty(),
+                comm: client.comm.clone().unwrap_or_else(empty),
+            },
         }
     }
 

@@ -25,6 +25,7 @@ fn client(pid: u32, comm: &str) -> Client {
     Client {
         id: ClientId::Pid(pid),
         comm: Some(comm.into()),
+        facts: None,
     }
 }
 
@@ -300,4 +301,39 @@ fn every_metric_is_in_docs_metrics_md() {
             "docs/metrics.md lacks {name}"
         );
     }
+}
+
+#[test]
+fn a_process_in_a_pod_is_labelled_by_its_pod_and_container_alone() {
+    use crate::message::{Container, Facts, Pod};
+    let mut in_pod = client(7, "python3");
+    in_pod.facts = Some(std::sync::Arc::new(Facts {
+        container: Some(Container {
+            id: "a".repeat(64),
+            runtime: None,
+            name: Some("app".into()),
+            image: None,
+        }),
+        pod: Some(Pod {
+            name: Some("web-7f9c4-x2k8p".into()),
+            namespace: Some("shop".into()),
+            uid: None,
+        }),
+        ..Facts::default()
+    }));
+    let labels = Identity::of(&in_pod);
+    assert_eq!(
+        (
+            &*labels.namespace,
+            &*labels.pod,
+            &*labels.container,
+            &*labels.comm
+        ),
+        ("shop", "web-7f9c4-x2k8p", "app", "")
+    );
+    let on_host = Identity::of(&client(8, "getent"));
+    assert_eq!(
+        (&*on_host.namespace, &*on_host.pod, &*on_host.comm),
+        ("", "", "getent")
+    );
 }
