@@ -1,6 +1,10 @@
 //! Copies one DNS message into the ring buffer, or counts it as lost.
 
-use core::hint::black_box;
+use core::{
+    hint::black_box,
+    ptr::{read_volatile, write_volatile},
+    sync::atomic::{Ordering, compiler_fence},
+};
 
 use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
@@ -15,9 +19,8 @@ use dnstrace_common::{
 };
 
 use crate::{
-    maps::{EVENTS, EventBuffer, LOST, SCRATCH},
-    read,
-    skb::Datagram,
+    maps::{EVENTS, EventBuffer, LOST, NESTING, SCRATCH, SCRATCH_LEVELS, add, response_counts},
+    packet::Datagram,
 };
 
 const HEADER_LEN: u32 = size_of::<EventHeader>() as u32;
@@ -40,6 +43,45 @@ pub fn message(
     direction: Direction,
     attribution: &Attribution,
 ) {
+    let Some(nesting) = NESTING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's own counter, a live map value. The fences keep
+    // the claim before the slot is used and the release after.
+    let level = unsafe { read_volatile(nesting) };
+    unsafe { write_volatile(nesting, level + 1) };
+    compiler_fence(Ordering::SeqCst);
+    match SCRATCH.get_ptr_mut(level as u32) {
+        // SAFETY: the slot of this nesting level, which no other program
+        // on this CPU uses until this one has left it.
+        Some(buffer) if level < u64::from(SCRATCH_LEVELS) => {
+            build_and_send(ctx, datagram, direction, attribution, unsafe {
+                &mut *buffer
+            })
+        }
+        _ => count_lost(),
+    }
+    compiler_fence(Ordering::SeqCst);
+    // SAFETY: as above.
+    unsafe { write_volatile(nesting, level) };
+}
+
+#[inline(always)]
+fn count_lost() {
+    if let Some(lost) = LOST.get_ptr_mut(0) {
+        // SAFETY: this CPU's own counter, a live map value.
+        unsafe { add(lost, 1) };
+    }
+}
+
+#[inline(always)]
+fn build_and_send(
+    ctx: &SkBuffContext,
+    datagram: &Datagram,
+    direction: Direction,
+    attribution: &Attribution,
+    buffer: &mut EventBuffer,
+) {
     let Attribution {
         cookie,
         owner,
@@ -50,12 +92,6 @@ pub fn message(
         Direction::Send => Hook::CgroupSkbEgress,
         Direction::Recv => Hook::CgroupSkbIngress,
     };
-    let Some(buffer) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: a per-CPU map value lives for the whole program run and no
-    // other program on this CPU runs until we return.
-    let buffer = unsafe { &mut *buffer };
     let header = &mut buffer.header;
     // SAFETY: a helper without arguments.
     header.timestamp_ns = unsafe { bpf_ktime_get_ns() };
@@ -144,13 +180,23 @@ pub fn message(
         && captured > 2
         && buffer.payload[2] & 0x80 != 0
     {
-        read::counts(cookie)
+        response_counts(cookie)
     } else {
         None
     };
     buffer.header.response_number = match response_counts {
+        // Counted even when the record is lost below: the process may read
+        // the response all the same, and the numbers must keep step with
+        // its reads. The add is atomic, so the count is right; two
+        // responses for one socket on two CPUs at the same instant could
+        // still take one number (taking it atomically needs BPF CPU v3),
+        // and userspace would then find the second read one read early.
         // SAFETY: the map value lives while this program runs.
-        Some(counts) => unsafe { (*counts).received + 1 },
+        Some(counts) => unsafe {
+            let number = (*counts).received + 1;
+            add(&raw mut (*counts).received, 1);
+            number
+        },
         None => 0,
     };
 
@@ -176,19 +222,7 @@ pub fn message(
     // SAFETY: `buffer` holds HEADER_LEN + MAX_PAYLOAD bytes and size is within that.
     let record =
         unsafe { core::slice::from_raw_parts((buffer as *const EventBuffer).cast::<u8>(), size) };
-    if let Some(counts) = response_counts {
-        // Counted even when the record is lost below: the process may read
-        // the response all the same, and the numbers must keep step with
-        // its reads. Two responses for one socket at the same instant on
-        // two CPUs could take one number (Rust has no atomic add for the
-        // BPF target); userspace then finds the second read one read early.
-        // SAFETY: the map value lives while this program runs.
-        unsafe { (*counts).received += 1 };
-    }
-    if EVENTS.output(record, u64::from(wakeup)).is_err()
-        && let Some(lost) = LOST.get_ptr_mut(0)
-    {
-        // SAFETY: this CPU's own counter; nothing else touches it now.
-        unsafe { *lost += 1 };
+    if EVENTS.output(record, u64::from(wakeup)).is_err() {
+        count_lost();
     }
 }

@@ -4,10 +4,17 @@
 //! namespace, from cgroup_skb hooks on the cgroup v2 root. `sock_addr` records
 //! socket owners from connect/sendmsg on kernels whose cgroup_skb programs may
 //! not ask who the current task is. `read` tells whether a process read the
-//! responses it received, where the kernel has the tracepoint for it. `maps`
-//! and `emit` are shared by all.
+//! responses it received, where the kernel has the tracepoint for it. What
+//! they share has files of its own, and no program file imports another:
+//! `maps` (maps, configuration, counters), `packet` (finding the DNS
+//! message in a packet), `owner` (who owns a socket), `emit` (a message
+//! into the ring buffer).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds: the BPF target has them, but Rust offers them only through
+// the intrinsic, as the target has no compare-and-swap (see maps::add).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod emit;
@@ -15,6 +22,8 @@ mod emit;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod owner;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod read;
 #[cfg(target_arch = "bpf")]

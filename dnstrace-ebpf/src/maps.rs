@@ -1,4 +1,4 @@
-//! Maps and load-time configuration shared by every program.
+//! Maps, load-time configuration and counters shared by every program.
 
 use aya_ebpf::{
     Global,
@@ -42,5 +42,49 @@ pub struct EventBuffer {
     pub waiting: u64,
 }
 
+/// Records under construction, one per nesting level: an ingress program
+/// in softirq can interrupt an egress program on the same CPU, and must
+/// not write into the record that one is building.
 #[map]
-pub static SCRATCH: PerCpuArray<EventBuffer> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<EventBuffer> = PerCpuArray::with_max_entries(SCRATCH_LEVELS, 0);
+
+/// Process context, and a softirq interrupting it.
+pub const SCRATCH_LEVELS: u32 = 2;
+
+/// How many programs on this CPU are building a record now: the next one
+/// takes the slot at that level. Plain loads and stores are enough: a
+/// program that interrupts another on the same CPU runs to its end before
+/// the other goes on, and leaves the count as it found it.
+#[map]
+pub static NESTING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Adds `value` to `*counter` in one instruction (BPF_ATOMIC): a program
+/// that interrupts this one on the same CPU, or runs on another CPU, never
+/// loses the add. Rust offers no atomic add on this target (it lacks
+/// compare-and-swap), hence the intrinsic; the old value is not returned,
+/// as fetching it needs BPF CPU v3.
+///
+/// # Safety
+/// `counter` must point at a live map value.
+#[inline(always)]
+pub unsafe fn add(counter: *mut u64, value: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    // SAFETY: the caller's pointer is to a live map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
+
+/// The socket's counts, created at the first response, when reads are
+/// tracked.
+#[inline(always)]
+pub fn response_counts(cookie: u64) -> Option<*mut ReadCounts> {
+    if CONFIG.load().track_reads == 0 {
+        return None;
+    }
+    if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
+        return Some(counts);
+    }
+    // A full LRU map evicts its oldest entry, so this cannot fail for lack
+    // of room.
+    let _ = RESPONSES.insert(&cookie, &ReadCounts::default(), 0);
+    RESPONSES.get_ptr_mut(&cookie)
+}

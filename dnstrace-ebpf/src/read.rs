@@ -5,33 +5,15 @@
 //! without. It only counts: userspace compares the count with the numbers
 //! ingress gave the responses, so a read costs no event.
 
+use crate::maps::{RESPONSES, add};
 use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie, macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use dnstrace_common::ReadCounts;
-
-use crate::maps::{CONFIG, RESPONSES};
 
 /// recv flags after which nothing was consumed, or no message was read.
 const MSG_PEEK: i32 = 0x2;
 const MSG_ERRQUEUE: i32 = 0x2000;
-
-/// The socket's counts, created at the first response, when reads are
-/// tracked.
-#[inline(always)]
-pub fn counts(cookie: u64) -> Option<*mut ReadCounts> {
-    if CONFIG.load().track_reads == 0 {
-        return None;
-    }
-    if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
-        return Some(counts);
-    }
-    // A full LRU map evicts its oldest entry, so this cannot fail for lack
-    // of room.
-    let _ = RESPONSES.insert(&cookie, &ReadCounts::default(), 0);
-    RESPONSES.get_ptr_mut(&cookie)
-}
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn dns_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
@@ -50,13 +32,11 @@ pub fn dns_sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     if let Some(counts) = RESPONSES.get_ptr_mut(&cookie) {
         // SAFETY: the map value lives while this program runs. Never ahead
         // of the responses: a datagram that is not DNS read from the same
-        // socket cannot make a later response look read. Two threads
-        // reading one socket at the same instant could count one read
-        // (Rust has no atomic add for the BPF target), leaving the socket a
-        // read behind: its later responses would show as not read.
+        // socket cannot make a later response look read. The add is atomic,
+        // so two threads reading one socket at once count two reads.
         unsafe {
             if (*counts).read < (*counts).received {
-                (*counts).read += 1;
+                add(&raw mut (*counts).read, 1);
             }
         }
     }

@@ -9,14 +9,16 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, parse_record},
+    capture::{Capture, KernelReadCounts, RecordDecoder, ThreadNames, parse_record},
     clock::{WallClock, monotonic_now_ns},
+    correlate::reads::ReadCounter,
+    endpoints::Health,
+    enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
     framing::TcpStreams,
-    message::{RecordDecoder, ThreadNames},
+    message::Message,
     output::Summary,
     pipeline::Pipeline,
-    process::Namespaces,
 };
 
 /// How often outputs are flushed, time advances in correlation, and the
@@ -27,13 +29,43 @@ const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 /// How often exited processes are forgotten.
 const FORGET_EVERY_TICKS: u64 = 30;
 
-/// One ring buffer record, into the pipeline.
-fn record(decoder: &mut RecordDecoder, bytes: &[u8], pipeline: &mut Pipeline) {
-    let Some(raw) = parse_record(bytes) else {
-        pipeline.summary.malformed_records += 1;
-        return;
-    };
-    decoder.messages(&raw, |message| pipeline.message(&message));
+/// Correlation settles reads with the kernel's counts; capture knows
+/// nothing of correlation, so the two meet here.
+impl ReadCounter for KernelReadCounts {
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+        KernelReadCounts::reads(self, socket_cookie)
+    }
+}
+
+/// The stages between the ring buffer and the pipeline: decode, enrich.
+struct Stages {
+    decoder: RecordDecoder,
+    enricher: Enricher,
+}
+
+impl Stages {
+    /// One ring buffer record, into the pipeline (some of its messages
+    /// perhaps later, once their process's facts are known).
+    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        let Some(raw) = parse_record(bytes) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let netns_cookie = raw.header.netns_cookie;
+        let enricher = &mut self.enricher;
+        self.decoder.messages(&raw, |message| {
+            enricher.admit(message, netns_cookie, &mut |m: Message| {
+                pipeline.message(&m)
+            })
+        });
+    }
+
+    /// Drains the ring, then lets through what enrichment released.
+    fn drain(&mut self, capture: &mut Capture, pipeline: &mut Pipeline) {
+        capture.drain(|bytes| self.record(bytes, pipeline));
+        self.enricher
+            .poll(monotonic_now_ns(), &mut |m: Message| pipeline.message(&m));
+    }
 }
 
 pub async fn run(
@@ -41,10 +73,14 @@ pub async fn run(
     mut pipeline: Pipeline,
     duration: Option<Duration>,
     summary_interval: Option<Duration>,
+    health: &Health,
+    state_roots: StateRoots,
 ) -> Result<Summary, Failure> {
     let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_failure)?;
+    // Said once SIGINT and SIGTERM end the run cleanly: before, they kill it.
+    eprintln!("dnstrace: attached, backend {}", capture.backend.name());
     let deadline = sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
     let mut ticks = interval_at(Instant::now() + TICK, TICK);
@@ -52,14 +88,22 @@ pub async fn run(
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let report_every = summary_interval.unwrap_or(Duration::MAX / 4);
     let mut reports = interval_at(Instant::now() + report_every, report_every);
-    let mut decoder = RecordDecoder {
-        clock: WallClock::new(),
-        namespaces: Namespaces::found(capture.take_namespaces()),
-        streams: TcpStreams::default(),
-        thread_names: ThreadNames::default(),
-        keep_payloads: pipeline.needs_payloads(),
+    let enricher = Enricher::start(Sources {
+        cgroup_mount: Some(capture.cgroup_root.clone()),
+        state_roots,
+        namespaces: capture.take_namespaces(),
+    })
+    .map_err(|e| Failure::setup(format!("cannot start the enrich thread: {e}")))?;
+    let mut stages = Stages {
+        decoder: RecordDecoder {
+            clock: WallClock::new(),
+            streams: TcpStreams::default(),
+            thread_names: ThreadNames::default(),
+            keep_payloads: pipeline.needs_payloads(),
+        },
+        enricher,
     };
-    let mut reported_lost = 0;
+    let mut losses = Losses::default();
     let mut tick_count = 0u64;
 
     loop {
@@ -74,34 +118,100 @@ pub async fn run(
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
-                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+                stages.drain(&mut capture, &mut pipeline);
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
+                    stages.enricher.sweep();
                 }
-                let lost: u64 = capture.lost_per_cpu().map_err(Failure::runtime)?.into_iter().sum();
-                if lost > reported_lost {
-                    eprintln!("dnstrace: {lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)");
-                    reported_lost = lost;
+                if let Some(line) = losses.update(capture.lost_per_cpu()) {
+                    eprintln!("dnstrace: {line}");
                 }
+                pipeline.publish_state(monotonic_now_ns(), losses.per_cpu.clone());
+                health.tick();
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+        stages.drain(&mut capture, &mut pipeline);
         if let Some(error) = pipeline.take_write_error() {
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
     }
 
     capture.detach();
-    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline));
+    health.set_attached(false);
+    stages.drain(&mut capture, &mut pipeline);
+    stages
+        .enricher
+        .finish(&mut |m: Message| pipeline.message(&m));
+    pipeline.summary.unenriched = stages.enricher.counts.unenriched;
+    pipeline.summary.evicted_facts = stages.enricher.counts.evicted;
     capture.flush_kernel_log();
-    pipeline.summary.lost_per_cpu = capture.lost_per_cpu().map_err(Failure::runtime)?;
+    if let Some(line) = losses.update(capture.lost_per_cpu()) {
+        eprintln!("dnstrace: {line}");
+    }
+    pipeline.summary.lost_per_cpu = losses.per_cpu;
     pipeline.finish();
     if let Some(error) = pipeline.take_write_error() {
         return Err(Failure::runtime(format!("writing output failed: {error}")));
     }
     Ok(pipeline.summary.clone())
+}
+
+/// The kernel's loss counters as last read. A read that fails (the bpf
+/// syscall can fail for a moment, as under memory pressure) keeps the last
+/// counts and is said once until a read works again: it never ends the run.
+#[derive(Debug, Default)]
+struct Losses {
+    per_cpu: Vec<u64>,
+    reported: u64,
+    failing: bool,
+}
+
+impl Losses {
+    /// Takes a read of the counters; the line to print, if any.
+    fn update(&mut self, read: Result<Vec<u64>, String>) -> Option<String> {
+        match read {
+            Ok(per_cpu) => {
+                self.failing = false;
+                self.per_cpu = per_cpu;
+                let lost: u64 = self.per_cpu.iter().sum();
+                (lost > self.reported).then(|| {
+                    self.reported = lost;
+                    format!(
+                        "{lost} messages lost so far: the ring buffer was full (try --ring-buffer-mib)"
+                    )
+                })
+            }
+            Err(error) if !self.failing => {
+                self.failing = true;
+                Some(format!("{error}; the counts read last are kept"))
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Losses;
+
+    #[test]
+    fn a_failed_read_of_the_loss_counters_keeps_the_last_counts() {
+        let mut losses = Losses::default();
+        assert_eq!(losses.update(Ok(vec![0, 0])), None);
+        let line = losses.update(Ok(vec![0, 3])).unwrap();
+        assert!(line.starts_with("3 messages lost so far"), "{line}");
+        let error = || Err("cannot read the lost-event counters: EAGAIN".to_string());
+        let line = losses.update(error()).unwrap();
+        assert!(line.ends_with("the counts read last are kept"), "{line}");
+        assert_eq!(losses.update(error()), None, "said once");
+        assert_eq!(losses.per_cpu, [0, 3]);
+        assert_eq!(losses.update(Ok(vec![0, 3])), None, "nothing new");
+        assert!(losses.update(error()).is_some(), "a new failure is said");
+        let line = losses.update(Ok(vec![2, 3])).unwrap();
+        assert!(line.starts_with("5 messages lost"), "{line}");
+    }
 }

@@ -15,24 +15,30 @@ mod correlate;
 mod decode;
 mod diagnose;
 mod dnstap;
+mod endpoints;
+mod enrich;
 mod failure;
 mod framing;
 mod identity;
 mod message;
 mod output;
 mod pipeline;
+mod privileges;
 mod process;
 mod resolver;
 mod selection;
+mod terminal;
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 
 use crate::{
     capture::{Capture, CaptureRequest},
     cli::{Args, Command, OutputArgs, TraceArgs},
+    endpoints::Health,
     failure::Failure,
+    output::{Output, metrics::MetricsOutput},
     pipeline::Pipeline,
 };
 
@@ -45,13 +51,16 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("dnstrace: {failure}");
+            terminal::eprint_line(&failure.message);
             ExitCode::from(failure.exit_code)
         }
     }
 }
 
 fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
+    if let Some(note) = capture::foreign_pid_namespace() {
+        terminal::eprint_line(&note);
+    }
     if !args.ring_buffer_mib.is_power_of_two() || args.ring_buffer_mib > 1024 {
         return Err(Failure::setup(
             "--ring-buffer-mib must be a power of two up to 1024",
@@ -62,20 +71,38 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         pids: args.pids.clone(),
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_mib << 20,
+        cgroup_root: args.cgroup_root.clone(),
     };
     // Open the outputs before loading anything, so a bad path fails fast.
-    let outputs = output::open_all(output_args)?;
+    let mut outputs = output::open_all(output_args)?;
+    let metrics = MetricsOutput::open(&output_args.metrics, args.metrics.is_some())?;
+    let listener = args.metrics.map(endpoints::bind).transpose()?;
+    let registry = metrics.as_ref().map(MetricsOutput::registry);
+    outputs.extend(metrics.map(|metrics| Box::new(metrics) as Box<dyn Output>));
+    let health = Arc::new(Health::default());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::setup(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        if let (Some(listener), Some(registry)) = (listener, registry) {
+            endpoints::spawn(listener, registry, health.clone())?;
+        }
         let mut capture = Capture::start(&request)?;
+        let kept = match output::writes_after_start(output_args) {
+            true => privileges::TRACING | privileges::WRITING_LATER,
+            false => privileges::TRACING,
+        };
+        let kept = privileges::keep_only(kept).map_err(Failure::setup)?;
+        eprintln!(
+            "dnstrace: capabilities kept: {}; no_new_privs set",
+            privileges::names(kept)
+        );
+        health.set_attached(true);
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
-        eprintln!("dnstrace: attached, backend {}", capture.backend.name());
         let pipeline = match capture.take_read_counts() {
             Ok(counts) => {
                 eprintln!(
@@ -95,6 +122,11 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             args.summary_interval
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
+            &health,
+            enrich::StateRoots {
+                containerd: args.containerd_state.clone(),
+                crio: args.crio_state.clone(),
+            },
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -10,7 +10,7 @@ use crate::{
     },
     diagnose::Diagnoser,
     message::{ClientId, Message},
-    output::{Output, ProcessReport, Summary},
+    output::{AgentState, Output, ProcessReport, Summary},
 };
 
 /// Processes kept in the report; past this the least active are dropped.
@@ -167,7 +167,6 @@ impl Pipeline {
     }
 
     pub fn forget_exited(&mut self) {
-        self.correlator.forget_exited();
         self.diagnoser.forget(|pid| !crate::process::is_alive(pid));
     }
 
@@ -190,5 +189,23 @@ impl Pipeline {
 
     pub fn take_write_error(&mut self) -> Option<io::Error> {
         self.write_error.take()
+    }
+
+    /// The agent's state, to outputs that report it (metrics), with the
+    /// kernel's loss counts per CPU.
+    pub fn publish_state(&mut self, now: u64, lost_per_cpu: Vec<u64>) {
+        self.summary.lost_per_cpu = lost_per_cpu;
+        self.summary.evicted_lookups = self.correlator.evicted;
+        self.summary.uncorrelated = self.correlator.uncorrelated;
+        self.summary.unattributed = self.correlator.unattributed;
+        self.summary.dropped_diagnoses = self.diagnoser.dropped;
+        let summary = self.summary.clone();
+        let state = AgentState {
+            now_ns: now,
+            summary: &summary,
+            open_lookups: self.correlator.open_lookups(),
+            processes: self.processes.len(),
+        };
+        self.each_output(|output| output.state(&state));
     }
 }

@@ -1,17 +1,18 @@
 //! Turns the CLI's filters into the kernel programs' configuration, so
 //! unselected traffic is dropped before it reaches the ring buffer.
 
-use std::{
-    fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::Path,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
-use crate::{cli::TraceArgs, failure::Failure, process::netns_cookie_of};
+use crate::{
+    capture::{foreign_pid_namespace, is_cgroup2},
+    cli::TraceArgs,
+    failure::Failure,
+    process::{is_alive, netns_cookie_of},
+};
 
 pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     let mut config = CaptureConfig::default_dns();
@@ -20,10 +21,21 @@ pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
             "at most {MAX_PORTS} --port options"
         )));
     }
+    if args.ports.contains(&0) {
+        return Err(Failure::setup(
+            "--port 0: not a port a DNS message can use (1 to 65535)",
+        ));
+    }
     config.ports = [0; MAX_PORTS];
     config.ports[..args.ports.len()].copy_from_slice(&args.ports);
     config.port_count = args.ports.len() as u32;
 
+    // A pid that does not exist would select nothing, silently. The kernel
+    // filters on the host's pids, which only the host's /proc can confirm.
+    let checkable = foreign_pid_namespace().is_none();
+    if let Some(pid) = args.pids.iter().find(|pid| checkable && !is_alive(**pid)) {
+        return Err(Failure::setup(format!("--pid {pid}: no such process")));
+    }
     if !args.pids.is_empty() {
         config.filters |= FILTER_PID;
     }
@@ -55,15 +67,9 @@ fn comm_bytes(comm: &str) -> Result<[u8; COMM_LEN], Failure> {
 
 /// A cgroup v2 directory's inode number is its cgroup id.
 fn cgroup_id(path: &Path) -> Result<u64, Failure> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let failure = |why: String| Failure::setup(format!("--cgroup {}: {why}", path.display()));
     let dir = File::open(path).map_err(|e| failure(e.to_string()))?;
-    // SAFETY: statfs writes into the zeroed struct we own; the fd is open.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut stat) } != 0 {
-        return Err(failure(std::io::Error::last_os_error().to_string()));
-    }
-    if stat.f_type as i64 != CGROUP2_SUPER_MAGIC {
+    if !is_cgroup2(&dir).map_err(|e| failure(e.to_string()))? {
         return Err(failure("not a directory of the cgroup v2 hierarchy".into()));
     }
     Ok(dir.metadata().map_err(|e| failure(e.to_string()))?.ino())

@@ -563,7 +563,7 @@ fn musl_client() -> &'static Path {
 }
 
 /// Builds the Go client once per test process, without modules or cgo.
-fn go_client() -> &'static Path {
+pub fn go_client() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let source = workspace_dir().join("tests/clients/go-resolve/main.go");

@@ -19,7 +19,7 @@ use tempfile::TempDir;
 
 use crate::{
     clients::NOBODY,
-    process::{Daemon, PATIENCE},
+    process::{Daemon, PATIENCE, as_nobody},
     workspace_dir,
 };
 
@@ -141,6 +141,11 @@ impl Tracer {
             );
             thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The agent's pid, to look at it in /proc.
+    pub fn pid(&self) -> u32 {
+        self.daemon.pid()
     }
 
     /// Waits until dnstrace prints a stderr line starting with `prefix`.
@@ -498,15 +503,8 @@ pub fn analyze<P: AsRef<Path>>(files: &[P], args: &[&str]) -> Analysis {
     std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
         .expect("give the analysis dir to nobody");
     let output = dir.path().join("analysis.jsonl");
-    let mut command = Command::new("setpriv");
+    let mut command = as_nobody();
     command
-        .args([
-            format!("--reuid={NOBODY}"),
-            format!("--regid={NOBODY}"),
-            "--clear-groups".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-        ])
         .arg(dnstrace_bin())
         .arg("analyze")
         .args(files.iter().map(AsRef::as_ref))

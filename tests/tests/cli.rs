@@ -43,16 +43,40 @@ fn sigterm_flushes_every_message_and_the_summary() {
 
 #[test]
 fn unwritable_output_fails_with_one_line_and_exit_code_2() {
+    fails_at_setup(&[
+        "--format",
+        "json",
+        "-o",
+        "/nonexistent-dnstrace-test-dir/trace.jsonl",
+    ]);
+}
+
+/// docs/cli.md: a filter naming something that does not exist exits 2.
+/// The kernel keeps pids below 2^22, so this one never runs.
+#[test]
+fn a_pid_that_does_not_exist_fails_with_one_line_and_exit_code_2() {
+    let stderr = fails_at_setup(&["--pid", "4194305", "--duration", "1"]);
+    assert!(
+        stderr.contains("--pid 4194305: no such process"),
+        "{stderr}"
+    );
+}
+
+/// Port 0 would select nothing: no DNS message is sent from or to it.
+#[test]
+fn port_0_fails_with_one_line_and_exit_code_2() {
+    let stderr = fails_at_setup(&["--port", "53", "--port", "0", "--duration", "1"]);
+    assert!(stderr.contains("--port 0"), "{stderr}");
+}
+
+/// Runs dnstrace with `args` (each bounded by --duration, should it start
+/// after all) and requires exit code 2 with one line; that line.
+fn fails_at_setup(args: &[&str]) -> String {
     let output = Command::new(dnstrace_bin())
-        .args([
-            "--format",
-            "json",
-            "-o",
-            "/nonexistent-dnstrace-test-dir/trace.jsonl",
-        ])
+        .args(args)
         .output()
         .expect("run dnstrace");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -64,4 +88,5 @@ fn unwritable_output_fails_with_one_line_and_exit_code_2() {
         "one line, no backtrace:\n{stderr}"
     );
     assert!(stderr.starts_with("dnstrace: "), "names itself:\n{stderr}");
+    stderr
 }

@@ -10,7 +10,7 @@ mod reads;
 mod record;
 mod ring;
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf,
@@ -19,7 +19,11 @@ use aya::{
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
-pub use self::record::{RawMessage, parse_record};
+pub use self::{
+    environment::{foreign_pid_namespace, is_cgroup2},
+    reads::KernelReadCounts,
+    record::{RecordDecoder, ThreadNames, parse_record},
+};
 use crate::{cli::BackendChoice, failure::Failure};
 
 /// The object file `dnstrace/build.rs` built from `dnstrace-ebpf`.
@@ -31,6 +35,8 @@ pub struct CaptureRequest {
     pub pids: Vec<u32>,
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
+    /// `--cgroup-root`: the host's cgroup v2 hierarchy, when not found.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// A backend that could run here.
@@ -66,12 +72,15 @@ pub struct Capture {
     reads: Result<reads::KernelReadCounts, String>,
     /// Network namespace cookies and their inodes, as found at start.
     namespaces: HashMap<u64, u64>,
+    /// The cgroup v2 hierarchy the programs are attached to, where a
+    /// process's cgroup id is looked up.
+    pub cgroup_root: PathBuf,
 }
 
 impl Capture {
     pub fn start(request: &CaptureRequest) -> Result<Self, Failure> {
         environment::check_privileges()?;
-        let cgroup_root = environment::cgroup2_root()?;
+        let cgroup_root = environment::cgroup2_root(request.cgroup_root.as_deref())?;
         let candidates: &[Backend] = match request.backend {
             BackendChoice::Auto => &[Backend::CgroupSkb, Backend::CgroupSockaddr],
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
@@ -91,6 +100,7 @@ impl Capture {
                     .map(|capture| Self {
                         reads: attached.read_counts,
                         namespaces: attached.namespaces,
+                        cgroup_root,
                         ..capture
                     });
                 }
@@ -138,6 +148,7 @@ impl Capture {
             passed_over,
             reads: Err("not attached".into()),
             namespaces: HashMap::new(),
+            cgroup_root: PathBuf::new(),
         })
     }
 

@@ -24,7 +24,7 @@ use self::{
 use crate::{
     decode::Question,
     message::{Client, ClientId, Direction, Message, Transport},
-    resolver::{Library, ResolverContext, Resolvers},
+    resolver::{Library, ResolverContext},
 };
 
 /// A response is judged rejected only if the process asks again within this
@@ -63,8 +63,6 @@ pub enum Correlated {
 
 #[derive(Default)]
 pub struct Correlator {
-    /// Each process's resolver settings.
-    pub(crate) resolvers: Resolvers,
     /// Clients without a process have no resolver settings to read.
     unknown_context: Arc<ResolverContext>,
     /// Open lookups per client, oldest first.
@@ -96,10 +94,9 @@ struct Budget {
 }
 
 impl Correlator {
-    /// Knows no process's resolver settings: for traces read from files.
+    /// For traces read from files, whose messages may have no process.
     pub fn offline() -> Self {
         Self {
-            resolvers: Resolvers::reading(|_| ResolverContext::default()),
             by_address: true,
             ..Self::default()
         }
@@ -143,10 +140,10 @@ impl Correlator {
     fn on_query(&mut self, message: &Message, client: Client, id: u16, out: &mut Vec<Correlated>) {
         let question = message.dns.question.clone().expect("checked by observe");
         let now = message.envelope.monotonic_ns;
-        let netns = message.envelope.process.as_ref().and_then(|p| p.netns);
-        let context = match client.id {
-            ClientId::Pid(pid) => self.resolvers.of(pid, netns),
-            ClientId::Address(_) => Arc::clone(&self.unknown_context),
+        // The process's resolver, as the enrich stage found it.
+        let context = match &message.envelope.process {
+            Some(process) => Arc::clone(&process.facts.resolver),
+            None => Arc::clone(&self.unknown_context),
         };
         let name = context.name_as_asked(&question.name);
         if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
@@ -459,9 +456,9 @@ impl Correlator {
         );
     }
 
-    /// Forgets processes that exited (their lookups settle first).
-    pub fn forget_exited(&mut self) {
-        self.resolvers.forget_exited();
+    /// Lookups not yet reported.
+    pub fn open_lookups(&self) -> usize {
+        self.lookups.values().map(Vec::len).sum()
     }
 
     fn evict_oldest_process(&mut self, out: &mut Vec<Correlated>) {

@@ -2,7 +2,7 @@
 //! (../shared/notes/resolver-behaviour.md), through correlation and
 //! diagnosis.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     Correlated, Correlator,
@@ -12,8 +12,8 @@ use super::{
 use crate::{
     decode::{DnsSummary, Flags, HeaderSummary, Question},
     diagnose::{Cause, Diagnoser},
-    message::{Direction, Envelope, Message, Process, Transport},
-    resolver::{Library, ResolvConf, ResolverContext, Resolvers},
+    message::{Direction, Envelope, Facts, Message, Process, Transport},
+    resolver::{Library, ResolvConf, ResolverContext},
 };
 
 const MS: u64 = 1_000_000;
@@ -23,6 +23,8 @@ const AAAA: u16 = 28;
 struct Scenario {
     correlator: Correlator,
     out: Vec<Correlated>,
+    /// What the enrich stage would attach to each process's messages.
+    read: fn(u32) -> ResolverContext,
 }
 
 /// How a response looks.
@@ -114,6 +116,7 @@ fn message(
                 cgroup_id: 1,
                 // No namespace: the tests must not depend on this host's /proc.
                 netns: None,
+                facts: Facts::unknown(),
             }),
             socket_cookie: socket.cookie,
             direction,
@@ -145,22 +148,38 @@ impl Scenario {
 
     fn reading(read: fn(u32) -> ResolverContext) -> Self {
         Self {
-            correlator: Correlator {
-                resolvers: Resolvers::reading(read),
-                ..Correlator::default()
-            },
+            correlator: Correlator::default(),
             out: Vec::new(),
+            read,
         }
     }
 
     fn query(&mut self, socket: Socket, id: u16, name: &str, qtype: u16, at: u64) {
-        let m = message(Direction::Send, socket, id, name, qtype, at, None);
+        let m = self.enriched(message(Direction::Send, socket, id, name, qtype, at, None));
         self.correlator.observe(&m, &mut self.out);
     }
 
     fn answer(&mut self, socket: Socket, id: u16, name: &str, qtype: u16, at: u64, answer: Answer) {
-        let m = message(Direction::Recv, socket, id, name, qtype, at, Some(answer));
+        let m = self.enriched(message(
+            Direction::Recv,
+            socket,
+            id,
+            name,
+            qtype,
+            at,
+            Some(answer),
+        ));
         self.correlator.observe(&m, &mut self.out);
+    }
+
+    fn enriched(&self, mut message: Message) -> Message {
+        if let Some(process) = &mut message.envelope.process {
+            process.facts = Arc::new(Facts {
+                resolver: Arc::new((self.read)(process.pid)),
+                ..Facts::default()
+            });
+        }
+        message
     }
 
     /// An A query at `at`, answered a millisecond later.

@@ -210,6 +210,7 @@ mod tests {
             client: Client {
                 id: ClientId::Pid(7),
                 comm: Some("getent".into()),
+                facts: None,
             },
             socket_cookie: 1,
             transport: Transport::Udp,

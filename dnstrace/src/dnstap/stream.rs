@@ -301,6 +301,15 @@ struct Sender {
 
 impl Sender {
     fn run(self) {
+        // This thread only connects and writes; it was started before the
+        // programs were attached, so it drops what it does not use itself.
+        let kept = match self.endpoint {
+            Endpoint::Unix(_) => crate::privileges::WRITING_LATER,
+            Endpoint::Tcp(_) => rustix::thread::CapabilitySet::empty(),
+        };
+        if let Err(error) = crate::privileges::keep_only(kept) {
+            eprintln!("dnstrace: dnstap {}: {error}", self.name);
+        }
         let mut backoff = MIN_BACKOFF;
         // One line per outage, not one per attempt.
         let mut complained = false;

@@ -3,16 +3,23 @@
 
 pub mod dnstap;
 pub mod json;
+pub mod metrics;
 pub mod pcapng;
 pub mod rotation;
 pub mod text;
 
 use std::{
-    fs::{File, OpenOptions},
+    ffi::{OsStr, OsString},
+    fs::File,
     io::{self, BufWriter, IsTerminal, Write},
-    os::unix::fs::OpenOptionsExt,
+    os::fd::OwnedFd,
     path::Path,
     time::Duration,
+};
+
+use rustix::{
+    fs::{FileType, Mode, OFlags},
+    io::Errno,
 };
 
 use self::{
@@ -48,7 +55,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     }
     let destination = Destination::open(args.output.as_deref(), rotation)?;
     let main: Box<dyn Output> = match args.format {
-        Format::Json => Box::new(JsonOutput::new(destination)),
+        Format::Json => Box::new(JsonOutput::new(destination, &args.json_kinds)),
         Format::Text => {
             let color = match args.color {
                 ColorChoice::Always => true,
@@ -64,7 +71,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     let mut outputs = vec![main];
     if let Some(path) = &args.json {
         let destination = Destination::open(Some(path), rotation)?;
-        outputs.push(Box::new(JsonOutput::new(destination)));
+        outputs.push(Box::new(JsonOutput::new(destination, &args.json_kinds)));
     }
     if let Some(path) = &args.pcapng {
         let file = create_private(path)?;
@@ -76,6 +83,18 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
         outputs.push(Box::new(DnstapOutput::open(target)?));
     }
     Ok(outputs)
+}
+
+/// Whether the run creates files or connects to a Unix socket after it
+/// started (rotation, reconnecting to a dnstap collector), and so keeps
+/// the privilege to do so in directories of other users.
+pub fn writes_after_start(args: &OutputArgs) -> bool {
+    args.rotate_size.is_some()
+        || args.rotate_interval.is_some_and(|secs| secs > 0)
+        || args
+            .dnstap
+            .as_deref()
+            .is_some_and(|target| target.starts_with("unix:"))
 }
 
 /// Bytes gathered before one write: at full rate an 8 KiB buffer meant a
@@ -103,6 +122,12 @@ pub struct Summary {
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// Messages passed on before their process's facts (resolver,
+    /// container) were known.
+    pub unenriched: u64,
+    /// Facts about processes, cgroups and containers dropped because the
+    /// enrich caches were full.
+    pub evicted_facts: u64,
 }
 
 impl Summary {
@@ -177,6 +202,18 @@ impl Summary {
                 self.skipped_records
             ));
         }
+        if self.unenriched > 0 {
+            line.push_str(&format!(
+                ", {} messages passed on before their process was known",
+                self.unenriched
+            ));
+        }
+        if self.evicted_facts > 0 {
+            line.push_str(&format!(
+                ", {} process facts forgotten early (cache full)",
+                self.evicted_facts
+            ));
+        }
         if self.malformed_records > 0 {
             line.push_str(&format!(", {} malformed records", self.malformed_records));
         }
@@ -211,9 +248,26 @@ pub trait Output {
     ) -> io::Result<()> {
         Ok(())
     }
+    /// The agent's own state, once a tick while tracing live.
+    fn state(&mut self, _state: &AgentState) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes everything written so far visible (a tick, or the end).
     fn flush(&mut self) -> io::Result<()>;
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+}
+
+/// What the agent holds and has counted, for outputs that report on
+/// dnstrace itself (metrics).
+pub struct AgentState<'a> {
+    /// CLOCK_MONOTONIC nanoseconds, as message timestamps are.
+    pub now_ns: u64,
+    /// The counts so far, losses included.
+    pub summary: &'a Summary,
+    /// Lookups not yet settled.
+    pub open_lookups: usize,
+    /// Processes in the per-process report.
+    pub processes: usize,
 }
 
 /// One process's lookups so far.
@@ -261,16 +315,100 @@ impl ProcessReport {
     }
 }
 
-/// Creates (or truncates) an output file with mode 0600: traces carry names
-/// that processes looked up.
+/// Creates (or empties) an output file with mode 0600: traces carry names
+/// that processes looked up. See [`open_private`].
 pub fn create_private(path: &Path) -> Result<File, Failure> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Failure::setup(format!("cannot write {}: {e}", path.display())))
+    let failure = |e: io::Error| Failure::setup(format!("cannot write {}: {e}", path.display()));
+    let place = OutputPath::new(path).map_err(failure)?;
+    open_private(&place.dir, &place.name, Creation::Reuse).map_err(failure)
+}
+
+/// Where an output file goes: its directory, held open, and its name in
+/// it. Rotation renames and creates relative to the directory it started
+/// in, so a directory renamed or swapped for a link meanwhile cannot send
+/// it elsewhere.
+pub struct OutputPath {
+    pub dir: OwnedFd,
+    pub name: OsString,
+}
+
+impl OutputPath {
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::other("not a file name"))?
+            .to_owned();
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let dir = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Self { dir, name })
+    }
+}
+
+/// Whether an existing file may be taken over, or the name must be new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Creation {
+    /// `-o FILE` over a file this user owns, as from an earlier run.
+    Reuse,
+    /// A rotation's new file: whatever appeared under the name since the
+    /// old one was renamed is someone else's, and is left alone.
+    New,
+}
+
+/// Opens `name` in `dir` for writing, empty and with mode 0600 whatever
+/// it was before. Another user may have placed something at that name in
+/// a shared directory, so it never follows a symbolic link, never blocks
+/// on a FIFO, and takes over only a regular file of this user with no
+/// other hard link (emptying a linked file would empty the other name
+/// too). A character device (`/dev/null`) is written as it is.
+pub fn open_private(dir: &OwnedFd, name: &OsStr, creation: Creation) -> io::Result<File> {
+    let mut flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    if creation == Creation::New {
+        flags |= OFlags::EXCL;
+    }
+    let fd =
+        rustix::fs::openat(dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(
+            |errno| match errno {
+                Errno::LOOP => io::Error::other(
+                    "it is a symbolic link, which dnstrace never follows for output (name the file itself)",
+                ),
+                Errno::EXIST => io::Error::other(
+                    "something else appeared under that name while rotating (left alone)",
+                ),
+                Errno::NXIO => io::Error::other("it is a FIFO or a socket, not a file"),
+                errno => errno.into(),
+            },
+        )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::RegularFile => {
+            let owner = rustix::process::geteuid().as_raw();
+            if stat.st_uid != owner {
+                return Err(io::Error::other(format!(
+                    "it belongs to uid {}, not to this user (remove it first)",
+                    stat.st_uid
+                )));
+            }
+            if stat.st_nlink > 1 {
+                return Err(io::Error::other(
+                    "it has other hard links, which emptying it would empty too",
+                ));
+            }
+            rustix::fs::ftruncate(&fd, 0)?;
+            rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+        }
+        FileType::CharacterDevice => {}
+        _ => return Err(io::Error::other("it is not a regular file")),
+    }
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty())?;
+    Ok(File::from(fd))
 }
 
 /// Where the main output goes: standard output, a file, or a file that
@@ -300,10 +438,12 @@ impl Destination {
                 })
             }
             Some(path) => {
-                let file = create_private(path)?;
                 let writer = if rotation.rotates() {
-                    Sink::Rotating(RotatingFile::new(path, file, rotation))
+                    Sink::Rotating(RotatingFile::create(path, rotation).map_err(|e| {
+                        Failure::setup(format!("cannot write {}: {e}", path.display()))
+                    })?)
                 } else {
+                    let file = create_private(path)?;
                     Sink::Plain(BufWriter::with_capacity(WRITE_BUFFER_BYTES, Box::new(file)))
                 };
                 Ok(Self {
@@ -341,5 +481,83 @@ impl Write for Sink {
             Self::Plain(writer) => writer.flush(),
             Self::Rotating(file) => file.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn a_link_where_the_output_goes_is_refused_and_its_target_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let output = dir.path().join("trace.jsonl");
+        symlink(&victim, &output).unwrap();
+        let failure = create_private(&output).unwrap_err();
+        assert!(failure.message.contains("symbolic link"), "{failure}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(mode(&victim), 0o644);
+    }
+
+    #[test]
+    fn an_existing_file_is_emptied_and_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("trace.jsonl");
+        std::fs::write(&output, "old run").unwrap();
+        std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_private(&output).unwrap();
+        assert_eq!(mode(&output), 0o600);
+        assert_eq!(std::fs::read(&output).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_fifo_hard_link_or_file_of_another_user_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        // Would block forever without O_NONBLOCK: no one reads the FIFO.
+        assert!(create_private(&fifo).is_err());
+
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let linked = dir.path().join("linked");
+        std::fs::hard_link(&victim, &linked).unwrap();
+        let failure = create_private(&linked).unwrap_err();
+        assert!(failure.message.contains("hard links"), "{failure}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+
+        if rustix::process::geteuid().is_root() {
+            let theirs = dir.path().join("theirs");
+            std::fs::write(&theirs, "their data").unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let failure = create_private(&theirs).unwrap_err();
+            assert!(failure.message.contains("uid 65534"), "{failure}");
+            assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "their data");
+            assert_eq!(std::fs::metadata(&theirs).unwrap().uid(), 65534);
+        }
+    }
+
+    #[test]
+    fn dev_null_is_written_as_it_is() {
+        create_private(Path::new("/dev/null")).unwrap();
+        assert_eq!(
+            FileType::from_raw_mode(rustix::fs::stat("/dev/null").unwrap().st_mode),
+            FileType::CharacterDevice
+        );
     }
 }
