@@ -35,6 +35,21 @@ install_debian_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+install_python_packages() {
+  local missing=()
+  for pkg in "${PYTHON_PACKAGES[@]}"; do
+    python3 -m pip show --quiet "${pkg%%==*}" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "Python packages present"
+    return
+  fi
+  log "installing Python packages: ${missing[*]}"
+  # Debian's own python3 refuses pip outside a venv; a pyenv one does not
+  # know the flag's reason but accepts it.
+  python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${missing[@]}"
+}
+
 install_toolchains() {
   command -v rustup >/dev/null || { echo "setup: rustup is required" >&2; exit 2; }
   rustup toolchain install "$USERSPACE_TOOLCHAIN" --profile minimal -c rustfmt,clippy >/dev/null
@@ -67,6 +82,7 @@ install_bpf_linker() {
 }
 
 install_debian_packages
+install_python_packages
 install_toolchains
 install_bpf_linker
 log "done; bpf-linker is $BPF_LINKER_HOME/bin/bpf-linker"

@@ -9,14 +9,19 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, DropNames, is_drop, parse_drop, parse_record},
+    capture::{
+        Capture, ConntrackCounters, DropNames, KernelReadCounts, RecordDecoder, ThreadNames,
+        is_drop, parse_drop, parse_record,
+    },
     clock::{WallClock, monotonic_now_ns},
+    correlate::reads::ReadCounter,
+    endpoints::Health,
+    enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
     framing::TcpStreams,
-    message::{RecordDecoder, ThreadNames},
+    message::Message,
     output::Summary,
     pipeline::Pipeline,
-    process::Namespaces,
 };
 
 /// How often outputs are flushed, time advances in correlation, and the
@@ -27,25 +32,68 @@ const POLL: Duration = Duration::from_millis(dnstrace_common::POLL_INTERVAL_MS);
 /// How often exited processes are forgotten.
 const FORGET_EVERY_TICKS: u64 = 30;
 
-/// One ring buffer record, into the pipeline.
-fn record(
-    decoder: &mut RecordDecoder,
-    bytes: &[u8],
-    pipeline: &mut Pipeline,
-    drop_names: Option<&DropNames>,
-) {
-    if is_drop(bytes) {
-        match (parse_drop(bytes), drop_names) {
-            (Some(raw), Some(names)) => pipeline.dropped(decoder.dropped(&raw, names)),
-            _ => pipeline.summary.malformed_records += 1,
-        }
-        return;
+/// Correlation settles reads with the kernel's counts; capture knows
+/// nothing of correlation, so the two meet here.
+impl ReadCounter for KernelReadCounts {
+    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+        KernelReadCounts::reads(self, socket_cookie)
     }
-    let Some(raw) = parse_record(bytes) else {
-        pipeline.summary.malformed_records += 1;
-        return;
-    };
-    decoder.messages(&raw, |message| pipeline.message(&message));
+}
+
+/// The stages between the ring buffer and the pipeline: decode, enrich.
+struct Stages {
+    decoder: RecordDecoder,
+    enricher: Enricher,
+    /// Names for drop records; `None` when drops are not watched.
+    drop_names: Option<DropNames>,
+    conntrack: ConntrackCounters,
+}
+
+impl Stages {
+    /// One ring buffer record, into the pipeline (some of its messages
+    /// perhaps later, once their process's facts are known).
+    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        if is_drop(bytes) {
+            return self.drop_record(bytes, pipeline);
+        }
+        let Some(raw) = parse_record(bytes) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let netns_cookie = raw.header.netns_cookie;
+        let enricher = &mut self.enricher;
+        self.decoder.messages(&raw, |message| {
+            enricher.admit(message, netns_cookie, &mut |m: Message| {
+                pipeline.message(&m)
+            })
+        });
+    }
+
+    /// A drop record: decoded, given what is known now of its process (a
+    /// drop is not held for facts, as messages are), into the pipeline.
+    fn drop_record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        let (Some(raw), Some(names)) = (parse_drop(bytes), self.drop_names.as_ref()) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let mut dropped = self.decoder.dropped(&raw, names);
+        self.enricher
+            .known_now(&mut dropped.message, raw.header.event.netns_cookie);
+        if dropped.reason == "NETFILTER_DROP"
+            && let Some(netns) = dropped.netns
+        {
+            let pid = dropped.message.envelope.process.as_ref().map(|p| p.pid);
+            dropped.conntrack = self.conntrack.change(netns, pid);
+        }
+        pipeline.dropped(dropped);
+    }
+
+    /// Drains the ring, then lets through what enrichment released.
+    fn drain(&mut self, capture: &mut Capture, pipeline: &mut Pipeline) {
+        capture.drain(|bytes| self.record(bytes, pipeline));
+        self.enricher
+            .poll(monotonic_now_ns(), &mut |m: Message| pipeline.message(&m));
+    }
 }
 
 pub async fn run(
@@ -53,6 +101,8 @@ pub async fn run(
     mut pipeline: Pipeline,
     duration: Option<Duration>,
     summary_interval: Option<Duration>,
+    health: &Health,
+    state_roots: StateRoots,
 ) -> Result<Summary, Failure> {
     let signal_failure = |e: std::io::Error| Failure::setup(format!("cannot watch signals: {e}"));
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_failure)?;
@@ -66,14 +116,23 @@ pub async fn run(
     polls.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let report_every = summary_interval.unwrap_or(Duration::MAX / 4);
     let mut reports = interval_at(Instant::now() + report_every, report_every);
-    let mut decoder = RecordDecoder {
-        clock: WallClock::new(),
-        namespaces: Namespaces::found(capture.take_namespaces()),
-        streams: TcpStreams::default(),
-        thread_names: ThreadNames::default(),
-        keep_payloads: pipeline.needs_payloads(),
+    let enricher = Enricher::start(Sources {
+        cgroup_mount: Some(capture.cgroup_root.clone()),
+        state_roots,
+        namespaces: capture.take_namespaces(),
+    })
+    .map_err(|e| Failure::setup(format!("cannot start the enrich thread: {e}")))?;
+    let mut stages = Stages {
+        decoder: RecordDecoder {
+            clock: WallClock::new(),
+            streams: TcpStreams::default(),
+            thread_names: ThreadNames::default(),
+            keep_payloads: pipeline.needs_payloads(),
+        },
+        enricher,
+        drop_names: capture.take_drop_names().ok(),
+        conntrack: ConntrackCounters::at_start(),
     };
-    let drop_names = capture.take_drop_names().ok();
     let mut losses = Losses::default();
     let mut tick_count = 0u64;
 
@@ -89,27 +148,36 @@ pub async fn run(
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
-                capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
+                stages.drain(&mut capture, &mut pipeline);
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
+                    stages.enricher.sweep();
                 }
                 if let Some(line) = losses.update(capture.lost_per_cpu()) {
                     eprintln!("dnstrace: {line}");
                 }
+                pipeline.publish_state(monotonic_now_ns(), losses.per_cpu.clone());
+                health.tick();
             }
             _ = reports.tick(), if summary_interval.is_some() => pipeline.report(),
         }
-        capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
+        stages.drain(&mut capture, &mut pipeline);
         if let Some(error) = pipeline.take_write_error() {
             return Err(Failure::runtime(format!("writing output failed: {error}")));
         }
     }
 
     capture.detach();
-    capture.drain(|bytes| record(&mut decoder, bytes, &mut pipeline, drop_names.as_ref()));
+    health.set_attached(false);
+    stages.drain(&mut capture, &mut pipeline);
+    stages
+        .enricher
+        .finish(&mut |m: Message| pipeline.message(&m));
+    pipeline.summary.unenriched = stages.enricher.counts.unenriched;
+    pipeline.summary.evicted_facts = stages.enricher.counts.evicted;
     capture.flush_kernel_log();
     if let Some(line) = losses.update(capture.lost_per_cpu()) {
         eprintln!("dnstrace: {line}");

@@ -1,7 +1,10 @@
 //! Command-line interface, shaped after tcpdump: no arguments traces every
 //! process on the host; options narrow it down.
 
-use std::path::PathBuf;
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -88,9 +91,38 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
 
+    /// The host's cgroup v2 hierarchy, where the programs attach (found in
+    /// /proc/self/mountinfo when not given). In a container, mount the
+    /// host's /sys/fs/cgroup and name it here; on a host with both
+    /// hierarchies its unified/ directory is taken.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup_root: Option<PathBuf>,
+
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub ring_buffer_mib: u32,
+
+    /// Serve Prometheus metrics at /metrics, with /healthz and /readyz, on
+    /// HOST:PORT, or on 127.0.0.1 for a bare PORT (docs/metrics.md).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics: Option<SocketAddr>,
+
+    /// containerd's task state, where each container's bundle (and its
+    /// pod's names) is: DIR/NAMESPACE/ID/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containerd/io.containerd.runtime.v2.task"
+    )]
+    pub containerd_state: PathBuf,
+
+    /// CRI-O's container state: DIR/ID/userdata/config.json.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/containers/storage/overlay-containers"
+    )]
+    pub crio_state: PathBuf,
 }
 
 /// Where and how results are written; tracing and `analyze` share these.
@@ -123,6 +155,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub rotate_keep: usize,
 
+    /// JSON record kinds to write, comma-separated (default: all). A node's
+    /// log pipeline wants lookups and diagnoses, not every message.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "KIND,...")]
+    pub json_kinds: Vec<JsonKind>,
+
     /// Also write every message as a packet to this pcapng file (Wireshark,
     /// tshark), with the process in each packet's comment.
     #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
@@ -141,12 +178,55 @@ pub struct OutputArgs {
     /// When to colour text output.
     #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
     pub color: ColorChoice,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// What the Prometheus metrics hold, and their bounds (docs/metrics.md).
+#[derive(Debug, clap::Args)]
+pub struct MetricsArgs {
+    /// Write the Prometheus metrics to FILE at the end (text format), for
+    /// offline comparisons.
+    #[arg(long = "metrics-file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Clients (pod and container, or process name) whose lookups get
+    /// series of their own; the rest are counted under `~other`.
+    #[arg(long = "metrics-max-clients", value_name = "N", default_value_t = 500)]
+    pub max_clients: usize,
+
+    /// Servers with series of their own; the rest are `~other`.
+    #[arg(long = "metrics-max-servers", value_name = "N", default_value_t = 32)]
+    pub max_servers: usize,
+
+    /// Seconds after its last lookup that a client's or server's series
+    /// are removed.
+    #[arg(long = "metrics-grace", value_name = "SECS", default_value_t = 300)]
+    pub grace_secs: u64,
+
+    /// Also count lookups by query name, for up to N names; the rest are
+    /// `~other`. 0 (the default) puts no names in labels.
+    #[arg(long = "metrics-top-names", value_name = "N", default_value_t = 0)]
+    pub top_names: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     Text,
     Json,
+}
+
+/// The JSON Lines record kinds (docs/json.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum JsonKind {
+    Message,
+    Attempt,
+    Lookup,
+    Diagnosis,
+    Summary,
+    /// DNS packets the kernel dropped.
+    Drop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -189,9 +269,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size out of range: {text:?}"))
 }
 
+/// `9464` (loopback), `0.0.0.0:9464`, `[::]:9464`.
+fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse()
+        .map_err(|_| format!("not a PORT or HOST:PORT: {text:?}"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_size;
+    use super::{parse_listen_address, parse_size};
 
     #[test]
     fn sizes_take_binary_suffixes() {
@@ -201,5 +290,19 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("3X").is_err());
         assert!(parse_size("M").is_err());
+    }
+
+    #[test]
+    fn a_bare_metrics_port_listens_on_loopback_only() {
+        assert_eq!(
+            parse_listen_address("9464"),
+            Ok("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse_listen_address("[::]:9464"),
+            Ok("[::]:9464".parse().unwrap())
+        );
+        assert!(parse_listen_address("localhost:9464").is_err());
+        assert!(parse_listen_address("70000").is_err());
     }
 }

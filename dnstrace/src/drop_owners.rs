@@ -2,7 +2,9 @@
 //! dropped before it reached a socket (no socket any more, or none found)
 //! carries none. The client's query went out on the same addresses and
 //! ports in the same namespace, so the process that sent it is the one
-//! the response was for.
+//! the response was for. A packet dropped in another namespace than its
+//! sender's (a pod's query dropped on the node, where it has lost its
+//! socket) is matched by its addresses and ports alone.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -14,10 +16,14 @@ const MAX_SOCKETS: usize = 65_536;
 /// (network namespace inode, TCP or not, local, remote) of a client socket.
 type Key = (u64, bool, SocketAddr, SocketAddr);
 
+/// (TCP or not, local, remote) of a client socket, in any namespace.
+type Addresses = (bool, SocketAddr, SocketAddr);
+
 /// The process and socket behind each client socket's last query.
 #[derive(Default)]
 pub struct QueryOwners {
     by_socket: HashMap<Key, (Process, u64)>,
+    by_addresses: HashMap<Addresses, (Process, u64)>,
 }
 
 impl QueryOwners {
@@ -47,9 +53,12 @@ impl QueryOwners {
         }
         if self.by_socket.len() >= MAX_SOCKETS {
             self.by_socket.clear();
+            self.by_addresses.clear();
         }
-        self.by_socket
-            .insert(key, (process.clone(), envelope.socket_cookie));
+        let owner = (process.clone(), envelope.socket_cookie);
+        self.by_addresses
+            .insert((key.1, key.2, key.3), owner.clone());
+        self.by_socket.insert(key, owner);
     }
 
     /// Fills in the process of a drop the kernel could not attribute, from
@@ -69,7 +78,11 @@ impl QueryOwners {
             envelope.local,
             envelope.remote,
         );
-        if let Some((process, cookie)) = self.by_socket.get(&key) {
+        let owner = self
+            .by_socket
+            .get(&key)
+            .or_else(|| self.by_addresses.get(&(key.1, key.2, key.3)));
+        if let Some((process, cookie)) = owner {
             envelope.process = Some(process.clone());
             if envelope.socket_cookie == 0 {
                 envelope.socket_cookie = *cookie;

@@ -5,12 +5,15 @@
 //!
 //! `pid=4242 tid=4243 comm=getent uid=0 cgroup_id=1 netns=4026531840
 //! socket_cookie=8193 direction=send`, then `size=N` when the capture was cut
-//! short. Values never hold a space, `=` or `\`: the thread name, the only
-//! free text, escapes them (and anything unprintable) as `\xHH`.
+//! short. A process in a container adds `container_id=… runtime=…` and,
+//! when known, `container=… image=…`; in a pod, `pod=… pod_namespace=…
+//! pod_uid=…`, each after `netns`. Values never hold a space, `=` or `\`:
+//! free text (the thread name, container and pod names) escapes them (and
+//! anything unprintable) as `\xHH`.
 
-use std::fmt::Write;
+use std::{collections::HashMap, fmt::Write, sync::Arc};
 
-use crate::message::{Direction, Message, Process};
+use crate::message::{Container, Direction, Facts, Message, Pod, Process, Runtime};
 
 /// The kernel keeps 15 bytes; a longer name is not one dnstrace wrote.
 const MAX_COMM: usize = 64;
@@ -49,6 +52,7 @@ impl Identity {
                     p.cgroup_id,
                     p.netns.map_or("unknown".to_string(), |n| n.to_string())
                 );
+                write_workload(&mut text, &p.facts);
             }
             None => text.push_str("pid=unknown "),
         }
@@ -67,7 +71,7 @@ impl Identity {
     /// `None` unless the text is what `to_text` writes (a comment some
     /// other tool wrote is not an identity).
     pub fn parse(text: &str) -> Option<Self> {
-        let mut fields = std::collections::HashMap::new();
+        let mut fields = HashMap::new();
         for pair in text.split(' ').filter(|pair| !pair.is_empty()) {
             let (key, value) = pair.split_once('=')?;
             fields.insert(key, value);
@@ -89,6 +93,7 @@ impl Identity {
                 uid: u32::try_from(number("uid")?).ok()?,
                 cgroup_id: number("cgroup_id")?,
                 netns: number("netns"),
+                facts: read_workload(&fields)?,
             }),
         };
         Some(Self {
@@ -98,6 +103,67 @@ impl Identity {
             size: number("size").and_then(|size| u32::try_from(size).ok()),
         })
     }
+}
+
+/// The container and pod keys, those known.
+fn write_workload(text: &mut String, facts: &Facts) {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    if let Some(container) = &facts.container {
+        pairs.push(("container_id", &container.id));
+        pairs.push((
+            "runtime",
+            container.runtime.map_or("unknown", Runtime::name),
+        ));
+        pairs.extend(container.name.as_deref().map(|name| ("container", name)));
+        pairs.extend(container.image.as_deref().map(|image| ("image", image)));
+    }
+    if let Some(pod) = &facts.pod {
+        pairs.extend(pod.name.as_deref().map(|name| ("pod", name)));
+        pairs.extend(pod.namespace.as_deref().map(|ns| ("pod_namespace", ns)));
+        pairs.extend(pod.uid.as_deref().map(|uid| ("pod_uid", uid)));
+    }
+    for (key, value) in pairs {
+        let _ = write!(text, "{key}={} ", escape(value));
+    }
+}
+
+/// What [`write_workload`] wrote; `None` when a value does not read.
+fn read_workload(fields: &HashMap<&str, &str>) -> Option<Arc<Facts>> {
+    /// Names and ids longer than this are not ones a runtime gave.
+    const MAX_NAME: usize = 512;
+    let text = |key: &str| -> Option<Option<String>> {
+        match fields.get(key) {
+            None => Some(None),
+            Some(value) => unescape(value)
+                .filter(|value| value.len() <= MAX_NAME)
+                .map(Some),
+        }
+    };
+    let container = match text("container_id")? {
+        None => None,
+        Some(id) => Some(Container {
+            id,
+            runtime: fields
+                .get("runtime")
+                .and_then(|name| Runtime::from_name(name)),
+            name: text("container")?,
+            image: text("image")?,
+        }),
+    };
+    let pod = Pod {
+        name: text("pod")?,
+        namespace: text("pod_namespace")?,
+        uid: text("pod_uid")?,
+    };
+    let pod = (pod.name.is_some() || pod.namespace.is_some() || pod.uid.is_some()).then_some(pod);
+    if container.is_none() && pod.is_none() {
+        return Some(Facts::unknown());
+    }
+    Some(Arc::new(Facts {
+        container,
+        pod,
+        ..Facts::default()
+    }))
 }
 
 fn escape(text: &str) -> String {
@@ -141,6 +207,7 @@ mod tests {
                 uid: 1000,
                 cgroup_id: 77,
                 netns: Some(4_026_531_840),
+                facts: Facts::unknown(),
             }),
             socket_cookie: 8193,
             direction: Direction::Recv,
@@ -179,6 +246,47 @@ mod tests {
             size: Some(1500),
         };
         assert_eq!(Identity::parse(&unknown.to_text()), Some(unknown));
+    }
+
+    #[test]
+    fn containers_and_pods_read_back() {
+        let mut in_pod = identity("getent");
+        if let Some(process) = &mut in_pod.process {
+            process.facts = Arc::new(Facts {
+                container: Some(Container {
+                    id: "ab".repeat(32),
+                    runtime: Some(Runtime::Containerd),
+                    name: Some("app".into()),
+                    image: Some("registry.test/web app:1".into()),
+                }),
+                pod: Some(Pod {
+                    name: Some("web-0".into()),
+                    namespace: Some("shop".into()),
+                    uid: Some("6f1c0e36-2b7a-4c1e-9a55-0e8a3b9d2f10".into()),
+                }),
+                ..Facts::default()
+            });
+        }
+        let text = in_pod.to_text();
+        assert!(
+            text.contains(" container=app image=registry.test/web\\x20app:1 pod=web-0 "),
+            "{text}"
+        );
+        assert_eq!(Identity::parse(&text), Some(in_pod));
+        // A container whose state was not read: the id alone.
+        let mut bare = identity("sh");
+        if let Some(process) = &mut bare.process {
+            process.facts = Arc::new(Facts {
+                container: Some(Container {
+                    id: "cd".repeat(32),
+                    runtime: None,
+                    name: None,
+                    image: None,
+                }),
+                ..Facts::default()
+            });
+        }
+        assert_eq!(Identity::parse(&bare.to_text()), Some(bare));
     }
 
     #[test]

@@ -16,6 +16,8 @@ mod decode;
 mod diagnose;
 mod dnstap;
 mod drop_owners;
+mod endpoints;
+mod enrich;
 mod failure;
 mod framing;
 mod identity;
@@ -28,14 +30,16 @@ mod resolver;
 mod selection;
 mod terminal;
 
-use std::{process::ExitCode, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 
 use crate::{
     capture::{Capture, CaptureRequest},
     cli::{Args, Command, OutputArgs, TraceArgs},
+    endpoints::Health,
     failure::Failure,
+    output::{Output, metrics::MetricsOutput},
     pipeline::Pipeline,
 };
 
@@ -68,25 +72,35 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         pids: args.pids.clone(),
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_mib << 20,
+        cgroup_root: args.cgroup_root.clone(),
     };
     // Open the outputs before loading anything, so a bad path fails fast.
-    let outputs = output::open_all(output_args)?;
+    let mut outputs = output::open_all(output_args)?;
+    let metrics = MetricsOutput::open(&output_args.metrics, args.metrics.is_some())?;
+    let listener = args.metrics.map(endpoints::bind).transpose()?;
+    let registry = metrics.as_ref().map(MetricsOutput::registry);
+    outputs.extend(metrics.map(|metrics| Box::new(metrics) as Box<dyn Output>));
+    let health = Arc::new(Health::default());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::setup(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
+        if let (Some(listener), Some(registry)) = (listener, registry) {
+            endpoints::spawn(listener, registry, health.clone())?;
+        }
         let mut capture = Capture::start(&request)?;
         let kept = match output::writes_after_start(output_args) {
             true => privileges::TRACING | privileges::WRITING_LATER,
             false => privileges::TRACING,
         };
-        privileges::keep_only(kept).map_err(Failure::setup)?;
+        let kept = privileges::keep_only(kept).map_err(Failure::setup)?;
         eprintln!(
             "dnstrace: capabilities kept: {}; no_new_privs set",
             privileges::names(kept)
         );
+        health.set_attached(true);
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
@@ -125,6 +139,11 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             args.summary_interval
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
+            &health,
+            enrich::StateRoots {
+                containerd: args.containerd_state.clone(),
+                crio: args.crio_state.clone(),
+            },
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());

@@ -1,20 +1,15 @@
-//! The event model: one DNS message seen on one socket of one process.
-//! Every output (text, JSON) renders this; correlation builds on it.
+//! The event model: one DNS message seen on one socket of one process,
+//! with what the enrich stage learned about that process. Every output
+//! renders this; correlation builds on it. A leaf: it imports no stage.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::Arc,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, LazyLock},
 };
 
-use dnstrace_common::{EVENT_OWNER_KNOWN, EventHeader, FAMILY_V4, PROTO_TCP};
-
 use crate::{
-    capture::{DropNames, RawDrop, RawMessage},
-    clock::WallClock,
     decode::{self, DnsSummary},
-    framing::TcpStreams,
-    process::Namespaces,
+    resolver::ResolverContext,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,6 +55,88 @@ pub struct Process {
     pub cgroup_id: u64,
     /// Network namespace inode, as `ls -l /proc/PID/ns/net` shows it.
     pub netns: Option<u64>,
+    /// What the enrich stage learned about the process; shared by all of
+    /// its messages.
+    pub facts: Arc<Facts>,
+}
+
+/// What is known about a process besides what the kernel said with each
+/// message: its resolver and its container. Gathered off the event thread
+/// by `enrich`, or read back from a file by `analyze`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub resolver: Arc<ResolverContext>,
+    /// `None` for a process in no container (or not known to be in one).
+    pub container: Option<Container>,
+    /// The Kubernetes pod the container belongs to.
+    pub pod: Option<Pod>,
+}
+
+impl Facts {
+    /// Nothing known: one shared value, as most messages of a file and
+    /// every message of an unknown process carry it.
+    pub fn unknown() -> Arc<Self> {
+        static UNKNOWN: LazyLock<Arc<Facts>> = LazyLock::new(Arc::default);
+        Arc::clone(&UNKNOWN)
+    }
+
+    /// `namespace/pod/container`, when the pod's name is known.
+    pub fn pod_path(&self) -> Option<String> {
+        let pod = self.pod.as_ref()?;
+        let name = pod.name.as_deref()?;
+        let namespace = pod.namespace.as_deref().unwrap_or("?");
+        let container = self
+            .container
+            .as_ref()
+            .and_then(|c| c.name.as_deref())
+            .unwrap_or("?");
+        Some(format!("{namespace}/{name}/{container}"))
+    }
+}
+
+/// A container, as its cgroup and its runtime's state tell it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// The runtime's id (64 hex digits for containerd, CRI-O, Docker, podman).
+    pub id: String,
+    pub runtime: Option<Runtime>,
+    /// From the runtime's state; `None` when it could not be read.
+    pub name: Option<String>,
+    pub image: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Runtime {
+    Containerd,
+    CriO,
+    Docker,
+    Podman,
+}
+
+impl Runtime {
+    pub const ALL: [Self; 4] = [Self::Containerd, Self::CriO, Self::Docker, Self::Podman];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Containerd => "containerd",
+            Self::CriO => "cri-o",
+            Self::Docker => "docker",
+            Self::Podman => "podman",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|runtime| runtime.name() == name)
+    }
+}
+
+/// A Kubernetes pod, from its container's runtime state (its uid also from
+/// the cgroup path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub uid: Option<String>,
 }
 
 /// Who a lookup belongs to: the process, when the trace knows it;
@@ -76,6 +153,8 @@ pub struct Client {
     pub id: ClientId,
     /// The process's thread name; `None` for an address.
     pub comm: Option<Arc<str>>,
+    /// What is known about the process; `None` for an address.
+    pub facts: Option<Arc<Facts>>,
 }
 
 impl Client {
@@ -92,13 +171,23 @@ impl Client {
             ClientId::Address(address) => Some(address),
         }
     }
+
+    /// How a person knows the process: `namespace/pod/container` in a
+    /// pod, its thread name otherwise.
+    pub fn name(&self) -> String {
+        self.facts
+            .as_deref()
+            .and_then(Facts::pod_path)
+            .unwrap_or_else(|| self.comm.as_deref().unwrap_or("").to_string())
+    }
 }
 
-/// `getent (pid 4242)`, or `client 10.0.0.5`: how diagnoses name a client.
+/// `getent (pid 4242)`, `shop/web-7f9c4-x2k8p/app (pid 4242)` for a
+/// process in a pod, or `client 10.0.0.5`: how diagnoses name a client.
 impl std::fmt::Display for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.id {
-            ClientId::Pid(pid) => write!(f, "{} (pid {pid})", self.comm.as_deref().unwrap_or("")),
+            ClientId::Pid(pid) => write!(f, "{} (pid {pid})", self.name()),
             ClientId::Address(address) => write!(f, "client {address}"),
         }
     }
@@ -129,6 +218,11 @@ impl Message {
                 .process
                 .as_ref()
                 .map(|process| process.comm.clone()),
+            facts: self
+                .envelope
+                .process
+                .as_ref()
+                .map(|process| process.facts.clone()),
         }
     }
 
@@ -138,137 +232,6 @@ impl Message {
             Some(process) => ClientId::Pid(process.pid),
             None => ClientId::Address(self.envelope.local.ip()),
         }
-    }
-}
-
-/// Turns the kernel's records into messages, keeping what one record
-/// shares with the next: the clock, namespaces, TCP streams, thread names.
-pub struct RecordDecoder {
-    pub clock: WallClock,
-    pub namespaces: Namespaces,
-    pub streams: TcpStreams,
-    pub thread_names: ThreadNames,
-    /// Whether an output writes payloads, so messages must keep them.
-    pub keep_payloads: bool,
-}
-
-impl RecordDecoder {
-    /// Hands each message in a record to `each`: one for UDP; for TCP, those
-    /// that start in the segment (none for a segment that only continues
-    /// one).
-    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
-        let header = &raw.header;
-        let envelope = self.envelope(header);
-        let direction = envelope.direction;
-        let keep_payload = self.keep_payloads;
-        if header.protocol == PROTO_TCP {
-            let sending = direction == Direction::Send;
-            for framed in self.streams.frame(
-                header.socket_cookie,
-                sending,
-                header.payload_len,
-                raw.payload,
-            ) {
-                let envelope = Envelope {
-                    transport: Transport::Tcp,
-                    ..envelope.clone()
-                };
-                each(Message::decoded(
-                    envelope,
-                    framed.bytes,
-                    framed.len,
-                    keep_payload,
-                ));
-            }
-        } else {
-            each(Message::decoded(
-                envelope,
-                raw.payload,
-                header.payload_len,
-                keep_payload,
-            ));
-        }
-    }
-
-    /// The part of a record every message of it shares.
-    fn envelope(&mut self, header: &EventHeader) -> Envelope {
-        let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
-            pid: header.pid,
-            tid: header.tid,
-            comm: self.thread_names.name(&header.comm.0),
-            uid: header.uid,
-            cgroup_id: header.cgroup_id,
-            netns: self.namespaces.inode(header.netns_cookie),
-        });
-        let direction = if header.direction == dnstrace_common::Direction::Send as u8 {
-            Direction::Send
-        } else {
-            Direction::Recv
-        };
-        Envelope {
-            wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
-            monotonic_ns: header.timestamp_ns,
-            process,
-            socket_cookie: header.socket_cookie,
-            direction,
-            transport: Transport::Udp,
-            local: socket_addr(header.family, &header.local_addr, header.local_port),
-            remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
-            response_number: (header.response_number > 0).then_some(header.response_number),
-        }
-    }
-
-    /// A drop record as a dropped message, with its reason and place named.
-    pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &DropNames) -> Dropped {
-        let header = &raw.header.event;
-        let envelope = Envelope {
-            transport: if header.protocol == PROTO_TCP {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            },
-            ..self.envelope(header)
-        };
-        // A TCP segment that starts a message begins with its length.
-        let (payload, size) = match envelope.transport {
-            Transport::Tcp => (
-                raw.payload.get(2..).unwrap_or_default(),
-                header.payload_len.saturating_sub(2),
-            ),
-            Transport::Udp => (raw.payload, header.payload_len),
-        };
-        Dropped {
-            message: Message::decoded(envelope, payload, size, self.keep_payloads),
-            reason: names.reason(raw.header.reason),
-            location: names.location(raw.header.location),
-            netns: (raw.header.netns_inode != 0).then_some(u64::from(raw.header.netns_inode)),
-        }
-    }
-}
-
-/// The kernel's thread names as shared strings, each made once: a thread
-/// sends many messages, and copying its name for each one shows up at full
-/// rate.
-#[derive(Default)]
-pub struct ThreadNames {
-    by_bytes: HashMap<[u8; dnstrace_common::COMM_LEN], Arc<str>, foldhash::fast::RandomState>,
-}
-
-impl ThreadNames {
-    /// Past this many names (a host that spawns threads with numbered
-    /// names), the cache starts over rather than grow.
-    const MAX: usize = 4096;
-
-    pub fn name(&mut self, comm: &[u8; dnstrace_common::COMM_LEN]) -> Arc<str> {
-        if let Some(name) = self.by_bytes.get(comm) {
-            return Arc::clone(name);
-        }
-        if self.by_bytes.len() >= Self::MAX {
-            self.by_bytes.clear();
-        }
-        let name: Arc<str> = comm_to_string(comm).into();
-        self.by_bytes.insert(*comm, Arc::clone(&name));
-        name
     }
 }
 
@@ -284,6 +247,19 @@ pub struct Dropped {
     pub location: String,
     /// Inode of the network namespace it was dropped in.
     pub netns: Option<u64>,
+    /// For a netfilter drop: how conntrack's failure counters in that
+    /// namespace moved since dnstrace started (or first looked there).
+    pub conntrack: Option<ConntrackChange>,
+}
+
+/// Growth of conntrack's `insert_failed` and `drop` counters
+/// (/proc/net/stat/nf_conntrack, summed over CPUs): when they grow with a
+/// netfilter drop, conntrack failed to confirm the packet's entry, the race
+/// between two packets of one new UDP flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackChange {
+    pub insert_failed: u64,
+    pub drop: u64,
 }
 
 /// Everything about a message but its bytes: where and when it was seen.
@@ -319,74 +295,5 @@ impl Message {
                 Vec::new()
             },
         }
-    }
-}
-
-/// An address as the kernel copied it: words in memory order, so their
-/// native bytes are the packet's.
-fn socket_addr(family: u8, words: &[u32; 4], port: u16) -> SocketAddr {
-    let ip = if family == FAMILY_V4 {
-        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
-    } else {
-        let bytes: [u8; 16] = std::array::from_fn(|i| words[i / 4].to_ne_bytes()[i % 4]);
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    };
-    SocketAddr::new(ip, port)
-}
-
-fn comm_to_string(comm: &[u8]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    match std::str::from_utf8(&comm[..end]) {
-        Ok(name) => name.to_owned(),
-        Err(_) => String::from_utf8_lossy(&comm[..end]).into_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn comm_stops_at_the_first_nul() {
-        assert_eq!(comm_to_string(b"getent\0\0\0\0\0\0\0\0\0\0"), "getent");
-        assert_eq!(comm_to_string(b"0123456789abcdef"), "0123456789abcdef");
-    }
-
-    #[test]
-    fn a_thread_name_is_made_once_and_shared() {
-        let mut names = ThreadNames::default();
-        let getent = *b"getent\0\0\0\0\0\0\0\0\0\0";
-        let first = names.name(&getent);
-        assert_eq!(&*first, "getent");
-        assert!(Arc::ptr_eq(&first, &names.name(&getent)));
-        // Bytes that are not UTF-8 still give a name.
-        assert_eq!(&*names.name(&[0xff; 16]), "\u{fffd}".repeat(16));
-        // Past the cap it starts over, and still answers right.
-        for n in 0..ThreadNames::MAX as u32 {
-            let mut comm = [b'w'; 16];
-            comm[..4].copy_from_slice(&n.to_le_bytes());
-            comm[4] = b'x';
-            names.name(&comm);
-        }
-        assert!(names.by_bytes.len() <= ThreadNames::MAX);
-        assert_eq!(&*names.name(&getent), "getent");
-    }
-
-    #[test]
-    fn addresses_keep_their_family() {
-        // As the kernel reads them from the packet, in memory order.
-        let word = |bytes: [u8; 4]| u32::from_ne_bytes(bytes);
-        let v4 = [word([127, 0, 0, 53]), 0, 0, 0];
-        assert_eq!(socket_addr(FAMILY_V4, &v4, 53).to_string(), "127.0.0.53:53");
-        let v6 = [
-            word([0x20, 0x01, 0x0d, 0xb8]),
-            0,
-            word([0, 0, 0, 0x01]),
-            word([0, 0x02, 0, 0x35]),
-        ];
-        assert_eq!(
-            socket_addr(dnstrace_common::FAMILY_V6, &v6, 53).to_string(),
-            "[2001:db8::1:2:35]:53"
-        );
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     diagnose::Diagnoser,
     drop_owners::QueryOwners,
     message::{ClientId, Dropped, Message},
-    output::{Output, ProcessReport, Summary},
+    output::{AgentState, Output, ProcessReport, Summary},
 };
 
 /// Processes kept in the report; past this the least active are dropped.
@@ -95,12 +95,17 @@ impl Pipeline {
         self.correlated = correlated;
     }
 
-    /// A DNS packet the kernel dropped: counted, and to every output.
+    /// A DNS packet the kernel dropped: counted, to every output, and
+    /// linked to the attempt it belongs to.
     pub fn dropped(&mut self, mut dropped: Dropped) {
         self.now_ns = self.now_ns.max(dropped.message.envelope.monotonic_ns);
-        self.summary.drops += 1;
+        self.summary.count_drop(&dropped.reason);
         self.query_owners.attribute(&mut dropped);
         self.each_output(|output| output.dropped(&dropped));
+        let mut correlated = std::mem::take(&mut self.correlated);
+        self.correlator.dropped(&dropped, &mut correlated);
+        self.handle(&mut correlated);
+        self.correlated = correlated;
     }
 
     /// Lets time decide what it decides (timeouts, settled lookups); `now`
@@ -192,7 +197,6 @@ impl Pipeline {
     }
 
     pub fn forget_exited(&mut self) {
-        self.correlator.forget_exited();
         self.diagnoser.forget(|pid| !crate::process::is_alive(pid));
     }
 
@@ -215,5 +219,23 @@ impl Pipeline {
 
     pub fn take_write_error(&mut self) -> Option<io::Error> {
         self.write_error.take()
+    }
+
+    /// The agent's state, to outputs that report it (metrics), with the
+    /// kernel's loss counts per CPU.
+    pub fn publish_state(&mut self, now: u64, lost_per_cpu: Vec<u64>) {
+        self.summary.lost_per_cpu = lost_per_cpu;
+        self.summary.evicted_lookups = self.correlator.evicted;
+        self.summary.uncorrelated = self.correlator.uncorrelated;
+        self.summary.unattributed = self.correlator.unattributed;
+        self.summary.dropped_diagnoses = self.diagnoser.dropped;
+        let summary = self.summary.clone();
+        let state = AgentState {
+            now_ns: now,
+            summary: &summary,
+            open_lookups: self.correlator.open_lookups(),
+            processes: self.processes.len(),
+        };
+        self.each_output(|output| output.state(&state));
     }
 }

@@ -17,9 +17,12 @@ use rustix::{
 ///   processes (ptrace read access).
 /// - DAC_READ_SEARCH: reading a container's resolv.conf and libc through
 ///   directories that are not open to root's uid alone.
+/// - BPF: the same map reads where SYS_ADMIN was never granted (the
+///   DaemonSet adds BPF, PERFMON, NET_ADMIN and SYS_PTRACE only).
 pub const TRACING: CapabilitySet = CapabilitySet::SYS_ADMIN
     .union(CapabilitySet::SYS_PTRACE)
-    .union(CapabilitySet::DAC_READ_SEARCH);
+    .union(CapabilitySet::DAC_READ_SEARCH)
+    .union(CapabilitySet::BPF);
 
 /// Added when the run creates files or connects to sockets after start
 /// (rotation, a dnstap collector on a Unix socket), which may lie in
@@ -28,10 +31,10 @@ pub const WRITING_LATER: CapabilitySet = CapabilitySet::DAC_OVERRIDE;
 
 /// Keeps only `kept` (or less, if this thread had less) in this thread's
 /// effective, permitted and bounding sets, clears the inheritable and
-/// ambient sets, and sets no_new_privs. Threads started afterwards inherit
-/// this; threads started before keep what they had, so call it before
-/// starting any, or in each.
-pub fn keep_only(kept: CapabilitySet) -> Result<(), String> {
+/// ambient sets, and sets no_new_privs; returns what it kept. Threads
+/// started afterwards inherit this; threads started before keep what they
+/// had, so call it before starting any, or in each.
+pub fn keep_only(kept: CapabilitySet) -> Result<CapabilitySet, String> {
     let failure = |what: &str, errno: Errno| format!("cannot {what}: {errno}");
     thread::set_no_new_privs(true).map_err(|e| failure("set no_new_privs", e))?;
     thread::clear_ambient_capability_set().map_err(|e| failure("clear ambient capabilities", e))?;
@@ -61,7 +64,8 @@ pub fn keep_only(kept: CapabilitySet) -> Result<(), String> {
             inheritable: CapabilitySet::empty(),
         },
     )
-    .map_err(|e| failure("drop capabilities", e))
+    .map_err(|e| failure("drop capabilities", e))?;
+    Ok(kept)
 }
 
 /// The names of `set`, as capsh writes them (`cap_sys_admin`).
@@ -106,7 +110,7 @@ mod tests {
     fn names_read_as_capsh_writes_them() {
         assert_eq!(
             names(TRACING),
-            "cap_dac_read_search,cap_sys_ptrace,cap_sys_admin"
+            "cap_dac_read_search,cap_sys_ptrace,cap_sys_admin,cap_bpf"
         );
         assert_eq!(names(CapabilitySet::empty()), "none");
     }

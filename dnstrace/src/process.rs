@@ -1,4 +1,5 @@
-//! What /proc tells about the processes and namespaces behind events.
+//! What /proc tells about the processes and namespaces behind events (read
+//! by the enrich worker, and at start by capture).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -28,7 +29,7 @@ pub struct Namespaces {
     last_scan: Instant,
 }
 
-/// A cookie nobody knows triggers at most one look per this interval.
+/// Looks at every namespace at most once per this interval.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Past this many gone cookies the list starts over, rather than grow.
@@ -59,9 +60,12 @@ impl Namespaces {
             self.last = Some((cookie, inode));
             return Some(inode);
         }
-        if self.gone.contains(&cookie) || self.last_scan.elapsed() < RESCAN_INTERVAL {
+        if self.gone.contains(&cookie) {
             return None;
         }
+        // This runs on the enrich worker, which may wait: a namespace made
+        // just after the last look is then still found.
+        std::thread::sleep(RESCAN_INTERVAL.saturating_sub(self.last_scan.elapsed()));
         self.scan();
         let inode = self.inode_by_cookie.get(&cookie).copied();
         if inode.is_none() {
@@ -191,19 +195,14 @@ mod tests {
         let mut namespaces = Namespaces::found(HashMap::from([(cookie, inode)]));
         assert_eq!(namespaces.inode(cookie), Some(inode));
         assert_eq!(namespaces.inode(0), None, "0 means the kernel did not say");
-        // A cookie not found at start is looked for again, once the last
-        // look is old enough.
+        // A cookie not found at start is looked for again.
         let mut namespaces = Namespaces::found(HashMap::new());
-        assert_eq!(namespaces.inode(cookie), None, "too soon to look again");
-        std::thread::sleep(RESCAN_INTERVAL);
         assert_eq!(namespaces.inode(cookie), Some(inode));
         // An inode number the kernel gave a dead namespace is asked again:
         // its new cookie is found, and the old one is not looked for again.
         let dead_cookie = cookie ^ 1;
         let mut namespaces = Namespaces::found(HashMap::from([(dead_cookie, inode)]));
-        std::thread::sleep(RESCAN_INTERVAL);
         assert_eq!(namespaces.inode(cookie), Some(inode));
-        std::thread::sleep(RESCAN_INTERVAL);
         assert_eq!(namespaces.inode(dead_cookie), None);
         assert!(namespaces.gone.contains(&dead_cookie));
     }

@@ -1,10 +1,11 @@
 //! Each traced process's resolver: its resolv.conf and its C library, which
-//! decide how it treats odd answers (docs/resolvers.md).
+//! decide how it treats odd answers (docs/resolvers.md). What they say, not
+//! how they are read: `enrich` reads them, off the event thread.
 
-use std::{collections::HashMap, fs, net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
 /// What `/proc/PID/root/etc/resolv.conf` says, with glibc's defaults.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvConf {
     pub nameservers: Vec<IpAddr>,
     /// Search domains, without trailing dots.
@@ -111,7 +112,7 @@ impl Library {
 }
 
 /// A process's resolver, as far as /proc could tell while it ran.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolverContext {
     pub conf: Option<ResolvConf>,
     pub library: Option<Library>,
@@ -128,145 +129,6 @@ impl ResolverContext {
             None => qname.trim_end_matches('.').to_ascii_lowercase(),
         }
     }
-}
-
-/// Per-process contexts, read once per process. Bounded: when full, the
-/// oldest half is dropped (and counted), since exited processes never ask
-/// again.
-pub struct Resolvers {
-    /// Where contexts come from: /proc, or a fixed one in tests.
-    read: fn(u32) -> ResolverContext,
-    by_pid: HashMap<u32, Arc<ResolverContext>>,
-    order: Vec<u32>,
-    /// The last context read in each network namespace: the fallback for a
-    /// process that exited before it could be read (in a pod, every process
-    /// shares one resolv.conf).
-    by_netns: HashMap<u64, Arc<ResolverContext>>,
-    pub evicted: u64,
-}
-
-const MAX_PROCESSES: usize = 4096;
-
-impl Default for Resolvers {
-    fn default() -> Self {
-        Self {
-            read: read_context,
-            by_pid: HashMap::new(),
-            order: Vec::new(),
-            by_netns: HashMap::new(),
-            evicted: 0,
-        }
-    }
-}
-
-impl Resolvers {
-    pub fn of(&mut self, pid: u32, netns: Option<u64>) -> Arc<ResolverContext> {
-        if let Some(context) = self.by_pid.get(&pid) {
-            return context.clone();
-        }
-        let mut context = (self.read)(pid);
-        if let Some(netns) = netns {
-            match (&context.conf, self.by_netns.get(&netns)) {
-                (None, Some(known)) => context.conf.clone_from(&known.conf),
-                (Some(_), _) => {
-                    if self.by_netns.len() >= MAX_PROCESSES {
-                        self.by_netns.clear();
-                    }
-                    self.by_netns.insert(netns, Arc::new(context.clone()));
-                }
-                (None, None) => {}
-            }
-        }
-        if self.by_pid.len() >= MAX_PROCESSES {
-            let dropped: Vec<u32> = self.order.drain(..MAX_PROCESSES / 2).collect();
-            for pid in dropped {
-                self.by_pid.remove(&pid);
-                self.evicted += 1;
-            }
-        }
-        let context = Arc::new(context);
-        self.by_pid.insert(pid, context.clone());
-        self.order.push(pid);
-        context
-    }
-
-    /// Contexts from `read` instead of /proc.
-    pub fn reading(read: fn(u32) -> ResolverContext) -> Self {
-        Self {
-            read,
-            ..Self::default()
-        }
-    }
-
-    /// Forgets a process that exited, so a reused pid is read afresh.
-    pub fn forget_exited(&mut self) {
-        let before = self.by_pid.len();
-        self.by_pid.retain(|pid, _| crate::process::is_alive(*pid));
-        if self.by_pid.len() != before {
-            self.order.retain(|pid| self.by_pid.contains_key(pid));
-        }
-    }
-}
-
-fn read_context(pid: u32) -> ResolverContext {
-    let conf = fs::read_to_string(format!("/proc/{pid}/root/etc/resolv.conf"))
-        .ok()
-        .map(|text| ResolvConf::parse(&text));
-    ResolverContext {
-        conf,
-        library: library_of(pid),
-    }
-}
-
-/// From the libraries mapped into the process, or its executable's markers.
-fn library_of(pid: u32) -> Option<Library> {
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    for path in maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-    {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        if file.starts_with("ld-musl-") || file.starts_with("libc.musl-") {
-            return Some(Library::Musl);
-        }
-        // Before 2.34 the file carries the version: libc-2.19.so.
-        if let Some(version) = file
-            .strip_prefix("libc-")
-            .and_then(|v| v.strip_suffix(".so"))
-        {
-            return parse_glibc_version(version);
-        }
-        if file == "libc.so.6" {
-            let image = fs::read(format!("/proc/{pid}/root{path}")).ok()?;
-            return glibc_version_in(&image);
-        }
-    }
-    // A static binary: Go marks its build info.
-    let executable = fs::read(format!("/proc/{pid}/exe")).ok()?;
-    contains(&executable, b"\xff Go buildinf:").then_some(Library::Go)
-}
-
-/// glibc embeds "release version 2.36" in libc.so.6.
-fn glibc_version_in(image: &[u8]) -> Option<Library> {
-    let marker = b"release version ";
-    let start = image.windows(marker.len()).position(|w| w == marker)? + marker.len();
-    let version: String = image[start..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit() || **b == b'.')
-        .map(|b| *b as char)
-        .collect();
-    parse_glibc_version(version.trim_end_matches('.'))
-}
-
-fn parse_glibc_version(version: &str) -> Option<Library> {
-    let mut parts = version.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some(Library::Glibc { major, minor })
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -299,33 +161,5 @@ mod tests {
         assert_eq!(conf.name_as_asked("postgres.cluster.local."), "postgres");
         assert_eq!(conf.name_as_asked("Postgres."), "postgres");
         assert_eq!(conf.name_as_asked("cluster.local."), "cluster.local");
-    }
-
-    #[test]
-    fn finds_glibc_version_markers() {
-        let image = b"junk GNU C Library (Debian GLIBC 2.36-9) stable release version 2.36.\n";
-        assert_eq!(
-            glibc_version_in(image),
-            Some(Library::Glibc {
-                major: 2,
-                minor: 36
-            })
-        );
-        assert_eq!(
-            parse_glibc_version("2.19"),
-            Some(Library::Glibc {
-                major: 2,
-                minor: 19
-            })
-        );
-    }
-
-    #[test]
-    fn identifies_our_own_library() {
-        let library = library_of(std::process::id());
-        assert!(
-            matches!(library, Some(Library::Glibc { major: 2, .. })),
-            "{library:?}"
-        );
     }
 }

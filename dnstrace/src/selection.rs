@@ -1,18 +1,14 @@
 //! Turns the CLI's filters into the kernel programs' configuration, so
 //! unselected traffic is dropped before it reaches the ring buffer.
 
-use std::{
-    fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
-    path::Path,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 use dnstrace_common::{
     COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
 };
 
 use crate::{
-    capture::foreign_pid_namespace,
+    capture::{foreign_pid_namespace, is_cgroup2},
     cli::TraceArgs,
     failure::Failure,
     process::{is_alive, netns_cookie_of},
@@ -71,15 +67,9 @@ fn comm_bytes(comm: &str) -> Result<[u8; COMM_LEN], Failure> {
 
 /// A cgroup v2 directory's inode number is its cgroup id.
 fn cgroup_id(path: &Path) -> Result<u64, Failure> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let failure = |why: String| Failure::setup(format!("--cgroup {}: {why}", path.display()));
     let dir = File::open(path).map_err(|e| failure(e.to_string()))?;
-    // SAFETY: statfs writes into the zeroed struct we own; the fd is open.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut stat) } != 0 {
-        return Err(failure(std::io::Error::last_os_error().to_string()));
-    }
-    if stat.f_type as i64 != CGROUP2_SUPER_MAGIC {
+    if !is_cgroup2(&dir).map_err(|e| failure(e.to_string()))? {
         return Err(failure("not a directory of the cgroup v2 hierarchy".into()));
     }
     Ok(dir.metadata().map_err(|e| failure(e.to_string()))?.ino())

@@ -37,6 +37,14 @@ impl Cgroup {
         fs::metadata(&self.path).expect("stat cgroup").ino()
     }
 
+    /// A child cgroup named `name` (as a container runtime names its
+    /// own), removed on drop; drop it before its parent.
+    pub fn child(&self, name: &str) -> Self {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+
     pub fn add(&self, pid: u32) {
         fs::write(self.path.join("cgroup.procs"), pid.to_string())
             .unwrap_or_else(|e| panic!("move {pid} into {}: {e}", self.path.display()));

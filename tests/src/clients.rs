@@ -55,10 +55,12 @@ pub enum Client {
         processes: u32,
         per_second: u32,
     },
-    /// musl's resolver, statically linked.
+    /// musl's resolver, statically linked; [`Lookup::times`] lookups.
     Musl,
-    /// Go's pure resolver.
+    /// Go's pure resolver; [`Lookup::times`] lookups, 100 ms apart.
     Go,
+    /// c-ares through Node's `dns.Resolver`; [`Lookup::times`] lookups.
+    Node,
     /// dnsperf sending `queries` distinct names once each.
     Dnsperf { queries: u32 },
     /// One A query from Python's socket module, straight to the server;
@@ -76,6 +78,7 @@ impl Client {
             Client::PythonMany { .. } => "python-many",
             Client::Musl => "musl",
             Client::Go => "go",
+            Client::Node => "node",
             Client::Dnsperf { .. } => "dnsperf",
             Client::UdpQuery { .. } => "udp-query",
         }
@@ -93,6 +96,7 @@ impl Client {
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
+            Client::Node => comm == "node",
             Client::Dnsperf { .. } => comm == "dnsperf",
         }
     }
@@ -223,12 +227,32 @@ impl Client {
             }
             Client::Musl => {
                 needs_port_53();
-                vec![musl_client().display().to_string(), domain.clone()]
+                vec![
+                    musl_client().display().to_string(),
+                    domain.clone(),
+                    lookup.times.to_string(),
+                ]
             }
             Client::Go => {
                 needs_port_53();
-                vec![go_client().display().to_string(), domain.clone()]
+                vec![
+                    go_client().display().to_string(),
+                    "-n".into(),
+                    lookup.times.to_string(),
+                    "-every".into(),
+                    "100ms".into(),
+                    domain.clone(),
+                ]
             }
+            Client::Node => vec![
+                "node".into(),
+                workspace_dir()
+                    .join("tests/clients/node-resolve.js")
+                    .display()
+                    .to_string(),
+                domain.clone(),
+                lookup.times.to_string(),
+            ],
             Client::UdpQuery { read } => vec![
                 "/usr/bin/python3".into(),
                 workspace_dir()
@@ -274,6 +298,10 @@ pub struct Lookup {
     /// resolv.conf lines after the `nameserver` line of `server`: more
     /// nameservers, `search`, `options`.
     pub resolv_conf: Vec<String>,
+    /// How many times the program looks the name up, for clients that can
+    /// repeat ([`Client::Musl`], [`Client::Go`]; [`Client::Python`] has its
+    /// own count).
+    pub times: u32,
 }
 
 /// The search list of [`Lookup::ndots_search`]: a pod's namespace and
@@ -302,7 +330,14 @@ impl Lookup {
             domain: format!("{}.{subzone}{ZONE}", unique_name(label)),
             server,
             resolv_conf: Vec::new(),
+            times: 1,
         }
+    }
+
+    /// Has the program look the name up `times` times.
+    pub fn times(mut self, times: u32) -> Self {
+        self.times = times;
+        self
     }
 
     /// Adds a line to the client's resolv.conf.
@@ -528,7 +563,7 @@ fn musl_client() -> &'static Path {
 }
 
 /// Builds the Go client once per test process, without modules or cgo.
-fn go_client() -> &'static Path {
+pub fn go_client() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let source = workspace_dir().join("tests/clients/go-resolve/main.go");

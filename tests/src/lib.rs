@@ -4,8 +4,11 @@
 
 pub mod cgroup;
 pub mod clients;
+pub mod cri;
 pub mod dnstap;
 pub mod expect;
+pub mod kubernetes;
+pub mod loopback;
 pub mod netns;
 pub mod process;
 pub mod servers;

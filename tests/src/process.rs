@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::clients::NOBODY;
+
 /// How long a process may take to get ready or to exit. Generous, because
 /// the machine is shared and noisy; nothing waits this long when all is well.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -129,6 +131,20 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A command run as nobody, with no capabilities to inherit: `program`
+/// comes next, then its arguments.
+pub fn as_nobody() -> Command {
+    let mut command = Command::new("setpriv");
+    command.args([
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".into(),
+        "--inh-caps=-all".into(),
+        "--bounding-set=-all".into(),
+    ]);
+    command
 }
 
 /// Runs a short command to completion and returns its stdout; panics with

@@ -12,6 +12,7 @@
 use std::{
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
     process::Command,
 };
 
@@ -160,8 +161,26 @@ pub fn dig_target(server: SocketAddr) -> [String; 3] {
     ]
 }
 
+/// The address the shaping server's `other-address` shape answers from.
+pub const SHAPING_OTHER_HOST: u8 = 24;
+
 /// The shaping server, built by cargo next to the test executables.
 fn shaping_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
+    let other = ServerAddrs::host(SHAPING_OTHER_HOST);
+    net.add_server_addrs(other);
+    let bin = shaping_server_binary();
+    let mut command = net.server.command(&bin.display().to_string());
+    command.args([
+        SocketAddr::new(addrs.v4.into(), port).to_string(),
+        SocketAddr::new(addrs.v6.into(), port).to_string(),
+        format!("other={}", other.v4),
+        format!("other={}", other.v6),
+    ]);
+    command
+}
+
+/// Where cargo built the shaping server: next to the test executables.
+pub fn shaping_server_binary() -> PathBuf {
     let test_exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/shaping-server
     let bin = test_exe
@@ -174,12 +193,7 @@ fn shaping_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
         "{} is missing; cargo test builds it",
         bin.display()
     );
-    let mut command = net.server.command(&bin.display().to_string());
-    command.args([
-        SocketAddr::new(addrs.v4.into(), port).to_string(),
-        SocketAddr::new(addrs.v6.into(), port).to_string(),
-    ]);
-    command
+    bin
 }
 
 fn dnsmasq_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {

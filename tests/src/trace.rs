@@ -19,7 +19,7 @@ use tempfile::TempDir;
 
 use crate::{
     clients::NOBODY,
-    process::{Daemon, PATIENCE},
+    process::{Daemon, PATIENCE, as_nobody},
     workspace_dir,
 };
 
@@ -292,6 +292,11 @@ pub struct Attempt {
     pub response_authority: Option<u16>,
     pub response_additional: Option<u16>,
     pub response_read: Option<bool>,
+    /// `query` or `response`: which the kernel dropped.
+    #[serde(default)]
+    pub dropped: Option<String>,
+    #[serde(default)]
+    pub drop_reason: Option<String>,
 }
 
 /// One `"kind":"lookup"` line: every attempt one process made for one name.
@@ -356,7 +361,6 @@ pub struct Shape {
     pub additional: u16,
 }
 
-/// The last line.
 /// One `"kind":"drop"` line: a DNS packet the kernel dropped.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Drop {
@@ -375,7 +379,8 @@ pub struct Drop {
     pub drop_netns: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+/// The last line.
+#[derive(Clone, Debug, Deserialize)]
 pub struct Summary {
     pub messages: u64,
     pub lost: u64,
@@ -383,9 +388,11 @@ pub struct Summary {
     /// `dnstrace analyze`: damaged input records skipped.
     #[serde(default)]
     pub skipped_records: u64,
-    /// DNS packets the kernel dropped.
+    /// DNS packets the kernel dropped, and per reason.
     #[serde(default)]
     pub drops: u64,
+    #[serde(default)]
+    pub drops_by_reason: BTreeMap<String, u64>,
 }
 
 /// Everything one tracer run wrote.
@@ -528,15 +535,8 @@ pub fn analyze<P: AsRef<Path>>(files: &[P], args: &[&str]) -> Analysis {
     std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
         .expect("give the analysis dir to nobody");
     let output = dir.path().join("analysis.jsonl");
-    let mut command = Command::new("setpriv");
+    let mut command = as_nobody();
     command
-        .args([
-            format!("--reuid={NOBODY}"),
-            format!("--regid={NOBODY}"),
-            "--clear-groups".into(),
-            "--inh-caps=-all".into(),
-            "--bounding-set=-all".into(),
-        ])
         .arg(dnstrace_bin())
         .arg("analyze")
         .args(files.iter().map(AsRef::as_ref))

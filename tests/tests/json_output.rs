@@ -16,7 +16,7 @@ use dnstrace_tests::{
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 /// The documented message fields (docs/json.md).
-const MESSAGE_FIELDS: [&str; 27] = [
+const MESSAGE_FIELDS: [&str; 29] = [
     "kind",
     "ts",
     "pid",
@@ -25,6 +25,8 @@ const MESSAGE_FIELDS: [&str; 27] = [
     "uid",
     "cgroup_id",
     "netns",
+    "container",
+    "pod",
     "socket_cookie",
     "direction",
     "proto",
@@ -46,7 +48,8 @@ const MESSAGE_FIELDS: [&str; 27] = [
     "decode_error",
 ];
 /// Null even in a complete message: no EDNS, or nothing wrong.
-const MAY_BE_NULL: [&str; 2] = ["edns_udp_size", "decode_error"];
+/// (A host process is in no container and no pod.)
+const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
 const SUMMARY_FIELDS: [&str; 5] = ["kind", "messages", "lost", "undecodable", "skipped_records"];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 
@@ -209,4 +212,29 @@ fn timestamps_are_wall_clock_nanoseconds_in_causal_order() {
             "answer {answer:?} is stamped before its query {query:?}"
         );
     }
+}
+
+/// `--json-kinds` keeps a node's log to the records it names.
+#[test]
+fn json_kinds_writes_only_the_kinds_named() {
+    let net = Topology::new();
+    let server = DnsServer::start(ServerKind::Dnsmasq, &net);
+    let tracer = Tracer::start([
+        "--netns",
+        net.client.name(),
+        "--json-kinds",
+        "lookup,summary",
+    ]);
+    Client::Getent.run(&net, &Lookup::new("getent", server.socket(Family::V4)));
+    let trace = tracer.stop();
+    let kinds: BTreeSet<&str> = trace
+        .lines
+        .iter()
+        .filter_map(|line| line["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, BTreeSet::from(["lookup", "summary"]));
+    assert_eq!(
+        trace.summary.messages, 4,
+        "every message is still seen and counted: {trace:?}"
+    );
 }

@@ -215,8 +215,9 @@ const DAC_OVERRIDE: u64 = 1 << 1;
 const DAC_READ_SEARCH: u64 = 1 << 2;
 const SYS_PTRACE: u64 = 1 << 19;
 const SYS_ADMIN: u64 = 1 << 21;
+const BPF: u64 = 1 << 39;
 /// What docs/security.md says a tracing run keeps.
-const TRACING: u64 = SYS_ADMIN | SYS_PTRACE | DAC_READ_SEARCH;
+const TRACING: u64 = SYS_ADMIN | SYS_PTRACE | DAC_READ_SEARCH | BPF;
 
 /// Once attached, every thread of the agent holds only what docs/security.md
 /// lists, and can gain nothing back (no_new_privs, bounding set).
@@ -229,7 +230,7 @@ fn the_agent_keeps_only_the_capabilities_it_still_uses() {
     let trace = tracer.stop();
     assert!(
         trace.stderr.iter().any(|line| line
-            == "dnstrace: capabilities kept: cap_dac_read_search,cap_sys_ptrace,cap_sys_admin; \
+            == "dnstrace: capabilities kept: cap_dac_read_search,cap_sys_ptrace,cap_sys_admin,cap_bpf; \
                 no_new_privs set"),
         "{:?}",
         trace.stderr

@@ -3,6 +3,7 @@
 mod bench;
 mod command;
 mod demo;
+mod image;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Task {
     /// Reproduce the case behind dnstrace (a cache's answers without AA
     /// thrown away by a Go client) in namespaces, and show dnstrace naming it.
     Demo,
+    /// Build the OCI image (the static binary, from scratch) with buildah,
+    /// tagged dnstrace:VERSION, and write it as an OCI archive under target/.
+    Image(image::Options),
     /// Boot Debian 12's stock 6.1 kernel in qemu (TCG) and check that the
     /// static release binary captures there with every backend it offers.
     Vm(vm::Options),
@@ -44,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test(options) => test::run(&options),
         Task::Bench(options) => bench::run(&options),
         Task::Demo => demo::run(),
+        Task::Image(options) => image::run(&options).map(drop),
         Task::Vm(options) => vm::run(&options).map(drop),
     }
 }

@@ -1,5 +1,6 @@
 //! `cargo xtask setup`: the shell script does the work, because it must also
-//! run before any Rust toolchain exists (in `.ci/run`).
+//! run before the pinned toolchain exists (the README's commands and
+//! `.ci/run` call it directly).
 
 use std::process::Command;
 

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::{
     command::{self, cargo},
-    vm,
+    image, vm,
 };
 
 #[derive(Args)]
@@ -112,10 +112,13 @@ fn tests(options: &Options, tally: &mut Tally) -> anyhow::Result<()> {
 
     // One static release binary for this host and the VM, as users get it.
     let agent = command::build_static_agent()?;
+    // The same binary again, as the image a Kubernetes node runs.
+    let image = image::run(&image::Options::default())?;
     let mut end_to_end = cargo();
     end_to_end
         .args(["test", "--release", "--package", "dnstrace-tests", "--"])
-        .env("DNSTRACE_BIN", &agent);
+        .env("DNSTRACE_BIN", &agent)
+        .env("DNSTRACE_IMAGE", &image);
     if let Some(filter) = &options.filter {
         end_to_end.arg(filter);
     }

@@ -423,6 +423,7 @@ mod tests {
             uid: 1,
             cgroup_id: 2,
             netns: None,
+            facts: crate::message::Facts::unknown(),
         };
         let identity = Identity {
             process: Some(process.clone()),

@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead, Read},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use serde::Deserialize;
@@ -16,7 +17,7 @@ use crate::{
         DnsSummary, Flags, HeaderSummary, Question, opcode_from_name, qtype_from_name,
         rcode_from_name,
     },
-    message::{Direction, Envelope, Message, Process, Transport},
+    message::{Container, Direction, Envelope, Facts, Message, Pod, Process, Runtime, Transport},
 };
 
 /// A `"kind":"message"` line, as `output::json::MessageRecord` writes it.
@@ -30,6 +31,11 @@ struct MessageLine {
     uid: Option<u32>,
     cgroup_id: Option<u64>,
     netns: Option<u64>,
+    /// Absent in files written before dnstrace knew containers.
+    #[serde(default)]
+    container: Option<ContainerLine>,
+    #[serde(default)]
+    pod: Option<PodLine>,
     socket_cookie: u64,
     direction: String,
     proto: String,
@@ -49,6 +55,23 @@ struct MessageLine {
     size: u32,
     truncated_capture: bool,
     decode_error: Option<String>,
+}
+
+/// A message line's `container`, as `output::json::ContainerRecord` writes it.
+#[derive(Deserialize)]
+struct ContainerLine {
+    id: String,
+    runtime: Option<String>,
+    name: Option<String>,
+    image: Option<String>,
+}
+
+/// A message line's `pod`, as `output::json::PodRecord` writes it.
+#[derive(Deserialize)]
+struct PodLine {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
 }
 
 /// Just enough of any line to tell its kind.
@@ -162,6 +185,23 @@ impl MessageLine {
             "tcp" => Transport::Tcp,
             other => return Err(format!("a bad proto {other:?}")),
         };
+        let facts = match (self.container, self.pod) {
+            (None, None) => Facts::unknown(),
+            (container, pod) => Arc::new(Facts {
+                container: container.map(|c| Container {
+                    id: c.id,
+                    runtime: c.runtime.as_deref().and_then(Runtime::from_name),
+                    name: c.name,
+                    image: c.image,
+                }),
+                pod: pod.map(|p| Pod {
+                    name: p.name,
+                    namespace: p.namespace,
+                    uid: p.uid,
+                }),
+                ..Facts::default()
+            }),
+        };
         let process = self.pid.map(|pid| Process {
             pid,
             tid: self.tid.unwrap_or(pid),
@@ -169,6 +209,7 @@ impl MessageLine {
             uid: self.uid.unwrap_or(0),
             cgroup_id: self.cgroup_id.unwrap_or(0),
             netns: self.netns,
+            facts,
         });
         let unknown = |what: &str, name: &str| format!("an unknown {what} {name:?}");
         let header = match self.id {
@@ -244,6 +285,20 @@ mod tests {
                     uid: 1000,
                     cgroup_id: 7,
                     netns: Some(4_026_531_840),
+                    facts: Arc::new(Facts {
+                        container: Some(Container {
+                            id: "ef".repeat(32),
+                            runtime: Some(Runtime::Containerd),
+                            name: Some("app".into()),
+                            image: Some("web:1".into()),
+                        }),
+                        pod: Some(Pod {
+                            name: Some("web-0".into()),
+                            namespace: Some("shop".into()),
+                            uid: None,
+                        }),
+                        ..Facts::default()
+                    }),
                 }),
                 socket_cookie: 99,
                 direction: Direction::Recv,

@@ -21,7 +21,7 @@ use crate::{
     cli::AnalyzeArgs,
     failure::Failure,
     message::{Direction, Envelope, Message, Transport},
-    output,
+    output::{self, Output, metrics::MetricsOutput},
     pipeline::Pipeline,
 };
 
@@ -187,7 +187,11 @@ impl Input {
 
 pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     refuse_overwriting_inputs(args)?;
-    let mut pipeline = Pipeline::offline(output::open_all(&args.output)?);
+    let mut outputs = output::open_all(&args.output)?;
+    if let Some(metrics) = MetricsOutput::open(&args.output.metrics, false)? {
+        outputs.push(Box::new(metrics) as Box<dyn Output>);
+    }
+    let mut pipeline = Pipeline::offline(outputs);
     let options = ReadOptions {
         ports: args.ports.clone(),
         keep_payloads: pipeline.needs_payloads(),
@@ -285,6 +289,7 @@ fn refuse_overwriting_inputs(args: &AnalyzeArgs) -> Result<(), Failure> {
         outputs.output.as_deref(),
         outputs.json.as_deref(),
         outputs.pcapng.as_deref(),
+        outputs.metrics.file.as_deref(),
         dnstap_file,
     ]
     .into_iter()
@@ -375,7 +380,7 @@ mod tests {
         let content = "{\"kind\":\"summary\"}\n";
         std::fs::write(&path, content).unwrap();
         let name = path.to_str().unwrap();
-        for option in ["--json", "-o", "-w", "--dnstap"] {
+        for option in ["--json", "-o", "-w", "--dnstap", "--metrics-file"] {
             let error = run(&analyze_args(&[name, option, name])).unwrap_err();
             assert!(error.message.contains("is an input"), "{option}: {error}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), content, "{option}");

@@ -582,6 +582,7 @@ mod tests {
             uid: 1000,
             cgroup_id: 5,
             netns: Some(4_026_531_840),
+            facts: crate::message::Facts::unknown(),
         };
         let written = crate::message::Message::decoded(
             crate::message::Envelope {

@@ -1,7 +1,11 @@
 //! What the host must offer before any program loads: privileges and a
 //! cgroup v2 hierarchy. Each lack becomes one line the user can act on.
 
-use std::{fs, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    fs::{self, File},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
 
 use crate::failure::Failure;
 
@@ -65,9 +69,21 @@ fn foreign_pid_namespace_in(inode: Option<u64>, levels: usize) -> Option<String>
     ))
 }
 
-/// Where the cgroup v2 hierarchy is mounted: programs attached at its root
-/// see every socket on the host.
-pub fn cgroup2_root() -> Result<PathBuf, Failure> {
+/// Where the cgroup v2 hierarchy is: `requested` (`--cgroup-root`), or the
+/// cgroup2 mount of its root. Programs attached there see every socket on
+/// the host, so a cgroup namespace of our own, whose mounts show only our
+/// own subtree, is refused unless the host's hierarchy is named.
+pub fn cgroup2_root(requested: Option<&Path>) -> Result<PathBuf, Failure> {
+    if let Some(path) = requested {
+        return cgroup2_hierarchy_at(path);
+    }
+    if in_own_cgroup_namespace() {
+        return Err(Failure::setup(
+            "dnstrace runs in a cgroup namespace of its own (a container), where the \
+             cgroup2 mount is its own subtree: mount the host's /sys/fs/cgroup and name it \
+             with --cgroup-root",
+        ));
+    }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| Failure::setup(format!("cannot read /proc/self/mountinfo: {e}")))?;
     cgroup2_root_in(&mountinfo).ok_or_else(|| {
@@ -75,6 +91,41 @@ pub fn cgroup2_root() -> Result<PathBuf, Failure> {
             "no cgroup v2 hierarchy is mounted (try: mount -t cgroup2 none /sys/fs/cgroup)",
         )
     })
+}
+
+/// `path` itself, or on a host with both hierarchies its `unified`
+/// directory, as long as it is cgroup2.
+fn cgroup2_hierarchy_at(path: &Path) -> Result<PathBuf, Failure> {
+    let failure = |why: String| Failure::setup(format!("--cgroup-root {}: {why}", path.display()));
+    for candidate in [path.to_path_buf(), path.join("unified")] {
+        let Ok(dir) = File::open(&candidate) else {
+            continue;
+        };
+        if is_cgroup2(&dir).map_err(|e| failure(e.to_string()))? {
+            return Ok(candidate);
+        }
+    }
+    Err(failure(
+        "neither it nor its unified/ directory is a cgroup v2 hierarchy".into(),
+    ))
+}
+
+/// Whether an open directory lies in a cgroup v2 hierarchy.
+pub fn is_cgroup2(dir: &File) -> std::io::Result<bool> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // SAFETY: fstatfs writes into the zeroed struct we own; the fd is open.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(dir.as_raw_fd(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_type as i64 == CGROUP2_SUPER_MAGIC)
+}
+
+/// Whether our cgroup namespace is not init's. Unknown (no host pids to
+/// compare with) counts as not: the PID namespace check says that.
+fn in_own_cgroup_namespace() -> bool {
+    let namespace = |pid: &str| fs::metadata(format!("/proc/{pid}/ns/cgroup")).map(|m| m.ino());
+    matches!((namespace("self"), namespace("1")), (Ok(own), Ok(init)) if own != init)
 }
 
 /// The cgroup2 mount whose root is the hierarchy's root; the shortest path
@@ -108,6 +159,17 @@ mod tests {
             cgroup2_root_in(mountinfo),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
+    }
+
+    #[test]
+    fn a_named_root_is_taken_only_if_it_is_cgroup2() {
+        // A pure v2 host mounts it at /sys/fs/cgroup; a hybrid one (like
+        // the one CI runs on) under unified/.
+        let root = cgroup2_hierarchy_at(Path::new("/sys/fs/cgroup")).expect("a cgroup2 root");
+        assert!(is_cgroup2(&File::open(&root).unwrap()).unwrap());
+        let error = cgroup2_hierarchy_at(Path::new("/tmp")).unwrap_err();
+        assert_eq!(error.exit_code, crate::failure::EXIT_SETUP);
+        assert!(error.message.starts_with("--cgroup-root /tmp: "), "{error}");
     }
 
     #[test]

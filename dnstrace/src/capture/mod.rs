@@ -3,6 +3,7 @@
 //! them; `reads.rs` is the read program, beside either.
 
 mod cgroup;
+mod conntrack;
 mod drops;
 mod environment;
 mod existing_sockets;
@@ -11,7 +12,7 @@ mod reads;
 mod record;
 mod ring;
 
-use std::{collections::HashMap, os::fd::AsFd as _};
+use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
 
 use aya::{
     Ebpf,
@@ -21,9 +22,11 @@ use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
 pub use self::{
+    conntrack::ConntrackCounters,
     drops::DropNames,
-    environment::foreign_pid_namespace,
-    record::{RawDrop, RawMessage, is_drop, parse_drop, parse_record},
+    environment::{foreign_pid_namespace, is_cgroup2},
+    reads::KernelReadCounts,
+    record::{RecordDecoder, ThreadNames, is_drop, parse_drop, parse_record},
 };
 use crate::{cli::BackendChoice, failure::Failure};
 
@@ -36,6 +39,8 @@ pub struct CaptureRequest {
     pub pids: Vec<u32>,
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
+    /// `--cgroup-root`: the host's cgroup v2 hierarchy, when not found.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// A backend that could run here.
@@ -73,12 +78,15 @@ pub struct Capture {
     namespaces: HashMap<u64, u64>,
     /// Names for the drop program's records, or why drops are not watched.
     drops: Result<DropNames, String>,
+    /// The cgroup v2 hierarchy the programs are attached to, where a
+    /// process's cgroup id is looked up.
+    pub cgroup_root: PathBuf,
 }
 
 impl Capture {
     pub fn start(request: &CaptureRequest) -> Result<Self, Failure> {
         environment::check_privileges()?;
-        let cgroup_root = environment::cgroup2_root()?;
+        let cgroup_root = environment::cgroup2_root(request.cgroup_root.as_deref())?;
         let candidates: &[Backend] = match request.backend {
             BackendChoice::Auto => &[Backend::CgroupSkb, Backend::CgroupSockaddr],
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
@@ -103,6 +111,7 @@ impl Capture {
                         reads: attached.read_counts,
                         namespaces: attached.namespaces,
                         drops,
+                        cgroup_root,
                         ..capture
                     });
                 }
@@ -151,6 +160,7 @@ impl Capture {
             reads: Err("not attached".into()),
             namespaces: HashMap::new(),
             drops: Err("not attached".into()),
+            cgroup_root: PathBuf::new(),
         })
     }
 

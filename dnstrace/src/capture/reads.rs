@@ -13,13 +13,13 @@ use aya::{
 use dnstrace_common::{ReadCounts, names};
 
 use super::cgroup::{explain, program};
-use crate::correlate::reads;
 
 /// The counts the read program keeps, by socket cookie.
 pub struct KernelReadCounts(HashMap<MapData, u64, ReadCounts>);
 
-impl reads::ReadCounter for KernelReadCounts {
-    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
+impl KernelReadCounts {
+    /// The socket's reads; `None` when it has no counts.
+    pub fn reads(&self, socket_cookie: u64) -> Option<u64> {
         self.0.get(&socket_cookie, 0).ok().map(|counts| counts.read)
     }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
-    message::{Client, Transport},
+    message::{Client, ConntrackChange, Transport},
 };
 
 /// How an attempt ended.
@@ -22,6 +22,11 @@ pub enum Outcome {
     Rejected(Rejection),
     /// The response came after the process had moved on.
     Late,
+    /// The process stopped waiting for this query for another reason than
+    /// time: a copy sent to another server at once was answered (musl asks
+    /// every server), or it moved to TCP at once after a truncated answer to
+    /// the other query of its pair. Too soon to be any resolver's timeout.
+    Superseded,
     /// A response that fits no query: wrong id, question or source.
     Mismatched(Mismatch),
 }
@@ -57,6 +62,7 @@ impl Outcome {
             Self::Timeout => "timeout",
             Self::Rejected(_) => "rejected",
             Self::Late => "late",
+            Self::Superseded => "superseded",
             Self::Mismatched(_) => "mismatched",
         }
     }
@@ -97,17 +103,6 @@ impl Shape {
         }
     }
 
-    /// glibc's "lame referral" test in res_send.c (send_dg): NOERROR, no
-    /// answers, neither AA nor RA, no additional records. glibc drops such
-    /// an answer and moves to the next server; Go rejects it too.
-    pub fn is_lame_referral(&self) -> bool {
-        self.rcode == 0
-            && self.answers == 0
-            && !self.flags.contains(Flags::AA)
-            && !self.flags.contains(Flags::RA)
-            && self.additional == 0
-    }
-
     /// An answer that gives the process addresses (or whatever it asked).
     pub fn is_positive(&self) -> bool {
         self.rcode == 0 && self.answers > 0
@@ -116,6 +111,12 @@ impl Shape {
     /// A server telling the client to go elsewhere.
     pub fn is_server_failure(&self) -> bool {
         matches!(self.rcode, 2 | 4 | 5)
+    }
+
+    /// An error instead of an answer: a server failure, or FORMERR (which
+    /// Go and musl take as one too).
+    pub fn is_error(&self) -> bool {
+        self.is_server_failure() || self.rcode == 1
     }
 }
 
@@ -172,6 +173,38 @@ pub struct Attempt {
     pub moved_on: bool,
     /// When the response came, or when the process gave up waiting.
     pub ended_monotonic_ns: Option<u64>,
+    /// The kernel dropped the query or its response (`skb:kfree_skb`).
+    pub drop: Option<KernelDrop>,
+}
+
+/// A packet of an attempt that the kernel dropped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelDrop {
+    pub packet: DroppedPacket,
+    /// The kernel's drop reason, such as `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that dropped it, `symbol+0xoffset`.
+    pub location: String,
+    /// From the query's sending to the drop.
+    pub after_ns: u64,
+    /// How conntrack's failure counters moved, for a netfilter drop.
+    pub conntrack: Option<ConntrackChange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DroppedPacket {
+    Query,
+    Response,
+}
+
+impl DroppedPacket {
+    /// The stable name in JSON (docs/json.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Response => "response",
+        }
+    }
 }
 
 impl Attempt {

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use super::attempt::{Attempt, Outcome};
+use super::{
+    attempt::{Attempt, Outcome, Shape},
+    behaviour,
+};
 use crate::{message::Client, resolver::ResolverContext};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +70,34 @@ impl Lookup {
         })
     }
 
-    /// Whether every question asked has had a response (used, or not yet
-    /// judged).
+    /// Whether the lookup is over for the program: every question it asked
+    /// has had an answer its resolver keeps (docs/resolvers.md), or the
+    /// same thrown-away answer twice, after which resolvers give up. A
+    /// question asked again after that is the program looking up again.
+    pub fn is_over(&self) -> bool {
+        let library = self.context.library.as_ref();
+        self.attempts.iter().all(|asked| {
+            let mut answers = self
+                .attempts
+                .iter()
+                .filter(|a| a.question.same_as(&asked.question))
+                .filter(|a| !matches!(a.outcome, Outcome::Mismatched(_)))
+                .filter_map(|a| Some((a.outcome, a.response.as_ref()?.shape)));
+            let mut thrown_away: Vec<Shape> = Vec::new();
+            answers.any(|(outcome, shape)| {
+                let rejected = matches!(outcome, Outcome::Rejected(_));
+                if !rejected && behaviour::rejects(library, &shape) == Some(false) {
+                    return true;
+                }
+                let again = thrown_away.contains(&shape);
+                thrown_away.push(shape);
+                again
+            })
+        })
+    }
+
+    /// Whether some response so far, used or not yet judged, answers each
+    /// question asked.
     pub fn every_question_answered(&self) -> bool {
         self.attempts.iter().all(|asked| {
             self.attempts.iter().any(|a| {
@@ -76,6 +105,21 @@ impl Lookup {
                     && a.response.is_some()
                     && matches!(a.outcome, Outcome::Pending | Outcome::Answered)
             })
+        })
+    }
+
+    /// Whether the process's resolver asks again from a fresh socket to
+    /// the same server (behaviour.rs). Where the library is not known, a
+    /// socket that carried two questions (glibc's and musl's A/AAAA pair)
+    /// tells a resolver that does not; Go uses a socket per query.
+    pub fn retries_on_fresh_socket(&self) -> Option<bool> {
+        behaviour::retries_on_fresh_socket(self.context.library.as_ref()).or_else(|| {
+            let pairs = self.attempts.iter().any(|a| {
+                self.attempts.iter().any(|b| {
+                    b.socket_cookie == a.socket_cookie && b.question.qtype != a.question.qtype
+                })
+            });
+            pairs.then_some(false)
         })
     }
 

@@ -1,11 +1,16 @@
 //! Correlation: messages → attempts → lookups, per process.
 //!
-//! A query opens an attempt; the response on the same socket with the same
-//! id and question closes it. What the process does next decides whether it
-//! used the response: asking the same question again at once, asking
-//! another server or switching to TCP means it threw the answer away.
+//! A query opens an attempt; the response on the same socket, with the same
+//! id and question, from the server the query went to closes it (a
+//! response without a question section by socket, id and source alone).
+//! What the process does next decides whether it used the response: asking
+//! the same question again at once, asking another server or switching to
+//! TCP means it threw the answer away, unless its resolver keeps that answer
+//! (behaviour.rs): then the program is looking the name up again.
 
 pub mod attempt;
+pub mod behaviour;
+mod drops;
 pub mod lookup;
 pub mod reads;
 #[cfg(test)]
@@ -19,8 +24,8 @@ use self::{
 };
 use crate::{
     decode::Question,
-    message::{Client, ClientId, Direction, Message},
-    resolver::{ResolverContext, Resolvers},
+    message::{Client, ClientId, Direction, Message, Transport},
+    resolver::{Library, ResolverContext},
 };
 
 /// A response is judged rejected only if the process asks again within this
@@ -31,6 +36,10 @@ pub const SETTLE_NS: u64 = 1_000_000_000;
 /// Slack on top of the resolver's timeout before an unanswered query counts
 /// as timed out, for a process that never asks again.
 const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
+/// No resolver gives up on a query sooner than this (glibc and Go wait at
+/// least 1 s, musl its timeout over its attempts, 100 ms at the least): a
+/// process that stops waiting sooner has another reason.
+const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
 /// Open lookups kept per process, and processes tracked; past either the
 /// oldest lookup is reported as it stands and counted as evicted.
 const MAX_LOOKUPS_PER_PROCESS: usize = 512;
@@ -55,8 +64,6 @@ pub enum Correlated {
 
 #[derive(Default)]
 pub struct Correlator {
-    /// Each process's resolver settings.
-    pub(crate) resolvers: Resolvers,
     /// Clients without a process have no resolver settings to read.
     unknown_context: Arc<ResolverContext>,
     /// Open lookups per client, oldest first.
@@ -88,10 +95,9 @@ struct Budget {
 }
 
 impl Correlator {
-    /// Knows no process's resolver settings: for traces read from files.
+    /// For traces read from files, whose messages may have no process.
     pub fn offline() -> Self {
         Self {
-            resolvers: Resolvers::reading(|_| ResolverContext::default()),
             by_address: true,
             ..Self::default()
         }
@@ -101,7 +107,9 @@ impl Correlator {
         let Some(header) = &message.dns.header else {
             return;
         };
-        if message.dns.question.is_none() {
+        // A query without a question asks nothing; a response without one
+        // (a bare REFUSED or FORMERR header) still answers its query.
+        if message.dns.question.is_none() && !header.is_response {
             return;
         }
         // Only the client's view: its queries out, its responses in.
@@ -122,6 +130,9 @@ impl Correlator {
             self.uncorrelated += 1;
             return;
         }
+        if header.is_response && self.response_was_dropped(message, header.id) {
+            return;
+        }
         let client = message.client();
         if header.is_response {
             self.on_response(message, client, header.id, Shape::of(header), out);
@@ -133,10 +144,10 @@ impl Correlator {
     fn on_query(&mut self, message: &Message, client: Client, id: u16, out: &mut Vec<Correlated>) {
         let question = message.dns.question.clone().expect("checked by observe");
         let now = message.envelope.monotonic_ns;
-        let netns = message.envelope.process.as_ref().and_then(|p| p.netns);
-        let context = match client.id {
-            ClientId::Pid(pid) => self.resolvers.of(pid, netns),
-            ClientId::Address(_) => Arc::clone(&self.unknown_context),
+        // The process's resolver, as the enrich stage found it.
+        let context = match &message.envelope.process {
+            Some(process) => Arc::clone(&process.facts.resolver),
+            None => Arc::clone(&self.unknown_context),
         };
         let name = context.name_as_asked(&question.name);
         if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
@@ -146,7 +157,10 @@ impl Correlator {
 
         for lookup in lookups.iter_mut() {
             let positive = lookup.has_positive_response();
+            let over = lookup.is_over();
             let same_name = lookup.name == name;
+            let library = lookup.context.library.clone();
+            let fresh_socket_retries = lookup.retries_on_fresh_socket();
             for previous in lookup
                 .attempts
                 .iter_mut()
@@ -159,7 +173,13 @@ impl Correlator {
                     }
                     continue;
                 }
-                judge_repeat(previous, message, now, positive || previous.moved_on);
+                let known = Known {
+                    library: library.as_ref(),
+                    answer_was_used: positive || previous.moved_on,
+                    lookup_over: over,
+                    fresh_socket_retries,
+                };
+                judge_repeat(previous, message, id, now, &known);
             }
         }
 
@@ -168,25 +188,43 @@ impl Correlator {
         // label with an unresolved lookup continues it (postgres.ns.svc… →
         // postgres.).
         let search_unknown = context.conf.is_none();
-        // A lookup that has an answer to every question it asked ends when
-        // the process starts over: a fresh socket to the server it began
-        // with. (glibc's last round, one query per socket after timeouts,
-        // still belongs to a lookup that lacks an answer.)
+        // A lookup that is over for the program (an answer its resolver
+        // keeps to every question) ends when the process asks one of its
+        // questions again on a fresh socket; a question not asked yet is
+        // the next name of the search list. (glibc's last round, one query
+        // per socket after timeouts, still belongs to a lookup that lacks
+        // an answer.)
         let position = lookups.iter().rposition(|lookup| {
             let continues = lookup.name == name
                 || (search_unknown
                     && !lookup.has_positive_response()
                     && first_label(&lookup.name) == first_label(&name));
-            let starts_over = lookup.has_positive_response()
-                && lookup.every_question_answered()
-                && lookup
-                    .attempts
-                    .iter()
-                    .all(|a| a.socket_cookie != message.envelope.socket_cookie)
-                && lookup
-                    .attempts
-                    .first()
-                    .is_some_and(|a| a.server == message.envelope.remote);
+            let fresh_socket = lookup
+                .attempts
+                .iter()
+                .all(|a| a.socket_cookie != message.envelope.socket_cookie);
+            let asked_before = |same_server: bool| {
+                lookup.attempts.iter().any(|a| {
+                    a.question.same_as(&question)
+                        && (!same_server || a.server == message.envelope.remote)
+                })
+            };
+            // A resolver that asks again on its socket or at the next
+            // server starts over on a fresh socket to a server asked the
+            // question before, once each question has had a response
+            // (glibc's last round after timeouts opens fresh sockets for
+            // those still without).
+            // A query with the id of one on the same socket is a copy
+            // (musl's to its other server) or a retransmission.
+            let copy = lookup
+                .attempts
+                .iter()
+                .any(|a| a.socket_cookie == message.envelope.socket_cookie && a.id == id);
+            let starts_over = (asked_before(false) && lookup.is_over() && !copy)
+                || (fresh_socket
+                    && lookup.retries_on_fresh_socket() == Some(false)
+                    && asked_before(true)
+                    && lookup.every_question_answered());
             continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
@@ -227,6 +265,7 @@ impl Correlator {
             outcome: Outcome::Pending,
             moved_on: false,
             ended_monotonic_ns: None,
+            drop: None,
         });
     }
 
@@ -238,11 +277,12 @@ impl Correlator {
         shape: Shape,
         out: &mut Vec<Correlated>,
     ) {
-        let question = message.dns.question.as_ref().expect("checked by observe");
+        let question = message.dns.question.as_ref();
+        let from = message.envelope.remote;
         let response = Response {
             monotonic_ns: message.envelope.monotonic_ns,
             wall_time_ns: message.envelope.wall_time_ns,
-            from: message.envelope.remote,
+            from,
             shape,
             number: message.envelope.response_number,
             // Settled when the lookup is reported (`reads::settle`).
@@ -252,47 +292,81 @@ impl Correlator {
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
-        let on_socket = |a: &Attempt| {
-            a.socket_cookie == message.envelope.socket_cookie && a.sent_monotonic_ns.is_some()
+        let library = lookups.first().and_then(|l| l.context.library.clone());
+        let library = library.as_ref();
+        let waiting = |a: &Attempt| {
+            a.socket_cookie == message.envelope.socket_cookie
+                && a.sent_monotonic_ns.is_some()
+                && a.response.is_none()
         };
-        // The newest query that fits: glibc re-sends with the same id.
-        let matching = lookups
-            .iter_mut()
-            .rev()
-            .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-            .find(|a| {
-                on_socket(a) && a.id == id && a.response.is_none() && a.question.same_as(question)
-            });
-        if let Some(attempt) = matching {
-            // A connected socket only hears its peer; an unconnected one may
-            // hear anyone, and resolvers ignore answers from elsewhere.
-            if attempt.server == message.envelope.remote {
-                attempt.outcome = match attempt.outcome {
-                    Outcome::Timeout => Outcome::Late,
-                    outcome => outcome,
-                };
-                if attempt.outcome == Outcome::Pending {
-                    attempt.ended_monotonic_ns = Some(message.envelope.monotonic_ns);
+        // Without a question, the id alone must do, for resolvers that
+        // take such answers.
+        let fits = |a: &Attempt| {
+            a.id == id
+                && match question {
+                    Some(q) => a.question.same_as(q),
+                    None => behaviour::takes_bare_answers(library),
                 }
-                attempt.response = Some(response);
-                return;
-            }
-            out.push(stray(message, client, id, response, Mismatch::Source));
+        };
+        // The newest query that fits, from the server it went to: glibc
+        // re-sends with the same id, and musl sends the same id from one
+        // socket to every server at once. An unconnected socket may hear
+        // anyone, and resolvers ignore answers from elsewhere.
+        let Err(response) = give_newest(
+            lookups,
+            |a| waiting(a) && fits(a) && a.server == from,
+            response,
+        ) else {
             return;
-        }
-        let waiting: Vec<&Attempt> = lookups
+        };
+        let open: Vec<&Attempt> = lookups
             .iter()
             .flat_map(|lookup| lookup.attempts.iter())
-            .filter(|a| on_socket(a) && a.response.is_none())
+            .filter(|a| waiting(a))
             .collect();
-        let mismatch = if waiting.is_empty() {
+        let source = open.iter().find(|a| fits(a));
+        let mismatch = if open.is_empty() {
             Mismatch::Unsolicited
-        } else if waiting.iter().any(|a| a.id == id) {
+        } else if source.is_some() {
+            Mismatch::Source
+        } else if open.iter().any(|a| a.id == id && a.server == from) {
             Mismatch::Question
+        } else if open.iter().any(|a| a.id == id) {
+            Mismatch::Source
         } else {
             Mismatch::Id
         };
-        out.push(stray(message, client, id, response, mismatch));
+        // A response without a question is shown with the one it answers
+        // where that is known.
+        let shown = question
+            .or(source.map(|a| &a.question))
+            .cloned()
+            .unwrap_or(Question {
+                name: String::new(),
+                qtype: 0,
+            });
+        out.push(stray(
+            message,
+            client,
+            shown,
+            id,
+            response.clone(),
+            mismatch,
+        ));
+        // musl checks the id alone and uses an answer to another question;
+        // where the resolver is not known it may have. Either way its query
+        // was answered, not timed out.
+        if mismatch == Mismatch::Question
+            && question.is_some()
+            && behaviour::checks_question(library) != Some(true)
+        {
+            // Reported as mismatched already, whether or not it is taken.
+            let _ = give_newest(
+                lookups,
+                |a| waiting(a) && a.id == id && a.server == from,
+                response,
+            );
+        }
     }
 
     /// Counts the message against its process's budget. A process going
@@ -327,20 +401,37 @@ impl Correlator {
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
                 let rejected = rejected_shapes(lookup);
-                for attempt in lookup
+                let library = lookup.context.library.as_ref();
+                let superseded: Vec<Option<u64>> = lookup
                     .attempts
-                    .iter_mut()
-                    .filter(|a| a.outcome == Outcome::Pending)
-                {
+                    .iter()
+                    .map(|a| superseded_by_copy(&lookup.attempts, a, library))
+                    .collect();
+                for (attempt, superseded) in lookup.attempts.iter_mut().zip(superseded) {
+                    if attempt.outcome != Outcome::Pending {
+                        continue;
+                    }
                     match (&attempt.response, attempt.sent_monotonic_ns) {
                         (Some(response), _)
                             if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
                         {
-                            attempt.outcome = unrepeated_answer(attempt, &rejected);
+                            attempt.outcome = match superseded {
+                                Some(_) => Outcome::Superseded,
+                                None => unrepeated_answer(attempt, &rejected),
+                            };
                         }
-                        (None, Some(sent)) if now.saturating_sub(sent) > timeout => {
-                            attempt.outcome = Outcome::Timeout;
-                            attempt.ended_monotonic_ns = Some(now);
+                        (None, Some(sent))
+                            if now.saturating_sub(sent) > timeout
+                                || superseded.is_some_and(|at| {
+                                    now.saturating_sub(at) > REJECT_WINDOW_NS
+                                }) =>
+                        {
+                            // Given up on when the copy's answer came.
+                            attempt.outcome = match superseded {
+                                Some(_) => Outcome::Superseded,
+                                None => Outcome::Timeout,
+                            };
+                            attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
                         }
                         _ => {}
                     }
@@ -370,9 +461,9 @@ impl Correlator {
         );
     }
 
-    /// Forgets processes that exited (their lookups settle first).
-    pub fn forget_exited(&mut self) {
-        self.resolvers.forget_exited();
+    /// Lookups not yet reported.
+    pub fn open_lookups(&self) -> usize {
+        self.lookups.values().map(Vec::len).sum()
     }
 
     fn evict_oldest_process(&mut self, out: &mut Vec<Correlated>) {
@@ -388,12 +479,43 @@ impl Correlator {
     }
 }
 
-/// The process asked `previous`'s question again. What that says about
-/// `previous` depends on whether it had an answer, and how it asks again.
-fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_used: bool) {
+/// What the correlator knows, besides the messages, when a question comes
+/// again.
+struct Known<'a> {
+    library: Option<&'a Library>,
+    /// The lookup had an answer with records, or the process had asked
+    /// about another name since.
+    answer_was_used: bool,
+    /// The lookup was over for the program (`Lookup::is_over`).
+    lookup_over: bool,
+    /// `Lookup::retries_on_fresh_socket`.
+    fresh_socket_retries: Option<bool>,
+}
+
+/// The process asked `previous`'s question again, with `id`. What that
+/// says about `previous` depends on whether it had an answer, how it asks
+/// again, and which answers its resolver keeps.
+fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, known: &Known<'_>) {
+    let same_socket = repeat.envelope.socket_cookie == previous.socket_cookie;
+    let other_server = repeat.envelope.remote != previous.server;
+    if same_socket && id == previous.id && other_server {
+        // The same query to another server from the same socket: musl asks
+        // every server at once, and again each retry. It still waits for
+        // this one.
+        return;
+    }
     let Some(response) = &previous.response else {
-        // It gave up waiting: a retransmission, the next server, or TCP.
-        previous.outcome = Outcome::Timeout;
+        // It gave up waiting: a retransmission, the next server, or TCP;
+        // or, sooner than any resolver times out, something else moved it
+        // on (the other answer of its pair was truncated).
+        let waited = previous
+            .sent_monotonic_ns
+            .map_or(u64::MAX, |sent| now.saturating_sub(sent));
+        previous.outcome = if waited < SHORTEST_TIMEOUT_NS {
+            Outcome::Superseded
+        } else {
+            Outcome::Timeout
+        };
         previous.ended_monotonic_ns = Some(now);
         return;
     };
@@ -401,25 +523,85 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, now: u64, answer_was_u
         previous.outcome = Outcome::Answered;
         return;
     }
+    let rejects = behaviour::rejects(known.library, &response.shape);
     let rejection = if repeat.envelope.transport != previous.transport {
-        Some(Rejection::SwitchedToTcp)
-    } else if repeat.envelope.remote != previous.server {
-        Some(Rejection::NextServer)
-    } else if repeat.envelope.socket_cookie == previous.socket_cookie {
-        Some(Rejection::AskedAgain)
-    } else if !answer_was_used || response.shape.is_lame_referral() {
-        // A fresh socket to the same server: a resolver that opens one per
-        // try (Go), unless the lookup already had its answer, in which case
-        // this is the application asking again. A lame referral is never an
-        // answer to keep, so asking again after one is rejecting it.
-        Some(Rejection::AskedAgain)
-    } else {
+        (repeat.envelope.transport == Transport::Tcp).then_some(Rejection::SwitchedToTcp)
+    } else if known.lookup_over && rejects == Some(false) {
+        // Its resolver keeps this answer and had one to every question:
+        // the program is looking the name up again, on any server, and on
+        // the same socket where its resolver keeps one open (c-ares).
         None
+    } else if same_socket {
+        Some(Rejection::AskedAgain)
+    } else if other_server {
+        Some(Rejection::NextServer)
+    } else {
+        // A fresh socket to the same server: a resolver that opens one per
+        // try (Go) if it throws this answer away; where the resolver is not
+        // known but asks one question per socket as Go does, if the lookup
+        // had no answer yet or this one has Go's lame shape. Others never
+        // ask again that way: the program is looking up again.
+        let rejected = known.fresh_socket_retries != Some(false)
+            && rejects.unwrap_or_else(|| {
+                !known.answer_was_used || behaviour::is_go_lame(&response.shape)
+            });
+        rejected.then_some(Rejection::AskedAgain)
     };
     previous.outcome = match rejection {
         Some(rejection) => Outcome::Rejected(rejection),
         None => Outcome::Answered,
     };
+}
+
+/// Gives `response` to the newest attempt that `fits`; hands it back when
+/// none does.
+fn give_newest(
+    lookups: &mut [Lookup],
+    fits: impl Fn(&Attempt) -> bool,
+    response: Response,
+) -> Result<(), Response> {
+    let Some(attempt) = lookups
+        .iter_mut()
+        .rev()
+        .flat_map(|lookup| lookup.attempts.iter_mut().rev())
+        .find(|a| fits(a))
+    else {
+        return Err(response);
+    };
+    attempt.outcome = match attempt.outcome {
+        Outcome::Timeout => Outcome::Late,
+        outcome => outcome,
+    };
+    if attempt.outcome == Outcome::Pending {
+        attempt.ended_monotonic_ns = Some(response.monotonic_ns);
+    }
+    attempt.response = Some(response);
+    Ok(())
+}
+
+/// When a copy of `attempt` (the same query from the same socket to another
+/// server, as musl sends) had an answer the resolver keeps, if that came
+/// before `attempt` had one it keeps: musl takes the first and ignores the
+/// rest.
+fn superseded_by_copy(
+    attempts: &[Attempt],
+    attempt: &Attempt,
+    library: Option<&Library>,
+) -> Option<u64> {
+    let kept = |response: &Response| behaviour::rejects(library, &response.shape) != Some(true);
+    let own = attempt.response.as_ref().filter(|r| kept(r));
+    attempts
+        .iter()
+        .filter(|copy| {
+            copy.socket_cookie == attempt.socket_cookie
+                && copy.id == attempt.id
+                && copy.server != attempt.server
+                && copy.question.same_as(&attempt.question)
+        })
+        .filter_map(|copy| copy.response.as_ref())
+        .filter(|r| kept(r) && own.is_none_or(|own| r.monotonic_ns < own.monotonic_ns))
+        .map(|r| r.monotonic_ns)
+        .min()
 }
 
 /// A lookup reported before time could judge it (at exit, or evicted): a
@@ -469,6 +651,7 @@ fn first_label(name: &str) -> &str {
 fn stray(
     message: &Message,
     client: Client,
+    question: Question,
     id: u16,
     response: Response,
     mismatch: Mismatch,
@@ -478,11 +661,12 @@ fn stray(
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
         server: message.envelope.remote,
-        question: message.dns.question.clone().expect("checked by observe"),
+        question,
         id,
         sent_monotonic_ns: None,
         sent_wall_time_ns: None,
         ended_monotonic_ns: Some(response.monotonic_ns),
+        drop: None,
         // Reported as it arrives, before the process could read it.
         response: Some(Response {
             read: ReadState::Unknown,

@@ -2,7 +2,7 @@
 //! (../shared/notes/resolver-behaviour.md), through correlation and
 //! diagnosis.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     Correlated, Correlator,
@@ -12,8 +12,8 @@ use super::{
 use crate::{
     decode::{DnsSummary, Flags, HeaderSummary, Question},
     diagnose::{Cause, Diagnoser},
-    message::{Direction, Envelope, Message, Process, Transport},
-    resolver::{ResolvConf, ResolverContext, Resolvers},
+    message::{Direction, Envelope, Facts, Message, Process, Transport},
+    resolver::{Library, ResolvConf, ResolverContext},
 };
 
 const MS: u64 = 1_000_000;
@@ -23,6 +23,8 @@ const AAAA: u16 = 28;
 struct Scenario {
     correlator: Correlator,
     out: Vec<Correlated>,
+    /// What the enrich stage would attach to each process's messages.
+    read: fn(u32) -> ResolverContext,
 }
 
 /// How a response looks.
@@ -114,6 +116,7 @@ fn message(
                 cgroup_id: 1,
                 // No namespace: the tests must not depend on this host's /proc.
                 netns: None,
+                facts: Facts::unknown(),
             }),
             socket_cookie: socket.cookie,
             direction,
@@ -145,22 +148,38 @@ impl Scenario {
 
     fn reading(read: fn(u32) -> ResolverContext) -> Self {
         Self {
-            correlator: Correlator {
-                resolvers: Resolvers::reading(read),
-                ..Correlator::default()
-            },
+            correlator: Correlator::default(),
             out: Vec::new(),
+            read,
         }
     }
 
     fn query(&mut self, socket: Socket, id: u16, name: &str, qtype: u16, at: u64) {
-        let m = message(Direction::Send, socket, id, name, qtype, at, None);
+        let m = self.enriched(message(Direction::Send, socket, id, name, qtype, at, None));
         self.correlator.observe(&m, &mut self.out);
     }
 
     fn answer(&mut self, socket: Socket, id: u16, name: &str, qtype: u16, at: u64, answer: Answer) {
-        let m = message(Direction::Recv, socket, id, name, qtype, at, Some(answer));
+        let m = self.enriched(message(
+            Direction::Recv,
+            socket,
+            id,
+            name,
+            qtype,
+            at,
+            Some(answer),
+        ));
         self.correlator.observe(&m, &mut self.out);
+    }
+
+    fn enriched(&self, mut message: Message) -> Message {
+        if let Some(process) = &mut message.envelope.process {
+            process.facts = Arc::new(Facts {
+                resolver: Arc::new((self.read)(process.pid)),
+                ..Facts::default()
+            });
+        }
+        message
     }
 
     /// An A query at `at`, answered a millisecond later.
@@ -274,7 +293,7 @@ fn glibc_both_lame_is_answer_rejected_by_asking_again() {
     let diagnosis = &diagnoses[0];
     assert_eq!(diagnosis.server, Some(server(1)));
     let (rejected, _) = diagnosis.shapes.unwrap();
-    assert!(rejected.is_lame_referral());
+    assert!(super::behaviour::is_glibc_lame(&rejected));
     assert!(
         diagnosis.explanation.contains("lame-referral"),
         "{}",
@@ -698,4 +717,515 @@ fn a_stray_response_is_not_judged_read_or_unread() {
         })
         .collect();
     assert_eq!(strays, [ReadState::Unknown]);
+}
+
+// What issue 11 found dnstrace misreading: each resolver's normal behaviour
+// must get no false verdict.
+
+const MUSL: fn(u32) -> ResolverContext = |_| ResolverContext {
+    conf: None,
+    library: Some(Library::Musl),
+};
+const GO: fn(u32) -> ResolverContext = |_| ResolverContext {
+    conf: None,
+    library: Some(Library::Go),
+};
+const GLIBC: fn(u32) -> ResolverContext = |_| ResolverContext {
+    conf: None,
+    library: Some(Library::Glibc {
+        major: 2,
+        minor: 36,
+    }),
+};
+const REFUSED: Answer = Answer {
+    rcode: 5,
+    flags: Flags::RA,
+    answers: 0,
+    additional: 0,
+};
+
+impl Scenario {
+    /// A response without a question section: a bare 12-byte header.
+    fn bare_answer(&mut self, socket: Socket, id: u16, at: u64, answer: Answer) {
+        let mut m = message(Direction::Recv, socket, id, ".", A, at, Some(answer));
+        m.dns.question = None;
+        if let Some(header) = m.dns.header.as_mut() {
+            header.questions = 0;
+        }
+        self.correlator.observe(&m, &mut self.out);
+    }
+
+    fn tcp(&mut self, direction: Direction, socket: Socket, id: u16, qtype: u16, at: u64) {
+        let answer = (direction == Direction::Recv).then_some(GOOD);
+        let mut m = message(direction, socket, id, "db.test.", qtype, at, answer);
+        m.envelope.transport = Transport::Tcp;
+        self.correlator.observe(&m, &mut self.out);
+    }
+}
+
+fn strays(out: &[Correlated]) -> Vec<&super::attempt::Attempt> {
+    out.iter()
+        .filter_map(|item| match item {
+            Correlated::Stray(attempt) => Some(attempt),
+            Correlated::Lookup(_) => None,
+        })
+        .collect()
+}
+
+/// musl sends the pair to both servers at once, from one socket, with the
+/// same ids; `first` answers at once, the other server with `second` (or
+/// not at all).
+fn musl_asks_both(first: Answer, second: Option<Answer>) -> Scenario {
+    let mut s = Scenario::reading(MUSL);
+    for server in [server(1), server(2)] {
+        s.query(Socket::new(20, 1, server), 0x10, "db.test.", A, 0);
+        s.query(Socket::new(20, 1, server), 0x11, "db.test.", AAAA, 0);
+    }
+    for (id, qtype) in [(0x10, A), (0x11, AAAA)] {
+        s.answer(
+            Socket::new(20, 1, server(1)),
+            id,
+            "db.test.",
+            qtype,
+            MS,
+            first,
+        );
+        if let Some(second) = second {
+            s.answer(
+                Socket::new(20, 1, server(2)),
+                id,
+                "db.test.",
+                qtype,
+                2 * MS,
+                second,
+            );
+        }
+    }
+    s
+}
+
+#[test]
+fn musl_asking_every_server_at_once_matches_each_answer_to_its_server() {
+    for (first, second) in [
+        (GOOD, Some(GOOD)),
+        (GOOD, None),
+        (NXDOMAIN, Some(GOOD)),
+        (LAME_NODATA, Some(GOOD)),
+        (REFUSED, Some(GOOD)),
+    ] {
+        let (out, diagnoses) = musl_asks_both(first, second).settle(2 * MS);
+        assert!(strays(&out).is_empty(), "{out:#?}");
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+        let lookups = lookups(&out);
+        assert_eq!(lookups.len(), 1, "{lookups:#?}");
+        // Each answer is its own server's; musl took server 1's unless it
+        // ignored it (REFUSED), and the rest were not needed.
+        let first_kept = first.rcode != 5;
+        for attempt in &lookups[0].attempts {
+            if let Some(response) = &attempt.response {
+                assert_eq!(response.from, attempt.server, "{attempt:#?}");
+            }
+            let used = (attempt.server == server(1)) == first_kept;
+            let expected = if used {
+                Outcome::Answered
+            } else {
+                Outcome::Superseded
+            };
+            assert_eq!(attempt.outcome, expected, "{attempt:#?}");
+        }
+        let expected = match first.rcode {
+            3 => LookupOutcome::NxDomain,
+            0 if first.answers == 0 => LookupOutcome::NoData,
+            _ => LookupOutcome::Resolved,
+        };
+        assert_eq!(lookups[0].outcome(), expected);
+    }
+}
+
+#[test]
+fn musl_asking_a_servfail_server_again_is_a_server_failure_fallback() {
+    let servfail = Answer {
+        rcode: 2,
+        ..NODATA_RA
+    };
+    let mut s = musl_asks_both(servfail, None);
+    // musl re-sends to the server that failed, same socket, same id.
+    s.query(Socket::new(20, 1, server(1)), 0x10, "db.test.", A, 2 * MS);
+    s.query(
+        Socket::new(20, 1, server(1)),
+        0x11,
+        "db.test.",
+        AAAA,
+        2 * MS,
+    );
+    // The second server answers both; musl takes them.
+    for (id, qtype) in [(0x10, A), (0x11, AAAA)] {
+        s.answer(
+            Socket::new(20, 1, server(2)),
+            id,
+            "db.test.",
+            qtype,
+            3 * MS,
+            GOOD,
+        );
+    }
+    let (out, diagnoses) = s.settle(3 * MS);
+    assert!(strays(&out).is_empty(), "{out:#?}");
+    assert_eq!(causes(&diagnoses), [Cause::ServerFailureFallback]);
+    assert_eq!(diagnoses[0].server, Some(server(1)));
+    assert_eq!(lookups(&out)[0].outcome(), LookupOutcome::Resolved);
+}
+
+#[test]
+fn an_answer_from_another_address_than_the_query_went_to_is_still_mismatched() {
+    let mut s = Scenario::reading(MUSL);
+    s.query(Socket::new(21, 1, server(1)), 7, "db.test.", A, 0);
+    s.answer(Socket::new(21, 1, server(3)), 7, "db.test.", A, MS, GOOD);
+    let (out, diagnoses) = s.settle(MS);
+    let strays = strays(&out);
+    assert_eq!(
+        strays.iter().map(|a| a.outcome).collect::<Vec<_>>(),
+        [Outcome::Mismatched(super::attempt::Mismatch::Source)]
+    );
+    assert!(causes(&diagnoses).contains(&Cause::MismatchedAnswer));
+}
+
+#[test]
+fn a_refused_without_a_question_matches_by_socket_and_id() {
+    let mut s = Scenario::reading(GLIBC);
+    let first = Socket::new(22, 1, server(1));
+    s.query(first, 0x20, "db.test.", A, 0);
+    s.query(first, 0x21, "db.test.", AAAA, 0);
+    s.bare_answer(first, 0x20, MS, REFUSED);
+    s.bare_answer(first, 0x21, MS, REFUSED);
+    // glibc moves to the next server at once.
+    let second = Socket::new(22, 2, server(2));
+    s.query(second, 0x22, "db.test.", A, 2 * MS);
+    s.query(second, 0x23, "db.test.", AAAA, 2 * MS);
+    s.answer(second, 0x22, "db.test.", A, 3 * MS, GOOD);
+    s.answer(second, 0x23, "db.test.", AAAA, 3 * MS, NODATA_RA);
+    let (out, diagnoses) = s.settle(3 * MS);
+    assert!(strays(&out).is_empty(), "{out:#?}");
+    assert_eq!(causes(&diagnoses), [Cause::ServerFailureFallback]);
+    assert_eq!(diagnoses[0].server, Some(server(1)));
+    assert_eq!(diagnoses[0].evidence, [0x20, 0x21]);
+    assert_eq!(lookups(&out)[0].outcome(), LookupOutcome::Resolved);
+}
+
+#[test]
+fn dig_taking_a_refused_without_a_question_as_its_answer_gets_no_verdict() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(23, 1, server(1));
+    s.query(socket, 0x30, "db.test.", A, 0);
+    s.bare_answer(socket, 0x30, MS, REFUSED);
+    let (out, diagnoses) = s.settle(MS);
+    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    let lookup = lookups(&out)[0];
+    assert_eq!(lookup.attempts[0].outcome, Outcome::Answered);
+    assert_eq!(lookup.outcome(), LookupOutcome::Failed);
+}
+
+#[test]
+fn a_response_without_a_question_that_fits_no_query_is_mismatched() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(24, 1, server(1));
+    s.query(socket, 0x40, "db.test.", A, 0);
+    s.bare_answer(socket, 0x41, MS, REFUSED);
+    s.answer(socket, 0x40, "db.test.", A, 2 * MS, GOOD);
+    let (out, diagnoses) = s.settle(2 * MS);
+    let strays = strays(&out);
+    assert_eq!(strays.len(), 1, "{out:#?}");
+    assert_eq!(strays[0].question.name, "");
+    assert_eq!(causes(&diagnoses), [Cause::MismatchedAnswer]);
+    assert!(
+        diagnoses[0].explanation.contains("no question"),
+        "{}",
+        diagnoses[0].explanation
+    );
+}
+
+/// glibc's pair over UDP; the A answer is truncated, so glibc asks both
+/// over TCP at once; the AAAA's truncated answer comes after that, or
+/// never reaches the socket (closed by then).
+fn truncated_pair(second_answer_seen: bool) -> (Vec<Correlated>, Vec<crate::diagnose::Diagnosis>) {
+    let mut s = Scenario::reading(GLIBC);
+    let udp = Socket::new(25, 1, server(1));
+    let tcp = Socket::new(25, 2, server(1));
+    let truncated = Answer {
+        flags: Flags::from_names(["tc", "ra"]).expect("known flags"),
+        answers: 0,
+        ..GOOD
+    };
+    s.query(udp, 0x50, "db.test.", A, 0);
+    s.query(udp, 0x51, "db.test.", AAAA, 0);
+    s.answer(udp, 0x50, "db.test.", A, MS, truncated);
+    s.tcp(Direction::Send, tcp, 0x52, A, MS + MS / 10);
+    s.tcp(Direction::Send, tcp, 0x53, AAAA, MS + MS / 5);
+    if second_answer_seen {
+        s.answer(udp, 0x51, "db.test.", AAAA, MS + MS / 4, truncated);
+    }
+    s.tcp(Direction::Recv, tcp, 0x52, A, 2 * MS);
+    s.tcp(Direction::Recv, tcp, 0x53, AAAA, 2 * MS);
+    s.settle(2 * MS)
+}
+
+#[test]
+fn a_truncated_answer_after_the_switch_to_tcp_is_no_timeout() {
+    for seen in [true, false] {
+        let (out, diagnoses) = truncated_pair(seen);
+        assert_eq!(
+            causes(&diagnoses),
+            [Cause::TruncatedTcpFallback],
+            "second answer seen: {seen}: {diagnoses:#?}"
+        );
+        assert!(strays(&out).is_empty(), "{out:#?}");
+        assert_eq!(lookups(&out)[0].outcome(), LookupOutcome::Resolved);
+    }
+}
+
+/// Go asks A and AAAA each from a socket of its own; the AAAA answer is
+/// NOERROR, no records, AA=0, RA=0, with an OPT record (Go sends EDNS).
+fn go_rejects_lame_with_opt(read: fn(u32) -> ResolverContext) -> Vec<crate::diagnose::Diagnosis> {
+    let mut s = Scenario::reading(read);
+    let lame_with_opt = Answer {
+        additional: 1,
+        ..LAME_NODATA
+    };
+    s.query(Socket::new(26, 1, server(1)), 0x60, "db.test.", A, 0);
+    s.query(Socket::new(26, 2, server(1)), 0x61, "db.test.", AAAA, 0);
+    s.answer(Socket::new(26, 1, server(1)), 0x60, "db.test.", A, MS, GOOD);
+    s.answer(
+        Socket::new(26, 2, server(1)),
+        0x61,
+        "db.test.",
+        AAAA,
+        MS,
+        lame_with_opt,
+    );
+    // Go asks AAAA again at once from a fresh socket, gets the same, and
+    // gives up on AAAA.
+    s.query(
+        Socket::new(26, 3, server(1)),
+        0x62,
+        "db.test.",
+        AAAA,
+        2 * MS,
+    );
+    s.answer(
+        Socket::new(26, 3, server(1)),
+        0x62,
+        "db.test.",
+        AAAA,
+        3 * MS,
+        lame_with_opt,
+    );
+    s.settle(3 * MS).1
+}
+
+#[test]
+fn go_rejecting_a_lame_answer_with_an_opt_record_is_answer_rejected() {
+    let diagnoses = go_rejects_lame_with_opt(GO);
+    assert_eq!(
+        causes(&diagnoses),
+        [Cause::AnswerRejected],
+        "{diagnoses:#?}"
+    );
+    assert_eq!(diagnoses[0].evidence, [0x61, 0x62]);
+    assert!(
+        diagnoses[0]
+            .explanation
+            .contains("Go's lame-referral shape"),
+        "{}",
+        diagnoses[0].explanation
+    );
+    // Without knowing the resolver: one question per socket, asked again
+    // on a fresh one at once after Go's lame shape, is Go rejecting it.
+    assert_eq!(
+        causes(&go_rejects_lame_with_opt(|_| ResolverContext::default())),
+        [Cause::AnswerRejected]
+    );
+}
+
+#[test]
+fn a_program_looking_up_an_nxdomain_name_three_times_rejects_nothing() {
+    for read in [GLIBC, |_| ResolverContext::default()] {
+        let mut s = Scenario::reading(read);
+        for round in 0..3u64 {
+            let socket = Socket::new(27, round + 1, server(1));
+            let t = round * MS;
+            let id = 0x70 + 2 * round as u16;
+            s.query(socket, id, "gone.test.", A, t);
+            s.query(socket, id + 1, "gone.test.", AAAA, t);
+            s.answer(socket, id, "gone.test.", A, t + MS / 2, NXDOMAIN);
+            s.answer(socket, id + 1, "gone.test.", AAAA, t + MS / 2, NXDOMAIN);
+        }
+        let (out, diagnoses) = s.settle(3 * MS);
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+        let lookups = lookups(&out);
+        assert_eq!(lookups.len(), 3, "{lookups:#?}");
+        assert!(
+            lookups
+                .iter()
+                .all(|l| l.outcome() == LookupOutcome::NxDomain),
+            "{lookups:#?}"
+        );
+    }
+}
+
+#[test]
+fn with_options_rotate_a_program_asking_again_asks_the_next_server_and_rejects_nothing() {
+    let mut s = Scenario::reading(GLIBC);
+    s.exchange(Socket::new(28, 1, server(1)), 1, "db.test.", 0, NXDOMAIN);
+    s.exchange(
+        Socket::new(28, 2, server(2)),
+        2,
+        "db.test.",
+        2 * MS,
+        NXDOMAIN,
+    );
+    let (out, diagnoses) = s.settle(3 * MS);
+    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    assert_eq!(lookups(&out).len(), 2);
+}
+
+#[test]
+fn a_resolver_keeping_its_socket_open_asks_again_on_it_and_rejects_nothing() {
+    // c-ares (Node's dns.resolve) keeps one socket per server open across
+    // lookups: the program's next lookup comes on the same socket.
+    for read in [GLIBC, |_| ResolverContext::default()] {
+        let mut s = Scenario::reading(read);
+        let socket = Socket::new(29, 1, server(1));
+        for round in 0..3u64 {
+            let t = round * MS;
+            let id = 0x80 + 2 * round as u16;
+            s.query(socket, id, "gone.test.", A, t);
+            s.query(socket, id + 1, "gone.test.", AAAA, t);
+            s.answer(socket, id, "gone.test.", A, t + MS / 2, NXDOMAIN);
+            s.answer(socket, id + 1, "gone.test.", AAAA, t + MS / 2, NXDOMAIN);
+        }
+        let (out, diagnoses) = s.settle(3 * MS);
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+        assert_eq!(lookups(&out).len(), 3, "{out:#?}");
+    }
+}
+
+#[test]
+fn musl_sending_its_copy_after_the_first_answer_came_keeps_one_lookup() {
+    // Under load musl's sends interleave with the answers: the A copy to
+    // the second server leaves after the first server's answer.
+    let mut s = Scenario::reading(MUSL);
+    let (first, second) = (Socket::new(30, 1, server(1)), Socket::new(30, 1, server(2)));
+    s.query(first, 0x90, "db.test.", A, 0);
+    s.answer(first, 0x90, "db.test.", A, MS / 10, GOOD);
+    s.query(second, 0x90, "db.test.", A, MS / 5);
+    s.query(first, 0x91, "db.test.", AAAA, MS / 4);
+    s.query(second, 0x91, "db.test.", AAAA, MS / 3);
+    s.answer(first, 0x91, "db.test.", AAAA, MS / 2, GOOD);
+    let (out, diagnoses) = s.settle(MS);
+    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    assert_eq!(lookups(&out).len(), 1, "{out:#?}");
+}
+
+/// A drop of `message` by the kernel, for `reason`.
+fn dropped(message: Message, reason: &str) -> crate::message::Dropped {
+    crate::message::Dropped {
+        message,
+        reason: reason.into(),
+        location: "somewhere+0x1".into(),
+        netns: Some(1),
+        conntrack: None,
+    }
+}
+
+#[test]
+fn a_query_dropped_on_its_way_out_opens_its_attempt_and_is_kernel_drop_not_timeout() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    // glibc's pair: the A query leaves, the AAAA is dropped before any
+    // socket program saw it.
+    s.query(socket, 0x100, "db.test.", A, 0);
+    let aaaa = message(Direction::Send, socket, 0x101, "db.test.", AAAA, 0, None);
+    s.correlator
+        .dropped(&dropped(aaaa, "NETFILTER_DROP"), &mut s.out);
+    s.answer(socket, 0x100, "db.test.", A, MS, GOOD);
+    let (out, diagnoses) = s.settle(0);
+    let lookups = lookups(&out);
+    let attempts = &lookups[0].attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    let aaaa = attempts.iter().find(|a| a.question.qtype == AAAA).unwrap();
+    let drop = aaaa.drop.as_ref().expect("the AAAA attempt's drop");
+    assert_eq!(drop.packet, super::attempt::DroppedPacket::Query);
+    assert_eq!(aaaa.outcome, Outcome::Timeout);
+    let a = attempts.iter().find(|a| a.question.qtype == A).unwrap();
+    assert_eq!((a.drop.as_ref(), a.outcome), (None, Outcome::Answered));
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+    assert_eq!(diagnoses[0].evidence, [0x101]);
+    assert!(diagnoses[0].explanation.contains("NETFILTER_DROP"));
+}
+
+#[test]
+fn a_response_dropped_at_a_full_buffer_after_its_socket_program_saw_it_was_never_had() {
+    for drop_first in [false, true] {
+        let mut s = Scenario::new();
+        let socket = Socket::new(7, 1, server(1));
+        s.query(socket, 0x100, "db.test.", A, 0);
+        let response = message(
+            Direction::Recv,
+            socket,
+            0x100,
+            "db.test.",
+            A,
+            MS,
+            Some(GOOD),
+        );
+        let drop = dropped(s.enriched(response.clone()), "SOCKET_RCVBUFF");
+        if drop_first {
+            s.correlator.dropped(&drop, &mut s.out);
+            s.correlator.observe(&s.enriched(response), &mut s.out);
+        } else {
+            s.correlator.observe(&s.enriched(response), &mut s.out);
+            s.correlator.dropped(&drop, &mut s.out);
+        }
+        let (out, diagnoses) = s.settle(0);
+        let attempt = &lookups(&out)[0].attempts[0];
+        assert_eq!(attempt.outcome, Outcome::Timeout, "{attempt:#?}");
+        assert_eq!(attempt.response, None);
+        assert_eq!(
+            attempt.drop.as_ref().map(|d| d.packet),
+            Some(super::attempt::DroppedPacket::Response)
+        );
+        assert_eq!(causes(&diagnoses), [Cause::KernelDrop], "{out:#?}");
+        assert!(diagnoses[0].explanation.contains("receive buffer was full"));
+    }
+}
+
+#[test]
+fn a_response_with_no_socket_left_is_a_late_answer_never_read() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    s.query(socket, 4242, "db.test.", A, 0);
+    let response = message(
+        Direction::Recv,
+        socket,
+        4242,
+        "db.test.",
+        A,
+        50 * MS,
+        Some(GOOD),
+    );
+    s.correlator
+        .dropped(&dropped(response, "NO_SOCKET"), &mut s.out);
+    let (out, diagnoses) = s.settle(0);
+    let attempt = &lookups(&out)[0].attempts[0];
+    assert_eq!(attempt.outcome, Outcome::Late);
+    assert_eq!(
+        attempt.response.as_ref().map(|r| r.read),
+        Some(ReadState::Unread)
+    );
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+    assert!(
+        diagnoses[0]
+            .explanation
+            .contains("late answer it never saw")
+    );
 }

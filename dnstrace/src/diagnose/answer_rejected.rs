@@ -7,6 +7,7 @@ use super::{Cause, Finding, History, describe_shape, names_of, rejected_by_serve
 use crate::{
     correlate::{
         attempt::{Attempt, ReadState, Shape},
+        behaviour::{LameRule, lame_rule},
         lookup::Lookup,
     },
     decode::Flags,
@@ -16,7 +17,7 @@ use crate::{
 pub fn check(lookup: &Lookup, history: &History<'_>) -> Vec<Finding> {
     // Server failures and truncation have rules of their own.
     rejected_by_server(lookup, |shape| {
-        !shape.is_server_failure() && !shape.flags.contains(Flags::TC)
+        !shape.is_error() && !shape.flags.contains(Flags::TC)
     })
     .into_iter()
     .filter_map(|(server, attempts)| finding(lookup, history, &attempts, server))
@@ -33,12 +34,14 @@ fn finding(
         .iter()
         .filter_map(|a| a.response.as_ref().map(|r| r.shape))
         .collect();
+    let library = lookup.context.library.as_ref();
     // The lame shape explains the rest when it is there; else the first.
     let rejected_shape = shapes
         .iter()
         .copied()
-        .find(Shape::is_lame_referral)
+        .find(|shape| lame_rule(library, shape).is_some())
         .or(shapes.first().copied())?;
+    let lame = lame_rule(library, &rejected_shape);
     // The used shape most like the rejected one shows what made the
     // difference; among equals, the most recent.
     let accepted_shape = history
@@ -66,13 +69,18 @@ fn finding(
         )),
         None => explanation.push_str(" The client has used no answer yet."),
     }
-    let library = lookup.context.library.as_ref();
-    if rejected_shape.is_lame_referral() {
-        explanation.push_str(
+    match lame {
+        Some(LameRule::Glibc) => explanation.push_str(
             " This is the lame-referral shape (NOERROR, no answers, AA=0, RA=0, no additional \
              records): glibc's res_send drops it and tries the next nameserver, and Go's resolver \
              rejects it as a lame referral; musl and c-ares accept it.",
-        );
+        ),
+        Some(LameRule::Go) => explanation.push_str(
+            " This is Go's lame-referral shape (NOERROR, no answers, AA=0, RA=0, whatever the \
+             additional section holds, an OPT record too): Go's resolver rejects it and asks \
+             again; glibc lets it through when it carries additional records.",
+        ),
+        None => {}
     }
     if let Some(Library::Glibc { major: 2, minor }) = library
         && *minor < 20
@@ -87,7 +95,12 @@ fn finding(
         explanation.push_str(&format!(" Its resolver: {}.", library.describe()));
     }
 
-    let fix = if rejected_shape.is_lame_referral() {
+    let fix = if lame == Some(LameRule::Go) {
+        format!(
+            "Make {server} set RA on these answers (it recurses) or AA (it is authoritative); CoreDNS \
+             1.5.1 and later set AA on answers from its cache. An OPT record does not help Go."
+        )
+    } else if lame.is_some() {
         format!(
             "Make {server} set RA on these answers (it recurses) or AA (it is authoritative); CoreDNS \
              1.5.1 and later set AA on answers from its cache. On the client, `options edns0` in \
@@ -197,6 +210,7 @@ mod tests {
             client: Client {
                 id: ClientId::Pid(7),
                 comm: Some("getent".into()),
+                facts: None,
             },
             socket_cookie: 1,
             transport: Transport::Udp,
@@ -225,6 +239,7 @@ mod tests {
             outcome: Outcome::Rejected(Rejection::AskedAgain),
             moved_on: false,
             ended_monotonic_ns: Some(1),
+            drop: None,
         }
     }
 

@@ -12,6 +12,12 @@ pub fn check(stray: &Attempt) -> Finding {
              path: resolvers ignore such answers and wait for their timeout. Make the server answer \
              from the address it was asked on.",
         ),
+        Outcome::Mismatched(Mismatch::Question) if stray.question.name.is_empty() => (
+            "carries an id the socket waits for, but no question section",
+            "Go's resolver ignores an answer without the question and waits for its timeout; \
+             glibc and musl take it by its id. Make the server (or the middlebox in the path) \
+             echo the question in its answers.",
+        ),
         Outcome::Mismatched(Mismatch::Question) => (
             "carries an id the socket waits for, but another question",
             "The server or something on the path rewrote the question. glibc and Go ignore such an \
@@ -27,14 +33,22 @@ pub fn check(stray: &Attempt) -> Finding {
             "An answer after the process gave up (it came too late), or unsolicited traffic.",
         ),
     };
+    // A bare header (a 12-byte REFUSED or FORMERR) names no question.
+    let question = match stray.question.name.as_str() {
+        "" => "no question".to_string(),
+        name => name.to_string(),
+    };
     Finding {
         cause: Cause::MismatchedAnswer,
         server: Some(from),
-        names: vec![stray.question.name.clone()],
+        names: Some(stray.question.name.clone())
+            .filter(|name| !name.is_empty())
+            .into_iter()
+            .collect(),
         evidence: vec![stray.id],
         explanation: format!(
-            "A response from {from} for {} (id {}) to {} {what}.",
-            stray.question.name, stray.id, stray.client
+            "A response from {from} for {question} (id {}) to {} {what}.",
+            stray.id, stray.client
         ),
         fix: fix.into(),
         shapes: None,

@@ -1,5 +1,5 @@
-//! `server_failure_fallback`: SERVFAIL, REFUSED or NOTIMP, then the process
-//! asks another server (or the same one again).
+//! `server_failure_fallback`: SERVFAIL, REFUSED, NOTIMP or FORMERR, then the
+//! process asks another server (or the same one again).
 
 use super::{Cause, Finding, names_of, rejected_by_server};
 use crate::{
@@ -8,7 +8,7 @@ use crate::{
 };
 
 pub fn check(lookup: &Lookup) -> Vec<Finding> {
-    rejected_by_server(lookup, Shape::is_server_failure)
+    rejected_by_server(lookup, Shape::is_error)
         .into_iter()
         .filter_map(|(server, from_server)| {
             let first = *from_server.first()?;
@@ -28,7 +28,8 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 ),
                 fix: format!(
                     "Find why {server} answers {}: for SERVFAIL its upstreams or DNSSEC validation \
-                     (its logs), for REFUSED its access rules, for NOTIMP the query type.",
+                     (its logs), for REFUSED its access rules, for NOTIMP the query type, for \
+                     FORMERR what the query carries (EDNS).",
                     rcode_name(rcode)
                 ),
                 shapes: None,

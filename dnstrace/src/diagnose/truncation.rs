@@ -3,7 +3,10 @@
 
 use super::{Cause, Finding, names_of};
 use crate::{
-    correlate::{attempt::Attempt, lookup::Lookup},
+    correlate::{
+        attempt::{Attempt, Outcome},
+        lookup::Lookup,
+    },
     decode::Flags,
     message::Transport,
 };
@@ -13,6 +16,8 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
         .attempts
         .iter()
         .filter(|a| a.transport == Transport::Udp)
+        // musl took another server's answer to the same query.
+        .filter(|a| a.outcome != Outcome::Superseded)
         .filter(|a| {
             a.response
                 .as_ref()

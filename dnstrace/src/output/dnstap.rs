@@ -237,6 +237,7 @@ mod tests {
                 uid: 0,
                 cgroup_id: 1,
                 netns: Some(2),
+                facts: crate::message::Facts::unknown(),
             }),
             socket_cookie: 7,
             direction,

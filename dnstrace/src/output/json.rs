@@ -12,6 +12,7 @@ use serde::{Serialize, Serializer};
 
 use super::{Destination, Output, Summary, WRITE_BUFFER_BYTES};
 use crate::{
+    cli::JsonKind,
     clock::Rfc3339,
     correlate::{
         attempt::{Attempt, Shape},
@@ -19,7 +20,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Dropped, Message},
+    message::{Client, Dropped, Facts, Message},
     resolver::Library,
 };
 
@@ -42,6 +43,10 @@ pub struct MessageRecord<'a> {
     pub cgroup_id: Option<u64>,
     /// Network namespace inode.
     pub netns: Option<u64>,
+    /// The process's container; null for a process in none.
+    pub container: Option<ContainerRecord<'a>>,
+    /// The container's Kubernetes pod; null outside one.
+    pub pod: Option<PodRecord<'a>>,
     /// The kernel's socket cookie: one value per socket for the whole boot.
     pub socket_cookie: u64,
     /// `"send"` or `"recv"`, seen from the process.
@@ -93,6 +98,8 @@ impl<'a> MessageRecord<'a> {
             uid: process.map(|p| p.uid),
             cgroup_id: process.map(|p| p.cgroup_id),
             netns: process.and_then(|p| p.netns),
+            container: process.and_then(|p| ContainerRecord::of(&p.facts)),
+            pod: process.and_then(|p| PodRecord::of(&p.facts)),
             socket_cookie: envelope.socket_cookie,
             direction: Mnemonic(envelope.direction.name().into()),
             proto: Mnemonic(envelope.transport.name().into()),
@@ -136,7 +143,7 @@ impl MessageRecord<'_> {
         record.kind.write_json(out);
         out.extend_from_slice(b",\"ts\":");
         times.write_json(out, record.ts.0);
-        fields!(record: pid, tid, comm, uid, cgroup_id, netns, socket_cookie, direction, proto,
+        fields!(record: pid, tid, comm, uid, cgroup_id, netns, container, pod, socket_cookie, direction, proto,
             local, remote, id, qr, opcode, flags, rcode, qname, qtype, answers, authority,
             additional, edns_udp_size, size, truncated_capture, decode_error);
         out.push(b'}');
@@ -167,6 +174,77 @@ impl<'a> DropRecord<'a> {
             location: &dropped.location,
             drop_netns: dropped.netns,
         }
+    }
+}
+
+/// A container, as `container` fields write it.
+#[derive(Serialize)]
+pub struct ContainerRecord<'a> {
+    /// The runtime's id.
+    pub id: &'a str,
+    /// `containerd`, `cri-o`, `docker` or `podman`; null when not known.
+    pub runtime: Option<Mnemonic>,
+    /// Its name, from the runtime's state; null when not read.
+    pub name: Option<&'a str>,
+    pub image: Option<&'a str>,
+}
+
+impl<'a> ContainerRecord<'a> {
+    pub fn of(facts: &'a Facts) -> Option<Self> {
+        let container = facts.container.as_ref()?;
+        Some(Self {
+            id: &container.id,
+            runtime: container.runtime.map(|r| Mnemonic(r.name().into())),
+            name: container.name.as_deref(),
+            image: container.image.as_deref(),
+        })
+    }
+}
+
+/// `{"first":…,"next":…}`: the fields named, in order, as serde writes
+/// them.
+macro_rules! write_object {
+    ($out:ident, $record:ident: $first:ident $(, $key:ident)*) => {
+        $out.extend_from_slice(concat!("{\"", stringify!($first), "\":").as_bytes());
+        $record.$first.write_json($out);
+        $(
+            $out.extend_from_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
+            $record.$key.write_json($out);
+        )*
+        $out.push(b'}');
+    };
+}
+
+impl WriteJson for ContainerRecord<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let record = self;
+        write_object!(out, record: id, runtime, name, image);
+    }
+}
+
+/// A pod, as `pod` fields write it.
+#[derive(Serialize)]
+pub struct PodRecord<'a> {
+    pub name: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub uid: Option<&'a str>,
+}
+
+impl<'a> PodRecord<'a> {
+    pub fn of(facts: &'a Facts) -> Option<Self> {
+        let pod = facts.pod.as_ref()?;
+        Some(Self {
+            name: pod.name.as_deref(),
+            namespace: pod.namespace.as_deref(),
+            uid: pod.uid.as_deref(),
+        })
+    }
+}
+
+impl WriteJson for PodRecord<'_> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let record = self;
+        write_object!(out, record: name, namespace, uid);
     }
 }
 
@@ -403,13 +481,15 @@ impl TimeCache {
     }
 }
 
-/// Who an attempt, lookup or diagnosis belongs to: `pid`, `comm` and
-/// `client`, in that order, in each of those records.
+/// Who an attempt, lookup or diagnosis belongs to: `pid`, `comm`,
+/// `container`, `pod` and `client`, in that order, in each of those records.
 #[derive(Serialize)]
 pub struct ClientFields<'a> {
     /// Process id; null in a file without processes (see `client`).
     pub pid: Option<u32>,
     pub comm: Option<&'a str>,
+    pub container: Option<ContainerRecord<'a>>,
+    pub pod: Option<PodRecord<'a>>,
     /// The client's address, when the trace has no process to name.
     pub client: Option<IpAddr>,
 }
@@ -419,6 +499,8 @@ impl<'a> ClientFields<'a> {
         Self {
             pid: client.pid(),
             comm: client.comm.as_deref(),
+            container: client.facts.as_deref().and_then(ContainerRecord::of),
+            pod: client.facts.as_deref().and_then(PodRecord::of),
             client: client.address(),
         }
     }
@@ -442,7 +524,7 @@ pub struct AttemptRecord<'a> {
     pub qname: &'a str,
     pub qtype: Cow<'static, str>,
     pub id: u16,
-    /// `answered`, `timeout`, `rejected`, `late` or `mismatched`.
+    /// `answered`, `timeout`, `rejected`, `late`, `superseded` or `mismatched`.
     pub outcome: &'static str,
     /// Why, for `rejected` and `mismatched`.
     pub outcome_detail: Option<&'static str>,
@@ -456,6 +538,14 @@ pub struct AttemptRecord<'a> {
     /// Whether the process read the response from its socket; null when
     /// that is not known (see docs/json.md).
     pub response_read: Option<bool>,
+    /// `query` or `response`: which of the two the kernel dropped; null
+    /// when neither (or drops are not watched).
+    pub dropped: Option<&'static str>,
+    /// The kernel's reason and place for that drop.
+    pub drop_reason: Option<&'a str>,
+    pub drop_location: Option<&'a str>,
+    /// From the query's sending to the drop.
+    pub drop_after_us: Option<u64>,
 }
 
 impl<'a> AttemptRecord<'a> {
@@ -486,6 +576,10 @@ impl<'a> AttemptRecord<'a> {
             response_authority: shape.map(|s| s.authority),
             response_additional: shape.map(|s| s.additional),
             response_read: response.and_then(|r| r.read.was_read()),
+            dropped: attempt.drop.as_ref().map(|d| d.packet.name()),
+            drop_reason: attempt.drop.as_ref().map(|d| d.reason.as_str()),
+            drop_location: attempt.drop.as_ref().map(|d| d.location.as_str()),
+            drop_after_us: attempt.drop.as_ref().map(|d| d.after_ns / 1_000),
         }
     }
 }
@@ -611,7 +705,7 @@ fn as_display<S: Serializer>(value: &impl Display, serializer: S) -> Result<S::O
 
 /// The last line of a run.
 #[derive(Serialize)]
-pub struct SummaryRecord {
+pub struct SummaryRecord<'a> {
     /// Always `"summary"`.
     pub kind: &'static str,
     /// Messages captured and written.
@@ -624,6 +718,8 @@ pub struct SummaryRecord {
     pub skipped_records: u64,
     /// DNS packets the kernel dropped (each also a `drop` record).
     pub drops: u64,
+    /// The same, per drop reason.
+    pub drops_by_reason: &'a std::collections::BTreeMap<String, u64>,
 }
 
 pub struct JsonOutput {
@@ -634,14 +730,41 @@ pub struct JsonOutput {
     /// sparing a copy of every line into the destination's own buffer.
     lines: Vec<u8>,
     times: TimeCache,
+    kinds: Kinds,
+}
+
+/// Which record kinds are written (`--json-kinds`).
+struct Kinds {
+    message: bool,
+    attempt: bool,
+    lookup: bool,
+    diagnosis: bool,
+    summary: bool,
+    drop: bool,
+}
+
+impl Kinds {
+    /// Every kind when none is named.
+    fn from(named: &[JsonKind]) -> Self {
+        let wanted = |kind| named.is_empty() || named.contains(&kind);
+        Self {
+            message: wanted(JsonKind::Message),
+            attempt: wanted(JsonKind::Attempt),
+            lookup: wanted(JsonKind::Lookup),
+            diagnosis: wanted(JsonKind::Diagnosis),
+            summary: wanted(JsonKind::Summary),
+            drop: wanted(JsonKind::Drop),
+        }
+    }
 }
 
 impl JsonOutput {
-    pub fn new(destination: Destination) -> Self {
+    pub fn new(destination: Destination, kinds: &[JsonKind]) -> Self {
         Self {
             destination,
             lines: Vec::with_capacity(WRITE_BUFFER_BYTES + 1024),
             times: TimeCache::default(),
+            kinds: Kinds::from(kinds),
         }
     }
 
@@ -684,26 +807,43 @@ impl Drop for JsonOutput {
 
 impl Output for JsonOutput {
     fn message(&mut self, message: &Message) -> io::Result<()> {
+        if !self.kinds.message {
+            return Ok(());
+        }
         MessageRecord::new(message).write_json(&mut self.lines, &mut self.times);
         self.end_line()
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
-        for attempt in &lookup.attempts {
-            self.line(&AttemptRecord::new(attempt))?;
+        if self.kinds.attempt {
+            for attempt in &lookup.attempts {
+                self.line(&AttemptRecord::new(attempt))?;
+            }
+        }
+        if !self.kinds.lookup {
+            return Ok(());
         }
         self.line(&LookupRecord::new(lookup))
     }
 
     fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
+        if !self.kinds.attempt {
+            return Ok(());
+        }
         self.line(&AttemptRecord::new(attempt))
     }
 
     fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        if !self.kinds.drop {
+            return Ok(());
+        }
         self.line(&DropRecord::new(dropped))
     }
 
     fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
+        if !self.kinds.diagnosis {
+            return Ok(());
+        }
         self.line(&DiagnosisRecord::new(diagnosis))
     }
 
@@ -713,6 +853,9 @@ impl Output for JsonOutput {
     }
 
     fn finish(&mut self, summary: &Summary) -> io::Result<()> {
+        if !self.kinds.summary {
+            return self.flush();
+        }
         self.line(&SummaryRecord {
             kind: "summary",
             messages: summary.messages,
@@ -720,6 +863,7 @@ impl Output for JsonOutput {
             undecodable: summary.undecodable,
             skipped_records: summary.skipped_records,
             drops: summary.drops,
+            drops_by_reason: &summary.drops_by_reason,
         })?;
         self.flush()
     }
@@ -757,6 +901,25 @@ mod tests {
         }
     }
 
+    /// A process in a pod, with odd names (they are anyone's text).
+    fn in_a_pod() -> std::sync::Arc<Facts> {
+        use crate::message::{Container, Pod, Runtime};
+        std::sync::Arc::new(Facts {
+            container: Some(Container {
+                id: "ab".repeat(32),
+                runtime: Some(Runtime::CriO),
+                name: Some("app\"\n".into()),
+                image: None,
+            }),
+            pod: Some(Pod {
+                name: Some("web-0".into()),
+                namespace: None,
+                uid: Some("u".into()),
+            }),
+            ..Facts::default()
+        })
+    }
+
     /// docs/json.md must name every field the code writes.
     #[test]
     fn every_field_is_documented() {
@@ -769,16 +932,19 @@ mod tests {
             undecodable: 0,
             skipped_records: 0,
             drops: 0,
+            drops_by_reason: &Default::default(),
         };
         let dropped = Dropped {
             message: message.clone(),
             reason: "NETFILTER_DROP".into(),
             location: "nf_hook_slow+0x8d".into(),
             netns: Some(1),
+            conntrack: None,
         };
         let client = crate::message::Client {
             id: crate::message::ClientId::Pid(1),
             comm: Some("c".into()),
+            facts: Some(in_a_pod()),
         };
         let attempt = Attempt {
             client: client.clone(),
@@ -796,6 +962,7 @@ mod tests {
             outcome: crate::correlate::attempt::Outcome::Timeout,
             moved_on: false,
             ended_monotonic_ns: Some(1),
+            drop: None,
         };
         let lookup = Lookup {
             client,
@@ -817,11 +984,18 @@ mod tests {
             serde_json::to_value(DiagnosisRecord::new(&diagnosis)).unwrap(),
             serde_json::to_value(summary).unwrap(),
         ] {
-            for key in value.as_object().unwrap().keys() {
+            for (key, value) in value.as_object().unwrap() {
                 assert!(
                     docs.contains(&format!("| `{key}` |")),
                     "docs/json.md lacks `{key}`"
                 );
+                // The container's and pod's own fields, as `container.id`.
+                for inner in value.as_object().into_iter().flat_map(|o| o.keys()) {
+                    assert!(
+                        docs.contains(&format!("| `{key}.{inner}` |")),
+                        "docs/json.md lacks `{key}.{inner}`"
+                    );
+                }
             }
         }
     }
@@ -879,6 +1053,7 @@ mod tests {
             uid: 0,
             cgroup_id: u64::MAX,
             netns: Some(4026531840),
+            facts: in_a_pod(),
         });
         message.dns = decode(&query, query.len());
         for (ns, local, remote) in [

@@ -3,6 +3,7 @@
 
 pub mod dnstap;
 pub mod json;
+pub mod metrics;
 pub mod pcapng;
 pub mod rotation;
 pub mod text;
@@ -54,7 +55,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     }
     let destination = Destination::open(args.output.as_deref(), rotation)?;
     let main: Box<dyn Output> = match args.format {
-        Format::Json => Box::new(JsonOutput::new(destination)),
+        Format::Json => Box::new(JsonOutput::new(destination, &args.json_kinds)),
         Format::Text => {
             let color = match args.color {
                 ColorChoice::Always => true,
@@ -70,7 +71,7 @@ pub fn open_all(args: &OutputArgs) -> Result<Vec<Box<dyn Output>>, Failure> {
     let mut outputs = vec![main];
     if let Some(path) = &args.json {
         let destination = Destination::open(Some(path), rotation)?;
-        outputs.push(Box::new(JsonOutput::new(destination)));
+        outputs.push(Box::new(JsonOutput::new(destination, &args.json_kinds)));
     }
     if let Some(path) = &args.pcapng {
         let file = create_private(path)?;
@@ -121,13 +122,31 @@ pub struct Summary {
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
-    /// DNS packets the kernel dropped.
+    /// DNS packets the kernel dropped, and how many for each reason (the
+    /// kernel's names: a small enum, so the map stays small).
     pub drops: u64,
+    pub drops_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Messages passed on before their process's facts (resolver,
+    /// container) were known.
+    pub unenriched: u64,
+    /// Facts about processes, cgroups and containers dropped because the
+    /// enrich caches were full.
+    pub evicted_facts: u64,
 }
 
 impl Summary {
     pub fn lost(&self) -> u64 {
         self.lost_per_cpu.iter().sum()
+    }
+
+    pub fn count_drop(&mut self, reason: &str) {
+        self.drops += 1;
+        match self.drops_by_reason.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                self.drops_by_reason.insert(reason.to_string(), 1);
+            }
+        }
     }
 
     /// One line for stderr.
@@ -167,9 +186,15 @@ impl Summary {
             line.push_str(&format!(" ({})", per_cpu.join(", ")));
         }
         if self.drops > 0 {
+            let reasons: Vec<String> = self
+                .drops_by_reason
+                .iter()
+                .map(|(reason, count)| format!("{reason} {count}"))
+                .collect();
             line.push_str(&format!(
-                ", {} DNS packets dropped by the kernel",
-                self.drops
+                ", {} DNS packets dropped by the kernel ({})",
+                self.drops,
+                reasons.join(", ")
             ));
         }
         if self.evicted_lookups > 0 {
@@ -201,6 +226,18 @@ impl Summary {
             line.push_str(&format!(
                 ", {} damaged record(s) skipped",
                 self.skipped_records
+            ));
+        }
+        if self.unenriched > 0 {
+            line.push_str(&format!(
+                ", {} messages passed on before their process was known",
+                self.unenriched
+            ));
+        }
+        if self.evicted_facts > 0 {
+            line.push_str(&format!(
+                ", {} process facts forgotten early (cache full)",
+                self.evicted_facts
             ));
         }
         if self.malformed_records > 0 {
@@ -241,9 +278,26 @@ pub trait Output {
     ) -> io::Result<()> {
         Ok(())
     }
+    /// The agent's own state, once a tick while tracing live.
+    fn state(&mut self, _state: &AgentState) -> io::Result<()> {
+        Ok(())
+    }
     /// Makes everything written so far visible (a tick, or the end).
     fn flush(&mut self) -> io::Result<()>;
     fn finish(&mut self, summary: &Summary) -> io::Result<()>;
+}
+
+/// What the agent holds and has counted, for outputs that report on
+/// dnstrace itself (metrics).
+pub struct AgentState<'a> {
+    /// CLOCK_MONOTONIC nanoseconds, as message timestamps are.
+    pub now_ns: u64,
+    /// The counts so far, losses included.
+    pub summary: &'a Summary,
+    /// Lookups not yet settled.
+    pub open_lookups: usize,
+    /// Processes in the per-process report.
+    pub processes: usize,
 }
 
 /// One process's lookups so far.

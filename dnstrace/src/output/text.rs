@@ -191,6 +191,16 @@ fn format_lookup(lookup: &Lookup) -> String {
             odd.push(format!("{count} {label}"));
         }
     }
+    for attempt in &lookup.attempts {
+        if let Some(drop) = &attempt.drop {
+            odd.push(format!(
+                "{} {} dropped by the kernel: {}",
+                qtype_name(attempt.question.qtype),
+                drop.packet.name(),
+                drop.reason
+            ));
+        }
+    }
     let wasted = lookup.wasted_queries();
     if wasted > 0 {
         odd.push(format!("{wasted} wasted"));
@@ -219,13 +229,13 @@ fn format_lookup(lookup: &Lookup) -> String {
     line
 }
 
-/// The PID and COMM columns; a client known only by its address (a packet
-/// capture) shows the address where the name would be.
+/// The PID and COMM columns; a process in a pod shows
+/// `namespace/pod/container` for its name, and a client known only by its
+/// address (a packet capture) shows the address.
 fn client_columns(client: &Client) -> (String, String) {
-    match (client.pid(), &client.comm) {
-        (Some(pid), Some(comm)) => (pid.to_string(), comm.to_string()),
-        (Some(pid), None) => (pid.to_string(), String::new()),
-        (None, _) => (
+    match client.pid() {
+        Some(pid) => (pid.to_string(), client.name()),
+        None => (
             "-".into(),
             client.address().map(|a| a.to_string()).unwrap_or_default(),
         ),
@@ -254,8 +264,11 @@ fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
 
 fn format_line(message: &Message) -> String {
     let (pid, comm) = match &message.envelope.process {
-        Some(p) => (p.pid.to_string(), &*p.comm),
-        None => ("?".to_string(), "?"),
+        Some(p) => (
+            p.pid.to_string(),
+            p.facts.pod_path().unwrap_or_else(|| p.comm.to_string()),
+        ),
+        None => ("?".to_string(), "?".to_string()),
     };
     let arrow = match message.envelope.direction {
         Direction::Send => ">",
@@ -325,6 +338,7 @@ mod tests {
                     uid: 0,
                     cgroup_id: 1,
                     netns: Some(4026531840),
+                    facts: crate::message::Facts::unknown(),
                 }),
                 socket_cookie: 7,
                 direction: Direction::Recv,
@@ -392,6 +406,52 @@ mod tests {
             "{text:?}"
         );
         assert!(!text.contains('\u{202e}'), "{text:?}");
+    }
+
+    #[test]
+    fn a_process_in_a_pod_is_named_by_namespace_pod_and_container() {
+        use std::sync::Arc;
+
+        use crate::message::{Client, ClientId, Container, Facts, Pod};
+        let facts = Arc::new(Facts {
+            container: Some(Container {
+                id: "ab".repeat(32),
+                runtime: None,
+                name: Some("app".into()),
+                image: None,
+            }),
+            pod: Some(Pod {
+                name: Some("web-7f9c4-x2k8p".into()),
+                namespace: Some("shop".into()),
+                uid: None,
+            }),
+            ..Facts::default()
+        });
+        let mut message = response();
+        if let Some(process) = message.envelope.process.as_mut() {
+            process.facts = facts.clone();
+        }
+        assert!(
+            format_line(&message).contains(" 4242    shop/web-7f9c4-x2k8p/app <"),
+            "{}",
+            format_line(&message)
+        );
+        let client = Client {
+            id: ClientId::Pid(4242),
+            comm: Some("getent".into()),
+            facts: Some(facts),
+        };
+        assert_eq!(client.to_string(), "shop/web-7f9c4-x2k8p/app (pid 4242)");
+        assert_eq!(
+            client_columns(&client),
+            ("4242".into(), "shop/web-7f9c4-x2k8p/app".into())
+        );
+        // A host process, and a container without a pod, keep their name.
+        let host = Client {
+            facts: Some(Facts::unknown()),
+            ..client
+        };
+        assert_eq!(host.to_string(), "getent (pid 4242)");
     }
 
     #[test]

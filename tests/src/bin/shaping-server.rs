@@ -1,9 +1,11 @@
 //! A DNS server that answers in odd shapes on purpose, to provoke the stub
-//! resolver behaviour in shared/notes/resolver-behaviour.md.
+//! resolver behaviour in docs/resolvers.md.
 //!
-//! Usage: `shaping-server ADDR:PORT...` (UDP and TCP). The shape comes from
-//! the label just before the zone: `<anything>.<shape>.example.test.` Without
-//! a known shape label, a name gets a normal authoritative answer. Over TCP
+//! Usage: `shaping-server ADDR:PORT... [other=IP...]` (UDP and TCP); the
+//! `other-address` shape answers from the `other=` address of the query's
+//! family. The shape comes from the label just before the zone:
+//! `<anything>.<shape>.example.test.` Without a known shape label, a name
+//! gets a normal authoritative answer. Over TCP
 //! every shape is answered as over UDP, except that nothing is truncated
 //! there: a `tc` name gets its whole answer, as resolvers that fall back to
 //! TCP expect. Each query is logged to stderr as
@@ -13,7 +15,7 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
@@ -59,6 +61,24 @@ enum Shape {
     SlowDropAaaa,
     /// The answer carries another ID.
     WrongId,
+    /// A normal answer to another name: the first letter of the question
+    /// changed.
+    WrongQuestion,
+    /// A normal answer from another port of the same address.
+    OtherPort,
+    /// A normal answer from another address (`other=`).
+    OtherAddress,
+    /// A normal answer, after [`LATE`]: past a one-second client timeout.
+    Late,
+    /// Only the 12-byte header, no question section, with this rcode
+    /// (REFUSED or FORMERR, as some servers and middleboxes send).
+    Bare(u16),
+    /// NOERROR, no records but an SOA, RA set: an ordinary NODATA from a
+    /// recursive server.
+    NodataRa,
+    /// As [`Shape::LameAaaa`], with an OPT record when the query had one:
+    /// what glibc keeps and Go throws away.
+    LameAaaaEdns,
     /// TXT answered with [`HUGE_TXT_RECORDS`] records, whatever the
     /// client's EDNS size.
     Huge,
@@ -80,6 +100,14 @@ impl Shape {
             "drop-aaaa" => Shape::DropAaaa,
             "slow-drop-aaaa" => Shape::SlowDropAaaa,
             "wrong-id" => Shape::WrongId,
+            "wrong-question" => Shape::WrongQuestion,
+            "other-port" => Shape::OtherPort,
+            "other-address" => Shape::OtherAddress,
+            "late" => Shape::Late,
+            "refused-bare" => Shape::Bare(5),
+            "formerr-bare" => Shape::Bare(1),
+            "nodata-ra" => Shape::NodataRa,
+            "lame-aaaa-edns" => Shape::LameAaaaEdns,
             "huge" => Shape::Huge,
             _ => Shape::Normal,
         }
@@ -142,6 +170,7 @@ fn shape_of(qname: &str) -> Shape {
 /// Builds a DNS message; records always name the question (pointer 0xc00c).
 struct Answer {
     bytes: Vec<u8>,
+    questions: u16,
     counts: [u16; 3],
 }
 
@@ -154,6 +183,7 @@ impl Answer {
         bytes.extend(question);
         Self {
             bytes,
+            questions: 1,
             counts: [0; 3],
         }
     }
@@ -188,6 +218,7 @@ impl Answer {
     }
 
     fn finish(mut self) -> Vec<u8> {
+        self.bytes[4..6].copy_from_slice(&self.questions.to_be_bytes());
         for (i, count) in self.counts.into_iter().enumerate() {
             self.bytes[6 + 2 * i..8 + 2 * i].copy_from_slice(&count.to_be_bytes());
         }
@@ -234,13 +265,26 @@ fn answer(query: &Query, tcp: bool, cache: &Cache) -> Option<Vec<u8>> {
     let answer = match shape {
         Shape::Drop => return None,
         Shape::DropAaaa | Shape::SlowDropAaaa if query.qtype == TYPE_AAAA => return None,
-        Shape::Normal | Shape::DropAaaa | Shape::SlowDropAaaa | Shape::WrongId | Shape::Huge => {
+        Shape::Normal
+        | Shape::DropAaaa
+        | Shape::SlowDropAaaa
+        | Shape::WrongId
+        | Shape::WrongQuestion
+        | Shape::OtherPort
+        | Shape::OtherAddress
+        | Shape::Late
+        | Shape::Huge => {
             let id = if shape == Shape::WrongId {
                 !query.id
             } else {
                 query.id
             };
-            let mut answer = Answer::new(id, authoritative, query.question);
+            let mut question = query.question.to_vec();
+            if shape == Shape::WrongQuestion {
+                // The first letter of the first label.
+                question[1] = if question[1] == b'x' { b'y' } else { b'x' };
+            }
+            let mut answer = Answer::new(id, authoritative, &question);
             if shape == Shape::Huge && query.qtype == TYPE_TXT {
                 for n in 0..HUGE_TXT_RECORDS {
                     let mut rdata = vec![200];
@@ -255,14 +299,26 @@ fn answer(query: &Query, tcp: bool, cache: &Cache) -> Option<Vec<u8>> {
             }
             answer
         }
-        Shape::LameAaaa if query.qtype == TYPE_A => {
+        Shape::LameAaaa | Shape::LameAaaaEdns if query.qtype == TYPE_A => {
             let mut answer = Answer::new(query.id, FLAG_QR | rd, query.question);
             address(&mut answer);
+            if shape == Shape::LameAaaaEdns && query.edns {
+                answer.opt();
+            }
             answer
         }
-        Shape::LameAaaa | Shape::Lame => {
-            let mut answer = Answer::new(query.id, FLAG_QR | rd, query.question);
+        Shape::LameAaaa | Shape::LameAaaaEdns | Shape::Lame | Shape::NodataRa => {
+            let ra = if shape == Shape::NodataRa { FLAG_RA } else { 0 };
+            let mut answer = Answer::new(query.id, FLAG_QR | rd | ra, query.question);
             answer.soa();
+            if shape == Shape::LameAaaaEdns && query.edns {
+                answer.opt();
+            }
+            answer
+        }
+        Shape::Bare(rcode) => {
+            let mut answer = Answer::new(query.id, FLAG_QR | rd | FLAG_RA | rcode, &[]);
+            answer.questions = 0;
             answer
         }
         Shape::Rcode(rcode) => {
@@ -302,28 +358,58 @@ fn respond(packet: &[u8], peer: SocketAddr, tcp: bool, cache: &Cache) -> Option<
 
 /// How long [`Shape::SlowDropAaaa`] takes to answer: a server far away.
 const SLOW: Duration = Duration::from_millis(50);
+/// How long [`Shape::Late`] takes: past a client's `timeout:1`, within
+/// its second try.
+const LATE: Duration = Duration::from_millis(1500);
 
-/// Whether the answer to `packet` waits for [`SLOW`].
-fn is_slow(packet: &[u8]) -> bool {
-    parse(packet).is_some_and(|query| shape_of(&query.qname) == Shape::SlowDropAaaa)
+/// How long the answer to `packet` waits.
+fn delay_of(packet: &[u8]) -> Duration {
+    match parse(packet).map(|query| shape_of(&query.qname)) {
+        Some(Shape::SlowDropAaaa) => SLOW,
+        Some(Shape::Late) => LATE,
+        _ => Duration::ZERO,
+    }
 }
 
-fn serve_udp(socket: UdpSocket, cache: Arc<Cache>) {
+/// The sockets one UDP address answers from.
+struct UdpSockets {
+    /// The one queries come to.
+    main: UdpSocket,
+    /// Another port of the same address.
+    other_port: UdpSocket,
+    /// The `other=` address of the same family, when given.
+    other_address: Option<UdpSocket>,
+}
+
+impl UdpSockets {
+    /// The socket `packet`'s answer leaves from.
+    fn for_answer(&self, packet: &[u8]) -> &UdpSocket {
+        match parse(packet).map(|query| shape_of(&query.qname)) {
+            Some(Shape::OtherPort) => &self.other_port,
+            Some(Shape::OtherAddress) => self.other_address.as_ref().unwrap_or(&self.main),
+            _ => &self.main,
+        }
+    }
+}
+
+fn serve_udp(sockets: UdpSockets, cache: Arc<Cache>) {
     let mut buffer = [0u8; 65536];
     loop {
-        let (len, peer) = socket.recv_from(&mut buffer).expect("recv_from");
+        let (len, peer) = sockets.main.recv_from(&mut buffer).expect("recv_from");
         let Some(answer) = respond(&buffer[..len], peer, false, &cache) else {
             continue;
         };
-        if is_slow(&buffer[..len]) {
+        let socket = sockets.for_answer(&buffer[..len]);
+        let delay = delay_of(&buffer[..len]);
+        if delay.is_zero() {
+            socket.send_to(&answer, peer).expect("send_to");
+        } else {
             // On a thread of its own, so other queries are not held up.
             let socket = socket.try_clone().expect("clone the socket");
             thread::spawn(move || {
-                thread::sleep(SLOW);
+                thread::sleep(delay);
                 socket.send_to(&answer, peer).expect("send_to");
             });
-        } else {
-            socket.send_to(&answer, peer).expect("send_to");
         }
     }
 }
@@ -348,9 +434,7 @@ fn serve_connection(mut stream: TcpStream, cache: &Cache) {
         if stream.read_exact(&mut packet).is_err() {
             return;
         }
-        if is_slow(&packet) {
-            thread::sleep(SLOW);
-        }
+        thread::sleep(delay_of(&packet));
         if let Some(answer) = respond(&packet, peer, true, cache) {
             let length = u16::try_from(answer.len()).expect("answers fit a TCP message");
             let mut framed = length.to_be_bytes().to_vec();
@@ -363,21 +447,38 @@ fn serve_connection(mut stream: TcpStream, cache: &Cache) {
 }
 
 fn main() {
-    let addrs: Vec<SocketAddr> = std::env::args()
-        .skip(1)
-        .map(|arg| {
-            arg.parse()
-                .unwrap_or_else(|e| panic!("address {arg:?}: {e}"))
-        })
-        .collect();
-    assert!(!addrs.is_empty(), "usage: shaping-server ADDR:PORT...");
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    let mut others: Vec<IpAddr> = Vec::new();
+    for arg in std::env::args().skip(1) {
+        match arg.strip_prefix("other=") {
+            Some(ip) => others.push(ip.parse().unwrap_or_else(|e| panic!("address {ip:?}: {e}"))),
+            None => addrs.push(
+                arg.parse()
+                    .unwrap_or_else(|e| panic!("address {arg:?}: {e}")),
+            ),
+        }
+    }
+    assert!(
+        !addrs.is_empty(),
+        "usage: shaping-server ADDR:PORT... [other=IP...]"
+    );
     let cache = Arc::new(Cache::default());
     let mut servers = Vec::new();
     for addr in addrs {
-        let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+        let bind = |addr: SocketAddr| {
+            UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind udp {addr}: {e}"))
+        };
+        let sockets = UdpSockets {
+            main: bind(addr),
+            other_port: bind(SocketAddr::new(addr.ip(), 0)),
+            other_address: others
+                .iter()
+                .find(|ip| ip.is_ipv4() == addr.is_ipv4())
+                .map(|ip| bind(SocketAddr::new(*ip, 0))),
+        };
         let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind tcp {addr}: {e}"));
         let udp_cache = Arc::clone(&cache);
-        servers.push(thread::spawn(move || serve_udp(socket, udp_cache)));
+        servers.push(thread::spawn(move || serve_udp(sockets, udp_cache)));
         let tcp_cache = Arc::clone(&cache);
         servers.push(thread::spawn(move || serve_tcp(listener, tcp_cache)));
     }
