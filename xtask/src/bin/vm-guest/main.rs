@@ -109,10 +109,39 @@ fn captures(backend: &str, early: u32) -> Result<String, String> {
         return Err(format!("asked for {backend}, dnstrace ran {}", run.active));
     }
     Ok(format!(
-        "{} messages checked, lost 0; {}",
+        "{} messages checked, lost 0; {}; {}",
         run.messages,
-        reads_line(&run)?
+        reads_line(&run)?,
+        drops_line(&run)?
     ))
+}
+
+/// What dnstrace said of watching the kernel's drops, which must match
+/// the kernel: `skb:kfree_skb` carries the drop reason since Linux 5.17, so
+/// Debian's 6.1 has it, and the drop program must load and attach there
+/// with offsets read from that kernel's BTF.
+fn drops_line(run: &Run) -> Result<&str, String> {
+    let line = run
+        .stderr
+        .iter()
+        .filter_map(|line| line.strip_prefix("dnstrace: "))
+        .find(|line| line.starts_with("kernel drops of DNS packets "))
+        .ok_or("no start-up line says whether drops are watched")?;
+    let kernel = system::kernel();
+    let watched = line.starts_with("kernel drops of DNS packets watched");
+    if watched != (kernel_version() >= vec![5, 17]) {
+        return Err(format!("on kernel {kernel}, dnstrace says: {line}"));
+    }
+    Ok(line)
+}
+
+/// The running kernel's major and minor version.
+fn kernel_version() -> Vec<u32> {
+    system::kernel()
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .map(|part| part.parse().unwrap_or(0))
+        .collect()
 }
 
 /// What dnstrace said of tracking reads, which must match the kernel: the
@@ -126,12 +155,7 @@ fn reads_line(run: &Run) -> Result<&str, String> {
         .find(|line| line.starts_with("reads of responses "))
         .ok_or("no start-up line says whether reads are tracked")?;
     let kernel = system::kernel();
-    let version: Vec<u32> = kernel
-        .split(|c: char| !c.is_ascii_digit())
-        .take(2)
-        .map(|part| part.parse().unwrap_or(0))
-        .collect();
-    let has_tracepoint = version >= vec![6, 3];
+    let has_tracepoint = kernel_version() >= vec![6, 3];
     let tracked = line.starts_with("reads of responses tracked");
     if tracked != has_tracepoint || !line.contains("sock_recv_length") {
         return Err(format!("on kernel {kernel}, dnstrace says: {line}"));
