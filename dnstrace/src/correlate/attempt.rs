@@ -174,7 +174,7 @@ pub struct Attempt {
     /// When the response came, or when the process gave up waiting.
     pub ended_monotonic_ns: Option<u64>,
     /// The kernel dropped the query or its response (`skb:kfree_skb`).
-    pub drop: Option<KernelDrop>,
+    pub drop: Option<Box<KernelDrop>>,
 }
 
 /// A packet of an attempt that the kernel dropped, and why.

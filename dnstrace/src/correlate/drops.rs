@@ -58,7 +58,10 @@ impl Correlator {
                 self.observe(message, out);
             }
             if let Some(attempt) = self.newest(client, |a| same(a) && a.response.is_none()) {
-                attempt.drop = Some(drop(DroppedPacket::Query, attempt.sent_monotonic_ns));
+                attempt.drop = Some(Box::new(drop(
+                    DroppedPacket::Query,
+                    attempt.sent_monotonic_ns,
+                )));
             }
             return;
         }
@@ -72,7 +75,10 @@ impl Correlator {
         }) else {
             return;
         };
-        attempt.drop = Some(drop(DroppedPacket::Response, attempt.sent_monotonic_ns));
+        attempt.drop = Some(Box::new(drop(
+            DroppedPacket::Response,
+            attempt.sent_monotonic_ns,
+        )));
         if attempt.response.take().is_some() && attempt.outcome == Outcome::Pending {
             attempt.ended_monotonic_ns = None;
         }
