@@ -1,7 +1,10 @@
 //! Decoded messages → correlation → diagnosis → outputs. Knows nothing of
 //! where messages come from, so live tracing and reading a file share it.
 
-use std::{collections::HashMap, io};
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+};
 
 use crate::{
     correlate::{
@@ -33,7 +36,18 @@ pub struct Pipeline {
     /// remembered for them.
     watch_drops: bool,
     query_owners: QueryOwners,
+    /// Drops with no owner yet, oldest first: the query that names it may
+    /// still wait for its process's facts in the enrich stage.
+    orphan_drops: VecDeque<Dropped>,
+    /// Dropped responses whose attempt is not open yet, for the same
+    /// reason; their records are written already.
+    unlinked_drops: VecDeque<Dropped>,
 }
+
+/// How long a drop waits for its query to name its owner (the enrich
+/// stage's longest hold), and how many wait.
+const ORPHAN_WAIT_NS: u64 = crate::enrich::HOLD_NS;
+const MAX_ORPHAN_DROPS: usize = 1024;
 
 impl Pipeline {
     pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
@@ -49,6 +63,8 @@ impl Pipeline {
             now_ns: 0,
             watch_drops: false,
             query_owners: QueryOwners::default(),
+            orphan_drops: VecDeque::new(),
+            unlinked_drops: VecDeque::new(),
         }
     }
 
@@ -88,6 +104,8 @@ impl Pipeline {
         self.each_output(|output| output.message(message));
         if self.watch_drops {
             self.query_owners.message(message);
+            self.adopt_orphan_drops();
+            self.link_drops(|_| false);
         }
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.observe(message, &mut correlated);
@@ -96,22 +114,81 @@ impl Pipeline {
     }
 
     /// A DNS packet the kernel dropped: counted, to every output, and
-    /// linked to the attempt it belongs to.
+    /// linked to the attempt it belongs to. One with no owner yet waits a
+    /// little for the query that names it.
     pub fn dropped(&mut self, mut dropped: Dropped) {
         self.now_ns = self.now_ns.max(dropped.message.envelope.monotonic_ns);
         self.summary.count_drop(&dropped.reason);
         self.query_owners.attribute(&mut dropped);
-        self.each_output(|output| output.dropped(&dropped));
+        if dropped.message.envelope.process.is_none() && self.orphan_drops.len() < MAX_ORPHAN_DROPS
+        {
+            self.orphan_drops.push_back(dropped);
+            return;
+        }
+        self.pass_drop(&dropped);
+    }
+
+    fn pass_drop(&mut self, dropped: &Dropped) {
+        self.each_output(|output| output.dropped(dropped));
         let mut correlated = std::mem::take(&mut self.correlated);
-        self.correlator.dropped(&dropped, &mut correlated);
+        let linked = self.correlator.dropped(dropped, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+        if !linked && self.unlinked_drops.len() < MAX_ORPHAN_DROPS {
+            self.unlinked_drops.push_back(dropped.clone());
+        }
+    }
+
+    /// Tries again to link the drops whose attempt was not open; those
+    /// `expired` are given up.
+    fn link_drops(&mut self, expired: impl Fn(&Dropped) -> bool) {
+        let mut correlated = std::mem::take(&mut self.correlated);
+        for _ in 0..self.unlinked_drops.len() {
+            let Some(dropped) = self.unlinked_drops.pop_front() else {
+                break;
+            };
+            if !self.correlator.dropped(&dropped, &mut correlated) && !expired(&dropped) {
+                self.unlinked_drops.push_back(dropped);
+            }
+        }
+        self.handle(&mut correlated);
+        self.correlated = correlated;
+    }
+
+    /// Passes on the waiting drops a query now names.
+    fn adopt_orphan_drops(&mut self) {
+        for _ in 0..self.orphan_drops.len() {
+            let Some(mut dropped) = self.orphan_drops.pop_front() else {
+                break;
+            };
+            self.query_owners.attribute(&mut dropped);
+            if dropped.message.envelope.process.is_some() {
+                self.pass_drop(&dropped);
+            } else {
+                self.orphan_drops.push_back(dropped);
+            }
+        }
+    }
+
+    /// Passes on, without an owner, the drops that waited long enough (or
+    /// all of them, at exit).
+    fn release_orphan_drops(&mut self, now: u64) {
+        while let Some(oldest) = self.orphan_drops.front()
+            && now.saturating_sub(oldest.message.envelope.monotonic_ns) >= ORPHAN_WAIT_NS
+        {
+            let dropped = self.orphan_drops.pop_front().expect("checked");
+            self.pass_drop(&dropped);
+        }
     }
 
     /// Lets time decide what it decides (timeouts, settled lookups); `now`
     /// is CLOCK_MONOTONIC nanoseconds, as message timestamps are.
     pub fn advance(&mut self, now: u64) {
         self.now_ns = self.now_ns.max(now);
+        self.release_orphan_drops(now);
+        self.link_drops(|dropped| {
+            now.saturating_sub(dropped.message.envelope.monotonic_ns) >= ORPHAN_WAIT_NS
+        });
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.advance(now, &mut correlated);
         self.handle(&mut correlated);
@@ -183,6 +260,7 @@ impl Pipeline {
 
     /// Reports every open lookup as it stands, then the summary.
     pub fn finish(&mut self) {
+        self.release_orphan_drops(u64::MAX);
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.finish(&mut correlated);
         self.handle(&mut correlated);

@@ -95,7 +95,13 @@ fn aaaa_queries_dropped_by_netfilter_are_named_for_the_resolver() {
     assert!(!drops.is_empty(), "no drops for getent: {:#?}", trace.drops);
     for drop in &drops {
         assert_eq!(drop.reason, "NETFILTER_DROP", "{drop:#?}");
-        assert!(drop.location.starts_with("nf_hook_slow+"), "{drop:#?}");
+        // nft_do_chain on kernels where nftables names its own drops,
+        // nf_hook_slow before.
+        assert!(
+            drop.location.starts_with("nft_do_chain+")
+                || drop.location.starts_with("nf_hook_slow+"),
+            "{drop:#?}"
+        );
         assert_eq!(drop.qtype.as_deref(), Some("AAAA"), "only AAAA: {drop:#?}");
         assert_eq!(drop.qname.as_deref(), Some(run.domain.as_str()));
         assert_eq!(drop.direction, "send");
@@ -110,10 +116,15 @@ fn aaaa_queries_dropped_by_netfilter_are_named_for_the_resolver() {
             && m.qtype.as_deref() == Some("A")),
         "the A answer reached getent"
     );
+    // Counted, per reason (other tests' drops too: the tracer has no
+    // filter).
     assert_eq!(trace.summary.drops, trace.drops.len() as u64);
     assert_eq!(
-        trace.summary.drops_by_reason.get("NETFILTER_DROP").copied(),
-        Some(trace.drops.len() as u64),
+        trace.summary.drops_by_reason.values().sum::<u64>(),
+        trace.summary.drops
+    );
+    assert!(
+        trace.summary.drops_by_reason["NETFILTER_DROP"] >= drops.len() as u64,
         "{:?}",
         trace.summary.drops_by_reason
     );
@@ -170,8 +181,8 @@ fn aaaa_queries_dropped_by_netfilter_are_named_for_the_resolver() {
     );
 }
 
-/// Sends `QUERIES` A queries from a socket with the smallest receive
-/// buffer, reads none of the answers, and closes it once they had time to
+/// Sends 30 A queries (fewer than a lookup's 32 attempts) from a socket
+/// with the smallest receive buffer, reads none of the answers, and closes it once they had time to
 /// come. Prints its pid first.
 const FLOOD: &str = r#"
 import os, socket, struct, sys, time
@@ -181,7 +192,7 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
 s.connect((server, port))
 name = b"".join(bytes([len(l)]) + l.encode() for l in domain.split(".")) + b"\0"
-for i in range(40):
+for i in range(30):
     s.send(struct.pack(">HHHHHH", i + 1, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1))
 time.sleep(1)
 s.close()
@@ -238,7 +249,12 @@ fn answers_beyond_a_full_receive_buffer_are_socket_rcvbuff_drops() {
     for attempt in &dropped {
         assert_eq!(attempt.dropped.as_deref(), Some("response"), "{attempt:#?}");
         assert_eq!(attempt.drop_reason.as_deref(), Some("SOCKET_RCVBUFF"));
-        assert_eq!(attempt.outcome, "timeout", "{attempt:#?}");
+        // Never answered: it timed out, or (the same question asked 30
+        // times) was given up for a copy's answer.
+        assert!(
+            ["timeout", "superseded"].contains(&attempt.outcome.as_str()),
+            "{attempt:#?}"
+        );
         assert_eq!(attempt.response_rcode, None, "{attempt:#?}");
     }
     let diagnoses = trace.diagnoses_of(pid);
@@ -252,7 +268,7 @@ fn answers_beyond_a_full_receive_buffer_are_socket_rcvbuff_drops() {
         "{kernel_drop:#?}"
     );
     // No more dropped than the client was sent.
-    assert!(drops.len() < 40, "{} drops of 40 answers", drops.len());
+    assert!(drops.len() < 30, "{} drops of 30 answers", drops.len());
 
     // The pcapng has each drop as a packet, its reason in the comment.
     let comments = run(std::process::Command::new("tshark").args([

@@ -15,17 +15,19 @@ use crate::message::{ClientId, Direction, Dropped, Message};
 const QUERY_DROP_WINDOW_NS: u64 = 1_000_000_000;
 
 impl Correlator {
-    pub fn dropped(&mut self, dropped: &Dropped, out: &mut Vec<Correlated>) {
+    /// Links a drop to its attempt; `false` when a dropped response has
+    /// no attempt yet (its query may still wait in the enrich stage).
+    pub fn dropped(&mut self, dropped: &Dropped, out: &mut Vec<Correlated>) -> bool {
         let message = &dropped.message;
         let (Some(header), Some(question)) = (&message.dns.header, &message.dns.question) else {
-            return;
+            return true;
         };
         let client_side = match message.envelope.direction {
             Direction::Send => !header.is_response,
             Direction::Recv => header.is_response,
         };
         if !client_side || (message.envelope.process.is_none() && !self.by_address) {
-            return;
+            return true;
         }
         let now = message.envelope.monotonic_ns;
         let cookie = message.envelope.socket_cookie;
@@ -63,7 +65,7 @@ impl Correlator {
                     attempt.sent_monotonic_ns,
                 )));
             }
-            return;
+            return true;
         }
         // The kernel's socket programs see a response before the socket's
         // buffer takes it: one dropped there may have been given to its
@@ -73,7 +75,7 @@ impl Correlator {
                 && a.sent_monotonic_ns.is_some()
                 && a.response.as_ref().is_none_or(|r| r.monotonic_ns <= now)
         }) else {
-            return;
+            return false;
         };
         attempt.drop = Some(Box::new(drop(
             DroppedPacket::Response,
@@ -96,6 +98,7 @@ impl Correlator {
             attempt.outcome = Outcome::Late;
             attempt.ended_monotonic_ns.get_or_insert(now);
         }
+        true
     }
 
     /// Whether a response is the one its attempt's drop says the kernel
@@ -119,6 +122,41 @@ impl Correlator {
                 .as_ref()
                 .is_some_and(|d| d.packet == DroppedPacket::Response)
         })
+    }
+
+    /// Whether a query is the one a drop already opened an attempt for:
+    /// the drop came first when the query waited for its process's facts
+    /// in the enrich stage. The attempt then takes the query's own times.
+    pub(super) fn query_was_dropped(&mut self, message: &Message, id: u16) -> bool {
+        let Some(question) = &message.dns.question else {
+            return false;
+        };
+        let envelope = &message.envelope;
+        let Some(attempt) = self.newest(message.client_id(), |a| {
+            a.socket_cookie == envelope.socket_cookie
+                && a.id == id
+                && a.server == envelope.remote
+                && a.question.same_as(question)
+                && a.response.is_none()
+        }) else {
+            return false;
+        };
+        let Some(drop) = attempt
+            .drop
+            .as_mut()
+            .filter(|d| d.packet == DroppedPacket::Query)
+        else {
+            return false;
+        };
+        let Some(sent) = attempt.sent_monotonic_ns.filter(|sent| {
+            *sent >= envelope.monotonic_ns && *sent - envelope.monotonic_ns <= QUERY_DROP_WINDOW_NS
+        }) else {
+            return false;
+        };
+        drop.after_ns += sent - envelope.monotonic_ns;
+        attempt.sent_monotonic_ns = Some(envelope.monotonic_ns);
+        attempt.sent_wall_time_ns = Some(envelope.wall_time_ns);
+        true
     }
 
     /// The client's newest open attempt that `fits`.

@@ -130,7 +130,13 @@ impl Correlator {
             self.uncorrelated += 1;
             return;
         }
-        if header.is_response && self.response_was_dropped(message, header.id) {
+        // A packet the kernel dropped and said so before its socket
+        // program's record came: its attempt has it already.
+        let dropped = match header.is_response {
+            true => self.response_was_dropped(message, header.id),
+            false => self.query_was_dropped(message, header.id),
+        };
+        if dropped {
             return;
         }
         let client = message.client();

@@ -1229,3 +1229,23 @@ fn a_response_with_no_socket_left_is_a_late_answer_never_read() {
             .contains("late answer it never saw")
     );
 }
+
+#[test]
+fn a_query_seen_after_its_drop_is_the_same_attempt() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    // The query's own record waited for its process's facts; the drop,
+    // further on in the kernel, came first.
+    let aaaa = message(Direction::Send, socket, 0x101, "db.test.", AAAA, 0, None);
+    let mut later = aaaa.clone();
+    later.envelope.monotonic_ns = MS;
+    s.correlator
+        .dropped(&dropped(s.enriched(later), "NETFILTER_DROP"), &mut s.out);
+    s.correlator.observe(&s.enriched(aaaa), &mut s.out);
+    let (out, diagnoses) = s.settle(0);
+    let attempts = &lookups(&out)[0].attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0].sent_monotonic_ns, Some(0));
+    assert_eq!(attempts[0].drop.as_ref().map(|d| d.after_ns), Some(MS));
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+}
