@@ -50,7 +50,15 @@ const MESSAGE_FIELDS: [&str; 29] = [
 /// Null even in a complete message: no EDNS, or nothing wrong.
 /// (A host process is in no container and no pod.)
 const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
-const SUMMARY_FIELDS: [&str; 5] = ["kind", "messages", "lost", "undecodable", "skipped_records"];
+const SUMMARY_FIELDS: [&str; 7] = [
+    "kind",
+    "messages",
+    "lost",
+    "undecodable",
+    "skipped_records",
+    "drops",
+    "drops_by_reason",
+];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 
 /// A trace of glibc (no EDNS) over IPv4 and dig (EDNS) over IPv6, limited
