@@ -308,7 +308,9 @@ fn an_answer_after_the_client_closed_its_socket_is_a_no_socket_drop() {
     let address = shaping.socket(Family::V4);
     // The shaping server answers A queries under this subzone after 50 ms.
     let domain = format!("{}.slow-drop-aaaa.example.test", unique_name("late"));
-    let mut tracer = Tracer::start(dnstrace_tests::trace::EVERYTHING);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let metrics = dir.path().join("metrics.prom");
+    let mut tracer = Tracer::start([std::ffi::OsStr::new("--metrics-file"), metrics.as_os_str()]);
     let output = run(net.client.command("python3").args([
         "-c",
         GIVE_UP,
@@ -363,4 +365,11 @@ fn an_answer_after_the_client_closed_its_socket_is_a_no_socket_drop() {
         kernel_drop.explanation.contains("late answer it never saw"),
         "{kernel_drop:#?}"
     );
+    // Counted by reason in the metrics written at exit.
+    let exposition = std::fs::read_to_string(&metrics).expect("the metrics file");
+    let counted = exposition
+        .lines()
+        .find_map(|line| line.strip_prefix("dnstrace_kernel_drops_total{reason=\"NO_SOCKET\"} "))
+        .and_then(|count| count.parse::<u64>().ok());
+    assert!(counted >= Some(1), "{exposition}");
 }

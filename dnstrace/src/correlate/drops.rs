@@ -81,7 +81,14 @@ impl Correlator {
             DroppedPacket::Response,
             attempt.sent_monotonic_ns,
         )));
-        if attempt.response.take().is_some() && attempt.outcome == Outcome::Pending {
+        // Judged on a response the process never had: judged again.
+        if attempt.response.take().is_some()
+            && matches!(
+                attempt.outcome,
+                Outcome::Pending | Outcome::Answered | Outcome::Rejected(_)
+            )
+        {
+            attempt.outcome = Outcome::Pending;
             attempt.ended_monotonic_ns = None;
         }
         if dropped.reason == "NO_SOCKET"
