@@ -119,7 +119,7 @@ pub fn markdown(
     writeln!(out, "### {} UTC, commit {}\n", machine.date, machine.commit)?;
     writeln!(
         out,
-        "{}, {} cores, Linux {}. `{}`{}: {} s per run, {} rounds, configurations \
+        "{}, {} cores, Linux {}. `{}`{}: {} s per run, {} round(s), configurations \
          alternated (each round starting one later); ratio = qps / the same round's \
          untraced qps; kernel programs counted over the middle third of each traced run.\n",
         machine.cpu,

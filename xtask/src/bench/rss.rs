@@ -1,7 +1,7 @@
 //! The agent's memory with many queries outstanding: processes in the
 //! bench's namespace send queries nobody answers (to an address behind a
-//! dummy interface), all at once, and the agent's resident set is read
-//! while correlation holds them open, until they time out.
+//! veth whose far end drops them), all at once, and the agent's resident
+//! set is read while correlation holds them open, until they time out.
 
 use std::{
     fmt::Write as _,

@@ -35,27 +35,38 @@ impl Namespace {
 }
 
 impl Namespace {
-    /// A dummy interface whose far side never answers: queries sent to
-    /// `BLACKHOLE` leave through it (passing the tracer's programs) and
-    /// vanish. Four local addresses, as one address has ports for only
-    /// about 28,000 unconnected sockets.
+    /// A veth pair whose far end takes whatever is sent to `BLACKHOLE`
+    /// and drops it (the address is no one's, and the namespace does not
+    /// forward): queries to it leave through the tracer's programs and are
+    /// never answered. The neighbour entry is fixed, so no ARP is asked.
+    /// Four local addresses, as one address has ports for only about
+    /// 28,000 unconnected sockets.
     pub fn add_blackhole(&self) -> anyhow::Result<()> {
-        command::run(
-            self.command("ip")
-                .args(["link", "add", "hole", "type", "dummy"]),
-        )?;
+        let ip = |args: &[&str]| command::run(self.command("ip").args(args));
+        ip(&[
+            "link", "add", "hole", "type", "veth", "peer", "name", "hole-far",
+        ])?;
+        ip(&["link", "set", "hole-far", "address", FAR_END])?;
         for address in BLACKHOLE_SOURCES {
-            command::run(self.command("ip").args([
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                "hole",
-            ]))?;
+            ip(&["addr", "add", &format!("{address}/24"), "dev", "hole"])?;
         }
-        command::run(self.command("ip").args(["link", "set", "hole", "up"]))
+        ip(&["link", "set", "hole", "up"])?;
+        ip(&["link", "set", "hole-far", "up"])?;
+        ip(&[
+            "neigh",
+            "add",
+            BLACKHOLE,
+            "lladdr",
+            FAR_END,
+            "dev",
+            "hole",
+            "nud",
+            "permanent",
+        ])
     }
 }
+
+const FAR_END: &str = "02:00:00:00:00:02";
 
 /// Where unanswered queries go, and the addresses they leave from.
 pub const BLACKHOLE: &str = "198.51.100.200";
