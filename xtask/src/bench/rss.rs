@@ -19,7 +19,7 @@ use clap::Args;
 
 use super::{
     Tracer,
-    setup::{BLACKHOLE, BLACKHOLE_SOURCES, Namespace},
+    setup::{BLACKHOLE, BLACKHOLE_SOURCES, BLACKHOLE_TIMEOUT_SECS, Namespace},
 };
 
 /// Queries per sending process: under correlation's cap of open lookups
@@ -29,11 +29,11 @@ const QUERIES_PER_PROCESS: u32 = 400;
 const QUERIES_PER_SOCKET: u32 = 4;
 /// Correlation's process cap is 4096; more would measure evictions.
 const MAX_PROCESSES: u32 = 4000;
-/// How long the senders keep their sockets, and the bench watches: an
-/// unanswered query times out after the resolver's timeout (5 s) and a
-/// second of slack, and is then reported.
-const WATCH: Duration = Duration::from_secs(10);
-const HOLD_SECS: u64 = 30;
+/// How long the bench watches: an unanswered query times out after the
+/// senders' resolver timeout and a second of slack, and is then reported;
+/// the senders keep their sockets longer.
+const WATCH: Duration = Duration::from_secs(BLACKHOLE_TIMEOUT_SECS + 5);
+const HOLD_SECS: u64 = BLACKHOLE_TIMEOUT_SECS + 15;
 
 /// `cargo xtask bench-flood`, run by the bench inside its namespace: one
 /// process's share of the outstanding queries.
@@ -47,8 +47,10 @@ pub struct FloodOptions {
     process: u32,
 }
 
-/// Opens the sockets, says `ready`, waits for a line on stdin, sends,
-/// says `sent N`, and keeps the sockets open for `HOLD_SECS`.
+/// Opens the sockets and sends its first query, so that the agent learns
+/// the process (its resolver's timeout) before the burst; says `ready`,
+/// waits for a line on stdin, sends the rest, says `sent N`, and keeps the
+/// sockets open for `HOLD_SECS`.
 pub fn flood(options: &FloodOptions) -> anyhow::Result<()> {
     let sockets = options.queries.div_ceil(QUERIES_PER_SOCKET);
     let sockets: Vec<UdpSocket> = (0..sockets)
@@ -60,14 +62,9 @@ pub fn flood(options: &FloodOptions) -> anyhow::Result<()> {
         })
         .collect::<Result<_, _>>()
         .context("opening sockets")?;
-    let mut stdout = std::io::stdout();
-    writeln!(stdout, "ready")?;
-    stdout.flush()?;
-    let mut go = String::new();
-    std::io::stdin().read_line(&mut go)?;
     let to: SocketAddr = (BLACKHOLE.parse::<Ipv4Addr>()?, 53).into();
     let mut sent = 0;
-    for query in 0..options.queries {
+    let mut send = |query: u32| {
         let socket = &sockets[(query / QUERIES_PER_SOCKET) as usize];
         let name = format!("q{query}.p{}.rss.bench.test", options.process);
         // Each send is one packet; a full queue is a query not sent.
@@ -77,7 +74,14 @@ pub fn flood(options: &FloodOptions) -> anyhow::Result<()> {
         {
             sent += 1;
         }
-    }
+    };
+    send(0);
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "ready")?;
+    stdout.flush()?;
+    let mut go = String::new();
+    std::io::stdin().read_line(&mut go)?;
+    (1..options.queries).for_each(&mut send);
     writeln!(stdout, "sent {sent}")?;
     stdout.flush()?;
     thread::sleep(Duration::from_secs(HOLD_SECS));
@@ -129,13 +133,15 @@ impl Memory {
         let mib = |kib: u64| kib as f64 / 1024.0;
         let _ = write!(
             text,
-            "VmRSS {:.1} MiB before, {:.1} MiB with {} lookups open (dnstrace_lookups_pending), \
-             VmHWM {:.1} MiB once they had timed out and been reported. Agent: {}.",
+            "VmRSS {:.1} MiB before, {:.1} MiB with {} lookups open (dnstrace_lookups_pending, \
+             the most seen), VmHWM {:.1} MiB once they had timed out ({} s) and been reported. \
+             Agent: {}.",
             mib(self.idle_kib),
             mib(self.rss_at_peak_kib),
             self.peak_pending
                 .map_or("an unknown number of".into(), |p| p.to_string()),
             mib(self.hwm_kib),
+            BLACKHOLE_TIMEOUT_SECS + 1,
             self.summary
         );
         text
@@ -240,6 +246,8 @@ fn flood_and_watch(
             bail!("a sender did not start: {line:?}");
         }
     }
+    // Time for the agent to read each sender's resolver settings.
+    thread::sleep(Duration::from_secs(3));
     for child in &mut senders.0 {
         writeln!(child.stdin.as_mut().context("sender stdin")?, "go")?;
     }
@@ -251,13 +259,22 @@ fn flood_and_watch(
         sent += count.and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
     }
 
-    let deadline = Instant::now() + WATCH;
+    let started = Instant::now();
     let mut peak: Option<u64> = None;
     let mut rss_at_peak = status_kib(agent_pid, "VmRSS:")?;
-    while Instant::now() < deadline {
+    while started.elapsed() < WATCH {
         thread::sleep(Duration::from_millis(250));
+        // The count first: it is from the agent's last tick, so the
+        // resident set read after it holds at least those lookups.
+        let pending = pending_lookups(metrics);
         let rss = status_kib(agent_pid, "VmRSS:")?;
-        if let Some(pending) = pending_lookups(metrics)
+        eprintln!(
+            "memory: {:>5.2} s after the queries, VmRSS {:.1} MiB, lookups open {}",
+            started.elapsed().as_secs_f64(),
+            rss as f64 / 1024.0,
+            pending.map_or("?".into(), |p| p.to_string())
+        );
+        if let Some(pending) = pending
             && peak.is_none_or(|p| pending > p)
         {
             peak = Some(pending);
@@ -285,7 +302,8 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
 /// `dnstrace_lookups_pending` from the agent's metrics endpoint.
 fn pending_lookups(address: &str) -> Option<u64> {
     let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    // A busy agent answers late.
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
         .ok()?;

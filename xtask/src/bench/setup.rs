@@ -62,11 +62,33 @@ impl Namespace {
             "hole",
             "nud",
             "permanent",
-        ])
+        ])?;
+        // `ip netns exec` mounts this over /etc/resolv.conf for what it
+        // starts, and the agent reads the senders' resolver from there: a
+        // long timeout keeps their lookups open even while the agent is
+        // still working through the burst.
+        let etc = self.etc();
+        fs::create_dir_all(&etc)?;
+        fs::write(
+            etc.join("resolv.conf"),
+            format!(
+                "nameserver {BLACKHOLE}\noptions timeout:{BLACKHOLE_TIMEOUT_SECS} attempts:1\n"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Files `ip netns exec` mounts over /etc for this namespace.
+    fn etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.name)
     }
 }
 
 const FAR_END: &str = "02:00:00:00:00:02";
+
+/// The resolver timeout the blackhole's senders are given: their lookups
+/// stay open this long and a second more.
+pub const BLACKHOLE_TIMEOUT_SECS: u64 = 15;
 
 /// Where unanswered queries go, and the addresses they leave from.
 pub const BLACKHOLE: &str = "198.51.100.200";
@@ -92,6 +114,7 @@ pub fn loopback_packets(pid: u32) -> anyhow::Result<u64> {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.etc());
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .status();
