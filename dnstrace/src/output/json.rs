@@ -1136,7 +1136,8 @@ mod tests {
             netns: None,
             facts: Facts::unknown(),
         };
-        let mut changes: Vec<Box<dyn Fn(&mut Process)>> = vec![
+        type Change = Box<dyn Fn(&mut Process)>;
+        let mut changes: Vec<Change> = vec![
             Box::new(|_| {}),
             Box::new(|p| p.pid = 2),
             Box::new(|p| p.tid = 3),
