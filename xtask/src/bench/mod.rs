@@ -132,7 +132,8 @@ struct World {
     namespace: Namespace,
     knot: setup::Knot,
     queries: PathBuf,
-    work: PathBuf,
+    /// Last, so that knot has stopped before its files go.
+    work: setup::WorkDir,
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
@@ -141,9 +142,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         None => command::build_release_agent()?,
     };
     let namespace = Namespace::create()?;
-    let work = setup::tempdir()?;
-    let knot = setup::start_knot(&namespace, &work)?;
-    let queries = work.join("queries");
+    let work = setup::WorkDir::create()?;
+    let knot = setup::start_knot(&namespace, &work.path)?;
+    let queries = work.path.join("queries");
     fs::write(
         &queries,
         "www.bench.test A\nmail.bench.test A\nwww.bench.test AAAA\nnone.bench.test A\n",
@@ -233,7 +234,7 @@ fn measure(
             agent()?,
             &[&json_to_null[..], &["--pid", &perf_pid]].concat(),
         )?),
-        Config::Tcpdump => Tracing::Tcpdump(start_tcpdump(&world.namespace, &world.work)?),
+        Config::Tcpdump => Tracing::Tcpdump(start_tcpdump(&world.namespace, &world.work.path)?),
     };
     let tracer_pid = match &tracing {
         Tracing::None => None,

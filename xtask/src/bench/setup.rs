@@ -183,8 +183,22 @@ pub fn start_knot(namespace: &Namespace, work: &Path) -> anyhow::Result<Knot> {
     bail!("knotd did not answer within 20 s")
 }
 
-pub fn tempdir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("dnstrace-bench-{}", std::process::id()));
-    fs::create_dir_all(dir.join("db"))?;
-    Ok(dir)
+/// The run's files (knot's zone and database, tcpdump's capture, tens of
+/// MiB), removed on drop.
+pub struct WorkDir {
+    pub path: PathBuf,
+}
+
+impl WorkDir {
+    pub fn create() -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!("dnstrace-bench-{}", std::process::id()));
+        fs::create_dir_all(path.join("db"))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
 }
