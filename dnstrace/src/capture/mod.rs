@@ -10,11 +10,15 @@ mod reads;
 mod record;
 mod ring;
 
-use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd, RawFd},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray},
 };
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
@@ -55,6 +59,18 @@ impl Backend {
     }
 }
 
+/// The ring buffer map, held for its descriptor, which polls readable when
+/// records wait. Not aya's `RingBuf`: that maps the ring's pages a second
+/// time (32 MiB of resident set for the default 16 MiB ring, whose data
+/// pages the kernel maps twice), and `ring::Ring` already maps them.
+struct RingMap(MapData);
+
+impl AsRawFd for RingMap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.fd().as_fd().as_raw_fd()
+    }
+}
+
 /// Attached programs and the maps userspace reads. Dropping it detaches
 /// everything: the programs hang on bpf_links owned by `ebpf`, and the kernel
 /// closes those when the process dies, however it dies.
@@ -62,7 +78,7 @@ pub struct Capture {
     ebpf: Ebpf,
     kernel_log: Option<aya_log::EbpfLogger<kernel_log::KernelLog>>,
     /// Registered for readiness only: `ring` reads the records.
-    events: AsyncFd<RingBuf<MapData>>,
+    events: AsyncFd<RingMap>,
     ring: ring::Ring,
     lost: PerCpuArray<MapData, u64>,
     pub backend: Backend,
@@ -127,17 +143,22 @@ impl Capture {
             ebpf.take_map(name)
                 .ok_or_else(|| Failure::setup(format!("internal: the probes lack map {name}")))
         };
-        let events = RingBuf::try_from(map(&mut ebpf, names::EVENTS)?)
-            .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::EVENTS)))?;
+        let Map::RingBuf(events) = map(&mut ebpf, names::EVENTS)? else {
+            return Err(Failure::setup(format!(
+                "internal: {} is not a ring buffer",
+                names::EVENTS
+            )));
+        };
         let lost = PerCpuArray::try_from(map(&mut ebpf, names::LOST)?)
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
-        let ring = ring::Ring::new(events.as_fd(), ring_buffer_bytes as usize)
+        let ring = ring::Ring::new(events.fd().as_fd(), ring_buffer_bytes as usize)
             .map_err(|e| Failure::setup(format!("cannot map the ring buffer: {e}")))?;
-        // SAFETY: the RingBuf owns its map fd, keeps it open until it is
+        // SAFETY: the MapData owns its map fd, keeps it open until it is
         // dropped, and always returns that same fd.
-        let events =
-            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-                .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
+        let events = unsafe {
+            AsyncFd::register_with_interest(RingMap(events), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
         Ok(Self {
             kernel_log: kernel_log::attach(&mut ebpf),
             ebpf,
