@@ -8,6 +8,7 @@
 //! machine hurts them all alike; each run is compared to the untraced
 //! baseline of the same round. See docs/benchmarks.md.
 
+mod pipeline;
 mod probes;
 mod report;
 mod rss;
@@ -55,6 +56,9 @@ pub struct Options {
     /// measured (0 skips that part).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     outstanding: u32,
+    /// Skip the pipeline's rate over a recorded trace.
+    #[arg(long)]
+    no_pipeline: bool,
     /// Append the report to docs/benchmarks.md, which keeps every run.
     #[arg(long)]
     record: bool,
@@ -182,7 +186,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         0 => None,
         outstanding => Some(rss::measure(&agent, &world.namespace, outstanding)?),
     };
-    let text = report::markdown(&configs, &runs, memory.as_ref(), options)?;
+    let pipeline = match options.no_pipeline {
+        true => None,
+        false => Some(pipeline::measure(&agent, &world)?),
+    };
+    let text = report::markdown(&configs, &runs, memory.as_ref(), pipeline.as_ref(), options)?;
     println!("\n{text}");
     if options.record {
         let path = command::workspace_root().join("docs/benchmarks.md");

@@ -4,7 +4,7 @@
 
 use std::{fmt::Write as _, fs, process::Command};
 
-use super::{Config, Options, Run, rss::Memory};
+use super::{Config, Options, Run, pipeline::Pipeline, rss::Memory};
 use crate::command;
 
 /// The issue's targets (docs/benchmarks.md).
@@ -14,6 +14,7 @@ const TRACE_PID_RATIO: f64 = 0.97;
 const AGENT_US_PER_MESSAGE: f64 = 0.2;
 const KERNEL_US_PER_RUN: f64 = 0.25;
 const RSS_MIB: f64 = 64.0;
+const PIPELINE_MESSAGES_PER_SECOND: f64 = 1_000_000.0;
 
 /// One line on stderr as each run ends.
 pub fn progress_line(run: &Run) -> String {
@@ -112,6 +113,7 @@ pub fn markdown(
     configs: &[Config],
     runs: &[Run],
     memory: Option<&Memory>,
+    pipeline: Option<&Pipeline>,
     options: &Options,
 ) -> anyhow::Result<String> {
     let mut out = String::new();
@@ -171,6 +173,18 @@ pub fn markdown(
         }
     }
     programs_table(&mut out, runs)?;
+    if let Some(pipeline) = pipeline {
+        let rates: Vec<String> = pipeline.rates.iter().map(|r| format!("{r:.0}")).collect();
+        writeln!(
+            out,
+            "\nPipeline (decode → correlate → JSON, `dnstrace analyze` of a recorded trace of \
+             {} messages, {} lost while recording): {:.0} messages per CPU second (median; runs {}).",
+            pipeline.messages,
+            pipeline.lost,
+            pipeline.median_rate(),
+            rates.join(", ")
+        )?;
+    }
     if let Some(memory) = memory {
         writeln!(out, "\n{}", memory.describe())?;
     }
@@ -225,6 +239,14 @@ pub fn markdown(
         format!(
             "kernel programs ≤ {KERNEL_US_PER_RUN} µs per run (tracing everything): {}",
             optional(kernel, 3)
+        ),
+    )?;
+    let rate = pipeline.map(Pipeline::median_rate);
+    target(
+        rate.map(|r| r >= PIPELINE_MESSAGES_PER_SECOND),
+        format!(
+            "decode → correlate → JSON ≥ {PIPELINE_MESSAGES_PER_SECOND:.0} messages per second on one core: {}",
+            rate.map_or("not measured".into(), |r| format!("{r:.0}"))
         ),
     )?;
     let rss = memory.map(|m| m.peak_mib());
@@ -284,7 +306,7 @@ fn programs_table(out: &mut String, runs: &[Run]) -> std::fmt::Result {
     Ok(())
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let middle = values.len() / 2;
     match values.len() {
