@@ -19,6 +19,7 @@ mod endpoints;
 mod enrich;
 mod failure;
 mod framing;
+mod gaps;
 mod identity;
 mod message;
 mod output;
@@ -27,6 +28,7 @@ mod privileges;
 mod process;
 mod resolver;
 mod selection;
+mod shedding;
 mod terminal;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};

@@ -207,9 +207,15 @@ impl Capture {
         }
     }
 
-    /// Hands over every record already in the ring, without waiting.
-    pub fn drain(&mut self, handle: impl FnMut(&[u8])) {
+    /// Hands over every record already in the ring, without waiting, each
+    /// with the ring's backlog in bytes.
+    pub fn drain(&mut self, handle: impl FnMut(&[u8], usize)) {
         self.ring.drain(handle);
+    }
+
+    /// The ring buffer's size in bytes.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.size()
     }
 
     /// Prints what the kernel programs logged since the last call.

@@ -29,6 +29,8 @@ pub enum Outcome {
     Superseded,
     /// A response that fits no query: wrong id, question or source.
     Mismatched(Mismatch),
+    /// Not judged: messages of its lookup may have been lost.
+    Incomplete,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,7 @@ impl Outcome {
             Self::Late => "late",
             Self::Superseded => "superseded",
             Self::Mismatched(_) => "mismatched",
+            Self::Incomplete => "incomplete",
         }
     }
 
@@ -77,6 +80,7 @@ impl Outcome {
             Self::Mismatched(Mismatch::Question) => Some("wrong question"),
             Self::Mismatched(Mismatch::Source) => Some("wrong source"),
             Self::Mismatched(Mismatch::Unsolicited) => Some("no query outstanding"),
+            Self::Incomplete => Some("messages may have been lost"),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@ use crate::{
 };
 
 const MS: u64 = 1_000_000;
+const SECOND: u64 = 1_000 * MS;
 const A: u16 = 1;
 const AAAA: u16 = 28;
 
@@ -29,7 +30,7 @@ struct Scenario {
 
 /// How a response looks.
 #[derive(Clone, Copy)]
-struct Answer {
+pub(crate) struct Answer {
     rcode: u16,
     flags: Flags,
     answers: u16,
@@ -55,27 +56,27 @@ const NODATA_RA: Answer = Answer {
     answers: 0,
     additional: 0,
 };
-const NXDOMAIN: Answer = Answer {
+pub(crate) const NXDOMAIN: Answer = Answer {
     rcode: 3,
     flags: Flags::RA,
     answers: 0,
     additional: 0,
 };
 
-fn server(n: u8) -> SocketAddr {
+pub(crate) fn server(n: u8) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, n], 53))
 }
 
 /// A client socket: its process, its cookie and the server it talks to.
 #[derive(Clone, Copy)]
-struct Socket {
+pub(crate) struct Socket {
     pid: u32,
     cookie: u64,
     server: SocketAddr,
 }
 
 impl Socket {
-    fn new(pid: u32, cookie: u64, server: SocketAddr) -> Self {
+    pub(crate) fn new(pid: u32, cookie: u64, server: SocketAddr) -> Self {
         Self {
             pid,
             cookie,
@@ -84,7 +85,7 @@ impl Socket {
     }
 }
 
-fn message(
+pub(crate) fn message(
     direction: Direction,
     socket: Socket,
     id: u16,
@@ -591,26 +592,76 @@ fn a_known_search_list_groups_the_expansion_under_the_name_asked() {
 }
 
 #[test]
-fn a_load_generator_is_left_out_rather_than_misjudged() {
+fn a_busy_client_is_correlated_and_diagnosed() {
     let mut s = Scenario::new();
-    // 3,000 queries in half a second, none answered yet.
-    for n in 0..3_000u64 {
-        s.query(
+    // 5,000 distinct names in half a second, each answered NXDOMAIN: a
+    // load generator, or a node-local cache forwarding.
+    for n in 0..5_000u64 {
+        let name = format!("n{n}.load.test.");
+        s.exchange(
             Socket::new(16, n % 8, server(1)),
             n as u16,
-            "load.test.",
-            A,
-            n * MS / 6,
+            &name,
+            n * MS / 10,
+            NXDOMAIN,
         );
     }
-    let uncorrelated = s.correlator.uncorrelated;
-    let (out, diagnoses) = s.settle(500 * MS);
-    assert!(uncorrelated >= 1_000, "{uncorrelated}");
+    // Past its 512 open lookups each new one reports the oldest as it
+    // stands: answered, so still NXDOMAIN.
+    let evicted = s.correlator.evicted;
+    let (out, _) = s.settle(500 * MS);
+    assert_eq!(evicted, 5_000 - super::MAX_LOOKUPS_PER_PROCESS as u64);
+    let lookups = lookups(&out);
+    assert_eq!(lookups.len(), 5_000);
     assert!(
-        lookups(&out).is_empty(),
-        "no half-seen lookups are reported"
+        lookups
+            .iter()
+            .all(|l| l.outcome() == LookupOutcome::NxDomain)
     );
-    assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+}
+
+#[test]
+fn open_lookups_stay_within_the_budget_and_evictions_are_counted() {
+    let mut s = Scenario::new();
+    // One process: 600 unanswered names, past its 512.
+    for n in 0..600u64 {
+        s.query(
+            Socket::new(17, n, server(1)),
+            n as u16,
+            &format!("n{n}.flood.test."),
+            A,
+            n * MS,
+        );
+    }
+    assert_eq!(s.correlator.open_lookups(), super::MAX_LOOKUPS_PER_PROCESS);
+    assert_eq!(s.correlator.evicted, 88);
+    let evicted = lookups(&s.out);
+    assert_eq!(evicted.len(), 88, "each evicted lookup is reported");
+    assert!(
+        evicted
+            .iter()
+            .all(|l| l.outcome() == LookupOutcome::Incomplete),
+        "an unanswered query evicted is not a failure"
+    );
+    // 140 processes of 480 names each: past the 65,536 in all, the
+    // process holding the most gives up its oldest.
+    for pid in 0..140u32 {
+        for n in 0..480u64 {
+            s.query(
+                Socket::new(100 + pid, n, server(1)),
+                n as u16,
+                &format!("n{n}.p{pid}.test."),
+                A,
+                SECOND + n * MS,
+            );
+        }
+    }
+    assert_eq!(s.correlator.open_lookups(), super::MAX_OPEN_LOOKUPS);
+    let asked = 600 + 140 * 480;
+    assert_eq!(
+        s.correlator.evicted as usize,
+        asked - super::MAX_OPEN_LOOKUPS
+    );
 }
 
 /// The kernel's counts, as a test sets them.

@@ -114,6 +114,10 @@ impl Diagnoser {
     /// Runs every rule over a settled lookup. Returns the findings it made,
     /// newly aggregated.
     pub fn lookup(&mut self, lookup: &Lookup) -> Vec<Finding> {
+        // What its missing messages would have said is not known.
+        if lookup.incomplete {
+            return Vec::new();
+        }
         let accepted = self.accepted.entry(lookup.client.id).or_default();
         for shape in lookup
             .attempts

@@ -778,6 +778,13 @@ pub struct SummaryRecord {
     pub undecodable: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// Lookups reported before they settled: the correlator's memory
+    /// budget was spent.
+    pub evicted_lookups: u64,
+    /// Messages not correlated because the agent was behind.
+    pub shed: u64,
+    /// Lookups reported incomplete.
+    pub incomplete_lookups: u64,
 }
 
 pub struct JsonOutput {
@@ -913,6 +920,9 @@ impl Output for JsonOutput {
             lost: summary.lost(),
             undecodable: summary.undecodable,
             skipped_records: summary.skipped_records,
+            evicted_lookups: summary.evicted_lookups,
+            shed: summary.shed,
+            incomplete_lookups: summary.incomplete_lookups,
         })?;
         self.flush()
     }
@@ -980,6 +990,9 @@ mod tests {
             lost: 0,
             undecodable: 0,
             skipped_records: 0,
+            evicted_lookups: 0,
+            shed: 0,
+            incomplete_lookups: 0,
         };
         let client = crate::message::Client {
             id: crate::message::ClientId::Pid(1),
@@ -1011,6 +1024,7 @@ mod tests {
             first_monotonic_ns: 0,
             first_wall_time_ns: 0,
             last_monotonic_ns: 0,
+            incomplete: false,
         };
         let mut diagnoser = crate::diagnose::Diagnoser::default();
         diagnoser.lookup(&lookup);

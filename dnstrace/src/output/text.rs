@@ -85,6 +85,7 @@ impl Output for TextOutput {
             LookupOutcome::Resolved => paint::GREEN,
             LookupOutcome::NxDomain | LookupOutcome::NoData => paint::YELLOW,
             LookupOutcome::Failed => paint::RED,
+            LookupOutcome::Incomplete => paint::DIM,
         };
         self.write_line(colour, &format_lookup(lookup))
     }
@@ -177,6 +178,9 @@ fn format_lookup(lookup: &Lookup) -> String {
         if count > 0 {
             odd.push(format!("{count} {label}"));
         }
+    }
+    if lookup.incomplete {
+        odd.push("messages may have been lost, not judged".to_owned());
     }
     let wasted = lookup.wasted_queries();
     if wasted > 0 {

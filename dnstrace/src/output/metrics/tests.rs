@@ -72,6 +72,7 @@ fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u64) -> Looku
         first_monotonic_ns: at,
         first_wall_time_ns: 0,
         last_monotonic_ns: at + 1_000_000,
+        incomplete: false,
     }
 }
 
