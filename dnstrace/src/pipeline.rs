@@ -93,6 +93,7 @@ impl Pipeline {
         for item in correlated.drain(..) {
             match item {
                 Correlated::Lookup(mut lookup) => {
+                    self.correlator.servers.name(&mut lookup);
                     reads::settle(&mut lookup, self.read_counts.as_deref_mut(), self.now_ns);
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
-    message::{Client, Transport},
+    message::{Client, Pod, Transport},
 };
 
 /// How an attempt ended.
@@ -161,6 +161,12 @@ pub struct Attempt {
     pub socket_cookie: u64,
     pub transport: Transport,
     pub server: SocketAddr,
+    /// The socket's own address, where the query left from: with `id` and
+    /// the question, what the server's side of the exchange shows alike.
+    pub local: SocketAddr,
+    /// The pod whose process answered, when this node's trace shows it
+    /// answering (`servers.rs`).
+    pub server_pod: Option<Pod>,
     pub question: Question,
     pub id: u16,
     /// When the query left; `None` for a response that matched no query.
