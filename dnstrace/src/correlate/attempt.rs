@@ -1,6 +1,6 @@
 //! One query and the response that matches it.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
@@ -166,7 +166,7 @@ pub struct Attempt {
     pub local: SocketAddr,
     /// The pod whose process answered, when this node's trace shows it
     /// answering (`servers.rs`).
-    pub server_pod: Option<Pod>,
+    pub server_pod: Option<Arc<Pod>>,
     pub question: Question,
     pub id: u16,
     /// When the query left; `None` for a response that matched no query.

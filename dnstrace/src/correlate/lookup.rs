@@ -63,7 +63,7 @@ impl Lookup {
             .iter()
             .rfind(|a| a.response.is_some())?
             .server_pod
-            .as_ref()
+            .as_deref()
     }
 
     /// Whether some answer gave the process what it asked for.

@@ -9,6 +9,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
+    sync::Arc,
 };
 
 use super::lookup::Lookup;
@@ -25,7 +26,7 @@ type Key = (SocketAddr, u16, String);
 
 #[derive(Default)]
 pub struct ServerPods {
-    seen: HashMap<Key, (Pod, u64), foldhash::fast::RandomState>,
+    seen: HashMap<Key, (Arc<Pod>, u64), foldhash::fast::RandomState>,
     /// Keys in the order they were seen, with when: for expiry.
     order: VecDeque<(Key, u64)>,
 }
@@ -58,14 +59,18 @@ impl ServerPods {
             id,
             question.name.to_ascii_lowercase(),
         );
-        if self.seen.get(&key).is_some_and(|(known, _)| known == pod) {
+        if self
+            .seen
+            .get(&key)
+            .is_some_and(|(known, _)| **known == *pod)
+        {
             return;
         }
         while self.order.len() >= MAX_EXCHANGES {
             self.forget_oldest();
         }
         self.order.push_back((key.clone(), now));
-        self.seen.insert(key, (pod.clone(), now));
+        self.seen.insert(key, (Arc::new(pod.clone()), now));
     }
 
     /// Names the pod that answered each attempt of `lookup` that had a
@@ -81,7 +86,7 @@ impl ServerPods {
                 attempt.question.name.to_ascii_lowercase(),
             );
             if let Some((pod, _)) = self.seen.get(&key) {
-                attempt.server_pod = Some(pod.clone());
+                attempt.server_pod = Some(Arc::clone(pod));
             }
         }
     }

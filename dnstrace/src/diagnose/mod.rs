@@ -143,7 +143,7 @@ impl Diagnoser {
                 .attempts
                 .iter()
                 .rfind(|a| Some(a.server) == finding.server && a.server_pod.is_some())
-                .and_then(|a| a.server_pod.as_ref());
+                .and_then(|a| a.server_pod.as_deref());
             self.record(&lookup.client, finding, server_pod);
         }
         findings
