@@ -172,6 +172,18 @@ pub const FILTER_COMM: u32 = 1 << 1;
 pub const FILTER_CGROUP: u32 = 1 << 2;
 /// Only this network namespace (by netns cookie).
 pub const FILTER_NETNS: u32 = 1 << 3;
+/// Only processes whose cgroup, or one of its ancestors, is in the
+/// `SELECTED_CGROUPS` map (pods and containers, which userspace keeps up to
+/// date as they come and go).
+pub const FILTER_CGROUP_TREE: u32 = 1 << 4;
+
+/// Ancestors of a process's cgroup looked at for `FILTER_CGROUP_TREE`: a
+/// Kubernetes container sits 4 levels down with the systemd driver
+/// (`kubepods.slice/<qos>.slice/<pod>.slice/<container>.scope`).
+pub const MAX_CGROUP_LEVELS: i32 = 16;
+
+/// Cgroups `SELECTED_CGROUPS` can hold.
+pub const MAX_SELECTED_CGROUPS: u32 = 8192;
 
 impl CaptureConfig {
     pub const fn default_dns() -> Self {
@@ -190,11 +202,13 @@ impl CaptureConfig {
     }
 
     /// Whether the filters select a socket's owner. `pid_selected` says
-    /// whether its tgid is among the `--pid` choices (a map lookup on the
-    /// kernel side). Process selectors (pid, comm) admit a process if either
-    /// matches; the cgroup and netns filters must both hold.
+    /// whether its tgid is among the `--pid` choices, `tree_selected`
+    /// whether its cgroup or an ancestor is in `SELECTED_CGROUPS` (map
+    /// lookups on the kernel side). Process selectors (pid, comm) admit a
+    /// process if either matches; the cgroup, cgroup tree and netns filters
+    /// must all hold.
     #[inline(always)]
-    pub fn selects(&self, owner: &SocketOwner, pid_selected: bool) -> bool {
+    pub fn selects(&self, owner: &SocketOwner, pid_selected: bool, tree_selected: bool) -> bool {
         let filters = self.filters;
         if filters & (FILTER_PID | FILTER_COMM) != 0 {
             let by_pid = filters & FILTER_PID != 0 && pid_selected;
@@ -207,6 +221,9 @@ impl CaptureConfig {
             return false;
         }
         if filters & FILTER_NETNS != 0 && owner.netns_cookie != self.netns_cookie {
+            return false;
+        }
+        if filters & FILTER_CGROUP_TREE != 0 && !tree_selected {
             return false;
         }
         true
@@ -239,6 +256,7 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const SOCKETS: &str = "SOCKETS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
+    pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
     pub const RESPONSES: &str = "RESPONSES";
     pub const SKB_EGRESS: &str = "dns_skb_egress";
     pub const SKB_INGRESS: &str = "dns_skb_ingress";

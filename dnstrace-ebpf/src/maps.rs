@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use dnstrace_common::{CaptureConfig, EventHeader, MAX_PAYLOAD, ReadCounts, SocketOwner};
+use dnstrace_common::{
+    CaptureConfig, EventHeader, MAX_PAYLOAD, MAX_SELECTED_CGROUPS, ReadCounts, SocketOwner,
+};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
@@ -30,6 +32,11 @@ pub static RESPONSES: LruHashMap<u64, ReadCounts> = LruHashMap::with_max_entries
 /// tgids chosen with `--pid`.
 #[map]
 pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Cgroup ids chosen with `--pod`, `--k8s-namespace` and `--container`
+/// (a pod's or a container's); userspace adds them as pods start.
+#[map]
+pub static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SELECTED_CGROUPS, 0);
 
 /// One record under construction: too big for the 512-byte stack.
 #[repr(C)]

@@ -158,6 +158,7 @@ impl Pipeline {
         for item in correlated.drain(..) {
             match item {
                 Correlated::Lookup(mut lookup) => {
+                    self.correlator.servers.name(&mut lookup);
                     reads::settle(&mut lookup, self.read_counts.as_deref_mut(), self.now_ns);
                     if self.gaps.meet(lookup.first_monotonic_ns, self.now_ns) {
                         lookup.mark_incomplete();

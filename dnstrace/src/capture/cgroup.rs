@@ -67,6 +67,19 @@ pub fn attach(
         }
     }
 
+    if !request.cgroups.is_empty() {
+        let mut selected: BpfHashMap<_, u64, u8> = ebpf
+            .map_mut(names::SELECTED_CGROUPS)
+            .ok_or("the probes lack the cgroup map")?
+            .try_into()
+            .map_err(|e| format!("cgroup map: {e}"))?;
+        for id in &request.cgroups {
+            selected
+                .insert(id, &1, 0)
+                .map_err(|e| format!("cannot select cgroup {id}: {e}"))?;
+        }
+    }
+
     let read_counts = match read_support {
         Ok(btf) => reads::attach(&mut ebpf, btf),
         Err(reason) => Err(reason.clone()),
@@ -105,7 +118,7 @@ pub fn attach(
         .ok_or("the probes lack the socket map")?
         .try_into()
         .map_err(|e| format!("socket map: {e}"))?;
-    let existing = existing_sockets::look(&config, &request.pids, cgroup_root);
+    let existing = existing_sockets::look(&config, request, cgroup_root);
     for (cookie, owner) in &existing.owners {
         let _ = sockets.insert(cookie, owner, BPF_NOEXIST);
     }

@@ -18,13 +18,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
 };
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
 pub use self::{
-    environment::{foreign_pid_namespace, is_cgroup2},
+    environment::{cgroup2_root, foreign_pid_namespace, is_cgroup2},
     reads::KernelReadCounts,
     record::{RecordDecoder, ThreadNames, parse_record},
 };
@@ -37,6 +37,8 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dn
 pub struct CaptureRequest {
     pub config: CaptureConfig,
     pub pids: Vec<u32>,
+    /// Cgroups the pod filters select at start (`FILTER_CGROUP_TREE`).
+    pub cgroups: Vec<u64>,
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
     /// `--cgroup-root`: the host's cgroup v2 hierarchy, when not found.
@@ -177,6 +179,16 @@ impl Capture {
     /// kernel cannot keep them; once.
     pub fn take_read_counts(&mut self) -> Result<reads::KernelReadCounts, String> {
         std::mem::replace(&mut self.reads, Err("already taken".into()))
+    }
+
+    /// The map of cgroups the pod filters select, for the watcher that
+    /// keeps it up to date; once.
+    pub fn take_selected_cgroups(&mut self) -> Result<BpfHashMap<MapData, u64, u8>, String> {
+        let map = self
+            .ebpf
+            .take_map(names::SELECTED_CGROUPS)
+            .ok_or("the probes lack the cgroup map")?;
+        BpfHashMap::try_from(map).map_err(|e| format!("cgroup map: {e}"))
     }
 
     /// The network namespaces found at start (cookie → inode); once.

@@ -7,7 +7,10 @@ use super::{
     attempt::{Attempt, Outcome, Shape},
     behaviour,
 };
-use crate::{message::Client, resolver::ResolverContext};
+use crate::{
+    message::{Client, Pod},
+    resolver::ResolverContext,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LookupOutcome {
@@ -57,6 +60,16 @@ impl Lookup {
             }
         }
         names
+    }
+
+    /// The pod that answered the lookup's last response, where this node's
+    /// trace showed it answering.
+    pub fn server_pod(&self) -> Option<&Pod> {
+        self.attempts
+            .iter()
+            .rfind(|a| a.response.is_some())?
+            .server_pod
+            .as_deref()
     }
 
     /// Whether some answer gave the process what it asked for.

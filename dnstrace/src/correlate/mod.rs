@@ -12,6 +12,7 @@ pub mod attempt;
 pub mod behaviour;
 pub mod lookup;
 pub mod reads;
+pub mod servers;
 #[cfg(test)]
 pub(crate) mod tests;
 
@@ -79,6 +80,8 @@ pub struct Correlator {
     /// one's query as another's rejection.
     by_address: bool,
     pub unattributed: u64,
+    /// The pods seen answering queries on this node.
+    pub servers: servers::ServerPods,
 }
 
 /// Per-client state, looked up for every client message: foldhash is
@@ -109,6 +112,7 @@ impl Correlator {
             Direction::Recv => header.is_response,
         };
         if !client_side {
+            self.servers.observe(message, header.id);
             return;
         }
         if message.envelope.process.is_none() && !self.by_address {
@@ -264,6 +268,8 @@ impl Correlator {
             socket_cookie: message.envelope.socket_cookie,
             transport: message.envelope.transport,
             server: message.envelope.remote,
+            local: message.envelope.local,
+            server_pod: None,
             question,
             id,
             sent_monotonic_ns: Some(now),
@@ -377,6 +383,7 @@ impl Correlator {
 
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
+        self.servers.expire(now);
         for lookups in self.lookups.values_mut() {
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
@@ -670,6 +677,8 @@ fn stray(
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
         server: message.envelope.remote,
+        local: message.envelope.local,
+        server_pod: None,
         question,
         id,
         sent_monotonic_ns: None,

@@ -1176,3 +1176,74 @@ fn musl_sending_its_copy_after_the_first_answer_came_keeps_one_lookup() {
     assert!(diagnoses.is_empty(), "{diagnoses:#?}");
     assert_eq!(lookups(&out).len(), 1, "{out:#?}");
 }
+
+/// The server's side of an exchange, as a DNS pod's process shows it: the
+/// query it received and the response it sent, on its own address (a
+/// Service's DNAT gave the client another), from the client's address.
+fn served_by(pod: &str, client: Socket, id: u16, name: &str, at: u64) -> [Message; 2] {
+    let pod = crate::message::Pod {
+        name: Some(pod.into()),
+        namespace: Some("kube-system".into()),
+        uid: None,
+    };
+    [None, Some(GOOD)].map(|answer| {
+        let direction = match answer {
+            None => Direction::Recv,
+            Some(_) => Direction::Send,
+        };
+        let mut m = message(direction, client, id, name, A, at, answer);
+        let client_address = m.envelope.local;
+        m.envelope.local = SocketAddr::from(([10, 244, 0, 5], 53));
+        m.envelope.remote = client_address;
+        m.envelope.socket_cookie = 999;
+        if let Some(process) = &mut m.envelope.process {
+            process.pid = 77;
+            process.facts = Arc::new(Facts {
+                pod: Some(pod.clone()),
+                ..Facts::default()
+            });
+        }
+        m
+    })
+}
+
+#[test]
+fn the_pod_that_answered_behind_a_service_address_is_named() {
+    let service = SocketAddr::from(([10, 96, 0, 10], 53));
+    let client = Socket::new(10, 1, service);
+    let unseen = Socket::new(11, 2, service);
+    let mut s = Scenario::new();
+    s.query(client, 7, "db.example.", A, 0);
+    for m in served_by("coredns-a", client, 7, "db.example.", MS) {
+        s.correlator.observe(&m, &mut s.out);
+    }
+    s.answer(client, 7, "db.example.", A, 2 * MS, GOOD);
+    // Another socket's exchange: its server's side was not seen.
+    s.exchange(unseen, 7, "db.example.", 0, GOOD);
+    s.correlator.advance(20_000 * MS, &mut s.out);
+    let mut named = Vec::new();
+    for item in &mut s.out {
+        if let Correlated::Lookup(lookup) = item {
+            s.correlator.servers.name(lookup);
+            let pod = lookup.server_pod().and_then(|p| p.name.clone());
+            named.push((lookup.client.pid(), pod));
+        }
+    }
+    named.sort();
+    assert_eq!(
+        named,
+        [(Some(10), Some("coredns-a".into())), (Some(11), None)],
+        "the server's side matched by the client's address, port, id and name"
+    );
+    // Kept 30 s, then forgotten.
+    s.correlator.advance(60_000 * MS, &mut Vec::new());
+    let mut late = Scenario::new();
+    late.exchange(client, 7, "db.example.", 60_000 * MS, GOOD);
+    late.correlator.servers = std::mem::take(&mut s.correlator.servers);
+    late.correlator.advance(90_000 * MS, &mut late.out);
+    let Some(Correlated::Lookup(lookup)) = late.out.first_mut() else {
+        panic!("a lookup: {:?}", late.out);
+    };
+    late.correlator.servers.name(lookup);
+    assert_eq!(lookup.server_pod(), None);
+}

@@ -21,7 +21,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Facts, Message, Process},
+    message::{Client, Facts, Message, Pod, Process},
     resolver::Library,
 };
 
@@ -306,12 +306,15 @@ pub struct PodRecord<'a> {
 
 impl<'a> PodRecord<'a> {
     pub fn of(facts: &'a Facts) -> Option<Self> {
-        let pod = facts.pod.as_ref()?;
-        Some(Self {
+        facts.pod.as_ref().map(Self::from_pod)
+    }
+
+    pub fn from_pod(pod: &'a Pod) -> Self {
+        Self {
             name: pod.name.as_deref(),
             namespace: pod.namespace.as_deref(),
             uid: pod.uid.as_deref(),
-        })
+        }
     }
 }
 
@@ -668,6 +671,9 @@ pub struct LookupRecord<'a> {
     pub wasted_queries: usize,
     /// The process's C library, when known (`glibc 2.36`, `musl`, `Go resolver`).
     pub resolver: Option<String>,
+    /// The pod on this node whose process sent the lookup's last response,
+    /// when the trace shows it answering; null otherwise.
+    pub server_pod: Option<PodRecord<'a>>,
 }
 
 impl<'a> LookupRecord<'a> {
@@ -683,6 +689,7 @@ impl<'a> LookupRecord<'a> {
             attempts: lookup.queries(),
             wasted_queries: lookup.wasted_queries(),
             resolver: lookup.context.library.as_ref().map(Library::describe),
+            server_pod: lookup.server_pod().map(PodRecord::from_pod),
         }
     }
 }
@@ -721,6 +728,9 @@ pub struct DiagnosisRecord<'a> {
     pub cause: &'static str,
     /// The server involved, `ip:port`, or null.
     pub server: Option<SocketAddr>,
+    /// The pod on this node seen answering as that server (the last one,
+    /// when several replicas did); null when the trace shows none.
+    pub server_pod: Option<PodRecord<'a>>,
     pub names: &'a BTreeSet<String>,
     pub count: u64,
     #[serde(serialize_with = "as_display")]
@@ -744,6 +754,7 @@ impl<'a> DiagnosisRecord<'a> {
             client: ClientFields::of(&diagnosis.client),
             cause: diagnosis.cause.code(),
             server: diagnosis.server,
+            server_pod: diagnosis.server_pod.as_ref().map(PodRecord::from_pod),
             names: &diagnosis.names,
             count: diagnosis.count,
             first_ts: Rfc3339(diagnosis.first_wall_time_ns),
@@ -1004,6 +1015,8 @@ mod tests {
             socket_cookie: 1,
             transport: crate::message::Transport::Udp,
             server: "127.0.0.1:53".parse().unwrap(),
+            local: "192.0.2.100:40000".parse().unwrap(),
+            server_pod: None,
             question: crate::decode::Question {
                 name: "x.".into(),
                 qtype: 1,

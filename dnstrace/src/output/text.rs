@@ -204,6 +204,9 @@ fn format_lookup(lookup: &Lookup) -> String {
         types.join(","),
         servers.join(",")
     );
+    if let Some(pod) = lookup.server_pod() {
+        line.push_str(&format!(" (pod {})", pod.path()));
+    }
     if !odd.is_empty() {
         line.push_str(&format!(" [{}]", odd.join(", ")));
     }
@@ -225,10 +228,11 @@ fn client_columns(client: &Client) -> (String, String) {
 
 /// A diagnosis as a short block that stands out.
 fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
-    let server = diagnosis
-        .server
-        .map(|s| format!(" server {s}"))
-        .unwrap_or_default();
+    let server = match (diagnosis.server, &diagnosis.server_pod) {
+        (Some(server), Some(pod)) => format!(" server {server} (pod {})", pod.path()),
+        (Some(server), None) => format!(" server {server}"),
+        (None, _) => String::new(),
+    };
     let names: Vec<&str> = diagnosis.names.iter().map(String::as_str).collect();
     vec![
         format!(
