@@ -40,6 +40,25 @@ pub const COMM_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Comm(pub [u8; COMM_LEN]);
 
+impl Comm {
+    /// Whether the name is `other`, compared as two words: comparing the
+    /// arrays would call memcmp, a BPF function whose stack adds to the
+    /// caller's, which is short.
+    #[inline(always)]
+    pub fn is(&self, other: &[u8; COMM_LEN]) -> bool {
+        let words = |bytes: &[u8; COMM_LEN]| {
+            let (low, high) = bytes.split_at(8);
+            let word = |half: &[u8]| {
+                let mut word = [0; 8];
+                word.copy_from_slice(half);
+                u64::from_ne_bytes(word)
+            };
+            (word(low), word(high))
+        };
+        words(&self.0) == words(other)
+    }
+}
+
 /// Which way a message went, seen from the process that owns the socket.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,7 +217,7 @@ impl CaptureConfig {
         let filters = self.filters;
         if filters & (FILTER_PID | FILTER_COMM) != 0 {
             let by_pid = filters & FILTER_PID != 0 && pid_selected;
-            let by_comm = filters & FILTER_COMM != 0 && owner.comm.0 == self.comm;
+            let by_comm = filters & FILTER_COMM != 0 && owner.comm.is(&self.comm);
             if !by_pid && !by_comm {
                 return false;
             }

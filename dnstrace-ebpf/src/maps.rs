@@ -27,6 +27,34 @@ pub static SOCKETS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(
 #[map]
 pub static RESPONSES: LruHashMap<u64, ReadCounts> = LruHashMap::with_max_entries(65_536, 0);
 
+/// One direction of a TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamKey {
+    pub cookie: u64,
+    /// `Direction` as a word, so the key has no padding.
+    pub direction: u64,
+}
+
+/// Where a TCP stream's next DNS message begins (see `tcp`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stream {
+    /// Sequence number of the byte `wait` waits for.
+    pub next: u32,
+    /// The message's length when the body is awaited; the prefix's first
+    /// byte when its second is.
+    pub len: u16,
+    /// `tcp::WAIT_*`.
+    pub wait: u8,
+    pub _padding: u8,
+}
+
+/// TCP streams being framed. A stream evicted mid-message starts again at
+/// its next segment as if a message began there.
+#[map]
+pub static TCP_STREAMS: LruHashMap<StreamKey, Stream> = LruHashMap::with_max_entries(65_536, 0);
+
 /// tgids chosen with `--pid`.
 #[map]
 pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);

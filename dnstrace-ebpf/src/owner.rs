@@ -112,6 +112,31 @@ pub fn sender(
     (current, new)
 }
 
+/// The owner of a TCP socket that sends: the one recorded, never the
+/// current task once there is one. TCP also sends from softirq
+/// (retransmissions, data the window held back until an ACK came), where
+/// the current task is whatever the CPU was running: the idle task, or an
+/// unrelated process. The owner is recorded from the first data the socket
+/// sends, which the process's own write sends; never from the idle task.
+/// Returns the owner and whether it is new to the socket.
+#[inline(always)]
+pub fn tcp_sender(
+    config: &CaptureConfig,
+    cookie: u64,
+    netns_cookie: impl FnOnce() -> u64,
+) -> (Option<SocketOwner>, bool) {
+    if let Some(owner) = recorded(cookie) {
+        return (Some(owner), false);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == 0 {
+        return (None, false);
+    }
+    let current = current_task(config, pid_tgid, netns_cookie());
+    let _ = remember(cookie, None, &current);
+    (Some(current), true)
+}
+
 /// Remembers the owner so the socket's receives can be attributed. Skips the
 /// write when `known`, what the map held, is the same owner: this runs for
 /// every DNS packet sent. Returns whether the owner is new to this socket.
@@ -125,7 +150,7 @@ pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -
     let unchanged = same_thread
         && known.is_some_and(|known| {
             known.sends == 0
-                && known.comm == owner.comm
+                && known.comm.is(&owner.comm.0)
                 && known.uid == owner.uid
                 && known.cgroup_id == owner.cgroup_id
         });
