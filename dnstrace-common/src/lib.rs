@@ -181,6 +181,11 @@ pub struct CaptureConfig {
     /// 1 when the read program will be attached, so ingress counts
     /// responses for it.
     pub track_reads: u32,
+    /// DNS messages framed from one TCP segment (see
+    /// `dnstrace-ebpf/src/tcp.rs`); a segment with more gives its stream
+    /// up. Each costs the verifier a walk through the code that emits one,
+    /// which an older verifier (Debian's 6.1) cannot afford more than once.
+    pub tcp_messages_per_segment: u32,
 }
 
 /// Only processes whose tgid is in the `SELECTED_PIDS` map, or whose comm
@@ -205,6 +210,7 @@ impl CaptureConfig {
             comm: [0; COMM_LEN],
             skb_task_helpers: 1,
             track_reads: 0,
+            tcp_messages_per_segment: 1,
         }
     }
 
@@ -246,6 +252,10 @@ impl CaptureConfig {
         false
     }
 }
+
+/// The most DNS messages the kernel frames from one TCP segment, where the
+/// verifier allows more than one (`CaptureConfig::tcp_messages_per_segment`).
+pub const MAX_TCP_MESSAGES_PER_SEGMENT: u32 = 4;
 
 /// How many sends from one socket by one thread share one asking of the
 /// kernel for the thread's name, uid and cgroup ([`SocketOwner::sends`]).

@@ -119,7 +119,10 @@ pub fn parse(
         }
         // A SYN takes one sequence number before the data (fast open).
         let syn = u32::from(flags & TCP_SYN != 0);
-        datagram.sequence = u32::from_be(read(ctx, l4_offset + 4)?).wrapping_add(syn);
+        // Loaded, not read in place: LLVM turns a third direct read here
+        // into arithmetic on data_end, which the 6.1 verifier refuses.
+        let sequence: u32 = ctx.load(l4_offset + 4)?;
+        datagram.sequence = u32::from_be(sequence).wrapping_add(syn);
     }
     Ok(datagram)
 }

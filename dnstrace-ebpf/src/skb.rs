@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use dnstrace_common::{
-    CaptureConfig, Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FILTER_NETNS, PROTO_TCP,
+    CaptureConfig, Direction, EVENT_OWNER_FROM_SOCKET, EVENT_OWNER_KNOWN, FILTER_NETNS,
+    MAX_TCP_MESSAGES_PER_SEGMENT, PROTO_TCP,
 };
 
 use crate::{emit, maps::CONFIG, owner, packet, tcp};
@@ -50,10 +51,11 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     };
     // Each message as a datagram of its own (the same one, reused: stack is
     // short). One place emits, in a loop LLVM may not unroll (the bound is
-    // hidden from it; the verifier sees the constant): each copy of the
-    // emitting code would take stack of its own.
+    // hidden from it; the verifier sees the constants): each copy of the
+    // emitting code would take stack of its own. A segment with more
+    // messages than the configured number gives its stream up.
     let mut n = 0;
-    while n < black_box(tcp::MAX_MESSAGES) {
+    while n < black_box(MAX_TCP_MESSAGES_PER_SEGMENT) && n < config.tcp_messages_per_segment {
         match &mut framer {
             Some(framer) => {
                 let Some((offset, len)) = framer.next(ctx) else {

@@ -29,10 +29,6 @@ const WAIT_BODY: u8 = 2;
 /// a record.
 const WAIT_LOST: u8 = 3;
 
-/// Messages framed from one segment; a segment with more (many small
-/// messages in one write) loses its stream.
-pub const MAX_MESSAGES: u32 = 4;
-
 const TCP_LISTEN: u32 = 10;
 
 /// The messages that begin in one segment, one at a time: a cursor over
