@@ -181,11 +181,6 @@ pub struct CaptureConfig {
     /// 1 when the read program will be attached, so ingress counts
     /// responses for it.
     pub track_reads: u32,
-    /// DNS messages framed from one TCP segment (see
-    /// `dnstrace-ebpf/src/tcp.rs`); a segment with more gives its stream
-    /// up. Each costs the verifier a walk through the code that emits one,
-    /// which an older verifier (Debian's 6.1) cannot afford more than once.
-    pub tcp_messages_per_segment: u32,
 }
 
 /// Only processes whose tgid is in the `SELECTED_PIDS` map, or whose comm
@@ -210,7 +205,6 @@ impl CaptureConfig {
             comm: [0; COMM_LEN],
             skb_task_helpers: 1,
             track_reads: 0,
-            tcp_messages_per_segment: 1,
         }
     }
 
@@ -254,7 +248,7 @@ impl CaptureConfig {
 }
 
 /// The most DNS messages the kernel frames from one TCP segment, where the
-/// verifier allows more than one (`CaptureConfig::tcp_messages_per_segment`).
+/// verifier allows more than one (see `names::TCP_MESSAGES_PER_SEGMENT`).
 pub const MAX_TCP_MESSAGES_PER_SEGMENT: u32 = 4;
 
 /// How many sends from one socket by one thread share one asking of the
@@ -264,6 +258,12 @@ pub const OWNER_REFRESH_SENDS: u32 = 64;
 /// Names shared by both halves, so a rename cannot split them.
 pub mod names {
     pub const CONFIG: &str = "CONFIG";
+    /// A read-only global of its own (the config is copied to the stack,
+    /// which is short): DNS messages framed from one TCP segment; a segment
+    /// with more gives its stream up. Each costs the verifier a walk through
+    /// the code that emits one, which an older verifier (Debian's 6.1)
+    /// cannot afford more than once.
+    pub const TCP_MESSAGES_PER_SEGMENT: &str = "TCP_MESSAGES_PER_SEGMENT";
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const SOCKETS: &str = "SOCKETS";

@@ -10,6 +10,10 @@ use dnstrace_common::{CaptureConfig, EventHeader, MAX_PAYLOAD, ReadCounts, Socke
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
 
+/// See `dnstrace_common::names::TCP_MESSAGES_PER_SEGMENT`.
+#[unsafe(no_mangle)]
+pub static TCP_MESSAGES_PER_SEGMENT: Global<u32> = Global::new(1);
+
 /// DNS messages out to userspace. Userspace sizes it at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);

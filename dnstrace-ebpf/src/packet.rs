@@ -2,6 +2,8 @@
 //! see packets: found with as few reads as possible, since most packets are
 //! not DNS.
 
+use core::hint::black_box;
+
 use aya_ebpf::programs::SkBuffContext;
 use dnstrace_common::{CaptureConfig, Direction, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
@@ -32,7 +34,9 @@ pub struct Datagram {
 fn read<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, i64> {
     const { assert!(size_of::<T>() >= 2) };
     let at = ctx.data() + offset;
-    if at + size_of::<T>() <= ctx.data_end() {
+    // The end of the read is hidden from LLVM, which would otherwise
+    // subtract from data_end instead, which the 6.1 verifier refuses.
+    if black_box(at + size_of::<T>()) <= ctx.data_end() {
         // SAFETY: the bytes lie between data and data_end, which the
         // verifier checks from the comparison above; T is plain data.
         return Ok(unsafe { core::ptr::read_unaligned(at as *const T) });
@@ -119,10 +123,7 @@ pub fn parse(
         }
         // A SYN takes one sequence number before the data (fast open).
         let syn = u32::from(flags & TCP_SYN != 0);
-        // Loaded, not read in place: LLVM turns a third direct read here
-        // into arithmetic on data_end, which the 6.1 verifier refuses.
-        let sequence: u32 = ctx.load(l4_offset + 4)?;
-        datagram.sequence = u32::from_be(sequence).wrapping_add(syn);
+        datagram.sequence = u32::from_be(read(ctx, l4_offset + 4)?).wrapping_add(syn);
     }
     Ok(datagram)
 }

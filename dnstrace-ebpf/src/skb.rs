@@ -14,7 +14,11 @@ use dnstrace_common::{
     MAX_TCP_MESSAGES_PER_SEGMENT, PROTO_TCP,
 };
 
-use crate::{emit, maps::CONFIG, owner, packet, tcp};
+use crate::{
+    emit,
+    maps::{CONFIG, TCP_MESSAGES_PER_SEGMENT},
+    owner, packet, tcp,
+};
 
 /// cgroup_skb programs must return 1 to let the packet through.
 const PASS: i32 = 1;
@@ -55,7 +59,7 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     // emitting code would take stack of its own. A segment with more
     // messages than the configured number gives its stream up.
     let mut n = 0;
-    while n < black_box(MAX_TCP_MESSAGES_PER_SEGMENT) && n < config.tcp_messages_per_segment {
+    while n < black_box(MAX_TCP_MESSAGES_PER_SEGMENT) && n < TCP_MESSAGES_PER_SEGMENT.load() {
         match &mut framer {
             Some(framer) => {
                 let Some((offset, len)) = framer.next(ctx) else {

@@ -50,12 +50,17 @@ pub fn attach(
     config.track_reads = u32::from(read_support.is_ok());
     // The kernels that need cgroup-sockaddr have a verifier that gives up
     // on walking the emitting code more than once per program.
-    config.tcp_messages_per_segment = match backend {
+    let tcp_messages_per_segment: u32 = match backend {
         Backend::CgroupSkb => MAX_TCP_MESSAGES_PER_SEGMENT,
         Backend::CgroupSockaddr => 1,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &config, true)
+        .override_global(
+            names::TCP_MESSAGES_PER_SEGMENT,
+            &tcp_messages_per_segment,
+            true,
+        )
         .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
         .load(PROBES)
         .map_err(|e| format!("loading the probes failed: {e}"))?;
