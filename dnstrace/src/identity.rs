@@ -139,7 +139,11 @@ impl<'a> Fields<'a> {
 
     /// The value of `key`; the last one where it is given twice.
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -159,9 +163,7 @@ fn read_workload(fields: &Fields<'_>) -> Option<Arc<Facts>> {
         None => None,
         Some(id) => Some(Container {
             id,
-            runtime: fields
-                .get("runtime")
-                .and_then(|name| Runtime::from_name(name)),
+            runtime: fields.get("runtime").and_then(Runtime::from_name),
             name: text("container")?,
             image: text("image")?,
         }),
