@@ -50,7 +50,7 @@ const MESSAGE_FIELDS: [&str; 29] = [
 /// Null even in a complete message: no EDNS, or nothing wrong.
 /// (A host process is in no container and no pod.)
 const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
-const SUMMARY_FIELDS: [&str; 7] = [
+const SUMMARY_FIELDS: [&str; 10] = [
     "kind",
     "messages",
     "lost",
@@ -58,6 +58,9 @@ const SUMMARY_FIELDS: [&str; 7] = [
     "skipped_records",
     "drops",
     "drops_by_reason",
+    "evicted_lookups",
+    "shed",
+    "incomplete_lookups",
 ];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 

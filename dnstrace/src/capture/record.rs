@@ -16,7 +16,6 @@ use dnstrace_common::{
 use super::DropNames;
 use crate::{
     clock::WallClock,
-    framing::TcpStreams,
     message::{Direction, Dropped, Envelope, Facts, Message, Process, Transport},
 };
 
@@ -78,55 +77,31 @@ pub fn parse_drop(record: &[u8]) -> Option<RawDrop<'_>> {
 }
 
 /// Turns the kernel's records into messages, keeping what one record
-/// shares with the next: the clock, TCP streams, thread names. The network
+/// shares with the next: the clock, thread names. The network
 /// namespace and everything else about the process is left to `enrich`.
 pub struct RecordDecoder {
     pub clock: WallClock,
-    pub streams: TcpStreams,
     pub thread_names: ThreadNames,
     /// Whether an output writes payloads, so messages must keep them.
     pub keep_payloads: bool,
 }
 
 impl RecordDecoder {
-    /// Hands each message in a record to `each`: one for UDP; for TCP, those
-    /// that start in the segment (none for a segment that only continues
-    /// one).
-    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
+    /// The record's message. The kernel frames TCP
+    /// (dnstrace-ebpf/src/tcp.rs): a TCP record is one message too, without
+    /// its length prefix.
+    pub fn message(&mut self, raw: &RawMessage<'_>) -> Message {
         let header = &raw.header;
         let envelope = self.envelope(header);
-        let direction = envelope.direction;
-        let keep_payload = self.keep_payloads;
-        if header.protocol == PROTO_TCP {
-            let sending = direction == Direction::Send;
-            for framed in self.streams.frame(
-                header.socket_cookie,
-                sending,
-                header.payload_len,
-                raw.payload,
-            ) {
-                let envelope = Envelope {
-                    transport: Transport::Tcp,
-                    ..envelope.clone()
-                };
-                each(Message::decoded(
-                    envelope,
-                    framed.bytes,
-                    framed.len,
-                    keep_payload,
-                ));
-            }
-        } else {
-            each(Message::decoded(
-                envelope,
-                raw.payload,
-                header.payload_len,
-                keep_payload,
-            ));
-        }
+        Message::decoded(
+            envelope,
+            raw.payload,
+            header.payload_len,
+            self.keep_payloads,
+        )
     }
 
-    /// The part of a record every message of it shares.
+    /// Where, when and by whom a record was sent or received.
     fn envelope(&mut self, header: &EventHeader) -> Envelope {
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -148,7 +123,11 @@ impl RecordDecoder {
             process,
             socket_cookie: header.socket_cookie,
             direction,
-            transport: Transport::Udp,
+            transport: if header.protocol == PROTO_TCP {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
             response_number: (header.response_number > 0).then_some(header.response_number),
@@ -158,14 +137,7 @@ impl RecordDecoder {
     /// A drop record as a dropped message, with its reason and place named.
     pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &DropNames) -> Dropped {
         let header = &raw.header.event;
-        let envelope = Envelope {
-            transport: if header.protocol == PROTO_TCP {
-                Transport::Tcp
-            } else {
-                Transport::Udp
-            },
-            ..self.envelope(header)
-        };
+        let envelope = self.envelope(header);
         // A TCP segment that starts a message begins with its length.
         let (payload, size) = match envelope.transport {
             Transport::Tcp => (
