@@ -416,7 +416,7 @@ mod tests {
     use crate::{
         correlate::tests::{NXDOMAIN, Socket, message, server},
         diagnose::Cause,
-        message::Direction,
+        message::{Direction, Dropped},
     };
 
     const MS: u64 = 1_000_000;
@@ -511,5 +511,46 @@ mod tests {
         pipeline.advance(30 * SECOND);
         assert_eq!(pipeline.summary.incomplete_lookups, 1);
         assert!(pipeline.diagnoser.all().is_empty());
+    }
+
+    #[test]
+    fn a_drop_met_while_behind_is_counted_but_not_blamed() {
+        let mut pipeline = Pipeline::new(Vec::new()).watching_drops();
+        let socket = Socket::new(7, 1, server(1));
+        pipeline.message(&message(
+            Direction::Send,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND,
+            None,
+        ));
+        pipeline.set_shedding(true);
+        let response = message(
+            Direction::Recv,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND + MS,
+            Some(NXDOMAIN),
+        );
+        pipeline.dropped(Dropped {
+            message: response,
+            reason: "SOCKET_RCVBUFF".into(),
+            location: "somewhere+0x1".into(),
+            netns: Some(1),
+            conntrack: None,
+        });
+        pipeline.set_shedding(false);
+        pipeline.losses_read(2 * SECOND, None);
+        pipeline.advance(30 * SECOND);
+        assert_eq!(pipeline.summary.drops, 1);
+        assert_eq!(pipeline.summary.incomplete_lookups, 1);
+        assert!(
+            pipeline.diagnoser.all().is_empty(),
+            "neither kernel_drop nor timeout: the lookup was not followed"
+        );
     }
 }
