@@ -383,7 +383,8 @@ impl Correlator {
         if budget.messages <= MAX_MESSAGES_PER_SECOND {
             return true;
         }
-        budget.paused_until_ns = now + BULK_PAUSE_NS;
+        // A file can say any time, up to the last nanosecond of u64.
+        budget.paused_until_ns = now.saturating_add(BULK_PAUSE_NS);
         if let Some(lookups) = self.lookups.remove(&client) {
             self.uncorrelated += lookups.iter().map(|l| l.attempts.len() as u64).sum::<u64>();
         }
