@@ -46,10 +46,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         // read only.
         let corpus = root.join("fuzz/corpus").join(target);
         fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
-        let mut fuzz = Command::new("cargo");
+        // As aya-build runs the eBPF build: `rustup run` names the
+        // toolchain whatever this cargo's environment says.
+        let mut fuzz = Command::new("rustup");
         fuzz.current_dir(&root)
-            .arg(format!("+{toolchain}"))
-            .args(["fuzz", "run", "--sanitizer", "none", "--release"])
+            .args(["run", &toolchain, "cargo", "fuzz", "run"])
+            .args(["--sanitizer", "none", "--release"])
             .args(["--debug-assertions", target])
             .arg(&corpus)
             .arg(root.join("fuzz/seeds").join(target))
