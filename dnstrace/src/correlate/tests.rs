@@ -629,7 +629,11 @@ fn a_load_generator_in_a_file_from_the_far_future_is_still_left_out() {
         );
     }
     // The 2,001st message starts the pause; the 99 after it are left out.
-    assert!(s.correlator.uncorrelated >= 99, "{}", s.correlator.uncorrelated);
+    assert!(
+        s.correlator.uncorrelated >= 99,
+        "{}",
+        s.correlator.uncorrelated
+    );
     assert_eq!(s.correlator.open_lookups(), 0);
 }
 
