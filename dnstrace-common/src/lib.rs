@@ -40,6 +40,25 @@ pub const COMM_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Comm(pub [u8; COMM_LEN]);
 
+impl Comm {
+    /// Whether the name is `other`, compared as two words: comparing the
+    /// arrays would call memcmp, a BPF function whose stack adds to the
+    /// caller's, which is short.
+    #[inline(always)]
+    pub fn is(&self, other: &[u8; COMM_LEN]) -> bool {
+        let words = |bytes: &[u8; COMM_LEN]| {
+            let (low, high) = bytes.split_at(8);
+            let word = |half: &[u8]| {
+                let mut word = [0; 8];
+                word.copy_from_slice(half);
+                u64::from_ne_bytes(word)
+            };
+            (word(low), word(high))
+        };
+        words(&self.0) == words(other)
+    }
+}
+
 /// Which way a message went, seen from the process that owns the socket.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +191,18 @@ pub const FILTER_COMM: u32 = 1 << 1;
 pub const FILTER_CGROUP: u32 = 1 << 2;
 /// Only this network namespace (by netns cookie).
 pub const FILTER_NETNS: u32 = 1 << 3;
+/// Only processes whose cgroup, or one of its ancestors, is in the
+/// `SELECTED_CGROUPS` map (pods and containers, which userspace keeps up to
+/// date as they come and go).
+pub const FILTER_CGROUP_TREE: u32 = 1 << 4;
+
+/// Ancestors of a process's cgroup looked at for `FILTER_CGROUP_TREE`: a
+/// Kubernetes container sits 4 levels down with the systemd driver
+/// (`kubepods.slice/<qos>.slice/<pod>.slice/<container>.scope`).
+pub const MAX_CGROUP_LEVELS: i32 = 16;
+
+/// Cgroups `SELECTED_CGROUPS` can hold.
+pub const MAX_SELECTED_CGROUPS: u32 = 8192;
 
 impl CaptureConfig {
     pub const fn default_dns() -> Self {
@@ -190,15 +221,17 @@ impl CaptureConfig {
     }
 
     /// Whether the filters select a socket's owner. `pid_selected` says
-    /// whether its tgid is among the `--pid` choices (a map lookup on the
-    /// kernel side). Process selectors (pid, comm) admit a process if either
-    /// matches; the cgroup and netns filters must both hold.
+    /// whether its tgid is among the `--pid` choices, `tree_selected`
+    /// whether its cgroup or an ancestor is in `SELECTED_CGROUPS` (map
+    /// lookups on the kernel side). Process selectors (pid, comm) admit a
+    /// process if either matches; the cgroup, cgroup tree and netns filters
+    /// must all hold.
     #[inline(always)]
-    pub fn selects(&self, owner: &SocketOwner, pid_selected: bool) -> bool {
+    pub fn selects(&self, owner: &SocketOwner, pid_selected: bool, tree_selected: bool) -> bool {
         let filters = self.filters;
         if filters & (FILTER_PID | FILTER_COMM) != 0 {
             let by_pid = filters & FILTER_PID != 0 && pid_selected;
-            let by_comm = filters & FILTER_COMM != 0 && owner.comm.0 == self.comm;
+            let by_comm = filters & FILTER_COMM != 0 && owner.comm.is(&self.comm);
             if !by_pid && !by_comm {
                 return false;
             }
@@ -207,6 +240,9 @@ impl CaptureConfig {
             return false;
         }
         if filters & FILTER_NETNS != 0 && owner.netns_cookie != self.netns_cookie {
+            return false;
+        }
+        if filters & FILTER_CGROUP_TREE != 0 && !tree_selected {
             return false;
         }
         true
@@ -228,6 +264,10 @@ impl CaptureConfig {
     }
 }
 
+/// The most DNS messages the kernel frames from one TCP segment, where the
+/// verifier allows more than one (see `names::TCP_MESSAGES_PER_SEGMENT`).
+pub const MAX_TCP_MESSAGES_PER_SEGMENT: u32 = 4;
+
 /// How many sends from one socket by one thread share one asking of the
 /// kernel for the thread's name, uid and cgroup ([`SocketOwner::sends`]).
 pub const OWNER_REFRESH_SENDS: u32 = 64;
@@ -235,10 +275,17 @@ pub const OWNER_REFRESH_SENDS: u32 = 64;
 /// Names shared by both halves, so a rename cannot split them.
 pub mod names {
     pub const CONFIG: &str = "CONFIG";
+    /// A read-only global of its own (the config is copied to the stack,
+    /// which is short): DNS messages framed from one TCP segment; a segment
+    /// with more gives its stream up. Each costs the verifier a walk through
+    /// the code that emits one, which an older verifier (Debian's 6.1)
+    /// cannot afford more than once.
+    pub const TCP_MESSAGES_PER_SEGMENT: &str = "TCP_MESSAGES_PER_SEGMENT";
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const SOCKETS: &str = "SOCKETS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
+    pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
     pub const RESPONSES: &str = "RESPONSES";
     pub const SKB_EGRESS: &str = "dns_skb_egress";
     pub const SKB_INGRESS: &str = "dns_skb_ingress";

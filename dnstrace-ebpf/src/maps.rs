@@ -5,10 +5,16 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use dnstrace_common::{CaptureConfig, EventHeader, MAX_PAYLOAD, ReadCounts, SocketOwner};
+use dnstrace_common::{
+    CaptureConfig, EventHeader, MAX_PAYLOAD, MAX_SELECTED_CGROUPS, ReadCounts, SocketOwner,
+};
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
+
+/// See `dnstrace_common::names::TCP_MESSAGES_PER_SEGMENT`.
+#[unsafe(no_mangle)]
+pub static TCP_MESSAGES_PER_SEGMENT: Global<u32> = Global::new(1);
 
 /// DNS messages out to userspace. Userspace sizes it at load time.
 #[map]
@@ -27,9 +33,42 @@ pub static SOCKETS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(
 #[map]
 pub static RESPONSES: LruHashMap<u64, ReadCounts> = LruHashMap::with_max_entries(65_536, 0);
 
+/// One direction of a TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamKey {
+    pub cookie: u64,
+    /// `Direction` as a word, so the key has no padding.
+    pub direction: u64,
+}
+
+/// Where a TCP stream's next DNS message begins (see `tcp`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stream {
+    /// Sequence number of the byte `wait` waits for.
+    pub next: u32,
+    /// The message's length when the body is awaited; the prefix's first
+    /// byte when its second is.
+    pub len: u16,
+    /// `tcp::WAIT_*`.
+    pub wait: u8,
+    pub _padding: u8,
+}
+
+/// TCP streams being framed. A stream evicted mid-message starts again at
+/// its next segment as if a message began there.
+#[map]
+pub static TCP_STREAMS: LruHashMap<StreamKey, Stream> = LruHashMap::with_max_entries(65_536, 0);
+
 /// tgids chosen with `--pid`.
 #[map]
 pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Cgroup ids chosen with `--pod`, `--k8s-namespace` and `--container`
+/// (a pod's or a container's); userspace adds them as pods start.
+#[map]
+pub static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SELECTED_CGROUPS, 0);
 
 /// One record under construction: too big for the 512-byte stack.
 #[repr(C)]

@@ -2,14 +2,16 @@
 
 use aya_ebpf::helpers::{
     bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-    generated::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+    },
 };
 use dnstrace_common::{
-    COMM_LEN, CaptureConfig, Comm, FILTER_CGROUP, FILTER_COMM, FILTER_PID, OWNER_REFRESH_SENDS,
-    SocketOwner,
+    COMM_LEN, CaptureConfig, Comm, FILTER_CGROUP, FILTER_CGROUP_TREE, FILTER_COMM, FILTER_PID,
+    MAX_CGROUP_LEVELS, OWNER_REFRESH_SENDS, SocketOwner,
 };
 
-use crate::maps::{SELECTED_PIDS, SOCKETS};
+use crate::maps::{SELECTED_CGROUPS, SELECTED_PIDS, SOCKETS};
 
 /// The current task (`pid_tgid` from its helper) as a socket owner. Callers
 /// pass the netns cookie because the helper that gives it takes the
@@ -34,7 +36,7 @@ pub fn current_task(config: &CaptureConfig, pid_tgid: u64, netns_cookie: u64) ->
     if filters & FILTER_COMM != 0 {
         read_comm(&mut owner.comm);
     }
-    if filters & FILTER_CGROUP != 0 {
+    if filters & (FILTER_CGROUP | FILTER_CGROUP_TREE) != 0 {
         // SAFETY: a helper without arguments.
         owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
@@ -45,7 +47,7 @@ pub fn current_task(config: &CaptureConfig, pid_tgid: u64, netns_cookie: u64) ->
     if filters & FILTER_COMM == 0 {
         read_comm(&mut owner.comm);
     }
-    if filters & FILTER_CGROUP == 0 {
+    if filters & (FILTER_CGROUP | FILTER_CGROUP_TREE) == 0 {
         // SAFETY: a helper without arguments.
         owner.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     }
@@ -66,7 +68,35 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     let by_pid = config.filters & FILTER_PID != 0
         // SAFETY: the value is a plain u8 that the map keeps alive for the call.
         && unsafe { SELECTED_PIDS.get(&owner.pid) }.is_some();
-    config.selects(owner, by_pid)
+    let by_tree = config.filters & FILTER_CGROUP_TREE != 0 && in_selected_tree(owner.cgroup_id);
+    config.selects(owner, by_pid, by_tree)
+}
+
+/// Whether the current task's cgroup (`cgroup_id`), or one of its
+/// ancestors, is selected: a pod's cgroup selects every container in it,
+/// and a container's the child cgroups a process in it may make. Not
+/// inlined: its own frame keeps the egress program's within 512 bytes.
+#[inline(never)]
+fn in_selected_tree(cgroup_id: u64) -> bool {
+    // SAFETY: the value is a plain u8 that the map keeps alive for the call.
+    if unsafe { SELECTED_CGROUPS.get(&cgroup_id) }.is_some() {
+        return true;
+    }
+    // Level 0 is the root, which no filter selects.
+    let mut level = 1;
+    while level < MAX_CGROUP_LEVELS {
+        // SAFETY: a helper taking a plain integer; 0 past the task's own level.
+        let ancestor = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if ancestor == 0 || ancestor == cgroup_id {
+            return false;
+        }
+        // SAFETY: as above.
+        if unsafe { SELECTED_CGROUPS.get(&ancestor) }.is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
 }
 
 /// The sending task as the socket's owner: the recorded owner while the
@@ -112,6 +142,31 @@ pub fn sender(
     (current, new)
 }
 
+/// The owner of a TCP socket that sends: the one recorded, never the
+/// current task once there is one. TCP also sends from softirq
+/// (retransmissions, data the window held back until an ACK came), where
+/// the current task is whatever the CPU was running: the idle task, or an
+/// unrelated process. The owner is recorded from the first data the socket
+/// sends, which the process's own write sends; never from the idle task.
+/// Returns the owner and whether it is new to the socket.
+#[inline(always)]
+pub fn tcp_sender(
+    config: &CaptureConfig,
+    cookie: u64,
+    netns_cookie: impl FnOnce() -> u64,
+) -> (Option<SocketOwner>, bool) {
+    if let Some(owner) = recorded(cookie) {
+        return (Some(owner), false);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == 0 {
+        return (None, false);
+    }
+    let current = current_task(config, pid_tgid, netns_cookie());
+    let _ = remember(cookie, None, &current);
+    (Some(current), true)
+}
+
 /// Remembers the owner so the socket's receives can be attributed. Skips the
 /// write when `known`, what the map held, is the same owner: this runs for
 /// every DNS packet sent. Returns whether the owner is new to this socket.
@@ -125,7 +180,7 @@ pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -
     let unchanged = same_thread
         && known.is_some_and(|known| {
             known.sends == 0
-                && known.comm == owner.comm
+                && known.comm.is(&owner.comm.0)
                 && known.uid == owner.uid
                 && known.cgroup_id == owner.cgroup_id
         });

@@ -15,10 +15,10 @@ use crate::{
     endpoints::Health,
     enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
-    framing::TcpStreams,
     message::Message,
     output::Summary,
     pipeline::Pipeline,
+    shedding::{Change, Shedding},
 };
 
 /// How often outputs are flushed, time advances in correlation, and the
@@ -41,28 +41,44 @@ impl ReadCounter for KernelReadCounts {
 struct Stages {
     decoder: RecordDecoder,
     enricher: Enricher,
+    shedding: Shedding,
 }
 
 impl Stages {
     /// One ring buffer record, into the pipeline (some of its messages
     /// perhaps later, once their process's facts are known).
-    fn record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+    fn record(&mut self, bytes: &[u8], backlog: usize, pipeline: &mut Pipeline) {
+        match self.shedding.observe(backlog) {
+            Some(Change::Behind(percent)) => {
+                eprintln!(
+                    "dnstrace: behind: the ring buffer is {percent}% full; correlation paused until it drains (lookups meanwhile are reported incomplete)"
+                );
+                pipeline.set_shedding(true);
+            }
+            Some(Change::CaughtUp) => {
+                pipeline.set_shedding(false);
+                eprintln!(
+                    "dnstrace: caught up: correlation resumed; {} messages not correlated so far",
+                    pipeline.summary.shed
+                );
+            }
+            None => {}
+        }
         let Some(raw) = parse_record(bytes) else {
             pipeline.summary.malformed_records += 1;
             return;
         };
         let netns_cookie = raw.header.netns_cookie;
-        let enricher = &mut self.enricher;
-        self.decoder.messages(&raw, |message| {
-            enricher.admit(message, netns_cookie, &mut |m: Message| {
+        let message = self.decoder.message(&raw);
+        self.enricher
+            .admit(message, netns_cookie, &mut |m: Message| {
                 pipeline.message(&m)
-            })
-        });
+            });
     }
 
     /// Drains the ring, then lets through what enrichment released.
     fn drain(&mut self, capture: &mut Capture, pipeline: &mut Pipeline) {
-        capture.drain(|bytes| self.record(bytes, pipeline));
+        capture.drain(|bytes, backlog| self.record(bytes, backlog, pipeline));
         self.enricher
             .poll(monotonic_now_ns(), &mut |m: Message| pipeline.message(&m));
     }
@@ -97,14 +113,17 @@ pub async fn run(
     let mut stages = Stages {
         decoder: RecordDecoder {
             clock: WallClock::new(),
-            streams: TcpStreams::default(),
             thread_names: ThreadNames::default(),
             keep_payloads: pipeline.needs_payloads(),
         },
         enricher,
+        shedding: Shedding::new(capture.ring_bytes()),
     };
     let mut losses = Losses::default();
     let mut tick_count = 0u64;
+    // Waiting on the ring's readiness can fail (the poller): the run then
+    // drains it every POLL, as it does anyway, and says so once.
+    let mut wakeups = true;
 
     loop {
         tokio::select! {
@@ -112,22 +131,25 @@ pub async fn run(
             _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             _ = &mut deadline, if duration.is_some() => break,
-            ready = capture.wait() => {
-                ready.map_err(|e| Failure::runtime(format!("reading the ring buffer failed: {e}")))?;
+            ready = capture.wait(), if wakeups => {
+                if let Err(error) = ready {
+                    eprintln!("dnstrace: cannot wait for the ring buffer ({error}); reading it every {} ms instead", POLL.as_millis());
+                    wakeups = false;
+                }
             }
             _ = polls.tick() => {}
             _ = ticks.tick() => {
                 tick_count += 1;
                 stages.drain(&mut capture, &mut pipeline);
+                // Losses first: lookups that settle now are judged knowing
+                // whether messages of theirs may be missing.
+                read_losses(&mut losses, &capture, &mut pipeline);
                 pipeline.advance(monotonic_now_ns());
                 capture.flush_kernel_log();
                 pipeline.flush();
                 if tick_count.is_multiple_of(FORGET_EVERY_TICKS) {
                     pipeline.forget_exited();
                     stages.enricher.sweep();
-                }
-                if let Some(line) = losses.update(capture.lost_per_cpu()) {
-                    eprintln!("dnstrace: {line}");
                 }
                 pipeline.publish_state(monotonic_now_ns(), losses.per_cpu.clone());
                 health.tick();
@@ -149,15 +171,30 @@ pub async fn run(
     pipeline.summary.unenriched = stages.enricher.counts.unenriched;
     pipeline.summary.evicted_facts = stages.enricher.counts.evicted;
     capture.flush_kernel_log();
-    if let Some(line) = losses.update(capture.lost_per_cpu()) {
-        eprintln!("dnstrace: {line}");
-    }
+    read_losses(&mut losses, &capture, &mut pipeline);
     pipeline.summary.lost_per_cpu = losses.per_cpu;
     pipeline.finish();
     if let Some(error) = pipeline.take_write_error() {
         return Err(Failure::runtime(format!("writing output failed: {error}")));
     }
     Ok(pipeline.summary.clone())
+}
+
+/// Reads the kernel's loss counters and tells the pipeline when messages
+/// may be missing.
+fn read_losses(losses: &mut Losses, capture: &Capture, pipeline: &mut Pipeline) {
+    let now = monotonic_now_ns();
+    let read = capture.lost_per_cpu();
+    let ok = read.is_ok();
+    let before = losses.per_cpu.iter().sum::<u64>();
+    if let Some(line) = losses.update(read) {
+        eprintln!("dnstrace: {line}");
+    }
+    if ok {
+        let rose = losses.per_cpu.iter().sum::<u64>() > before;
+        pipeline.losses_read(now, rose.then_some(losses.read_at_ns));
+        losses.read_at_ns = now;
+    }
 }
 
 /// The kernel's loss counters as last read. A read that fails (the bpf
@@ -168,6 +205,9 @@ struct Losses {
     per_cpu: Vec<u64>,
     reported: u64,
     failing: bool,
+    /// When they were last read (0 before the first read: losses then
+    /// may be from any time before).
+    read_at_ns: u64,
 }
 
 impl Losses {

@@ -74,6 +74,21 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
 
+    /// Trace only this Kubernetes pod, found in the runtimes' state on this
+    /// node; pods that start later are followed (docs/kubernetes.md).
+    #[arg(long, value_name = "[NAMESPACE/]NAME")]
+    pub pod: Option<String>,
+
+    /// Trace only pods of this Kubernetes namespace, those that start later
+    /// too.
+    #[arg(long, value_name = "NS")]
+    pub k8s_namespace: Option<String>,
+
+    /// Trace only containers with this name (as in the pod's spec) or id
+    /// (at least 12 hex digits of it), those that start later too.
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
+
     /// DNS ports to capture (repeatable, at most 8).
     #[arg(long = "port", value_name = "PORT", default_values_t = [53u16])]
     pub ports: Vec<u16>,

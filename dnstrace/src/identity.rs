@@ -11,7 +11,7 @@
 //! free text (the thread name, container and pod names) escapes them (and
 //! anything unprintable) as `\xHH`.
 
-use std::{collections::HashMap, fmt::Write, sync::Arc};
+use std::{fmt::Write, sync::Arc};
 
 use crate::message::{Container, Direction, Facts, Message, Pod, Process, Runtime};
 
@@ -71,18 +71,14 @@ impl Identity {
     /// `None` unless the text is what `to_text` writes (a comment some
     /// other tool wrote is not an identity).
     pub fn parse(text: &str) -> Option<Self> {
-        let mut fields = HashMap::new();
-        for pair in text.split(' ').filter(|pair| !pair.is_empty()) {
-            let (key, value) = pair.split_once('=')?;
-            fields.insert(key, value);
-        }
+        let fields = Fields::parse(text)?;
         let number = |key: &str| fields.get(key)?.parse::<u64>().ok();
-        let direction = match *fields.get("direction")? {
+        let direction = match fields.get("direction")? {
             "send" => Direction::Send,
             "recv" => Direction::Recv,
             _ => return None,
         };
-        let process = match *fields.get("pid")? {
+        let process = match fields.get("pid")? {
             "unknown" => None,
             pid => Some(Process {
                 pid: pid.parse().ok()?,
@@ -127,8 +123,32 @@ fn write_workload(text: &mut String, facts: &Facts) {
     }
 }
 
+/// The `key=value` pairs of one text. A dozen at most, read once per
+/// packet by `analyze`: a list searched in place is cheaper than hashing.
+struct Fields<'a>(Vec<(&'a str, &'a str)>);
+
+impl<'a> Fields<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        let pairs = text
+            .split(' ')
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| pair.split_once('='))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self(pairs))
+    }
+
+    /// The value of `key`; the last one where it is given twice.
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
+}
+
 /// What [`write_workload`] wrote; `None` when a value does not read.
-fn read_workload(fields: &HashMap<&str, &str>) -> Option<Arc<Facts>> {
+fn read_workload(fields: &Fields<'_>) -> Option<Arc<Facts>> {
     /// Names and ids longer than this are not ones a runtime gave.
     const MAX_NAME: usize = 512;
     let text = |key: &str| -> Option<Option<String>> {
@@ -143,9 +163,7 @@ fn read_workload(fields: &HashMap<&str, &str>) -> Option<Arc<Facts>> {
         None => None,
         Some(id) => Some(Container {
             id,
-            runtime: fields
-                .get("runtime")
-                .and_then(|name| Runtime::from_name(name)),
+            runtime: fields.get("runtime").and_then(Runtime::from_name),
             name: text("container")?,
             image: text("image")?,
         }),

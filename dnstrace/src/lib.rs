@@ -20,6 +20,7 @@ mod endpoints;
 mod enrich;
 mod failure;
 mod framing;
+mod gaps;
 mod identity;
 mod message;
 mod output;
@@ -28,13 +29,14 @@ mod privileges;
 mod process;
 mod resolver;
 mod selection;
+mod shedding;
 mod terminal;
 
 /// Entry points for the fuzz targets in fuzz/; built only by cargo-fuzz.
 #[cfg(fuzzing)]
 pub mod fuzz;
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
 
@@ -45,6 +47,7 @@ use crate::{
     failure::Failure,
     output::{Output, metrics::MetricsOutput},
     pipeline::Pipeline,
+    selection::pods::{PodFilter, Scan, Scanner},
 };
 
 /// The command line, parsed from the process's arguments.
@@ -72,9 +75,24 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             "--ring-buffer-mib must be a power of two up to 1024",
         ));
     }
+    let state_roots = enrich::StateRoots {
+        containerd: args.containerd_state.clone(),
+        crio: args.crio_state.clone(),
+    };
+    let (mut pod_scanner, initial_cgroups) = match PodFilter::from_args(args)? {
+        Some(filter) => {
+            let mount = capture::cgroup2_root(args.cgroup_root.as_deref())?;
+            let mut scanner = Scanner::new(filter, state_roots.clone(), mount);
+            let scan = scanner.scan();
+            say_what_pods_match(scanner.filter(), &scan);
+            (Some(scanner), scan.selected)
+        }
+        None => (None, BTreeSet::new()),
+    };
     let request = CaptureRequest {
         config: selection::capture_config(args)?,
         pids: args.pids.clone(),
+        cgroups: initial_cgroups.iter().copied().collect(),
         backend: args.backend,
         ring_buffer_bytes: args.ring_buffer_mib << 20,
         cgroup_root: args.cgroup_root.clone(),
@@ -105,6 +123,19 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             "dnstrace: capabilities kept: {}; no_new_privs set",
             privileges::names(kept)
         );
+        for lost in privileges::losses(kept) {
+            eprintln!("dnstrace: {lost}");
+        }
+        // Started after the capabilities are dropped, so it holds no more.
+        let _watcher = match pod_scanner.take() {
+            Some(scanner) => {
+                let map = capture.take_selected_cgroups().map_err(Failure::setup)?;
+                let watcher = selection::pods::follow(scanner, map, initial_cgroups)
+                    .map_err(|e| Failure::setup(format!("cannot start the pod watcher: {e}")))?;
+                Some(watcher)
+            }
+            None => None,
+        };
         health.set_attached(true);
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
@@ -129,13 +160,27 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
                 .filter(|s| *s > 0)
                 .map(Duration::from_secs),
             &health,
-            enrich::StateRoots {
-                containerd: args.containerd_state.clone(),
-                crio: args.crio_state.clone(),
-            },
+            state_roots,
         )
         .await?;
         eprintln!("dnstrace: {}", summary.line());
         Ok(())
     })
+}
+
+/// Says at start what the pod filters select now. A filter that matches
+/// nothing yet is not an error: following pods that start later is what
+/// it is for.
+fn say_what_pods_match(filter: &PodFilter, scan: &Scan) {
+    let filter = filter.describe();
+    if scan.new.is_empty() {
+        terminal::eprint_line(&format!(
+            "{filter} matches no container on this node now; pods that start later are followed"
+        ));
+        return;
+    }
+    terminal::eprint_line(&format!(
+        "{filter} matches {} now; pods that start later are followed",
+        scan.new.join(", ")
+    ));
 }

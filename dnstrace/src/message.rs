@@ -105,7 +105,7 @@ pub struct Container {
     pub image: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Runtime {
     Containerd,
     CriO,
@@ -137,6 +137,17 @@ pub struct Pod {
     pub name: Option<String>,
     pub namespace: Option<String>,
     pub uid: Option<String>,
+}
+
+impl Pod {
+    /// `namespace/name`, as the text output names a pod.
+    pub fn path(&self) -> String {
+        format!(
+            "{}/{}",
+            self.namespace.as_deref().unwrap_or("?"),
+            self.name.as_deref().unwrap_or("?")
+        )
+    }
 }
 
 /// Who a lookup belongs to: the process, when the trace knows it;

@@ -1,20 +1,28 @@
 //! Decoded messages → correlation → diagnosis → outputs. Knows nothing of
 //! where messages come from, so live tracing and reading a file share it.
 
-use std::{collections::HashMap, io};
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+};
 
 use crate::{
     correlate::{
         Correlated, Correlator,
+        attempt::Attempt,
         reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
+    gaps::{Gaps, STRAY_LOOKBACK_NS},
     message::{ClientId, Message},
     output::{AgentState, Output, ProcessReport, Summary},
 };
 
 /// Processes kept in the report; past this the least active are dropped.
 const MAX_REPORTED_PROCESSES: usize = 4096;
+/// Stray responses waiting for the loss counters before they are
+/// diagnosed; past this the oldest is judged with what is known.
+const MAX_HELD_STRAYS: usize = 4096;
 
 pub struct Pipeline {
     correlator: Correlator,
@@ -28,6 +36,17 @@ pub struct Pipeline {
     read_counts: Option<Box<dyn ReadCounter>>,
     /// The latest time seen, CLOCK_MONOTONIC ns: a message's, or `advance`'s.
     now_ns: u64,
+    /// When messages may be missing: lookups and strays that meet a gap
+    /// are not judged.
+    gaps: Gaps,
+    /// Correlation is paused: the agent is behind (`set_shedding`).
+    shedding: bool,
+    /// Live: stray responses wait to be diagnosed until the loss counters
+    /// were read after them, since a lost query makes a response stray.
+    /// `None` for files, which lose nothing.
+    held_strays: Option<VecDeque<Attempt>>,
+    /// When the loss counters were last read.
+    losses_known_until: u64,
 }
 
 impl Pipeline {
@@ -42,6 +61,10 @@ impl Pipeline {
             correlated: Vec::new(),
             read_counts: None,
             now_ns: 0,
+            gaps: Gaps::default(),
+            shedding: false,
+            held_strays: Some(VecDeque::new()),
+            losses_known_until: 0,
         }
     }
 
@@ -50,6 +73,7 @@ impl Pipeline {
     pub fn offline(outputs: Vec<Box<dyn Output>>) -> Self {
         Self {
             correlator: Correlator::offline(),
+            held_strays: None,
             ..Self::new(outputs)
         }
     }
@@ -72,10 +96,51 @@ impl Pipeline {
             self.summary.undecodable += 1;
         }
         self.each_output(|output| output.message(message));
+        if self.shedding {
+            self.summary.shed += 1;
+            self.gaps.extend_open(message.envelope.monotonic_ns);
+            return;
+        }
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+    }
+
+    /// The agent fell behind (`on`) or caught up: while behind, messages
+    /// are written but not correlated, and lookups they would belong to
+    /// are reported incomplete.
+    pub fn set_shedding(&mut self, on: bool) {
+        self.shedding = on;
+        if !on {
+            self.gaps.close();
+        }
+    }
+
+    /// The kernel's loss counters were read at `now`; `lost_since` is the
+    /// read before, when they rose since. Losses are counted per CPU, but
+    /// a lookup's messages come from any CPU (a process moves, a response
+    /// is taken in on the CPU of the interrupt), so a loss on any CPU
+    /// counts against every lookup it overlaps.
+    pub fn losses_read(&mut self, now: u64, lost_since: Option<u64>) {
+        if let Some(since) = lost_since {
+            self.gaps.add(since, now);
+        }
+        self.losses_known_until = self.losses_known_until.max(now);
+        let known = self.losses_known_until;
+        while let Some(held) = &mut self.held_strays
+            && held.front().is_some_and(|s| stray_time(s) <= known)
+            && let Some(stray) = held.pop_front()
+        {
+            self.diagnose_stray(&stray);
+        }
+    }
+
+    fn diagnose_stray(&mut self, stray: &Attempt) {
+        let at = stray_time(stray);
+        if !self.gaps.meet(at.saturating_sub(STRAY_LOOKBACK_NS), at) {
+            self.diagnoser.stray(stray);
+        }
     }
 
     /// Lets time decide what it decides (timeouts, settled lookups); `now`
@@ -93,7 +158,14 @@ impl Pipeline {
         for item in correlated.drain(..) {
             match item {
                 Correlated::Lookup(mut lookup) => {
+                    self.correlator.servers.name(&mut lookup);
                     reads::settle(&mut lookup, self.read_counts.as_deref_mut(), self.now_ns);
+                    if self.gaps.meet(lookup.first_monotonic_ns, self.now_ns) {
+                        lookup.mark_incomplete();
+                    }
+                    if lookup.incomplete {
+                        self.summary.incomplete_lookups += 1;
+                    }
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES
                         && !self.processes.contains_key(&lookup.client.id)
@@ -108,8 +180,18 @@ impl Pipeline {
                     self.each_output(|output| output.lookup(&lookup));
                 }
                 Correlated::Stray(attempt) => {
-                    self.diagnoser.stray(&attempt);
                     self.each_output(|output| output.stray(&attempt));
+                    match &mut self.held_strays {
+                        Some(held) => {
+                            held.push_back(attempt);
+                            if held.len() > MAX_HELD_STRAYS
+                                && let Some(oldest) = held.pop_front()
+                            {
+                                self.diagnose_stray(&oldest);
+                            }
+                        }
+                        None => self.diagnose_stray(&attempt),
+                    }
                 }
             }
         }
@@ -154,11 +236,14 @@ impl Pipeline {
     /// Reports every open lookup as it stands, then the summary.
     pub fn finish(&mut self) {
         let mut correlated = std::mem::take(&mut self.correlated);
+        self.gaps.close();
         self.correlator.finish(&mut correlated);
         self.handle(&mut correlated);
+        for stray in self.held_strays.take().unwrap_or_default() {
+            self.diagnose_stray(&stray);
+        }
         self.publish_diagnoses();
         self.summary.evicted_lookups = self.correlator.evicted;
-        self.summary.uncorrelated = self.correlator.uncorrelated;
         self.summary.unattributed = self.correlator.unattributed;
         self.summary.dropped_diagnoses = self.diagnoser.dropped;
         self.report();
@@ -196,7 +281,6 @@ impl Pipeline {
     pub fn publish_state(&mut self, now: u64, lost_per_cpu: Vec<u64>) {
         self.summary.lost_per_cpu = lost_per_cpu;
         self.summary.evicted_lookups = self.correlator.evicted;
-        self.summary.uncorrelated = self.correlator.uncorrelated;
         self.summary.unattributed = self.correlator.unattributed;
         self.summary.dropped_diagnoses = self.diagnoser.dropped;
         let summary = self.summary.clone();
@@ -207,5 +291,114 @@ impl Pipeline {
             processes: self.processes.len(),
         };
         self.each_output(|output| output.state(&state));
+    }
+}
+
+/// When a stray response came.
+fn stray_time(stray: &Attempt) -> u64 {
+    stray.ended_monotonic_ns.unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pipeline;
+    use crate::{
+        correlate::tests::{NXDOMAIN, Socket, message, server},
+        diagnose::Cause,
+        message::Direction,
+    };
+
+    const MS: u64 = 1_000_000;
+    const SECOND: u64 = 1_000 * MS;
+
+    /// A query at 1 s that no response followed, then a read of the loss
+    /// counters at 2 s that found new losses since 0 (`lost`) or none.
+    fn unanswered_query(lost: bool) -> Pipeline {
+        let mut pipeline = Pipeline::new(Vec::new());
+        let socket = Socket::new(7, 1, server(1));
+        pipeline.message(&message(
+            Direction::Send,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND,
+            None,
+        ));
+        pipeline.losses_read(2 * SECOND, lost.then_some(0));
+        pipeline.advance(30 * SECOND);
+        pipeline
+    }
+
+    #[test]
+    fn a_lookup_that_may_have_lost_messages_is_incomplete_not_a_timeout() {
+        let pipeline = unanswered_query(true);
+        assert_eq!(pipeline.summary.incomplete_lookups, 1);
+        assert!(pipeline.diagnoser.all().is_empty());
+        let pipeline = unanswered_query(false);
+        assert_eq!(pipeline.summary.incomplete_lookups, 0);
+        let causes: Vec<Cause> = pipeline.diagnoser.all().iter().map(|d| d.cause).collect();
+        assert_eq!(causes, [Cause::Timeout], "the same without a loss");
+    }
+
+    /// A response at 1 s to a query never seen, then the loss counters
+    /// read at 2 s.
+    fn stray_response(lost: bool) -> Pipeline {
+        let mut pipeline = Pipeline::new(Vec::new());
+        let socket = Socket::new(7, 1, server(1));
+        let response = message(
+            Direction::Recv,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND,
+            Some(NXDOMAIN),
+        );
+        pipeline.message(&response);
+        assert!(pipeline.diagnoser.all().is_empty(), "held for the counters");
+        pipeline.losses_read(2 * SECOND, lost.then_some(0));
+        pipeline
+    }
+
+    #[test]
+    fn a_stray_response_after_a_loss_is_not_diagnosed() {
+        assert!(stray_response(true).diagnoser.all().is_empty());
+        let pipeline = stray_response(false);
+        let causes: Vec<Cause> = pipeline.diagnoser.all().iter().map(|d| d.cause).collect();
+        assert_eq!(causes, [Cause::MismatchedAnswer]);
+    }
+
+    #[test]
+    fn lookups_met_while_behind_are_incomplete() {
+        let mut pipeline = Pipeline::new(Vec::new());
+        let socket = Socket::new(7, 1, server(1));
+        pipeline.message(&message(
+            Direction::Send,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND,
+            None,
+        ));
+        pipeline.set_shedding(true);
+        // Its response, not correlated.
+        let response = message(
+            Direction::Recv,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND + MS,
+            Some(NXDOMAIN),
+        );
+        pipeline.message(&response);
+        pipeline.set_shedding(false);
+        assert_eq!(pipeline.summary.shed, 1);
+        pipeline.losses_read(2 * SECOND, None);
+        pipeline.advance(30 * SECOND);
+        assert_eq!(pipeline.summary.incomplete_lookups, 1);
+        assert!(pipeline.diagnoser.all().is_empty());
     }
 }

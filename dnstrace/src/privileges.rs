@@ -68,6 +68,27 @@ pub fn keep_only(kept: CapabilitySet) -> Result<CapabilitySet, String> {
     Ok(kept)
 }
 
+/// What a run that holds only `kept` of `TRACING` cannot do: a line for
+/// each capability it lacks (docs/security.md).
+pub fn losses(kept: CapabilitySet) -> Vec<&'static str> {
+    let mut lost = Vec::new();
+    if !kept.contains(CapabilitySet::SYS_PTRACE) {
+        lost.push(
+            "without cap_sys_ptrace, /proc/PID/root, exe and maps of other users' and \
+             other containers' processes cannot be read: their lookups name no resolver \
+             (\"resolver\": null) and their resolv.conf is not read",
+        );
+    }
+    if !kept.contains(CapabilitySet::SYS_ADMIN) {
+        lost.push(
+            "without cap_sys_admin, other network namespaces cannot be entered: messages \
+             from namespaces made after start carry no netns, and sockets opened before \
+             start in other namespaces have no owner until they send",
+        );
+    }
+    lost
+}
+
 /// The names of `set`, as capsh writes them (`cap_sys_admin`).
 pub fn names(set: CapabilitySet) -> String {
     let names: Vec<String> = set
@@ -104,6 +125,15 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn each_missing_capability_says_what_is_lost() {
+        assert!(losses(TRACING).is_empty());
+        let lost = losses(CapabilitySet::SYS_PTRACE | CapabilitySet::BPF);
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].starts_with("without cap_sys_admin"), "{lost:?}");
+        assert_eq!(losses(CapabilitySet::empty()).len(), 2);
     }
 
     #[test]

@@ -61,8 +61,9 @@ pub enum Client {
     Go,
     /// c-ares through Node's `dns.Resolver`; [`Lookup::times`] lookups.
     Node,
-    /// dnsperf sending `queries` distinct names once each.
-    Dnsperf { queries: u32 },
+    /// dnsperf sending `queries` distinct names once each, at most
+    /// `per_second` a second.
+    Dnsperf { queries: u32, per_second: u32 },
     /// One A query from Python's socket module, straight to the server;
     /// the response is read, or (`read: false`) left unread in the socket
     /// once it has arrived.
@@ -264,7 +265,10 @@ impl Client {
                 domain.clone(),
                 if read { "read" } else { "leave" }.into(),
             ],
-            Client::Dnsperf { queries } => {
+            Client::Dnsperf {
+                queries,
+                per_second,
+            } => {
                 let input = files.join("queries");
                 let names: String = (0..queries).map(|i| format!("q{i}.{domain} A\n")).collect();
                 fs::write(&input, names).expect("write dnsperf input");
@@ -276,13 +280,13 @@ impl Client {
                     lookup.server.port().to_string(),
                     "-d".into(),
                     input.display().to_string(),
-                    // Once through the names, at a modest rate, bounded in time.
+                    // Once through the names, at the rate, bounded in time.
                     "-n".into(),
                     "1".into(),
                     "-Q".into(),
-                    "2000".into(),
+                    per_second.to_string(),
                     "-l".into(),
-                    "60".into(),
+                    (queries / per_second.max(1) + 30).to_string(),
                 ]
             }
         }
@@ -510,7 +514,7 @@ impl ClientRun {
             );
             return;
         }
-        if let Client::Dnsperf { queries } = self.client {
+        if let Client::Dnsperf { queries, .. } = self.client {
             let sent = self
                 .stdout
                 .lines()

@@ -35,6 +35,24 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_dir().join("target"))
 }
 
+/// A binary of this crate (`src/bin/`), which cargo builds next to the
+/// test executables.
+pub fn crate_binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let bin = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps")
+        .join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing; cargo test builds it",
+        bin.display()
+    );
+    bin
+}
+
 /// A name no other test, in this process or another, is using: it carries
 /// the process id and a counter.
 pub fn unique_name(role: &str) -> String {

@@ -181,19 +181,7 @@ fn shaping_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {
 
 /// Where cargo built the shaping server: next to the test executables.
 pub fn shaping_server_binary() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> → target/<profile>/shaping-server
-    let bin = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps")
-        .join("shaping-server");
-    assert!(
-        bin.is_file(),
-        "{} is missing; cargo test builds it",
-        bin.display()
-    );
-    bin
+    crate::crate_binary("shaping-server")
 }
 
 fn dnsmasq_command(net: &Topology, addrs: ServerAddrs, port: u16) -> Command {

@@ -50,7 +50,16 @@ const MESSAGE_FIELDS: [&str; 29] = [
 /// Null even in a complete message: no EDNS, or nothing wrong.
 /// (A host process is in no container and no pod.)
 const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
-const SUMMARY_FIELDS: [&str; 5] = ["kind", "messages", "lost", "undecodable", "skipped_records"];
+const SUMMARY_FIELDS: [&str; 8] = [
+    "kind",
+    "messages",
+    "lost",
+    "undecodable",
+    "skipped_records",
+    "evicted_lookups",
+    "shed",
+    "incomplete_lookups",
+];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 
 /// A trace of glibc (no EDNS) over IPv4 and dig (EDNS) over IPv6, limited

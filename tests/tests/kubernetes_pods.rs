@@ -4,6 +4,7 @@
 //! a client pod whose resolver throws those answers away.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsStr,
     path::PathBuf,
     process::{Command, Stdio},
@@ -16,7 +17,7 @@ use dnstrace_tests::{
     kubernetes::{AGENT_CAPABILITIES, agent_container, agent_host_pid},
     process::PATIENCE,
     servers::shaping_server_binary,
-    trace::Tracer,
+    trace::{Trace, Tracer},
 };
 use k8s_cri::v1::DnsConfig;
 use serde_json::Value;
@@ -93,19 +94,23 @@ fn resolve_three_times(node: &Node, client: &Pod) -> u32 {
     pid
 }
 
+/// The host's tracer, with no filter so that it sees the DNS pod answer too,
+/// names the client pod, and the DNS pod as the server that answered.
 #[test]
 fn a_pod_that_throws_away_cached_answers_is_named_by_the_host_tracer() {
     let mut node = Node::start();
     let dns = cluster(&mut node);
     let client = client_pod(&mut node, &dns, "web-7f9c4-x2k8p");
     let mut tracer = Tracer::start([
-        OsStr::new("--netns"),
-        client.netns.as_os_str(),
         OsStr::new("--containerd-state"),
         node.task_state_root().as_os_str(),
     ]);
     let pid = resolve_three_times(&node, &client);
-    tracer.wait_until_settled();
+    // The whole host is traced: other processes' lookups may never settle,
+    // so wait for this one's diagnosis, written once its lookups settled.
+    tracer.wait_for_line("the client pod's diagnosis", |line| {
+        line["kind"] == "diagnosis" && line["pid"] == pid
+    });
     let trace = tracer.stop();
     let rejected: Vec<_> = trace
         .diagnoses_of(pid)
@@ -124,6 +129,141 @@ fn a_pod_that_throws_away_cached_answers_is_named_by_the_host_tracer() {
         .rfind(|line| line["kind"] == "diagnosis" && line["pid"] == pid)
         .expect("the diagnosis line");
     assert_names_the_client_pod(diagnosis);
+    // The DNS pod answered: its side of each exchange names it.
+    assert_eq!(
+        diagnosis["server_pod"]["namespace"], "kube-system",
+        "{diagnosis}"
+    );
+    assert_eq!(
+        diagnosis["server_pod"]["name"], "coredns-5d78c9869d-q7x2m",
+        "{diagnosis}"
+    );
+    let lookups: Vec<&Value> = trace
+        .lines
+        .iter()
+        .filter(|line| line["kind"] == "lookup" && line["pid"] == pid)
+        .collect();
+    assert!(!lookups.is_empty());
+    for lookup in lookups {
+        assert_eq!(
+            lookup["server_pod"]["name"], "coredns-5d78c9869d-q7x2m",
+            "{lookup}"
+        );
+    }
+}
+
+/// The pids that have lines in `trace`.
+fn pids_traced(trace: &Trace) -> BTreeSet<u64> {
+    trace
+        .lines
+        .iter()
+        .filter_map(|line| line["pid"].as_u64())
+        .collect()
+}
+
+/// `pid` was traced whole: its lookups ended in the diagnosis, so none of
+/// its queries was missed, the first one included.
+fn assert_traced_whole(trace: &Trace, pid: u32, pod: &str) {
+    let rejected = trace
+        .diagnoses_of(pid)
+        .into_iter()
+        .filter(|d| d.cause == "answer_rejected")
+        .count();
+    assert_eq!(
+        rejected,
+        1,
+        "one answer_rejected for {pod}'s pid {pid}; its lines:\n{}",
+        trace.correlation_of(pid)
+    );
+    let first = trace
+        .lines
+        .iter()
+        .find(|line| line["kind"] == "lookup" && line["pid"] == pid)
+        .expect("a lookup line");
+    assert_eq!(first["pod"]["name"], pod, "{first}");
+}
+
+/// `--pod` names a pod that does not exist yet: dnstrace says so and
+/// starts, follows the pod once it starts, and traces its lookups (from
+/// the first) and no other pod's: not another client's in the same
+/// namespace, not the DNS pod's.
+#[test]
+fn the_pod_filter_follows_a_pod_started_later_and_traces_only_it() {
+    let mut node = Node::start();
+    let dns = cluster(&mut node);
+    let mut tracer = Tracer::start([
+        OsStr::new("--pod"),
+        OsStr::new("shop/web-late"),
+        OsStr::new("--containerd-state"),
+        node.task_state_root().as_os_str(),
+    ]);
+    let other = client_pod(&mut node, &dns, "web-other");
+    let late = client_pod(&mut node, &dns, "web-late");
+    let other_pid = resolve_three_times(&node, &other);
+    let pid = resolve_three_times(&node, &late);
+    tracer.wait_until_settled();
+    let trace = tracer.stop();
+    let said = |wanted: &str| trace.stderr.iter().any(|line| line.starts_with(wanted));
+    assert!(
+        said("dnstrace: --pod shop/web-late matches no container on this node now"),
+        "{:#?}",
+        trace.stderr
+    );
+    assert!(
+        said("dnstrace: following shop/web-late/app"),
+        "{:#?}",
+        trace.stderr
+    );
+    assert_eq!(
+        pids_traced(&trace),
+        BTreeSet::from([u64::from(pid)]),
+        "only web-late's client (pid {pid}), not web-other's ({other_pid}) nor the DNS pod's"
+    );
+    assert_traced_whole(&trace, pid, "web-late");
+}
+
+/// `--k8s-namespace` selects the namespace's pods that run when dnstrace
+/// starts and those that start later, and no pod of another namespace.
+#[test]
+fn the_namespace_filter_selects_its_pods_old_and_new_and_no_other() {
+    let mut node = Node::start();
+    let dns = cluster(&mut node);
+    let early = client_pod(&mut node, &dns, "web-early");
+    let mut tracer = Tracer::start([
+        OsStr::new("--k8s-namespace"),
+        OsStr::new("shop"),
+        OsStr::new("--containerd-state"),
+        node.task_state_root().as_os_str(),
+    ]);
+    let blog = node.run_pod(&PodSpec {
+        namespace: "blog",
+        name: "web-early",
+        host_pid: false,
+        dns: Some(DnsConfig {
+            servers: vec![dns.ip.to_string()],
+            ..Default::default()
+        }),
+    });
+    let late = client_pod(&mut node, &dns, "api-late");
+    let early_pid = resolve_three_times(&node, &early);
+    let blog_pid = resolve_three_times(&node, &blog);
+    let late_pid = resolve_three_times(&node, &late);
+    tracer.wait_until_settled();
+    let trace = tracer.stop();
+    assert!(
+        trace.stderr.iter().any(|line| line.starts_with(
+            "dnstrace: --k8s-namespace shop matches shop/web-early (its sandbox) now"
+        )),
+        "{:#?}",
+        trace.stderr
+    );
+    assert_eq!(
+        pids_traced(&trace),
+        BTreeSet::from([u64::from(early_pid), u64::from(late_pid)]),
+        "shop's clients (pids {early_pid} and {late_pid}), not blog's ({blog_pid}) nor the DNS pod's"
+    );
+    assert_traced_whole(&trace, early_pid, "web-early");
+    assert_traced_whole(&trace, late_pid, "api-late");
 }
 
 /// A line of the client pod's: named by namespace, pod and container, as
@@ -225,6 +365,13 @@ fn the_daemonset_pod_traces_and_diagnoses_another_pods_lookups() {
         || agent_lines(&agent).iter().any(is_the_diagnosis),
     );
     node.stop_container(&agent, Duration::from_secs(10));
+    let log = log_lines(&agent);
+    assert!(
+        log.iter()
+            .any(|line| line.contains("dnstrace: without cap_sys_admin, other network namespaces")),
+        "the agent says once what it does without SYS_ADMIN:\n{}",
+        log.join("\n")
+    );
     let lines = agent_lines(&agent);
     // It read the client's resolver from /proc/PID/exe, another
     // container's file, which takes SYS_PTRACE.
@@ -282,6 +429,13 @@ fn each_capability_the_daemonset_adds_is_needed() {
                 resolvers_named(&agent_lines(&agent), pid),
                 ["null"],
                 "without SYS_PTRACE the client's resolver cannot be read"
+            );
+            let log = log_lines(&agent);
+            assert!(
+                log.iter()
+                    .any(|line| line.contains("dnstrace: without cap_sys_ptrace, /proc/PID/root")),
+                "the agent says at start what it cannot read:\n{}",
+                log.join("\n")
             );
         } else {
             let code = node.wait_exit(&agent, PATIENCE);

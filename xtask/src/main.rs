@@ -29,8 +29,12 @@ enum Task {
     /// Every check CI runs: format, clippy, unit tests and the end-to-end
     /// tests against the real kernel.
     Test(test::Options),
-    /// Throughput with and without tracing (knot + dnsperf in a namespace).
+    /// What tracing costs: throughput with and without it (knot + dnsperf
+    /// in a namespace), CPU per message, and memory with queries outstanding.
     Bench(bench::Options),
+    /// One sender of the bench's unanswered queries (run by the bench).
+    #[command(hide = true)]
+    BenchFlood(bench::FloodOptions),
     /// Reproduce the case behind dnstrace (a cache's answers without AA
     /// thrown away by a Go client) in namespaces, and show dnstrace naming it.
     Demo,
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => run::run(&options),
         Task::Test(options) => test::run(&options),
         Task::Bench(options) => bench::run(&options),
+        Task::BenchFlood(options) => bench::flood(&options),
         Task::Demo => demo::run(),
         Task::Fuzz(options) => fuzz::run(&options),
         Task::Image(options) => image::run(&options).map(drop),

@@ -18,7 +18,7 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
-use dnstrace_common::{SocketOwner, names};
+use dnstrace_common::{MAX_TCP_MESSAGES_PER_SEGMENT, SocketOwner, names};
 
 use super::{
     Backend, CaptureRequest, PROBES, existing_sockets,
@@ -48,8 +48,19 @@ pub fn attach(
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
     config.track_reads = u32::from(read_support.is_ok());
+    // The kernels that need cgroup-sockaddr have a verifier that gives up
+    // on walking the emitting code more than once per program.
+    let tcp_messages_per_segment: u32 = match backend {
+        Backend::CgroupSkb => MAX_TCP_MESSAGES_PER_SEGMENT,
+        Backend::CgroupSockaddr => 1,
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &config, true)
+        .override_global(
+            names::TCP_MESSAGES_PER_SEGMENT,
+            &tcp_messages_per_segment,
+            true,
+        )
         .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
         .load(PROBES)
         .map_err(|e| format!("loading the probes failed: {e}"))?;
@@ -64,6 +75,19 @@ pub fn attach(
             selected
                 .insert(pid, &1, 0)
                 .map_err(|e| format!("cannot select pid {pid}: {e}"))?;
+        }
+    }
+
+    if !request.cgroups.is_empty() {
+        let mut selected: BpfHashMap<_, u64, u8> = ebpf
+            .map_mut(names::SELECTED_CGROUPS)
+            .ok_or("the probes lack the cgroup map")?
+            .try_into()
+            .map_err(|e| format!("cgroup map: {e}"))?;
+        for id in &request.cgroups {
+            selected
+                .insert(id, &1, 0)
+                .map_err(|e| format!("cannot select cgroup {id}: {e}"))?;
         }
     }
 
@@ -105,7 +129,7 @@ pub fn attach(
         .ok_or("the probes lack the socket map")?
         .try_into()
         .map_err(|e| format!("socket map: {e}"))?;
-    let existing = existing_sockets::look(&config, &request.pids, cgroup_root);
+    let existing = existing_sockets::look(&config, request, cgroup_root);
     for (cookie, owner) in &existing.owners {
         let _ = sockets.insert(cookie, owner, BPF_NOEXIST);
     }

@@ -9,6 +9,7 @@ use std::{collections::HashMap, fs, mem::size_of, os::fd::FromRawFd, path::Path}
 
 use dnstrace_common::{COMM_LEN, CaptureConfig, Comm, OWNER_REFRESH_SENDS, SocketOwner};
 
+use super::CaptureRequest;
 use crate::process::{all_network_namespaces, current_netns_cookie, in_network_namespace};
 
 /// One socket sock_diag reported.
@@ -28,7 +29,7 @@ pub struct Existing {
     pub namespaces: HashMap<u64, u64>,
 }
 
-pub fn look(config: &CaptureConfig, selected_pids: &[u32], cgroup_root: &Path) -> Existing {
+pub fn look(config: &CaptureConfig, request: &CaptureRequest, cgroup_root: &Path) -> Existing {
     let mut sockets = Vec::new();
     let mut namespaces = HashMap::new();
     for (namespace, inode) in all_network_namespaces() {
@@ -42,7 +43,7 @@ pub fn look(config: &CaptureConfig, selected_pids: &[u32], cgroup_root: &Path) -
         }
     }
     Existing {
-        owners: owners(sockets, config, selected_pids, cgroup_root),
+        owners: owners(sockets, config, request, cgroup_root),
         namespaces,
     }
 }
@@ -50,7 +51,7 @@ pub fn look(config: &CaptureConfig, selected_pids: &[u32], cgroup_root: &Path) -
 fn owners(
     sockets: Vec<DiagSocket>,
     config: &CaptureConfig,
-    selected_pids: &[u32],
+    request: &CaptureRequest,
     cgroup_root: &Path,
 ) -> Vec<(u64, SocketOwner)> {
     if sockets.is_empty() {
@@ -61,8 +62,9 @@ fn owners(
         .into_iter()
         .filter_map(|socket| {
             let pid = *pid_by_inode.get(&socket.inode)?;
+            let cgroups = cgroup_ids_of(pid, cgroup_root);
             let mut owner = SocketOwner {
-                cgroup_id: cgroup_id_of(pid, cgroup_root).unwrap_or(0),
+                cgroup_id: cgroups.first().copied().unwrap_or(0),
                 netns_cookie: socket.netns_cookie,
                 pid,
                 tid: pid,
@@ -73,7 +75,9 @@ fn owners(
                 _padding: 0,
                 comm: Comm(comm_of(pid)?),
             };
-            owner.selected = u32::from(config.selects(&owner, selected_pids.contains(&pid)));
+            let by_pid = request.pids.contains(&pid);
+            let by_tree = cgroups.iter().any(|id| request.cgroups.contains(id));
+            owner.selected = u32::from(config.selects(&owner, by_pid, by_tree));
             Some((socket.cookie, owner))
         })
         .collect()
@@ -287,10 +291,27 @@ fn comm_of(pid: u32) -> Option<[u8; COMM_LEN]> {
 }
 
 /// The id of a process's cgroup v2: the inode of its directory.
-fn cgroup_id_of(pid: u32, cgroup_root: &Path) -> Option<u64> {
+/// The ids of `pid`'s cgroup v2 and of its ancestors below the root, its
+/// own first, as the kernel programs look at them.
+fn cgroup_ids_of(pid: u32, cgroup_root: &Path) -> Vec<u64> {
     use std::os::unix::fs::MetadataExt;
-    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
-    let directory = cgroup_root.join(path.trim_start_matches('/'));
-    fs::metadata(directory).ok().map(|m| m.ino())
+    let Ok(cgroups) = fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let Some(path) = cgroups.lines().find_map(|line| line.strip_prefix("0::")) else {
+        return Vec::new();
+    };
+    let mut directory = cgroup_root.join(path.trim_start_matches('/'));
+    let mut ids = Vec::new();
+    while directory.starts_with(cgroup_root) && directory != cgroup_root {
+        match fs::metadata(&directory) {
+            Ok(metadata) => ids.push(metadata.ino()),
+            Err(_) if ids.is_empty() => return ids,
+            Err(_) => break,
+        }
+        if !directory.pop() {
+            break;
+        }
+    }
+    ids
 }

@@ -10,17 +10,21 @@ mod reads;
 mod record;
 mod ring;
 
-use std::{collections::HashMap, os::fd::AsFd as _, path::PathBuf};
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd as _, AsRawFd, RawFd},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray},
 };
 use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
 pub use self::{
-    environment::{foreign_pid_namespace, is_cgroup2},
+    environment::{cgroup2_root, foreign_pid_namespace, is_cgroup2},
     reads::KernelReadCounts,
     record::{RecordDecoder, ThreadNames, parse_record},
 };
@@ -33,6 +37,8 @@ static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dn
 pub struct CaptureRequest {
     pub config: CaptureConfig,
     pub pids: Vec<u32>,
+    /// Cgroups the pod filters select at start (`FILTER_CGROUP_TREE`).
+    pub cgroups: Vec<u64>,
     pub backend: BackendChoice,
     pub ring_buffer_bytes: u32,
     /// `--cgroup-root`: the host's cgroup v2 hierarchy, when not found.
@@ -55,6 +61,18 @@ impl Backend {
     }
 }
 
+/// The ring buffer map, held for its descriptor, which polls readable when
+/// records wait. Not aya's `RingBuf`: that maps the ring's pages a second
+/// time (32 MiB of resident set for the default 16 MiB ring, whose data
+/// pages the kernel maps twice), and `ring::Ring` already maps them.
+struct RingMap(MapData);
+
+impl AsRawFd for RingMap {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.fd().as_fd().as_raw_fd()
+    }
+}
+
 /// Attached programs and the maps userspace reads. Dropping it detaches
 /// everything: the programs hang on bpf_links owned by `ebpf`, and the kernel
 /// closes those when the process dies, however it dies.
@@ -62,7 +80,7 @@ pub struct Capture {
     ebpf: Ebpf,
     kernel_log: Option<aya_log::EbpfLogger<kernel_log::KernelLog>>,
     /// Registered for readiness only: `ring` reads the records.
-    events: AsyncFd<RingBuf<MapData>>,
+    events: AsyncFd<RingMap>,
     ring: ring::Ring,
     lost: PerCpuArray<MapData, u64>,
     pub backend: Backend,
@@ -127,17 +145,22 @@ impl Capture {
             ebpf.take_map(name)
                 .ok_or_else(|| Failure::setup(format!("internal: the probes lack map {name}")))
         };
-        let events = RingBuf::try_from(map(&mut ebpf, names::EVENTS)?)
-            .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::EVENTS)))?;
+        let Map::RingBuf(events) = map(&mut ebpf, names::EVENTS)? else {
+            return Err(Failure::setup(format!(
+                "internal: {} is not a ring buffer",
+                names::EVENTS
+            )));
+        };
         let lost = PerCpuArray::try_from(map(&mut ebpf, names::LOST)?)
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
-        let ring = ring::Ring::new(events.as_fd(), ring_buffer_bytes as usize)
+        let ring = ring::Ring::new(events.fd().as_fd(), ring_buffer_bytes as usize)
             .map_err(|e| Failure::setup(format!("cannot map the ring buffer: {e}")))?;
-        // SAFETY: the RingBuf owns its map fd, keeps it open until it is
+        // SAFETY: the MapData owns its map fd, keeps it open until it is
         // dropped, and always returns that same fd.
-        let events =
-            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
-                .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
+        let events = unsafe {
+            AsyncFd::register_with_interest(RingMap(events), tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| Failure::setup(format!("cannot poll the ring buffer: {e}")))?;
         Ok(Self {
             kernel_log: kernel_log::attach(&mut ebpf),
             ebpf,
@@ -156,6 +179,16 @@ impl Capture {
     /// kernel cannot keep them; once.
     pub fn take_read_counts(&mut self) -> Result<reads::KernelReadCounts, String> {
         std::mem::replace(&mut self.reads, Err("already taken".into()))
+    }
+
+    /// The map of cgroups the pod filters select, for the watcher that
+    /// keeps it up to date; once.
+    pub fn take_selected_cgroups(&mut self) -> Result<BpfHashMap<MapData, u64, u8>, String> {
+        let map = self
+            .ebpf
+            .take_map(names::SELECTED_CGROUPS)
+            .ok_or("the probes lack the cgroup map")?;
+        BpfHashMap::try_from(map).map_err(|e| format!("cgroup map: {e}"))
     }
 
     /// The network namespaces found at start (cookie → inode); once.
@@ -186,9 +219,15 @@ impl Capture {
         }
     }
 
-    /// Hands over every record already in the ring, without waiting.
-    pub fn drain(&mut self, handle: impl FnMut(&[u8])) {
+    /// Hands over every record already in the ring, without waiting, each
+    /// with the ring's backlog in bytes.
+    pub fn drain(&mut self, handle: impl FnMut(&[u8], usize)) {
         self.ring.drain(handle);
+    }
+
+    /// The ring buffer's size in bytes.
+    pub fn ring_bytes(&self) -> usize {
+        self.ring.size()
     }
 
     /// Prints what the kernel programs logged since the last call.

@@ -103,19 +103,28 @@ impl Ring {
         unsafe { self.producer.start.cast::<AtomicUsize>().as_ref() }
     }
 
+    /// The data size in bytes.
+    pub fn size(&self) -> usize {
+        self.mask + 1
+    }
+
     /// Hands over every committed record, oldest first, up to the first one
-    /// a producer is still writing.
-    pub fn drain(&mut self, mut handle: impl FnMut(&[u8])) {
+    /// a producer is still writing, each with the bytes that waited behind
+    /// it when the producer position was last read (the backlog).
+    pub fn drain(&mut self, mut handle: impl FnMut(&[u8], usize)) {
         // Only this reader writes the consumer position.
         let mut pos = self.consumer_pos().load(Ordering::Relaxed);
         let mut published = pos;
         // SAFETY: the data pages follow the producer page, mapped twice:
         // 2 * (mask + 1) bytes.
         let data = unsafe { self.producer.start.add(self.page_size) };
+        // At most one ring's worth per call: producers that keep up with
+        // the reader must not keep it here, away from signals and ticks.
+        let start = pos;
         loop {
             // Acquire: the records before it are visible.
             let end = self.producer_pos().load(Ordering::Acquire);
-            if pos == end {
+            if pos == end || pos.wrapping_sub(start) > self.mask {
                 break;
             }
             while pos != end {
@@ -145,7 +154,7 @@ impl Ring {
                     let record = unsafe {
                         std::slice::from_raw_parts(data.add(offset + HEADER_LEN).as_ptr(), len)
                     };
-                    handle(record);
+                    handle(record, end.wrapping_sub(pos));
                 }
                 pos += (HEADER_LEN + len).next_multiple_of(8);
                 if pos.wrapping_sub(published) >= PUBLISH_BYTES {

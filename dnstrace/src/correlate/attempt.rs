@@ -1,10 +1,10 @@
 //! One query and the response that matches it.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
-    message::{Client, Transport},
+    message::{Client, Pod, Transport},
 };
 
 /// How an attempt ended.
@@ -29,6 +29,8 @@ pub enum Outcome {
     Superseded,
     /// A response that fits no query: wrong id, question or source.
     Mismatched(Mismatch),
+    /// Not judged: messages of its lookup may have been lost.
+    Incomplete,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +66,7 @@ impl Outcome {
             Self::Late => "late",
             Self::Superseded => "superseded",
             Self::Mismatched(_) => "mismatched",
+            Self::Incomplete => "incomplete",
         }
     }
 
@@ -77,6 +80,7 @@ impl Outcome {
             Self::Mismatched(Mismatch::Question) => Some("wrong question"),
             Self::Mismatched(Mismatch::Source) => Some("wrong source"),
             Self::Mismatched(Mismatch::Unsolicited) => Some("no query outstanding"),
+            Self::Incomplete => Some("messages may have been lost"),
             _ => None,
         }
     }
@@ -161,6 +165,12 @@ pub struct Attempt {
     pub socket_cookie: u64,
     pub transport: Transport,
     pub server: SocketAddr,
+    /// The socket's own address, where the query left from: with `id` and
+    /// the question, what the server's side of the exchange shows alike.
+    pub local: SocketAddr,
+    /// The pod whose process answered, when this node's trace shows it
+    /// answering (`servers.rs`).
+    pub server_pod: Option<Arc<Pod>>,
     pub question: Question,
     pub id: u16,
     /// When the query left; `None` for a response that matched no query.

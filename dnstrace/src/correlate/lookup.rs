@@ -7,7 +7,10 @@ use super::{
     attempt::{Attempt, Outcome, Shape},
     behaviour,
 };
-use crate::{message::Client, resolver::ResolverContext};
+use crate::{
+    message::{Client, Pod},
+    resolver::ResolverContext,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LookupOutcome {
@@ -15,6 +18,9 @@ pub enum LookupOutcome {
     NxDomain,
     NoData,
     Failed,
+    /// Some of its messages may have been lost (a full ring buffer, or
+    /// correlation paused while the agent was behind): nothing is judged.
+    Incomplete,
 }
 
 impl LookupOutcome {
@@ -24,6 +30,7 @@ impl LookupOutcome {
             Self::NxDomain => "nxdomain",
             Self::NoData => "nodata",
             Self::Failed => "failed",
+            Self::Incomplete => "incomplete",
         }
     }
 }
@@ -38,6 +45,8 @@ pub struct Lookup {
     pub first_monotonic_ns: u64,
     pub first_wall_time_ns: i128,
     pub last_monotonic_ns: u64,
+    /// Set by [`Lookup::mark_incomplete`].
+    pub incomplete: bool,
 }
 
 impl Lookup {
@@ -51,6 +60,16 @@ impl Lookup {
             }
         }
         names
+    }
+
+    /// The pod that answered the lookup's last response, where this node's
+    /// trace showed it answering.
+    pub fn server_pod(&self) -> Option<&Pod> {
+        self.attempts
+            .iter()
+            .rfind(|a| a.response.is_some())?
+            .server_pod
+            .as_deref()
     }
 
     /// Whether some answer gave the process what it asked for.
@@ -127,7 +146,24 @@ impl Lookup {
         self.attempts.iter().all(|a| a.outcome != Outcome::Pending)
     }
 
+    /// Messages may be missing from its lifetime: what their absence
+    /// would say (a timeout, a rejection) is not said.
+    pub fn mark_incomplete(&mut self) {
+        self.incomplete = true;
+        for attempt in &mut self.attempts {
+            if matches!(
+                attempt.outcome,
+                Outcome::Pending | Outcome::Timeout | Outcome::Rejected(_) | Outcome::Superseded
+            ) {
+                attempt.outcome = Outcome::Incomplete;
+            }
+        }
+    }
+
     pub fn outcome(&self) -> LookupOutcome {
+        if self.incomplete {
+            return LookupOutcome::Incomplete;
+        }
         if self.has_accepted_positive() {
             return LookupOutcome::Resolved;
         }

@@ -12,10 +12,14 @@ pub mod attempt;
 pub mod behaviour;
 pub mod lookup;
 pub mod reads;
+pub mod servers;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
@@ -39,18 +43,17 @@ const TIMEOUT_SLACK_NS: u64 = 1_000_000_000;
 /// least 1 s, musl its timeout over its attempts, 100 ms at the least): a
 /// process that stops waiting sooner has another reason.
 const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
-/// Open lookups kept per process, and processes tracked; past either the
-/// oldest lookup is reported as it stands and counted as evicted.
+/// The correlator's memory budget: open lookups per process, in all, and
+/// processes tracked. Past any of them the oldest lookup (of the process,
+/// of the process holding the most, or every lookup of the process idle
+/// longest) is reported as it stands and counted as evicted. A lookup with
+/// one attempt takes about 400 bytes, so 65,536 take about 26 MB.
 const MAX_LOOKUPS_PER_PROCESS: usize = 512;
+pub const MAX_OPEN_LOOKUPS: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
 /// A lookup with this many attempts takes no more; real resolvers make at
 /// most about 24 (six search domains, two types, two tries).
 const MAX_ATTEMPTS_PER_LOOKUP: usize = 32;
-/// A process sending more client messages than this in a second is a load
-/// generator or a caching server, not a stub resolver: correlating it would
-/// cost more than it tells, so it is left out for `BULK_PAUSE_NS`.
-pub const MAX_MESSAGES_PER_SECOND: u32 = 2_000;
-const BULK_PAUSE_NS: u64 = 10_000_000_000;
 
 /// What correlation hands on.
 #[derive(Debug)]
@@ -66,32 +69,24 @@ pub struct Correlator {
     /// Clients without a process have no resolver settings to read.
     unknown_context: Arc<ResolverContext>,
     /// Open lookups per client, oldest first.
-    lookups: ClientMap<Vec<Lookup>>,
+    lookups: ClientMap<VecDeque<Lookup>>,
     /// Lookups reported early because the caps were reached.
     pub evicted: u64,
-    /// Client messages of processes too busy to correlate (see
-    /// `MAX_MESSAGES_PER_SECOND`).
-    pub uncorrelated: u64,
-    budgets: ClientMap<Budget>,
+    /// Open lookups in all, counted as they open and go.
+    open: usize,
     /// Files: a message without a process belongs to its client address.
     /// Live, such a message is left out (and counted in `unattributed`):
     /// the processes behind one host address would read as one client, and
     /// one's query as another's rejection.
     by_address: bool,
     pub unattributed: u64,
+    /// The pods seen answering queries on this node.
+    pub servers: servers::ServerPods,
 }
 
 /// Per-client state, looked up for every client message: foldhash is
 /// several times quicker than SipHash on these small keys.
 type ClientMap<V> = HashMap<ClientId, V, foldhash::fast::RandomState>;
-
-/// How many messages a process sent in the current one-second window.
-#[derive(Default)]
-struct Budget {
-    window_start_ns: u64,
-    messages: u32,
-    paused_until_ns: u64,
-}
 
 impl Correlator {
     /// For traces read from files, whose messages may have no process.
@@ -117,16 +112,11 @@ impl Correlator {
             Direction::Recv => header.is_response,
         };
         if !client_side {
+            self.servers.observe(message, header.id);
             return;
         }
         if message.envelope.process.is_none() && !self.by_address {
             self.unattributed += 1;
-            return;
-        }
-        // The budget first: a busy client's messages end there, and need
-        // no copy of its name.
-        if !self.within_budget(message.client_id(), message.envelope.monotonic_ns) {
-            self.uncorrelated += 1;
             return;
         }
         let client = message.client();
@@ -149,14 +139,29 @@ impl Correlator {
         if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
             self.evict_oldest_process(out);
         }
+        if self.open >= MAX_OPEN_LOOKUPS {
+            self.evict_from_largest(out);
+        }
         let lookups = self.lookups.entry(client.id).or_default();
 
         for lookup in lookups.iter_mut() {
-            let positive = lookup.has_positive_response();
-            let over = lookup.is_over();
             let same_name = lookup.name == name;
-            let library = lookup.context.library.clone();
-            let fresh_socket_retries = lookup.retries_on_fresh_socket();
+            // What a repeat needs is worked out only for a lookup that has
+            // one: a busy process has hundreds open.
+            let repeated = lookup
+                .attempts
+                .iter()
+                .any(|a| a.outcome == Outcome::Pending && a.question.same_as(&question));
+            let (positive, over, fresh_socket_retries) = if repeated {
+                (
+                    lookup.has_positive_response(),
+                    lookup.is_over(),
+                    lookup.retries_on_fresh_socket(),
+                )
+            } else {
+                (false, false, None)
+            };
+            let library = repeated.then(|| lookup.context.library.clone()).flatten();
             for previous in lookup
                 .attempts
                 .iter_mut()
@@ -193,8 +198,11 @@ impl Correlator {
         let position = lookups.iter().rposition(|lookup| {
             let continues = lookup.name == name
                 || (search_unknown
-                    && !lookup.has_positive_response()
-                    && first_label(&lookup.name) == first_label(&name));
+                    && first_label(&lookup.name) == first_label(&name)
+                    && !lookup.has_positive_response());
+            if !continues {
+                return false;
+            }
             let fresh_socket = lookup
                 .attempts
                 .iter()
@@ -221,23 +229,30 @@ impl Correlator {
                     && lookup.retries_on_fresh_socket() == Some(false)
                     && asked_before(true)
                     && lookup.every_question_answered());
-            continues && !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
+            !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
         });
         let index = match position {
             Some(index) => index,
             None => {
                 if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
                     self.evicted += 1;
-                    out.push(Correlated::Lookup(close_as_it_stands(lookups.remove(0))));
+                    self.open = self.open.saturating_sub(1);
+                    if let Some(oldest) = lookups.pop_front() {
+                        out.push(Correlated::Lookup(reported_early(oldest)));
+                    }
                 }
-                lookups.push(Lookup {
+                self.open += 1;
+                lookups.push_back(Lookup {
                     client: client.clone(),
                     name: name.clone(),
                     context: Arc::clone(&context),
-                    attempts: Vec::new(),
+                    // Most lookups make one attempt, and a Vec's first
+                    // push makes room for four: 300 bytes each.
+                    attempts: Vec::with_capacity(1),
                     first_monotonic_ns: now,
                     first_wall_time_ns: message.envelope.wall_time_ns,
                     last_monotonic_ns: now,
+                    incomplete: false,
                 });
                 lookups.len() - 1
             }
@@ -253,6 +268,8 @@ impl Correlator {
             socket_cookie: message.envelope.socket_cookie,
             transport: message.envelope.transport,
             server: message.envelope.remote,
+            local: message.envelope.local,
+            server_pod: None,
             question,
             id,
             sent_monotonic_ns: Some(now),
@@ -287,7 +304,7 @@ impl Correlator {
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
-        let library = lookups.first().and_then(|l| l.context.library.clone());
+        let library = lookups.front().and_then(|l| l.context.library.clone());
         let library = library.as_ref();
         let waiting = |a: &Attempt| {
             a.socket_cookie == message.envelope.socket_cookie
@@ -314,6 +331,11 @@ impl Correlator {
         ) else {
             return;
         };
+        if message.envelope.transport == Transport::Tcp
+            && continues_transfer(lookups, message.envelope.socket_cookie, id, question)
+        {
+            return;
+        }
         let open: Vec<&Attempt> = lookups
             .iter()
             .flat_map(|lookup| lookup.attempts.iter())
@@ -364,35 +386,9 @@ impl Correlator {
         }
     }
 
-    /// Counts the message against its process's budget. A process going
-    /// over it has its open lookups dropped unreported: half-seen lookups
-    /// would read as timeouts that never happened.
-    fn within_budget(&mut self, client: ClientId, now: u64) -> bool {
-        if self.budgets.len() >= MAX_PROCESSES && !self.budgets.contains_key(&client) {
-            self.budgets.clear();
-        }
-        let budget = self.budgets.entry(client).or_default();
-        if now < budget.paused_until_ns {
-            return false;
-        }
-        if now.saturating_sub(budget.window_start_ns) >= 1_000_000_000 {
-            budget.window_start_ns = now;
-            budget.messages = 0;
-        }
-        budget.messages += 1;
-        if budget.messages <= MAX_MESSAGES_PER_SECOND {
-            return true;
-        }
-        // A file can say any time, up to the last nanosecond of u64.
-        budget.paused_until_ns = now.saturating_add(BULK_PAUSE_NS);
-        if let Some(lookups) = self.lookups.remove(&client) {
-            self.uncorrelated += lookups.iter().map(|l| l.attempts.len() as u64).sum::<u64>();
-        }
-        false
-    }
-
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
+        self.servers.expire(now);
         for lookups in self.lookups.values_mut() {
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
@@ -433,21 +429,20 @@ impl Correlator {
                     }
                 }
             }
-            let (settled, open): (Vec<Lookup>, Vec<Lookup>) = lookups.drain(..).partition(|l| {
-                l.is_settled() && now.saturating_sub(l.last_activity_ns()) > SETTLE_NS
-            });
+            let (settled, open): (VecDeque<Lookup>, VecDeque<Lookup>) =
+                lookups.drain(..).partition(|l| {
+                    l.is_settled() && now.saturating_sub(l.last_activity_ns()) > SETTLE_NS
+                });
             *lookups = open;
             out.extend(settled.into_iter().map(Correlated::Lookup));
         }
         self.lookups.retain(|_, lookups| !lookups.is_empty());
-        self.budgets.retain(|_, budget| {
-            now.saturating_sub(budget.window_start_ns) < BULK_PAUSE_NS
-                || now < budget.paused_until_ns
-        });
+        self.open = self.open_lookups();
     }
 
     /// Reports everything still open, as it stands (at exit).
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
+        self.open = 0;
         let mut open: Vec<Lookup> = self.lookups.drain().flat_map(|(_, l)| l).collect();
         // In the order they began, whichever client they belong to.
         open.sort_by_key(|lookup| lookup.first_monotonic_ns);
@@ -459,7 +454,7 @@ impl Correlator {
 
     /// Lookups not yet reported.
     pub fn open_lookups(&self) -> usize {
-        self.lookups.values().map(Vec::len).sum()
+        self.lookups.values().map(VecDeque::len).sum()
     }
 
     fn evict_oldest_process(&mut self, out: &mut Vec<Correlated>) {
@@ -470,8 +465,27 @@ impl Correlator {
             .map(|(client, _)| *client);
         if let Some(lookups) = oldest.and_then(|client| self.lookups.remove(&client)) {
             self.evicted += lookups.len() as u64;
-            out.extend(lookups.into_iter().map(Correlated::Lookup));
+            self.open = self.open.saturating_sub(lookups.len());
+            out.extend(
+                lookups
+                    .into_iter()
+                    .map(|l| Correlated::Lookup(reported_early(l))),
+            );
         }
+    }
+
+    /// The total budget is spent: the oldest lookup of the process holding
+    /// the most goes, so a flood from one process evicts its own.
+    fn evict_from_largest(&mut self, out: &mut Vec<Correlated>) {
+        let Some(lookups) = self.lookups.values_mut().max_by_key(|l| l.len()) else {
+            return;
+        };
+        let Some(lookup) = lookups.pop_front() else {
+            return;
+        };
+        self.evicted += 1;
+        self.open = self.open.saturating_sub(1);
+        out.push(Correlated::Lookup(reported_early(lookup)));
     }
 }
 
@@ -552,7 +566,7 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
 /// Gives `response` to the newest attempt that `fits`; hands it back when
 /// none does.
 fn give_newest(
-    lookups: &mut [Lookup],
+    lookups: &mut VecDeque<Lookup>,
     fits: impl Fn(&Attempt) -> bool,
     response: Response,
 ) -> Result<(), Response> {
@@ -615,6 +629,17 @@ fn close_as_it_stands(mut lookup: Lookup) -> Lookup {
     lookup
 }
 
+/// A lookup reported to make room: as it stands, and incomplete if a
+/// query still waits, since its answer (or the repeat that would say what
+/// became of it) will not be followed.
+fn reported_early(lookup: Lookup) -> Lookup {
+    let mut lookup = close_as_it_stands(lookup);
+    if !lookup.is_settled() {
+        lookup.mark_incomplete();
+    }
+    lookup
+}
+
 /// The questions and response shapes the process threw away in a lookup.
 fn rejected_shapes(lookup: &Lookup) -> Vec<(Question, Shape)> {
     lookup
@@ -657,6 +682,8 @@ fn stray(
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
         server: message.envelope.remote,
+        local: message.envelope.local,
+        server_pod: None,
         question,
         id,
         sent_monotonic_ns: None,
@@ -681,4 +708,29 @@ impl Lookup {
             .max()
             .unwrap_or(self.last_monotonic_ns)
     }
+}
+
+/// AXFR and IXFR: the query types a server answers with many messages.
+const TRANSFER_QTYPES: [u16; 2] = [252, 251];
+
+/// Whether a response is a zone transfer's next message (RFC 5936 answers
+/// one query with a stream of them, all with its id), rather than one that
+/// fits no query: the transfer's query on this socket was answered already,
+/// or the message says it is a transfer (it repeats the question).
+fn continues_transfer(
+    lookups: &VecDeque<Lookup>,
+    socket_cookie: u64,
+    id: u16,
+    question: Option<&Question>,
+) -> bool {
+    question.is_some_and(|q| TRANSFER_QTYPES.contains(&q.qtype))
+        || lookups
+            .iter()
+            .flat_map(|lookup| lookup.attempts.iter())
+            .any(|a| {
+                a.socket_cookie == socket_cookie
+                    && a.id == id
+                    && a.response.is_some()
+                    && TRANSFER_QTYPES.contains(&a.question.qtype)
+            })
 }

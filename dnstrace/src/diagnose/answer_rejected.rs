@@ -215,6 +215,8 @@ mod tests {
             socket_cookie: 1,
             transport: Transport::Udp,
             server: "192.0.2.1:53".parse().unwrap(),
+            local: "192.0.2.100:40000".parse().unwrap(),
+            server_pod: None,
             question: Question {
                 name: "db.test.".into(),
                 qtype: 1,

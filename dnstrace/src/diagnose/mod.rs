@@ -19,7 +19,7 @@ use crate::{
         attempt::{Attempt, Shape},
         lookup::Lookup,
     },
-    message::{Client, ClientId},
+    message::{Client, ClientId, Pod},
 };
 
 /// Stable cause codes (docs/diagnoses.md).
@@ -72,6 +72,8 @@ pub struct Diagnosis {
     pub client: Client,
     pub cause: Cause,
     pub server: Option<SocketAddr>,
+    /// The pod seen answering as `server`, the last one seen.
+    pub server_pod: Option<Pod>,
     pub names: BTreeSet<String>,
     pub count: u64,
     pub first_wall_time_ns: i128,
@@ -114,6 +116,10 @@ impl Diagnoser {
     /// Runs every rule over a settled lookup. Returns the findings it made,
     /// newly aggregated.
     pub fn lookup(&mut self, lookup: &Lookup) -> Vec<Finding> {
+        // What its missing messages would have said is not known.
+        if lookup.incomplete {
+            return Vec::new();
+        }
         let accepted = self.accepted.entry(lookup.client.id).or_default();
         for shape in lookup
             .attempts
@@ -137,7 +143,12 @@ impl Diagnoser {
         findings.extend(timeout::check(lookup));
         findings.extend(search_expansion::check(lookup));
         for finding in &findings {
-            self.record(&lookup.client, finding);
+            let server_pod = lookup
+                .attempts
+                .iter()
+                .rfind(|a| Some(a.server) == finding.server && a.server_pod.is_some())
+                .and_then(|a| a.server_pod.as_deref());
+            self.record(&lookup.client, finding, server_pod);
         }
         findings
     }
@@ -145,11 +156,11 @@ impl Diagnoser {
     /// A response that matched no query.
     pub fn stray(&mut self, attempt: &Attempt) -> Finding {
         let finding = mismatched::check(attempt);
-        self.record(&attempt.client, &finding);
+        self.record(&attempt.client, &finding, None);
         finding
     }
 
-    fn record(&mut self, client: &Client, finding: &Finding) {
+    fn record(&mut self, client: &Client, finding: &Finding, server_pod: Option<&Pod>) {
         let key = (client.id, finding.cause, finding.server);
         if !self.diagnoses.contains_key(&key) && self.diagnoses.len() >= MAX_DIAGNOSES {
             self.dropped += 1;
@@ -159,6 +170,7 @@ impl Diagnoser {
             client: client.clone(),
             cause: finding.cause,
             server: finding.server,
+            server_pod: None,
             names: BTreeSet::new(),
             count: 0,
             first_wall_time_ns: finding.wall_time_ns,
@@ -185,6 +197,9 @@ impl Diagnoser {
         diagnosis.fix.clone_from(&finding.fix);
         if finding.shapes.is_some() {
             diagnosis.shapes = finding.shapes;
+        }
+        if let Some(pod) = server_pod {
+            diagnosis.server_pod = Some(pod.clone());
         }
         self.changed.insert(key);
     }

@@ -104,7 +104,7 @@ fn pod_uid_in(component: &str) -> Option<String> {
     looks_like_uid.then_some(uid)
 }
 
-fn is_container_id(id: &str) -> bool {
+pub fn is_container_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
@@ -167,11 +167,146 @@ pub fn proc_cgroup_paths(pid: u32) -> Vec<String> {
     paths.into_iter().map(|(_, path)| path).collect()
 }
 
-/// The OCI spec's annotations: all dnstrace reads of a runtime's state.
+/// What dnstrace reads of a runtime's state: the OCI spec's annotations,
+/// and where the container's cgroup is (for the pod filters).
 #[derive(Deserialize)]
 struct Spec {
     #[serde(default)]
     annotations: HashMap<String, String>,
+    #[serde(default)]
+    linux: Option<LinuxSpec>,
+}
+
+#[derive(Deserialize)]
+struct LinuxSpec {
+    #[serde(rename = "cgroupsPath", default)]
+    cgroups_path: Option<String>,
+}
+
+/// A container as its runtime's state describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stated {
+    pub id: String,
+    pub runtime: Runtime,
+    /// The container's name (`None` for a pod's sandbox).
+    pub name: Option<String>,
+    pub pod: Pod,
+    /// Its cgroup v2 directory, relative to the hierarchy's mount.
+    pub cgroup: Option<String>,
+}
+
+/// Where one container's state is: the runtime and the config.json's path
+/// inside that runtime's root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct StateEntry {
+    pub id: String,
+    pub runtime: Runtime,
+    path: String,
+}
+
+/// The containers whose state is in `roots` now, at most `cap` of them.
+pub fn list_state(roots: &StateRoots, cap: usize) -> Vec<StateEntry> {
+    let mut found = Vec::new();
+    if let Ok(root) = Root::open(&roots.containerd) {
+        for namespace in root.list("/", MAX_NAMESPACES).unwrap_or_default() {
+            let left = cap.saturating_sub(found.len());
+            for id in root
+                .list(&format!("/{namespace}"), left)
+                .unwrap_or_default()
+            {
+                if is_container_id(&id) {
+                    let path = format!("/{namespace}/{id}/config.json");
+                    let runtime = Runtime::Containerd;
+                    found.push(StateEntry { id, runtime, path });
+                }
+            }
+        }
+    }
+    if let Ok(root) = Root::open(&roots.crio) {
+        let left = cap.saturating_sub(found.len());
+        for id in root.list("/", left).unwrap_or_default() {
+            if is_container_id(&id) {
+                let path = format!("/{id}/userdata/config.json");
+                found.push(StateEntry {
+                    id,
+                    runtime: Runtime::CriO,
+                    path,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// What `entry`'s state says, when it can be read.
+pub fn read_state(entry: &StateEntry, roots: &StateRoots) -> Option<Stated> {
+    let root = match entry.runtime {
+        Runtime::CriO => &roots.crio,
+        _ => &roots.containerd,
+    };
+    let bytes = Root::open(root).ok()?.read(&entry.path, MAX_CONFIG).ok()?;
+    let spec = serde_json::from_slice::<Spec>(&bytes).ok()?;
+    let names = Names::from_annotations(entry.runtime, &spec.annotations);
+    Some(Stated {
+        id: entry.id.clone(),
+        runtime: entry.runtime,
+        name: names.container,
+        pod: names.pod,
+        cgroup: spec
+            .linux
+            .and_then(|linux| linux.cgroups_path)
+            .and_then(|path| cgroup_dir(&path)),
+    })
+}
+
+/// The cgroup directory an OCI `cgroupsPath` names, relative to the v2
+/// mount: a path (the cgroupfs driver), or `slice:prefix:name` (the
+/// systemd driver), where slice `a-b-c.slice` sits in
+/// `a.slice/a-b.slice/` and the container in `prefix-name.scope`. On a
+/// hybrid host runc puts a container at the same path in v2.
+pub fn cgroup_dir(cgroups_path: &str) -> Option<String> {
+    let parts: Vec<&str> = cgroups_path.split(':').collect();
+    let [slice, prefix, name] = parts[..] else {
+        return (parts.len() == 1 && !cgroups_path.is_empty())
+            .then(|| format!("/{}", cgroups_path.trim_start_matches('/')));
+    };
+    let mut dir = String::new();
+    let slice = if slice.is_empty() {
+        "system.slice"
+    } else {
+        slice
+    };
+    if slice != "-.slice" {
+        let stem = slice.strip_suffix(".slice")?;
+        let mut prefix_so_far = String::new();
+        for part in stem.split('-') {
+            if part.is_empty() {
+                return None;
+            }
+            if !prefix_so_far.is_empty() {
+                prefix_so_far.push('-');
+            }
+            prefix_so_far.push_str(part);
+            dir.push_str(&format!("/{prefix_so_far}.slice"));
+        }
+    }
+    let scope = match prefix {
+        "" => format!("{name}.scope"),
+        _ => format!("{prefix}-{name}.scope"),
+    };
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        return None;
+    }
+    dir.push('/');
+    dir.push_str(&scope);
+    Some(dir)
+}
+
+/// Whether the last component of a cgroup path is a pod's cgroup.
+pub fn is_pod_cgroup(path: &str) -> bool {
+    path.rsplit('/')
+        .next()
+        .is_some_and(|c| pod_uid_in(c).is_some())
 }
 
 /// A config.json is tens of KiB; more is not a runtime's.
@@ -372,6 +507,34 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn cgroups_paths_of_both_drivers_name_the_directory() {
+        let systemd_uid = UID.replace('-', "_");
+        assert_eq!(
+            cgroup_dir(&format!("/kubepods/besteffort/pod{UID}/{ID}")).as_deref(),
+            Some(format!("/kubepods/besteffort/pod{UID}/{ID}").as_str())
+        );
+        assert_eq!(
+            cgroup_dir(&format!(
+                "kubepods-besteffort-pod{systemd_uid}.slice:cri-containerd:{ID}"
+            )),
+            Some(format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{systemd_uid}.slice/cri-containerd-{ID}.scope"
+            ))
+        );
+        assert_eq!(
+            cgroup_dir(&format!(":docker:{ID}")),
+            Some(format!("/system.slice/docker-{ID}.scope"))
+        );
+        assert_eq!(cgroup_dir("a--b.slice:x:y"), None);
+        assert_eq!(cgroup_dir("a.slice:x:../y"), None);
+        assert_eq!(cgroup_dir(""), None);
+        assert!(is_pod_cgroup(&format!("/kubepods/besteffort/pod{UID}")));
+        assert!(!is_pod_cgroup(&format!(
+            "/kubepods/besteffort/pod{UID}/{ID}"
+        )));
     }
 
     #[test]

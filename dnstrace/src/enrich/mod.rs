@@ -12,7 +12,7 @@
 //! (`STUCK_NS`). See docs/architecture.md.
 
 mod confined;
-mod container;
+pub mod container;
 mod resolver_files;
 mod worker;
 

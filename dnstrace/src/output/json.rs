@@ -6,6 +6,7 @@ use std::{
     fmt::Display,
     io::{self, Write},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use serde::{Serialize, Serializer};
@@ -20,7 +21,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Facts, Message},
+    message::{Client, Facts, Message, Pod, Process},
     resolver::Library,
 };
 
@@ -123,31 +124,131 @@ impl<'a> MessageRecord<'a> {
     }
 }
 
+/// `,"key":value` for each field named, in order; keys are the field
+/// names, as serde writes them.
+macro_rules! write_fields {
+    ($out:ident, $record:ident: $($key:ident),+) => {
+        $(
+            $out.extend_from_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
+            $record.$key.write_json($out);
+        )+
+    };
+}
+
 impl MessageRecord<'_> {
     /// Appends the record as one line of JSON, byte for byte what serde_json
     /// writes for it (a test holds the two equal), without serde's
-    /// per-field machinery: this runs for every message.
-    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
-        /// `,"key":value` for each field, in order; keys are the field
-        /// names, as serde writes them.
-        macro_rules! fields {
-            ($record:ident: $($key:ident),+) => {
-                $(
-                    out.extend_from_slice(concat!(",\"", stringify!($key), "\":").as_bytes());
-                    $record.$key.write_json(out);
-                )+
-            };
-        }
+    /// per-field machinery: this runs for every message. `owner` is what
+    /// [`MessageRecord::write_owner`] wrote for the same process, if kept.
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache, owner: Option<&[u8]>) {
         let record = self;
         out.extend_from_slice(b"{\"kind\":");
         record.kind.write_json(out);
         out.extend_from_slice(b",\"ts\":");
         times.write_json(out, record.ts.0);
-        fields!(record: pid, tid, comm, uid, cgroup_id, netns, container, pod, socket_cookie, direction, proto,
-            local, remote, id, qr, opcode, flags, rcode, qname, qtype, answers, authority,
-            additional, edns_udp_size, size, truncated_capture, decode_error);
+        match owner {
+            Some(owner) => out.extend_from_slice(owner),
+            None => record.write_owner(out),
+        }
+        write_fields!(out, record: socket_cookie, direction, proto, local, remote, id, qr, opcode,
+            flags, rcode, qname, qtype, answers, authority, additional, edns_udp_size, size,
+            truncated_capture, decode_error);
         out.push(b'}');
     }
+
+    /// The fields that describe the process, `pid` to `pod`: the same for
+    /// every message of a thread.
+    fn write_owner(&self, out: &mut Vec<u8>) {
+        let record = self;
+        write_fields!(out, record: pid, tid, comm, uid, cgroup_id, netns, container, pod);
+    }
+}
+
+/// The `pid` to `pod` fields of message lines, as written for the threads
+/// seen last: messages come in runs from a few threads, and comparing a
+/// thread's fields costs less than writing five integers and a name.
+/// Each entry holds its thread's shared name and facts, so that comparing
+/// their pointers cannot match a freed allocation reused.
+#[derive(Default)]
+struct OwnerCache {
+    entries: Vec<(OwnerKey, Vec<u8>)>,
+    /// The entry to replace next once all are taken.
+    next: usize,
+}
+
+/// Everything the `pid` to `pod` fields are written from.
+struct OwnerKey {
+    pid: u32,
+    tid: u32,
+    uid: u32,
+    cgroup_id: u64,
+    netns: Option<u64>,
+    comm: Arc<str>,
+    facts: Arc<Facts>,
+}
+
+impl OwnerKey {
+    fn of(process: &Process) -> Self {
+        Self {
+            pid: process.pid,
+            tid: process.tid,
+            uid: process.uid,
+            cgroup_id: process.cgroup_id,
+            netns: process.netns,
+            comm: Arc::clone(&process.comm),
+            facts: Arc::clone(&process.facts),
+        }
+    }
+
+    fn matches(&self, process: &Process) -> bool {
+        self.pid == process.pid
+            && self.tid == process.tid
+            && self.uid == process.uid
+            && self.cgroup_id == process.cgroup_id
+            && self.netns == process.netns
+            && Arc::ptr_eq(&self.comm, &process.comm)
+            && Arc::ptr_eq(&self.facts, &process.facts)
+    }
+}
+
+impl OwnerCache {
+    const ENTRIES: usize = 8;
+
+    /// The fields for `record`, whose process is `process`.
+    fn owner(&mut self, process: &Process, record: &MessageRecord<'_>) -> &[u8] {
+        if let Some(index) = self
+            .entries
+            .iter()
+            .position(|(key, _)| key.matches(process))
+        {
+            return &self.entries[index].1;
+        }
+        let mut text = Vec::with_capacity(128);
+        record.write_owner(&mut text);
+        let entry = (OwnerKey::of(process), text);
+        let index = if self.entries.len() < Self::ENTRIES {
+            self.entries.push(entry);
+            self.entries.len() - 1
+        } else {
+            let index = self.next;
+            self.entries[index] = entry;
+            self.next = (index + 1) % Self::ENTRIES;
+            index
+        };
+        &self.entries[index].1
+    }
+}
+
+/// One message's line, without its newline.
+fn write_message(
+    out: &mut Vec<u8>,
+    times: &mut TimeCache,
+    owners: &mut OwnerCache,
+    message: &Message,
+) {
+    let record = MessageRecord::new(message);
+    let owner = (message.envelope.process.as_ref()).map(|process| owners.owner(process, &record));
+    record.write_json(out, times, owner);
 }
 
 /// A container, as `container` fields write it.
@@ -205,12 +306,15 @@ pub struct PodRecord<'a> {
 
 impl<'a> PodRecord<'a> {
     pub fn of(facts: &'a Facts) -> Option<Self> {
-        let pod = facts.pod.as_ref()?;
-        Some(Self {
+        facts.pod.as_ref().map(Self::from_pod)
+    }
+
+    pub fn from_pod(pod: &'a Pod) -> Self {
+        Self {
             name: pod.name.as_deref(),
             namespace: pod.namespace.as_deref(),
             uid: pod.uid.as_deref(),
-        })
+        }
     }
 }
 
@@ -567,6 +671,9 @@ pub struct LookupRecord<'a> {
     pub wasted_queries: usize,
     /// The process's C library, when known (`glibc 2.36`, `musl`, `Go resolver`).
     pub resolver: Option<String>,
+    /// The pod on this node whose process sent the lookup's last response,
+    /// when the trace shows it answering; null otherwise.
+    pub server_pod: Option<PodRecord<'a>>,
 }
 
 impl<'a> LookupRecord<'a> {
@@ -582,6 +689,7 @@ impl<'a> LookupRecord<'a> {
             attempts: lookup.queries(),
             wasted_queries: lookup.wasted_queries(),
             resolver: lookup.context.library.as_ref().map(Library::describe),
+            server_pod: lookup.server_pod().map(PodRecord::from_pod),
         }
     }
 }
@@ -620,6 +728,9 @@ pub struct DiagnosisRecord<'a> {
     pub cause: &'static str,
     /// The server involved, `ip:port`, or null.
     pub server: Option<SocketAddr>,
+    /// The pod on this node seen answering as that server (the last one,
+    /// when several replicas did); null when the trace shows none.
+    pub server_pod: Option<PodRecord<'a>>,
     pub names: &'a BTreeSet<String>,
     pub count: u64,
     #[serde(serialize_with = "as_display")]
@@ -643,6 +754,7 @@ impl<'a> DiagnosisRecord<'a> {
             client: ClientFields::of(&diagnosis.client),
             cause: diagnosis.cause.code(),
             server: diagnosis.server,
+            server_pod: diagnosis.server_pod.as_ref().map(PodRecord::from_pod),
             names: &diagnosis.names,
             count: diagnosis.count,
             first_ts: Rfc3339(diagnosis.first_wall_time_ns),
@@ -677,6 +789,13 @@ pub struct SummaryRecord {
     pub undecodable: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// Lookups reported before they settled: the correlator's memory
+    /// budget was spent.
+    pub evicted_lookups: u64,
+    /// Messages not correlated because the agent was behind.
+    pub shed: u64,
+    /// Lookups reported incomplete.
+    pub incomplete_lookups: u64,
 }
 
 pub struct JsonOutput {
@@ -687,6 +806,7 @@ pub struct JsonOutput {
     /// sparing a copy of every line into the destination's own buffer.
     lines: Vec<u8>,
     times: TimeCache,
+    owners: OwnerCache,
     kinds: Kinds,
 }
 
@@ -719,6 +839,7 @@ impl JsonOutput {
             destination,
             lines: Vec::with_capacity(WRITE_BUFFER_BYTES + 1024),
             times: TimeCache::default(),
+            owners: OwnerCache::default(),
             kinds: Kinds::from(kinds),
         }
     }
@@ -765,7 +886,7 @@ impl Output for JsonOutput {
         if !self.kinds.message {
             return Ok(());
         }
-        MessageRecord::new(message).write_json(&mut self.lines, &mut self.times);
+        write_message(&mut self.lines, &mut self.times, &mut self.owners, message);
         self.end_line()
     }
 
@@ -810,6 +931,9 @@ impl Output for JsonOutput {
             lost: summary.lost(),
             undecodable: summary.undecodable,
             skipped_records: summary.skipped_records,
+            evicted_lookups: summary.evicted_lookups,
+            shed: summary.shed,
+            incomplete_lookups: summary.incomplete_lookups,
         })?;
         self.flush()
     }
@@ -877,6 +1001,9 @@ mod tests {
             lost: 0,
             undecodable: 0,
             skipped_records: 0,
+            evicted_lookups: 0,
+            shed: 0,
+            incomplete_lookups: 0,
         };
         let client = crate::message::Client {
             id: crate::message::ClientId::Pid(1),
@@ -888,6 +1015,8 @@ mod tests {
             socket_cookie: 1,
             transport: crate::message::Transport::Udp,
             server: "127.0.0.1:53".parse().unwrap(),
+            local: "192.0.2.100:40000".parse().unwrap(),
+            server_pod: None,
             question: crate::decode::Question {
                 name: "x.".into(),
                 qtype: 1,
@@ -908,6 +1037,7 @@ mod tests {
             first_monotonic_ns: 0,
             first_wall_time_ns: 0,
             last_monotonic_ns: 0,
+            incomplete: false,
         };
         let mut diagnoser = crate::diagnose::Diagnoser::default();
         diagnoser.lookup(&lookup);
@@ -952,11 +1082,10 @@ mod tests {
     }
 
     /// The fast writer and serde must agree byte for byte.
-    fn assert_same_json(message: &Message, times: &mut TimeCache) {
-        let record = MessageRecord::new(message);
+    fn assert_same_json(message: &Message, times: &mut TimeCache, owners: &mut OwnerCache) {
         let mut fast = Vec::new();
-        record.write_json(&mut fast, times);
-        let serde = serde_json::to_vec(&record).unwrap();
+        write_message(&mut fast, times, owners, message);
+        let serde = serde_json::to_vec(&MessageRecord::new(message)).unwrap();
         assert_eq!(
             String::from_utf8_lossy(&fast),
             String::from_utf8_lossy(&serde)
@@ -979,8 +1108,9 @@ mod tests {
         query.set_edns(Edns::new());
         let query = query.to_vec().unwrap();
         let mut times = TimeCache::default();
+        let mut owners = OwnerCache::default();
         let mut message = header_only(0, "10.0.0.7:40000", crate::message::Direction::Send);
-        assert_same_json(&message, &mut times);
+        assert_same_json(&message, &mut times, &mut owners);
         message.envelope.process = Some(crate::message::Process {
             pid: 4242,
             tid: u32::MAX,
@@ -1006,15 +1136,63 @@ mod tests {
             message.envelope.wall_time_ns = ns;
             message.envelope.local = local.parse().unwrap();
             message.envelope.remote = remote.parse().unwrap();
-            assert_same_json(&message, &mut times);
+            assert_same_json(&message, &mut times, &mut owners);
         }
         // Cut short: a decode error, and flags but no question.
         message.dns = decode(&query[..20], query.len());
         message.truncated_capture = true;
-        assert_same_json(&message, &mut times);
+        assert_same_json(&message, &mut times, &mut owners);
         message.envelope.process = None;
         message.dns = decode(&[], 0);
-        assert_same_json(&message, &mut times);
+        assert_same_json(&message, &mut times, &mut owners);
+    }
+
+    /// The kept `pid` to `pod` fields change with any of what they say.
+    #[test]
+    fn kept_process_fields_follow_the_process() {
+        use crate::message::Direction;
+        let mut times = TimeCache::default();
+        let mut owners = OwnerCache::default();
+        let mut message = header_only(0, "10.0.0.7:40000", Direction::Send);
+        let process = Process {
+            pid: 1,
+            tid: 1,
+            comm: "a".into(),
+            uid: 0,
+            cgroup_id: 1,
+            netns: None,
+            facts: Facts::unknown(),
+        };
+        type Change = Box<dyn Fn(&mut Process)>;
+        let mut changes: Vec<Change> = vec![
+            Box::new(|_| {}),
+            Box::new(|p| p.pid = 2),
+            Box::new(|p| p.tid = 3),
+            Box::new(|p| p.comm = "b".into()),
+            Box::new(|p| p.uid = 4),
+            Box::new(|p| p.cgroup_id = 5),
+            Box::new(|p| p.netns = Some(6)),
+            Box::new(|p| p.facts = in_a_pod()),
+        ];
+        // Past the cache's size, so that entries are replaced.
+        for n in 0..2 * OwnerCache::ENTRIES as u32 {
+            changes.push(Box::new(move |p| p.tid = 100 + n));
+        }
+        for change in &changes {
+            // Each change alone, then all so far together, twice (the
+            // second time from the cache).
+            let mut alone = process.clone();
+            change(&mut alone);
+            message.envelope.process = Some(alone);
+            assert_same_json(&message, &mut times, &mut owners);
+            assert_same_json(&message, &mut times, &mut owners);
+        }
+        let mut all = process.clone();
+        for change in &changes {
+            change(&mut all);
+            message.envelope.process = Some(all.clone());
+            assert_same_json(&message, &mut times, &mut owners);
+        }
     }
 
     #[test]

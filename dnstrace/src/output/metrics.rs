@@ -227,7 +227,7 @@ impl MetricsOutput {
             uncorrelated: registered(
                 r,
                 "dnstrace_messages_uncorrelated",
-                "Client messages left out of correlation: of processes too busy to correlate (busy), or of no known process (unattributed)",
+                "Messages left out of correlation: while the agent was behind (behind), or client messages of no known process (unattributed)",
             ),
             lookups_evicted: registered(
                 r,
@@ -378,7 +378,7 @@ impl MetricsOutput {
                 .uncorrelated
                 .get_or_create_owned(&ReasonLabels { reason })
         };
-        raise(&reason("busy"), summary.uncorrelated);
+        raise(&reason("behind"), summary.shed);
         raise(&reason("unattributed"), summary.unattributed);
         raise(&agent.lookups_evicted, summary.evicted_lookups);
         raise(&agent.diagnoses_dropped, summary.dropped_diagnoses);

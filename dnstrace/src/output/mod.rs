@@ -116,8 +116,10 @@ pub struct Summary {
     /// Client messages whose process was not known, left out of
     /// correlation.
     pub unattributed: u64,
-    /// Client messages of processes too busy to correlate.
-    pub uncorrelated: u64,
+    /// Messages not correlated because the agent was behind.
+    pub shed: u64,
+    /// Lookups reported incomplete: messages may have been lost in them.
+    pub incomplete_lookups: u64,
     /// Diagnoses not kept because too many were.
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
@@ -177,11 +179,16 @@ impl Summary {
                 self.evicted_lookups
             ));
         }
-        if self.uncorrelated > 0 {
+        if self.shed > 0 {
             line.push_str(&format!(
-                ", {} messages of processes above {} messages/s not correlated",
-                self.uncorrelated,
-                crate::correlate::MAX_MESSAGES_PER_SECOND
+                ", {} messages not correlated while behind",
+                self.shed
+            ));
+        }
+        if self.incomplete_lookups > 0 {
+            line.push_str(&format!(
+                ", {} lookups incomplete (messages may have been lost)",
+                self.incomplete_lookups
             ));
         }
         if self.unattributed > 0 {
@@ -279,6 +286,8 @@ pub struct ProcessReport {
     pub nxdomain: u64,
     pub nodata: u64,
     pub failed: u64,
+    /// Lookups that may have lost messages, not judged.
+    pub incomplete: u64,
     pub queries: u64,
     pub wasted_queries: u64,
     /// Sum of lookup durations, for the mean.
@@ -294,6 +303,7 @@ impl ProcessReport {
             nxdomain: 0,
             nodata: 0,
             failed: 0,
+            incomplete: 0,
             queries: 0,
             wasted_queries: 0,
             total_ns: 0,
@@ -308,6 +318,7 @@ impl ProcessReport {
             LookupOutcome::NxDomain => self.nxdomain += 1,
             LookupOutcome::NoData => self.nodata += 1,
             LookupOutcome::Failed => self.failed += 1,
+            LookupOutcome::Incomplete => self.incomplete += 1,
         }
         self.queries += lookup.queries() as u64;
         self.wasted_queries += lookup.wasted_queries() as u64;
@@ -512,6 +523,7 @@ mod tests {
             first_monotonic_ns: 0,
             first_wall_time_ns: 0,
             last_monotonic_ns: u64::MAX,
+            incomplete: false,
         };
         let mut report = ProcessReport::new(client);
         report.add(&lookup);

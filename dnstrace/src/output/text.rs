@@ -85,6 +85,7 @@ impl Output for TextOutput {
             LookupOutcome::Resolved => paint::GREEN,
             LookupOutcome::NxDomain | LookupOutcome::NoData => paint::YELLOW,
             LookupOutcome::Failed => paint::RED,
+            LookupOutcome::Incomplete => paint::DIM,
         };
         self.write_line(colour, &format_lookup(lookup))
     }
@@ -178,6 +179,9 @@ fn format_lookup(lookup: &Lookup) -> String {
             odd.push(format!("{count} {label}"));
         }
     }
+    if lookup.incomplete {
+        odd.push("messages may have been lost, not judged".to_owned());
+    }
     let wasted = lookup.wasted_queries();
     if wasted > 0 {
         odd.push(format!("{wasted} wasted"));
@@ -200,6 +204,9 @@ fn format_lookup(lookup: &Lookup) -> String {
         types.join(","),
         servers.join(",")
     );
+    if let Some(pod) = lookup.server_pod() {
+        line.push_str(&format!(" (pod {})", pod.path()));
+    }
     if !odd.is_empty() {
         line.push_str(&format!(" [{}]", odd.join(", ")));
     }
@@ -221,10 +228,11 @@ fn client_columns(client: &Client) -> (String, String) {
 
 /// A diagnosis as a short block that stands out.
 fn format_diagnosis(diagnosis: &Diagnosis) -> Vec<String> {
-    let server = diagnosis
-        .server
-        .map(|s| format!(" server {s}"))
-        .unwrap_or_default();
+    let server = match (diagnosis.server, &diagnosis.server_pod) {
+        (Some(server), Some(pod)) => format!(" server {server} (pod {})", pod.path()),
+        (Some(server), None) => format!(" server {server}"),
+        (None, _) => String::new(),
+    };
     let names: Vec<&str> = diagnosis.names.iter().map(String::as_str).collect();
     vec![
         format!(

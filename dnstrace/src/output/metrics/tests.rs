@@ -36,6 +36,8 @@ fn attempt(client: &Client, server: u8, qtype: u16, outcome: Outcome, at: u64) -
         socket_cookie: 1,
         transport: Transport::Udp,
         server: SocketAddr::from(([192, 0, 2, server], 53)),
+        local: "192.0.2.100:40000".parse().unwrap(),
+        server_pod: None,
         question: Question {
             name: "db.test.".into(),
             qtype,
@@ -72,6 +74,7 @@ fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u64) -> Looku
         first_monotonic_ns: at,
         first_wall_time_ns: 0,
         last_monotonic_ns: at + 1_000_000,
+        incomplete: false,
     }
 }
 

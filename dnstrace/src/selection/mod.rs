@@ -1,10 +1,14 @@
 //! Turns the CLI's filters into the kernel programs' configuration, so
-//! unselected traffic is dropped before it reaches the ring buffer.
+//! unselected traffic is dropped before it reaches the ring buffer. The pod
+//! filters, which change as pods come and go, are in `pods.rs`.
+
+pub mod pods;
 
 use std::{fs::File, os::unix::fs::MetadataExt, path::Path};
 
 use dnstrace_common::{
-    COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_COMM, FILTER_NETNS, FILTER_PID, MAX_PORTS,
+    COMM_LEN, CaptureConfig, FILTER_CGROUP, FILTER_CGROUP_TREE, FILTER_COMM, FILTER_NETNS,
+    FILTER_PID, MAX_PORTS,
 };
 
 use crate::{
@@ -46,6 +50,9 @@ pub fn capture_config(args: &TraceArgs) -> Result<CaptureConfig, Failure> {
     if let Some(path) = &args.cgroup {
         config.cgroup_id = cgroup_id(path)?;
         config.filters |= FILTER_CGROUP;
+    }
+    if args.pod.is_some() || args.k8s_namespace.is_some() || args.container.is_some() {
+        config.filters |= FILTER_CGROUP_TREE;
     }
     if let Some(netns) = &args.netns {
         config.netns_cookie = netns_cookie(netns)?;
