@@ -108,11 +108,45 @@ fn captures(backend: &str, early: u32) -> Result<String, String> {
     if run.active != backend {
         return Err(format!("asked for {backend}, dnstrace ran {}", run.active));
     }
+    let drops = drops_line(&run)?;
+    let dropped = if drops.starts_with("kernel drops of DNS packets watched") {
+        dropped_query(backend)?
+    } else {
+        "no drop expected".to_owned()
+    };
     Ok(format!(
-        "{} messages checked, lost 0; {}; {}",
+        "{} messages checked, lost 0; {}; {drops}; {dropped}",
         run.messages,
         reads_line(&run)?,
-        drops_line(&run)?
+    ))
+}
+
+/// Where drops are watched, a query sent where nothing listens is reported
+/// as a `drop` record with the kernel's reason `NO_SOCKET` and its name.
+fn dropped_query(backend: &str) -> Result<String, String> {
+    let mut tracer = Tracer::start(backend).map_err(|e| format!("{e:#}"))?;
+    if let Start::Exited(status) = tracer.attach().map_err(|e| format!("{e:#}"))? {
+        return Err(format!("dnstrace could not start again ({status})"));
+    }
+    let sent = dns::send_unheard();
+    let stopped = tracer.stop();
+    sent.map_err(|e| format!("{e:#}"))?;
+    stopped.map_err(|e| format!("{e:#}"))?;
+    let jsonl = fs::read_to_string(&tracer.output)
+        .map_err(|e| format!("reading {}: {e}", tracer.output.display()))?;
+    let drop = jsonl
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|object| object["kind"] == "drop" && object["qname"] == dns::UNHEARD.qname)
+        .ok_or_else(|| format!("no drop record for {}", dns::UNHEARD.qname))?;
+    if drop["reason"] != "NO_SOCKET" || drop["id"] != dns::UNHEARD.id {
+        return Err(format!(
+            "the drop record is not NO_SOCKET's of the query: {drop}"
+        ));
+    }
+    Ok(format!(
+        "a query where nothing listens dropped: {} at {}",
+        drop["reason"], drop["location"]
     ))
 }
 
