@@ -139,7 +139,11 @@ impl<'a> Fields<'a> {
 
     /// The value of `key`; the last one where it is given twice.
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| *v)
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 }
 
