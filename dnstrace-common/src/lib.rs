@@ -40,6 +40,25 @@ pub const COMM_LEN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Comm(pub [u8; COMM_LEN]);
 
+impl Comm {
+    /// Whether the name is `other`, compared as two words: comparing the
+    /// arrays would call memcmp, a BPF function whose stack adds to the
+    /// caller's, which is short.
+    #[inline(always)]
+    pub fn is(&self, other: &[u8; COMM_LEN]) -> bool {
+        let words = |bytes: &[u8; COMM_LEN]| {
+            let (low, high) = bytes.split_at(8);
+            let word = |half: &[u8]| {
+                let mut word = [0; 8];
+                word.copy_from_slice(half);
+                u64::from_ne_bytes(word)
+            };
+            (word(low), word(high))
+        };
+        words(&self.0) == words(other)
+    }
+}
+
 /// Which way a message went, seen from the process that owns the socket.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,7 +231,7 @@ impl CaptureConfig {
         let filters = self.filters;
         if filters & (FILTER_PID | FILTER_COMM) != 0 {
             let by_pid = filters & FILTER_PID != 0 && pid_selected;
-            let by_comm = filters & FILTER_COMM != 0 && owner.comm.0 == self.comm;
+            let by_comm = filters & FILTER_COMM != 0 && owner.comm.is(&self.comm);
             if !by_pid && !by_comm {
                 return false;
             }
@@ -245,6 +264,10 @@ impl CaptureConfig {
     }
 }
 
+/// The most DNS messages the kernel frames from one TCP segment, where the
+/// verifier allows more than one (see `names::TCP_MESSAGES_PER_SEGMENT`).
+pub const MAX_TCP_MESSAGES_PER_SEGMENT: u32 = 4;
+
 /// How many sends from one socket by one thread share one asking of the
 /// kernel for the thread's name, uid and cgroup ([`SocketOwner::sends`]).
 pub const OWNER_REFRESH_SENDS: u32 = 64;
@@ -252,6 +275,12 @@ pub const OWNER_REFRESH_SENDS: u32 = 64;
 /// Names shared by both halves, so a rename cannot split them.
 pub mod names {
     pub const CONFIG: &str = "CONFIG";
+    /// A read-only global of its own (the config is copied to the stack,
+    /// which is short): DNS messages framed from one TCP segment; a segment
+    /// with more gives its stream up. Each costs the verifier a walk through
+    /// the code that emits one, which an older verifier (Debian's 6.1)
+    /// cannot afford more than once.
+    pub const TCP_MESSAGES_PER_SEGMENT: &str = "TCP_MESSAGES_PER_SEGMENT";
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const SOCKETS: &str = "SOCKETS";

@@ -7,8 +7,8 @@
 //! responses it received, where the kernel has the tracepoint for it. What
 //! they share has files of its own, and no program file imports another:
 //! `maps` (maps, configuration, counters), `packet` (finding the DNS
-//! message in a packet), `owner` (who owns a socket), `emit` (a message
-//! into the ring buffer).
+//! message in a packet), `tcp` (where DNS messages begin in a TCP stream),
+//! `owner` (who owns a socket), `emit` (a message into the ring buffer).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // Atomic adds: the BPF target has them, but Rust offers them only through
@@ -30,6 +30,8 @@ mod read;
 mod skb;
 #[cfg(target_arch = "bpf")]
 mod sock_addr;
+#[cfg(target_arch = "bpf")]
+mod tcp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

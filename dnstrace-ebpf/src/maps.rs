@@ -12,6 +12,10 @@ use dnstrace_common::{
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
 
+/// See `dnstrace_common::names::TCP_MESSAGES_PER_SEGMENT`.
+#[unsafe(no_mangle)]
+pub static TCP_MESSAGES_PER_SEGMENT: Global<u32> = Global::new(1);
+
 /// DNS messages out to userspace. Userspace sizes it at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
@@ -28,6 +32,34 @@ pub static SOCKETS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(
 /// (see `read`).
 #[map]
 pub static RESPONSES: LruHashMap<u64, ReadCounts> = LruHashMap::with_max_entries(65_536, 0);
+
+/// One direction of a TCP socket.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StreamKey {
+    pub cookie: u64,
+    /// `Direction` as a word, so the key has no padding.
+    pub direction: u64,
+}
+
+/// Where a TCP stream's next DNS message begins (see `tcp`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stream {
+    /// Sequence number of the byte `wait` waits for.
+    pub next: u32,
+    /// The message's length when the body is awaited; the prefix's first
+    /// byte when its second is.
+    pub len: u16,
+    /// `tcp::WAIT_*`.
+    pub wait: u8,
+    pub _padding: u8,
+}
+
+/// TCP streams being framed. A stream evicted mid-message starts again at
+/// its next segment as if a message began there.
+#[map]
+pub static TCP_STREAMS: LruHashMap<StreamKey, Stream> = LruHashMap::with_max_entries(65_536, 0);
 
 /// tgids chosen with `--pid`.
 #[map]

@@ -74,8 +74,9 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
 
 /// Whether the current task's cgroup (`cgroup_id`), or one of its
 /// ancestors, is selected: a pod's cgroup selects every container in it,
-/// and a container's the child cgroups a process in it may make.
-#[inline(always)]
+/// and a container's the child cgroups a process in it may make. Not
+/// inlined: its own frame keeps the egress program's within 512 bytes.
+#[inline(never)]
 fn in_selected_tree(cgroup_id: u64) -> bool {
     // SAFETY: the value is a plain u8 that the map keeps alive for the call.
     if unsafe { SELECTED_CGROUPS.get(&cgroup_id) }.is_some() {
@@ -141,6 +142,31 @@ pub fn sender(
     (current, new)
 }
 
+/// The owner of a TCP socket that sends: the one recorded, never the
+/// current task once there is one. TCP also sends from softirq
+/// (retransmissions, data the window held back until an ACK came), where
+/// the current task is whatever the CPU was running: the idle task, or an
+/// unrelated process. The owner is recorded from the first data the socket
+/// sends, which the process's own write sends; never from the idle task.
+/// Returns the owner and whether it is new to the socket.
+#[inline(always)]
+pub fn tcp_sender(
+    config: &CaptureConfig,
+    cookie: u64,
+    netns_cookie: impl FnOnce() -> u64,
+) -> (Option<SocketOwner>, bool) {
+    if let Some(owner) = recorded(cookie) {
+        return (Some(owner), false);
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if pid_tgid >> 32 == 0 {
+        return (None, false);
+    }
+    let current = current_task(config, pid_tgid, netns_cookie());
+    let _ = remember(cookie, None, &current);
+    (Some(current), true)
+}
+
 /// Remembers the owner so the socket's receives can be attributed. Skips the
 /// write when `known`, what the map held, is the same owner: this runs for
 /// every DNS packet sent. Returns whether the owner is new to this socket.
@@ -154,7 +180,7 @@ pub fn remember(cookie: u64, known: Option<&SocketOwner>, owner: &SocketOwner) -
     let unchanged = same_thread
         && known.is_some_and(|known| {
             known.sends == 0
-                && known.comm == owner.comm
+                && known.comm.is(&owner.comm.0)
                 && known.uid == owner.uid
                 && known.cgroup_id == owner.cgroup_id
         });

@@ -15,7 +15,6 @@ use crate::{
     endpoints::Health,
     enrich::{Enricher, Sources, StateRoots},
     failure::Failure,
-    framing::TcpStreams,
     message::Message,
     output::Summary,
     pipeline::Pipeline,
@@ -70,12 +69,11 @@ impl Stages {
             return;
         };
         let netns_cookie = raw.header.netns_cookie;
-        let enricher = &mut self.enricher;
-        self.decoder.messages(&raw, |message| {
-            enricher.admit(message, netns_cookie, &mut |m: Message| {
+        let message = self.decoder.message(&raw);
+        self.enricher
+            .admit(message, netns_cookie, &mut |m: Message| {
                 pipeline.message(&m)
-            })
-        });
+            });
     }
 
     /// Drains the ring, then lets through what enrichment released.
@@ -115,7 +113,6 @@ pub async fn run(
     let mut stages = Stages {
         decoder: RecordDecoder {
             clock: WallClock::new(),
-            streams: TcpStreams::default(),
             thread_names: ThreadNames::default(),
             keep_payloads: pipeline.needs_payloads(),
         },

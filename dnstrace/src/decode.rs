@@ -134,7 +134,10 @@ pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
                 summary.question = Some(question);
                 walk_sections(payload, end, &header_summary)
             }
-            Err(error) => Err(error),
+            // The first question is at most 260 bytes past the header: the
+            // capture cuts it only when it holds less.
+            Err(error) if payload.len() < HEADER_LEN + 260 => Err(Fault::Cut(error)),
+            Err(error) => Err(Fault::Malformed(error)),
         }
     } else {
         walk_sections(payload, HEADER_LEN, &header_summary)
@@ -146,7 +149,11 @@ pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
                 header_summary.rcode |= u16::from(opt.rcode_high) << 4;
             }
         }
-        Err(error) => {
+        // A message captured short runs out where the capture ends: that is
+        // `truncated_capture`, not a fault of the message. A fault within
+        // the bytes captured is still one.
+        Err(Fault::Cut(_)) if payload.len() < wire_len => {}
+        Err(Fault::Cut(error) | Fault::Malformed(error)) => {
             summary.decode_error = Some(if payload.len() < wire_len {
                 format!("captured {} of {wire_len} bytes: {error}", payload.len())
             } else {
@@ -156,6 +163,14 @@ pub fn decode(payload: &[u8], wire_len: usize) -> DnsSummary {
     }
     summary.header = Some(header_summary);
     summary
+}
+
+/// Why a message did not read whole.
+enum Fault {
+    /// It runs past the bytes there are.
+    Cut(String),
+    /// Something within them is wrong.
+    Malformed(String),
 }
 
 /// What the OPT pseudo-record adds to the header.
@@ -173,7 +188,7 @@ fn walk_sections(
     payload: &[u8],
     start: usize,
     header: &HeaderSummary,
-) -> Result<Option<Opt>, String> {
+) -> Result<Option<Opt>, Fault> {
     let mut offset = start;
     for _ in 1..header.questions {
         skip_name(payload, &mut offset)?;
@@ -203,16 +218,18 @@ fn take<'a>(
     offset: &mut usize,
     len: usize,
     what: &str,
-) -> Result<&'a [u8], String> {
-    let bytes = payload
-        .get(*offset..*offset + len)
-        .ok_or_else(|| format!("{what} runs past the end of the message at offset {offset}"))?;
+) -> Result<&'a [u8], Fault> {
+    let bytes = payload.get(*offset..*offset + len).ok_or_else(|| {
+        Fault::Cut(format!(
+            "{what} runs past the end of the message at offset {offset}"
+        ))
+    })?;
     *offset += len;
     Ok(bytes)
 }
 
 /// Skips a domain name: labels up to the root, or up to a compression pointer.
-fn skip_name(payload: &[u8], offset: &mut usize) -> Result<(), String> {
+fn skip_name(payload: &[u8], offset: &mut usize) -> Result<(), Fault> {
     loop {
         let len = *take(payload, offset, 1, "name")?.first().unwrap_or(&0);
         match len {
@@ -222,10 +239,10 @@ fn skip_name(payload: &[u8], offset: &mut usize) -> Result<(), String> {
                 return Ok(());
             }
             0x40..=0xbf => {
-                return Err(format!(
+                return Err(Fault::Malformed(format!(
                     "unknown label type {len:#04x} at offset {}",
                     *offset - 1
-                ));
+                )));
             }
             _ => {
                 take(payload, offset, usize::from(len), "label")?;
@@ -459,7 +476,13 @@ mod tests {
         let summary = decode(captured, bytes.len());
         assert_eq!(summary.header.unwrap().id, 9);
         assert_eq!(summary.question.unwrap().name, "cut.test.");
-        let error = summary.decode_error.unwrap();
+        // Running out where the capture ends is no fault of the message.
+        assert_eq!(summary.decode_error, None);
+        // A fault within the bytes captured still is one.
+        let mut bad = captured.to_vec();
+        // The answer: a name pointer, 10 bytes of header, 4 of address.
+        bad[bytes.len() - 16] = 0x40;
+        let error = decode(&bad, bytes.len()).decode_error.unwrap();
         assert!(
             error.starts_with(&format!("captured {} of {}", captured.len(), bytes.len())),
             "{error}"

@@ -1,6 +1,7 @@
-//! DNS over TCP: each message is prefixed by its length, and one message
-//! may span several segments. The kernel hands over segments; this finds
-//! where messages start.
+//! DNS over TCP in a packet capture (`analyze`): each message is prefixed
+//! by its length, and one message may span several segments. A capture
+//! hands over segments; this finds where messages start. (Live capture is
+//! framed in the kernel, by sequence number: dnstrace-ebpf/src/tcp.rs.)
 
 use std::collections::HashMap;
 

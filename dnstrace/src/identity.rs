@@ -163,9 +163,7 @@ fn read_workload(fields: &Fields<'_>) -> Option<Arc<Facts>> {
         None => None,
         Some(id) => Some(Container {
             id,
-            runtime: fields
-                .get("runtime")
-                .and_then(|name| Runtime::from_name(name)),
+            runtime: fields.get("runtime").and_then(Runtime::from_name),
             name: text("container")?,
             image: text("image")?,
         }),

@@ -18,7 +18,7 @@ use aya::{
     maps::HashMap as BpfHashMap,
     programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError},
 };
-use dnstrace_common::{SocketOwner, names};
+use dnstrace_common::{MAX_TCP_MESSAGES_PER_SEGMENT, SocketOwner, names};
 
 use super::{
     Backend, CaptureRequest, PROBES, existing_sockets,
@@ -48,8 +48,19 @@ pub fn attach(
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
     config.track_reads = u32::from(read_support.is_ok());
+    // The kernels that need cgroup-sockaddr have a verifier that gives up
+    // on walking the emitting code more than once per program.
+    let tcp_messages_per_segment: u32 = match backend {
+        Backend::CgroupSkb => MAX_TCP_MESSAGES_PER_SEGMENT,
+        Backend::CgroupSockaddr => 1,
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global(names::CONFIG, &config, true)
+        .override_global(
+            names::TCP_MESSAGES_PER_SEGMENT,
+            &tcp_messages_per_segment,
+            true,
+        )
         .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
         .load(PROBES)
         .map_err(|e| format!("loading the probes failed: {e}"))?;

@@ -12,7 +12,6 @@ use dnstrace_common::{EVENT_OWNER_KNOWN, EventHeader, FAMILY_V4, MAX_PAYLOAD, PR
 
 use crate::{
     clock::WallClock,
-    framing::TcpStreams,
     message::{Direction, Envelope, Facts, Message, Process, Transport},
 };
 
@@ -44,21 +43,20 @@ pub fn parse_record(record: &[u8]) -> Option<RawMessage<'_>> {
 }
 
 /// Turns the kernel's records into messages, keeping what one record
-/// shares with the next: the clock, TCP streams, thread names. The network
+/// shares with the next: the clock, thread names. The network
 /// namespace and everything else about the process is left to `enrich`.
 pub struct RecordDecoder {
     pub clock: WallClock,
-    pub streams: TcpStreams,
     pub thread_names: ThreadNames,
     /// Whether an output writes payloads, so messages must keep them.
     pub keep_payloads: bool,
 }
 
 impl RecordDecoder {
-    /// Hands each message in a record to `each`: one for UDP; for TCP, those
-    /// that start in the segment (none for a segment that only continues
-    /// one).
-    pub fn messages(&mut self, raw: &RawMessage<'_>, mut each: impl FnMut(Message)) {
+    /// The record's message. The kernel frames TCP
+    /// (dnstrace-ebpf/src/tcp.rs): a TCP record is one message too, without
+    /// its length prefix.
+    pub fn message(&mut self, raw: &RawMessage<'_>) -> Message {
         let header = &raw.header;
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
@@ -80,39 +78,21 @@ impl RecordDecoder {
             process,
             socket_cookie: header.socket_cookie,
             direction,
-            transport: Transport::Udp,
+            transport: if header.protocol == PROTO_TCP {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
             response_number: (header.response_number > 0).then_some(header.response_number),
         };
-        let keep_payload = self.keep_payloads;
-        if header.protocol == PROTO_TCP {
-            let sending = direction == Direction::Send;
-            for framed in self.streams.frame(
-                header.socket_cookie,
-                sending,
-                header.payload_len,
-                raw.payload,
-            ) {
-                let envelope = Envelope {
-                    transport: Transport::Tcp,
-                    ..envelope.clone()
-                };
-                each(Message::decoded(
-                    envelope,
-                    framed.bytes,
-                    framed.len,
-                    keep_payload,
-                ));
-            }
-        } else {
-            each(Message::decoded(
-                envelope,
-                raw.payload,
-                header.payload_len,
-                keep_payload,
-            ));
-        }
+        Message::decoded(
+            envelope,
+            raw.payload,
+            header.payload_len,
+            self.keep_payloads,
+        )
     }
 }
 

@@ -354,6 +354,11 @@ impl Correlator {
         ) else {
             return;
         };
+        if message.envelope.transport == Transport::Tcp
+            && continues_transfer(lookups, message.envelope.socket_cookie, id, question)
+        {
+            return;
+        }
         let open: Vec<&Attempt> = lookups
             .attempts_on_socket(&keys)
             .filter(|a| waiting(a))
@@ -738,4 +743,29 @@ impl Lookup {
             .max()
             .unwrap_or(self.last_monotonic_ns)
     }
+}
+
+/// AXFR and IXFR: the query types a server answers with many messages.
+const TRANSFER_QTYPES: [u16; 2] = [252, 251];
+
+/// Whether a response is a zone transfer's next message (RFC 5936 answers
+/// one query with a stream of them, all with its id), rather than one that
+/// fits no query: the transfer's query on this socket was answered already,
+/// or the message says it is a transfer (it repeats the question).
+fn continues_transfer(
+    lookups: &VecDeque<Lookup>,
+    socket_cookie: u64,
+    id: u16,
+    question: Option<&Question>,
+) -> bool {
+    question.is_some_and(|q| TRANSFER_QTYPES.contains(&q.qtype))
+        || lookups
+            .iter()
+            .flat_map(|lookup| lookup.attempts.iter())
+            .any(|a| {
+                a.socket_cookie == socket_cookie
+                    && a.id == id
+                    && a.response.is_some()
+                    && TRANSFER_QTYPES.contains(&a.question.qtype)
+            })
 }

@@ -1247,3 +1247,42 @@ fn the_pod_that_answered_behind_a_service_address_is_named() {
     late.correlator.servers.name(lookup);
     assert_eq!(lookup.server_pod(), None);
 }
+
+/// An AXFR over TCP: one query, a stream of answers with its id; then an
+/// answer on another TCP socket that fits no query.
+#[test]
+fn a_zone_transfer_is_one_answer_in_many_messages() {
+    const AXFR: u16 = 252;
+    let mut s = Scenario::new();
+    let transfer = Socket::new(31, 1, server(1));
+    s.tcp(Direction::Send, transfer, 0x60, AXFR, 0);
+    for n in 1..=5 {
+        s.tcp(Direction::Recv, transfer, 0x60, AXFR, n * MS);
+    }
+    // Later messages may leave the question out (RFC 5936 allows it).
+    let mut bare = message(
+        Direction::Recv,
+        transfer,
+        0x60,
+        ".",
+        AXFR,
+        6 * MS,
+        Some(GOOD),
+    );
+    bare.envelope.transport = Transport::Tcp;
+    bare.dns.question = None;
+    s.correlator.observe(&bare, &mut s.out);
+    s.tcp(
+        Direction::Recv,
+        Socket::new(31, 2, server(1)),
+        0x61,
+        A,
+        7 * MS,
+    );
+    let (out, diagnoses) = s.settle(7 * MS);
+    let strays = strays(&out);
+    assert_eq!(strays.len(), 1, "{out:#?}");
+    assert_eq!(strays[0].id, 0x61);
+    assert_eq!(causes(&diagnoses), [Cause::MismatchedAnswer]);
+    assert_eq!(lookups(&out)[0].outcome(), LookupOutcome::Resolved);
+}
