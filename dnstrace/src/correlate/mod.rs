@@ -593,8 +593,7 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
 }
 
 /// Gives `response` to the newest attempt that `fits`; hands it back when
-/// none does.
-/// Only lookups that may have sent the response's (socket, id) are read:
+/// none does. Only lookups that may have sent the response's (socket, id) are read:
 /// `fits` asks for both.
 fn give_newest(
     lookups: &mut Open,
@@ -753,7 +752,7 @@ const TRANSFER_QTYPES: [u16; 2] = [252, 251];
 /// fits no query: the transfer's query on this socket was answered already,
 /// or the message says it is a transfer (it repeats the question).
 fn continues_transfer(
-    lookups: &VecDeque<Lookup>,
+    lookups: &Open,
     socket_cookie: u64,
     id: u16,
     question: Option<&Question>,
