@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything dnstrace needs to build and test on a fresh Debian 12
 # machine: Debian packages, the pinned Rust toolchains, rust-src, the musl
-# target and bpf-linker built against the eBPF nightly's own libLLVM.
+# target, bpf-linker built against the eBPF nightly's own libLLVM, and
+# cargo-fuzz.
 # Idempotent: each step is skipped when its result is already present.
 set -euo pipefail
 
@@ -81,8 +82,19 @@ install_bpf_linker() {
   echo "$BPF_LINKER_VERSION llvm-$major $lib" >"$BPF_LINKER_HOME/stamp"
 }
 
+# cargo-fuzz, for `cargo xtask fuzz`; it builds with EBPF_TOOLCHAIN.
+install_cargo_fuzz() {
+  if [ "$(cargo fuzz --version 2>/dev/null)" = "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+    log "cargo-fuzz present"
+    return
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo +"$USERSPACE_TOOLCHAIN" install --quiet --locked --force cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
 install_debian_packages
 install_python_packages
 install_toolchains
 install_bpf_linker
+install_cargo_fuzz
 log "done; bpf-linker is $BPF_LINKER_HOME/bin/bpf-linker"

@@ -70,6 +70,12 @@ pub static SELECTED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 #[map]
 pub static SELECTED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_SELECTED_CGROUPS, 0);
 
+/// Where the pod filter's ancestor walk keeps the cgroup id it looks up:
+/// a key in map memory takes none of the stack, which the egress program
+/// and the filter's function share (512 bytes for both).
+#[map]
+pub static TREE_KEY: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// One record under construction: too big for the 512-byte stack.
 #[repr(C)]
 pub struct EventBuffer {

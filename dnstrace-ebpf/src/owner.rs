@@ -11,7 +11,7 @@ use dnstrace_common::{
     MAX_CGROUP_LEVELS, OWNER_REFRESH_SENDS, SocketOwner,
 };
 
-use crate::maps::{SELECTED_CGROUPS, SELECTED_PIDS, SOCKETS};
+use crate::maps::{SELECTED_CGROUPS, SELECTED_PIDS, SOCKETS, TREE_KEY};
 
 /// The current task (`pid_tgid` from its helper) as a socket owner. Callers
 /// pass the netns cookie because the helper that gives it takes the
@@ -63,7 +63,9 @@ fn read_comm(comm: &mut Comm) {
     unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
-#[inline(always)]
+/// Not inlined, nor is the ancestor walk in it: their own frame adds the
+/// least to the egress program's (512 bytes for both together).
+#[inline(never)]
 fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     let by_pid = config.filters & FILTER_PID != 0
         // SAFETY: the value is a plain u8 that the map keeps alive for the call.
@@ -74,12 +76,14 @@ fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
 
 /// Whether the current task's cgroup (`cgroup_id`), or one of its
 /// ancestors, is selected: a pod's cgroup selects every container in it,
-/// and a container's the child cgroups a process in it may make. Not
-/// inlined: its own frame keeps the egress program's within 512 bytes.
-#[inline(never)]
+/// and a container's the child cgroups a process in it may make. Its key
+/// is kept in map memory, to keep the stack to the least.
+#[inline(always)]
 fn in_selected_tree(cgroup_id: u64) -> bool {
-    // SAFETY: the value is a plain u8 that the map keeps alive for the call.
-    if unsafe { SELECTED_CGROUPS.get(&cgroup_id) }.is_some() {
+    let Some(key) = TREE_KEY.get_ptr_mut(0) else {
+        return false;
+    };
+    if is_selected_cgroup(key, cgroup_id) {
         return true;
     }
     // Level 0 is the root, which no filter selects.
@@ -90,13 +94,26 @@ fn in_selected_tree(cgroup_id: u64) -> bool {
         if ancestor == 0 || ancestor == cgroup_id {
             return false;
         }
-        // SAFETY: as above.
-        if unsafe { SELECTED_CGROUPS.get(&ancestor) }.is_some() {
+        if is_selected_cgroup(key, ancestor) {
             return true;
         }
         level += 1;
     }
     false
+}
+
+/// Whether `SELECTED_CGROUPS` holds `id`, looked up through the per-CPU
+/// `key` slot. Only a process-context send gets here (receives and TCP's
+/// softirq sends use the socket's recorded owner), so no program on this
+/// CPU writes the slot between our write and our lookup.
+#[inline(always)]
+fn is_selected_cgroup(key: *mut u64, id: u64) -> bool {
+    // SAFETY: `key` points to this CPU's slot of TREE_KEY, valid while the
+    // program runs.
+    unsafe { *key = id };
+    // SAFETY: the key points to map memory of the key's size; the value is
+    // a plain u8 that the map keeps alive for the call.
+    unsafe { SELECTED_CGROUPS.get(&*key) }.is_some()
 }
 
 /// The sending task as the socket's owner: the recorded owner while the

@@ -179,6 +179,9 @@ impl Wire {
         let mut wire = Wire::default();
         let mut asked: Vec<(&str, &str, u64, SocketAddr)> = Vec::new();
         let mut answered: Vec<(&str, &str)> = Vec::new();
+        // Asked and not answered since: a program that looks a name up
+        // three times asks it again after an answer, as a new lookup.
+        let mut unanswered: Vec<(&str, &str)> = Vec::new();
         for m in mine {
             let (Some(qname), Some(qtype)) = (m.qname.as_deref(), m.qtype.as_deref()) else {
                 wire.heard_shaping |= m.remote == shaping && m.qr == Some(true);
@@ -191,15 +194,19 @@ impl Wire {
                     (n, t) == (qname, qtype) && (socket == m.socket_cookie) == (server == m.remote)
                 });
                 // musl's copy to its other server leaves the same socket.
-                wire.gave_up_waiting |= !answered.contains(&(qname, qtype))
+                wire.gave_up_waiting |= unanswered.contains(&(qname, qtype))
                     && asked.iter().any(|&(n, t, socket, server)| {
                         (n, t) == (qname, qtype)
                             && !(socket == m.socket_cookie && server != m.remote)
                     });
                 asked.push((qname, qtype, m.socket_cookie, m.remote));
+                if !unanswered.contains(&(qname, qtype)) {
+                    unanswered.push((qname, qtype));
+                }
                 continue;
             }
             wire.heard_shaping |= m.remote == shaping;
+            unanswered.retain(|&question| question != (qname, qtype));
             if !answered.contains(&(qname, qtype)) {
                 answered.push((qname, qtype));
                 wire.shaping_first |= m.remote == shaping;

@@ -3,6 +3,7 @@
 mod bench;
 mod command;
 mod demo;
+mod fuzz;
 mod image;
 mod run;
 mod setup;
@@ -37,6 +38,9 @@ enum Task {
     /// Reproduce the case behind dnstrace (a cache's answers without AA
     /// thrown away by a Go client) in namespaces, and show dnstrace naming it.
     Demo,
+    /// Fuzz the decoder, the analyze readers, TCP framing and correlation
+    /// with cargo-fuzz and the pinned nightly (docs/fuzzing.md).
+    Fuzz(fuzz::Options),
     /// Build the OCI image (the static binary, from scratch) with buildah,
     /// tagged dnstrace:VERSION, and write it as an OCI archive under target/.
     Image(image::Options),
@@ -53,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(options) => bench::run(&options),
         Task::BenchFlood(options) => bench::flood(&options),
         Task::Demo => demo::run(),
+        Task::Fuzz(options) => fuzz::run(&options),
         Task::Image(options) => image::run(&options).map(drop),
         Task::Vm(options) => vm::run(&options).map(drop),
     }

@@ -4,9 +4,9 @@
 //! Nothing here needs privileges or touches /proc.
 
 mod dissect;
-mod dnstap;
-mod jsonl;
-mod packets;
+pub mod dnstap;
+pub mod jsonl;
+pub mod packets;
 
 use std::{
     fmt,

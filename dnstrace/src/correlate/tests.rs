@@ -664,6 +664,26 @@ fn open_lookups_stay_within_the_budget_and_evictions_are_counted() {
     );
 }
 
+#[test]
+fn a_busy_process_in_a_file_from_the_far_future_is_correlated_without_overflow() {
+    // The correlate fuzz target (docs/fuzzing.md) found an overflow near
+    // u64::MAX, which any file can give; times there must still add up.
+    let mut s = Scenario::new();
+    let start = u64::MAX - 1_000 * MS;
+    for n in 0..2_100u64 {
+        s.query(
+            Socket::new(16, n % 8, server(1)),
+            n as u16,
+            "load.test.",
+            A,
+            start + n * 1_000,
+        );
+    }
+    let open = s.correlator.open_lookups();
+    assert!(open > 0 && open <= 512, "{open} open lookups");
+    s.correlator.advance(u64::MAX, &mut s.out);
+}
+
 /// The kernel's counts, as a test sets them.
 struct Counts(Option<u64>);
 

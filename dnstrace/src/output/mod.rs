@@ -322,7 +322,8 @@ impl ProcessReport {
         }
         self.queries += lookup.queries() as u64;
         self.wasted_queries += lookup.wasted_queries() as u64;
-        self.total_ns += lookup.total_ns();
+        // A file can put a lookup's messages centuries apart.
+        self.total_ns = self.total_ns.saturating_add(lookup.total_ns());
     }
 }
 
@@ -503,6 +504,31 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn lookups_lasting_centuries_add_up_without_overflow() {
+        // Found by the correlate fuzz target (docs/fuzzing.md): a file's
+        // times can put a lookup's first and last messages u64::MAX apart.
+        let client = Client {
+            id: crate::message::ClientId::Pid(1),
+            comm: None,
+            facts: None,
+        };
+        let lookup = Lookup {
+            client: client.clone(),
+            name: "x".into(),
+            context: Default::default(),
+            attempts: Vec::new(),
+            first_monotonic_ns: 0,
+            first_wall_time_ns: 0,
+            last_monotonic_ns: u64::MAX,
+            incomplete: false,
+        };
+        let mut report = ProcessReport::new(client);
+        report.add(&lookup);
+        report.add(&lookup);
+        assert_eq!((report.lookups, report.total_ns), (2, u64::MAX));
     }
 
     #[test]
