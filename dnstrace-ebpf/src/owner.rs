@@ -63,8 +63,9 @@ fn read_comm(comm: &mut Comm) {
     unsafe { bpf_get_current_comm(comm.0.as_mut_ptr().cast(), COMM_LEN as u32) };
 }
 
-/// Not inlined, nor is the ancestor walk in it: their own frame adds the
-/// least to the egress program's (512 bytes for both together).
+/// Whether the filters select `owner`. Not inlined, nor is the ancestor
+/// walk in it: a frame of their own adds the least to the egress program's
+/// (512 bytes for both together).
 #[inline(never)]
 fn is_selected(config: &CaptureConfig, owner: &SocketOwner) -> bool {
     let by_pid = config.filters & FILTER_PID != 0

@@ -443,6 +443,13 @@ fn interrupt(child: Child) -> anyhow::Result<(f64, ExitStatus)> {
     let pid = i32::try_from(child.id())?;
     // SAFETY: signalling our own child, which has not been reaped yet.
     unsafe { libc::kill(pid, libc::SIGINT) };
+    reap(child).context("waiting for the tracer")
+}
+
+/// Waits for `child`; its CPU seconds over its whole life (all threads)
+/// and its status.
+fn reap(child: Child) -> std::io::Result<(f64, ExitStatus)> {
+    let pid = i32::try_from(child.id()).map_err(std::io::Error::other)?;
     let mut status = 0;
     // SAFETY: an all-zero rusage is valid; wait4 fills it and the status.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -450,7 +457,7 @@ fn interrupt(child: Child) -> anyhow::Result<(f64, ExitStatus)> {
     // is not waited for again (dropping a Child does not wait).
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     if reaped != pid {
-        return Err(std::io::Error::last_os_error()).context("waiting for the tracer");
+        return Err(std::io::Error::last_os_error());
     }
     Ok((rusage_seconds(&usage), ExitStatus::from_raw(status)))
 }

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{Tracer, World, report::median, rusage_seconds};
+use super::{Tracer, World, reap, report::median};
 
 /// Queries in the recorded trace: dnsperf goes through its four-line input
 /// this many times.
@@ -85,22 +85,13 @@ fn analyze_cpu_seconds(agent: &Path, trace: &Path) -> anyhow::Result<f64> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting dnstrace analyze")?;
-    let pid = i32::try_from(child.id())?;
     let mut stderr = child.stderr.take().context("analyze stderr")?;
     let mut errors = Vec::new();
     std::io::copy(&mut stderr, &mut errors)?;
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it and the status.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child, writing into locals we own; `child`
-    // is not waited for again (dropping a Child does not wait).
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if reaped != pid {
-        return Err(std::io::Error::last_os_error()).context("waiting for dnstrace analyze");
-    }
-    if status != 0 {
+    let (cpu_s, status) = reap(child).context("waiting for dnstrace analyze")?;
+    if !status.success() {
         std::io::stderr().write_all(&errors)?;
-        bail!("dnstrace analyze exited with status {status}");
+        bail!("dnstrace analyze exited with {status}");
     }
-    Ok(rusage_seconds(&usage))
+    Ok(cpu_s)
 }
