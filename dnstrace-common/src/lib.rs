@@ -81,6 +81,9 @@ pub const FAMILY_V6: u8 = 6;
 pub enum Hook {
     CgroupSkbEgress = 0,
     CgroupSkbIngress = 1,
+    /// A packet the kernel dropped (`skb:kfree_skb`): the record is a
+    /// [`DropHeader`] and its payload.
+    KfreeSkb = 2,
 }
 
 /// Per client UDP socket, how many DNS responses arrived and how many the
@@ -137,6 +140,64 @@ pub struct EventHeader {
     pub hook: u8,
     pub flags: u8,
     pub _padding: [u8; 3],
+}
+
+/// Bytes of a dropped DNS message copied: the header and the question
+/// (at most 12 + 255 + 4 bytes) fit. A power of two, for the verifier.
+pub const DROP_PAYLOAD: usize = 512;
+
+/// A DNS packet the kernel dropped: the fields of a message (with `hook`
+/// [`Hook::KfreeSkb`]; local and remote seen from the client, the side
+/// whose port is not a DNS port), then the drop's own; `captured_len`
+/// payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DropHeader {
+    pub event: EventHeader,
+    /// The kernel address that freed the packet (the tracepoint's
+    /// `location`).
+    pub location: u64,
+    /// The kernel's `enum skb_drop_reason` value.
+    pub reason: u32,
+    /// Inode of the network namespace the packet was dropped in (of its
+    /// socket, else of its device); 0 when neither is known.
+    pub netns_inode: u32,
+}
+
+/// Offsets into the kernel's structs for the drop program, looked up in
+/// the running kernel's BTF at load time: they differ between kernels,
+/// and aya's Rust programs have no CO-RE relocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropConfig {
+    /// `sk_buff.head`.
+    pub skb_head: u32,
+    /// Start of 8 bytes of `sk_buff` holding `protocol` and
+    /// `network_header`, read at once; each field's place in them, in
+    /// bits from the low end.
+    pub skb_headers: u32,
+    pub protocol_shift: u32,
+    pub network_shift: u32,
+    /// `sk_buff.tail`: where the linear data ends, from `head`.
+    pub skb_tail: u32,
+    pub skb_sk: u32,
+    pub skb_dev: u32,
+    /// `sock_common.skc_cookie` and `.skc_net`, which request and
+    /// time-wait sockets share with full ones.
+    pub sock_cookie: u32,
+    pub sock_net: u32,
+    /// `net_device.nd_net`.
+    pub dev_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+    /// `SKB_CONSUMED`, a packet freed after use rather than dropped (the
+    /// kernels that have it send it to another tracepoint; u32::MAX when
+    /// absent).
+    pub consumed_reason: u32,
+    /// 1 when the tracepoint passes the receiving socket (`rx_sk`, 6.13
+    /// and later) as a fourth argument.
+    pub has_rx_sk: u32,
+    pub _padding: u32,
 }
 
 /// Who owns a socket: recorded when the socket sends, looked up when it
@@ -287,6 +348,10 @@ pub mod names {
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
     pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";
     pub const RESPONSES: &str = "RESPONSES";
+    pub const DROP_CONFIG: &str = "DROP_CONFIG";
+    pub const KFREE_SKB: &str = "dns_kfree_skb";
+    /// The kernel tracepoint the drop program attaches to.
+    pub const KFREE_SKB_TRACEPOINT: &str = "kfree_skb";
     pub const SKB_EGRESS: &str = "dns_skb_egress";
     pub const SKB_INGRESS: &str = "dns_skb_ingress";
     pub const CONNECT4: &str = "dns_connect4";
@@ -309,4 +374,6 @@ mod user {
     unsafe impl aya::Pod for super::CaptureConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ReadCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropConfig {}
 }

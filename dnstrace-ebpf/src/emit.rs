@@ -66,8 +66,33 @@ pub fn message(
     unsafe { write_volatile(nesting, level) };
 }
 
+/// The process fields of a record, from the socket's owner when known.
 #[inline(always)]
-fn count_lost() {
+pub fn set_owner(header: &mut EventHeader, owner: Option<&SocketOwner>, flags: u8) {
+    match owner {
+        Some(owner) => {
+            header.pid = owner.pid;
+            header.tid = owner.tid;
+            header.uid = owner.uid;
+            header.cgroup_id = owner.cgroup_id;
+            header.netns_cookie = owner.netns_cookie;
+            header.comm = owner.comm;
+            header.flags = flags;
+        }
+        None => {
+            header.pid = 0;
+            header.tid = 0;
+            header.uid = 0;
+            header.cgroup_id = 0;
+            header.netns_cookie = 0;
+            header.comm = Comm([0; COMM_LEN]);
+            header.flags = 0;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_lost() {
     if let Some(lost) = LOST.get_ptr_mut(0) {
         // SAFETY: this CPU's own counter, a live map value.
         unsafe { add(lost, 1) };
@@ -119,26 +144,7 @@ fn build_and_send(
     header.remote_addr = *remote;
     header.local_port = local_port;
     header.remote_port = remote_port;
-    match &owner {
-        Some(owner) => {
-            header.pid = owner.pid;
-            header.tid = owner.tid;
-            header.uid = owner.uid;
-            header.cgroup_id = owner.cgroup_id;
-            header.netns_cookie = owner.netns_cookie;
-            header.comm = owner.comm;
-            header.flags = owner_flags;
-        }
-        None => {
-            header.pid = 0;
-            header.tid = 0;
-            header.uid = 0;
-            header.cgroup_id = 0;
-            header.netns_cookie = 0;
-            header.comm = Comm([0; COMM_LEN]);
-            header.flags = 0;
-        }
-    }
+    set_owner(header, owner.as_ref(), owner_flags);
 
     // The copy is never longer than what the skb holds past the header.
     let in_skb = ctx.len().saturating_sub(datagram.payload_offset);

@@ -6,11 +6,33 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use dnstrace_common::{
-    CaptureConfig, EventHeader, MAX_PAYLOAD, MAX_SELECTED_CGROUPS, ReadCounts, SocketOwner,
+    CaptureConfig, DROP_PAYLOAD, DropConfig, DropHeader, EventHeader, MAX_PAYLOAD,
+    MAX_SELECTED_CGROUPS, ReadCounts, SocketOwner,
 };
 
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<CaptureConfig> = Global::new(CaptureConfig::default_dns());
+
+/// Kernel struct offsets for the drop program, from the running kernel's
+/// BTF (see `drop`).
+#[unsafe(no_mangle)]
+pub static DROP_CONFIG: Global<DropConfig> = Global::new(DropConfig {
+    skb_head: 0,
+    skb_headers: 0,
+    protocol_shift: 0,
+    network_shift: 0,
+    skb_tail: 0,
+    skb_sk: 0,
+    skb_dev: 0,
+    sock_cookie: 0,
+    sock_net: 0,
+    dev_net: 0,
+    net_inum: 0,
+    // Not zero, so the global lands in read-only data with the rest.
+    consumed_reason: u32::MAX,
+    has_rx_sk: 0,
+    _padding: 0,
+});
 
 /// See `dnstrace_common::names::TCP_MESSAGES_PER_SEGMENT`.
 #[unsafe(no_mangle)]
@@ -95,6 +117,17 @@ pub static SCRATCH: PerCpuArray<EventBuffer> = PerCpuArray::with_max_entries(SCR
 
 /// Process context, and a softirq interrupting it.
 pub const SCRATCH_LEVELS: u32 = 2;
+
+/// A drop record under construction. One per CPU is enough: a tracing
+/// program never interrupts itself (the kernel skips the nested run).
+#[repr(C)]
+pub struct DropBuffer {
+    pub header: DropHeader,
+    pub payload: [u8; DROP_PAYLOAD],
+}
+
+#[map]
+pub static DROP_SCRATCH: PerCpuArray<DropBuffer> = PerCpuArray::with_max_entries(1, 0);
 
 /// How many programs on this CPU are building a record now: the next one
 /// takes the slot at that level. Plain loads and stores are enough: a

@@ -9,7 +9,10 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, KernelReadCounts, RecordDecoder, ThreadNames, parse_record},
+    capture::{
+        Capture, ConntrackCounters, DropNames, KernelReadCounts, RecordDecoder, ThreadNames,
+        is_drop, parse_drop, parse_record,
+    },
     clock::{WallClock, monotonic_now_ns},
     correlate::reads::ReadCounter,
     endpoints::Health,
@@ -41,6 +44,9 @@ impl ReadCounter for KernelReadCounts {
 struct Stages {
     decoder: RecordDecoder,
     enricher: Enricher,
+    /// Names for drop records; `None` when drops are not watched.
+    drop_names: Option<DropNames>,
+    conntrack: ConntrackCounters,
     shedding: Shedding,
 }
 
@@ -64,6 +70,9 @@ impl Stages {
             }
             None => {}
         }
+        if is_drop(bytes) {
+            return self.drop_record(bytes, pipeline);
+        }
         let Some(raw) = parse_record(bytes) else {
             pipeline.summary.malformed_records += 1;
             return;
@@ -74,6 +83,25 @@ impl Stages {
             .admit(message, netns_cookie, &mut |m: Message| {
                 pipeline.message(&m)
             });
+    }
+
+    /// A drop record: decoded, given what is known now of its process (a
+    /// drop is not held for facts, as messages are), into the pipeline.
+    fn drop_record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
+        let (Some(raw), Some(names)) = (parse_drop(bytes), self.drop_names.as_ref()) else {
+            pipeline.summary.malformed_records += 1;
+            return;
+        };
+        let mut dropped = self.decoder.dropped(&raw, names);
+        self.enricher
+            .known_now(&mut dropped.message, raw.header.event.netns_cookie);
+        if dropped.reason == "NETFILTER_DROP"
+            && let Some(netns) = dropped.netns
+        {
+            let pid = dropped.message.envelope.process.as_ref().map(|p| p.pid);
+            dropped.conntrack = self.conntrack.change(netns, pid);
+        }
+        pipeline.dropped(dropped);
     }
 
     /// Drains the ring, then lets through what enrichment released.
@@ -117,6 +145,8 @@ pub async fn run(
             keep_payloads: pipeline.needs_payloads(),
         },
         enricher,
+        drop_names: capture.take_drop_names().ok(),
+        conntrack: ConntrackCounters::at_start(),
         shedding: Shedding::new(capture.ring_bytes()),
     };
     let mut losses = Losses::default();

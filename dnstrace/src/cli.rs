@@ -240,6 +240,8 @@ pub enum JsonKind {
     Lookup,
     Diagnosis,
     Summary,
+    /// DNS packets the kernel dropped.
+    Drop,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

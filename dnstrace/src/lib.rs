@@ -16,6 +16,7 @@ mod correlate;
 mod decode;
 mod diagnose;
 mod dnstap;
+mod drop_owners;
 mod endpoints;
 mod enrich;
 mod failure;
@@ -140,6 +141,18 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
         for (backend, reason) in &capture.passed_over {
             eprintln!("dnstrace: backend {} passed over: {reason}", backend.name());
         }
+        let watch_drops = match capture.drops_watched() {
+            Ok(()) => {
+                eprintln!(
+                    "dnstrace: kernel drops of DNS packets watched (tracepoint skb:kfree_skb)"
+                );
+                true
+            }
+            Err(reason) => {
+                eprintln!("dnstrace: kernel drops of DNS packets not watched: {reason}");
+                false
+            }
+        };
         let pipeline = match capture.take_read_counts() {
             Ok(counts) => {
                 eprintln!(
@@ -151,6 +164,10 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
                 eprintln!("dnstrace: reads of responses not tracked: {reason}");
                 Pipeline::new(outputs)
             }
+        };
+        let pipeline = match watch_drops {
+            true => pipeline.watching_drops(),
+            false => pipeline,
         };
         let summary = agent::run(
             capture,

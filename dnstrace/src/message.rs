@@ -246,6 +246,33 @@ impl Message {
     }
 }
 
+/// A DNS packet the kernel dropped (`skb:kfree_skb`).
+#[derive(Clone, Debug)]
+pub struct Dropped {
+    /// The packet as a message: its process, addresses and DNS, with
+    /// `direction` seen from the client (send: a query on its way out).
+    pub message: Message,
+    /// The kernel's name for the reason, such as `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that dropped it, such as `nf_hook_slow+0x8d`.
+    pub location: String,
+    /// Inode of the network namespace it was dropped in.
+    pub netns: Option<u64>,
+    /// For a netfilter drop: how conntrack's failure counters in that
+    /// namespace moved since dnstrace started (or first looked there).
+    pub conntrack: Option<ConntrackChange>,
+}
+
+/// Growth of conntrack's `insert_failed` and `drop` counters
+/// (/proc/net/stat/nf_conntrack, summed over CPUs): when they grow with a
+/// netfilter drop, conntrack failed to confirm the packet's entry, the race
+/// between two packets of one new UDP flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackChange {
+    pub insert_failed: u64,
+    pub drop: u64,
+}
+
 /// Everything about a message but its bytes: where and when it was seen.
 #[derive(Clone, Debug)]
 pub struct Envelope {

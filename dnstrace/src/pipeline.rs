@@ -13,8 +13,9 @@ use crate::{
         reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
+    drop_owners::QueryOwners,
     gaps::{Gaps, STRAY_LOOKBACK_NS},
-    message::{ClientId, Message},
+    message::{ClientId, Dropped, Message},
     output::{AgentState, Output, ProcessReport, Summary},
 };
 
@@ -36,6 +37,16 @@ pub struct Pipeline {
     read_counts: Option<Box<dyn ReadCounter>>,
     /// The latest time seen, CLOCK_MONOTONIC ns: a message's, or `advance`'s.
     now_ns: u64,
+    /// Whether the kernel's drops are watched, so queries' senders are
+    /// remembered for them.
+    watch_drops: bool,
+    query_owners: QueryOwners,
+    /// Drops with no owner yet, oldest first: the query that names it may
+    /// still wait for its process's facts in the enrich stage.
+    orphan_drops: VecDeque<Dropped>,
+    /// Dropped responses whose attempt is not open yet, for the same
+    /// reason; their records are written already.
+    unlinked_drops: VecDeque<Dropped>,
     /// When messages may be missing: lookups and strays that meet a gap
     /// are not judged.
     gaps: Gaps,
@@ -49,6 +60,11 @@ pub struct Pipeline {
     losses_known_until: u64,
 }
 
+/// How long a drop waits for its query to name its owner (the enrich
+/// stage's longest hold), and how many wait.
+const ORPHAN_WAIT_NS: u64 = crate::enrich::HOLD_NS;
+const MAX_ORPHAN_DROPS: usize = 1024;
+
 impl Pipeline {
     pub fn new(outputs: Vec<Box<dyn Output>>) -> Self {
         Self {
@@ -61,6 +77,10 @@ impl Pipeline {
             correlated: Vec::new(),
             read_counts: None,
             now_ns: 0,
+            watch_drops: false,
+            query_owners: QueryOwners::default(),
+            orphan_drops: VecDeque::new(),
+            unlinked_drops: VecDeque::new(),
             gaps: Gaps::default(),
             shedding: false,
             held_strays: Some(VecDeque::new()),
@@ -84,6 +104,13 @@ impl Pipeline {
         self
     }
 
+    /// Drops will come: remember who sent each query, to attribute the
+    /// drops the kernel could not.
+    pub fn watching_drops(mut self) -> Self {
+        self.watch_drops = true;
+        self
+    }
+
     /// Whether any output writes payloads, so decoding must keep them.
     pub fn needs_payloads(&self) -> bool {
         self.outputs.iter().any(|output| output.needs_payload())
@@ -96,6 +123,11 @@ impl Pipeline {
             self.summary.undecodable += 1;
         }
         self.each_output(|output| output.message(message));
+        if self.watch_drops {
+            self.query_owners.message(message);
+            self.adopt_orphan_drops();
+            self.link_drops(|_| false);
+        }
         if self.shedding {
             self.summary.shed += 1;
             self.gaps.extend_open(message.envelope.monotonic_ns);
@@ -105,6 +137,80 @@ impl Pipeline {
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+    }
+
+    /// A DNS packet the kernel dropped: counted, to every output, and
+    /// linked to the attempt it belongs to. One with no owner yet waits a
+    /// little for the query that names it.
+    pub fn dropped(&mut self, mut dropped: Dropped) {
+        self.now_ns = self.now_ns.max(dropped.message.envelope.monotonic_ns);
+        self.summary.count_drop(&dropped.reason);
+        self.query_owners.attribute(&mut dropped);
+        if dropped.message.envelope.process.is_none() && self.orphan_drops.len() < MAX_ORPHAN_DROPS
+        {
+            self.orphan_drops.push_back(dropped);
+            return;
+        }
+        self.pass_drop(&dropped);
+    }
+
+    fn pass_drop(&mut self, dropped: &Dropped) {
+        self.each_output(|output| output.dropped(dropped));
+        // Behind, a drop is not linked, as a message is not correlated:
+        // the lookup it belongs to is reported incomplete.
+        if self.shedding {
+            self.gaps.extend_open(dropped.message.envelope.monotonic_ns);
+            return;
+        }
+        let mut correlated = std::mem::take(&mut self.correlated);
+        let linked = self.correlator.dropped(dropped, &mut correlated);
+        self.handle(&mut correlated);
+        self.correlated = correlated;
+        if !linked && self.unlinked_drops.len() < MAX_ORPHAN_DROPS {
+            self.unlinked_drops.push_back(dropped.clone());
+        }
+    }
+
+    /// Tries again to link the drops whose attempt was not open; those
+    /// `expired` are given up.
+    fn link_drops(&mut self, expired: impl Fn(&Dropped) -> bool) {
+        let mut correlated = std::mem::take(&mut self.correlated);
+        for _ in 0..self.unlinked_drops.len() {
+            let Some(dropped) = self.unlinked_drops.pop_front() else {
+                break;
+            };
+            if !self.correlator.dropped(&dropped, &mut correlated) && !expired(&dropped) {
+                self.unlinked_drops.push_back(dropped);
+            }
+        }
+        self.handle(&mut correlated);
+        self.correlated = correlated;
+    }
+
+    /// Passes on the waiting drops a query now names.
+    fn adopt_orphan_drops(&mut self) {
+        for _ in 0..self.orphan_drops.len() {
+            let Some(mut dropped) = self.orphan_drops.pop_front() else {
+                break;
+            };
+            self.query_owners.attribute(&mut dropped);
+            if dropped.message.envelope.process.is_some() {
+                self.pass_drop(&dropped);
+            } else {
+                self.orphan_drops.push_back(dropped);
+            }
+        }
+    }
+
+    /// Passes on, without an owner, the drops that waited long enough (or
+    /// all of them, at exit).
+    fn release_orphan_drops(&mut self, now: u64) {
+        while let Some(oldest) = self.orphan_drops.front()
+            && now.saturating_sub(oldest.message.envelope.monotonic_ns) >= ORPHAN_WAIT_NS
+        {
+            let dropped = self.orphan_drops.pop_front().expect("checked");
+            self.pass_drop(&dropped);
+        }
     }
 
     /// The agent fell behind (`on`) or caught up: while behind, messages
@@ -147,6 +253,10 @@ impl Pipeline {
     /// is CLOCK_MONOTONIC nanoseconds, as message timestamps are.
     pub fn advance(&mut self, now: u64) {
         self.now_ns = self.now_ns.max(now);
+        self.release_orphan_drops(now);
+        self.link_drops(|dropped| {
+            now.saturating_sub(dropped.message.envelope.monotonic_ns) >= ORPHAN_WAIT_NS
+        });
         let mut correlated = std::mem::take(&mut self.correlated);
         self.correlator.advance(now, &mut correlated);
         self.handle(&mut correlated);
@@ -235,6 +345,7 @@ impl Pipeline {
 
     /// Reports every open lookup as it stands, then the summary.
     pub fn finish(&mut self) {
+        self.release_orphan_drops(u64::MAX);
         let mut correlated = std::mem::take(&mut self.correlated);
         self.gaps.close();
         self.correlator.finish(&mut correlated);
@@ -305,7 +416,7 @@ mod tests {
     use crate::{
         correlate::tests::{NXDOMAIN, Socket, message, server},
         diagnose::Cause,
-        message::Direction,
+        message::{Direction, Dropped},
     };
 
     const MS: u64 = 1_000_000;
@@ -400,5 +511,46 @@ mod tests {
         pipeline.advance(30 * SECOND);
         assert_eq!(pipeline.summary.incomplete_lookups, 1);
         assert!(pipeline.diagnoser.all().is_empty());
+    }
+
+    #[test]
+    fn a_drop_met_while_behind_is_counted_but_not_blamed() {
+        let mut pipeline = Pipeline::new(Vec::new()).watching_drops();
+        let socket = Socket::new(7, 1, server(1));
+        pipeline.message(&message(
+            Direction::Send,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND,
+            None,
+        ));
+        pipeline.set_shedding(true);
+        let response = message(
+            Direction::Recv,
+            socket,
+            1,
+            "db.test.",
+            1,
+            SECOND + MS,
+            Some(NXDOMAIN),
+        );
+        pipeline.dropped(Dropped {
+            message: response,
+            reason: "SOCKET_RCVBUFF".into(),
+            location: "somewhere+0x1".into(),
+            netns: Some(1),
+            conntrack: None,
+        });
+        pipeline.set_shedding(false);
+        pipeline.losses_read(2 * SECOND, None);
+        pipeline.advance(30 * SECOND);
+        assert_eq!(pipeline.summary.drops, 1);
+        assert_eq!(pipeline.summary.incomplete_lookups, 1);
+        assert!(
+            pipeline.diagnoser.all().is_empty(),
+            "neither kernel_drop nor timeout: the lookup was not followed"
+        );
     }
 }

@@ -292,6 +292,11 @@ pub struct Attempt {
     pub response_authority: Option<u16>,
     pub response_additional: Option<u16>,
     pub response_read: Option<bool>,
+    /// `query` or `response`: which the kernel dropped.
+    #[serde(default)]
+    pub dropped: Option<String>,
+    #[serde(default)]
+    pub drop_reason: Option<String>,
 }
 
 /// One `"kind":"lookup"` line: every attempt one process made for one name.
@@ -356,8 +361,26 @@ pub struct Shape {
     pub additional: u16,
 }
 
+/// One `"kind":"drop"` line: a DNS packet the kernel dropped.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Drop {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub socket_cookie: u64,
+    pub direction: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub id: Option<u16>,
+    pub qr: Option<bool>,
+    pub qname: Option<String>,
+    pub qtype: Option<String>,
+    pub reason: String,
+    pub location: String,
+    pub drop_netns: Option<u64>,
+}
+
 /// The last line.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 pub struct Summary {
     pub messages: u64,
     pub lost: u64,
@@ -365,6 +388,11 @@ pub struct Summary {
     /// `dnstrace analyze`: damaged input records skipped.
     #[serde(default)]
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped, and per reason.
+    #[serde(default)]
+    pub drops: u64,
+    #[serde(default)]
+    pub drops_by_reason: BTreeMap<String, u64>,
 }
 
 /// Everything one tracer run wrote.
@@ -375,6 +403,8 @@ pub struct Trace {
     pub lookups: Vec<TracedLookup>,
     /// Every diagnosis line; see [`Trace::diagnoses_of`] for the totals.
     pub diagnoses: Vec<Diagnosis>,
+    /// DNS packets the kernel dropped.
+    pub drops: Vec<Drop>,
     pub summary: Summary,
     /// Each line as plain JSON, for checks on the schema itself.
     pub lines: Vec<serde_json::Value>,
@@ -403,6 +433,7 @@ impl Trace {
             attempts: Vec::new(),
             lookups: Vec::new(),
             diagnoses: Vec::new(),
+            drops: Vec::new(),
             summary,
             lines: Vec::new(),
             stderr,
@@ -413,6 +444,7 @@ impl Trace {
                 Some("attempt") => trace.attempts.push(typed(line)),
                 Some("lookup") => trace.lookups.push(typed(line)),
                 Some("diagnosis") => trace.diagnoses.push(typed(line)),
+                Some("drop") => trace.drops.push(typed(line)),
                 _ => panic!("unknown kind of line, or a summary before the last line: {line}"),
             }
         }

@@ -50,12 +50,14 @@ const MESSAGE_FIELDS: [&str; 29] = [
 /// Null even in a complete message: no EDNS, or nothing wrong.
 /// (A host process is in no container and no pod.)
 const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
-const SUMMARY_FIELDS: [&str; 8] = [
+const SUMMARY_FIELDS: [&str; 10] = [
     "kind",
     "messages",
     "lost",
     "undecodable",
     "skipped_records",
+    "drops",
+    "drops_by_reason",
     "evicted_lookups",
     "shed",
     "incomplete_lookups",

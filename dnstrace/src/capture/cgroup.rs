@@ -21,7 +21,9 @@ use aya::{
 use dnstrace_common::{MAX_TCP_MESSAGES_PER_SEGMENT, SocketOwner, names};
 
 use super::{
-    Backend, CaptureRequest, PROBES, existing_sockets,
+    Backend, CaptureRequest, PROBES,
+    drops::{self, DropSupport},
+    existing_sockets,
     reads::{self, KernelReadCounts},
 };
 
@@ -30,6 +32,8 @@ pub struct Attached {
     pub ebpf: Ebpf,
     /// The read counts, or why there are none.
     pub read_counts: Result<KernelReadCounts, String>,
+    /// Whether the drop program is attached, or why not.
+    pub drops: Result<(), String>,
     /// Network namespace cookies and their inodes, as found at start.
     pub namespaces: HashMap<u64, u64>,
 }
@@ -44,6 +48,7 @@ pub fn attach(
     request: &CaptureRequest,
     cgroup_root: &Path,
     read_support: &Result<Btf, String>,
+    drop_support: &Result<DropSupport, String>,
 ) -> Result<Attached, String> {
     let mut config = request.config;
     config.skb_task_helpers = u32::from(backend == Backend::CgroupSkb);
@@ -54,14 +59,19 @@ pub fn attach(
         Backend::CgroupSkb => MAX_TCP_MESSAGES_PER_SEGMENT,
         Backend::CgroupSockaddr => 1,
     };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .override_global(names::CONFIG, &config, true)
         .override_global(
             names::TCP_MESSAGES_PER_SEGMENT,
             &tcp_messages_per_segment,
             true,
         )
-        .map_max_entries(names::EVENTS, request.ring_buffer_bytes)
+        .map_max_entries(names::EVENTS, request.ring_buffer_bytes);
+    if let Ok(support) = drop_support {
+        loader.override_global(names::DROP_CONFIG, &support.config, true);
+    }
+    let mut ebpf = loader
         .load(PROBES)
         .map_err(|e| format!("loading the probes failed: {e}"))?;
 
@@ -93,6 +103,10 @@ pub fn attach(
 
     let read_counts = match read_support {
         Ok(btf) => reads::attach(&mut ebpf, btf),
+        Err(reason) => Err(reason.clone()),
+    };
+    let drops = match drop_support {
+        Ok(_) => drops::attach(&mut ebpf),
         Err(reason) => Err(reason.clone()),
     };
     let cgroup = File::open(cgroup_root)
@@ -137,6 +151,7 @@ pub fn attach(
     Ok(Attached {
         ebpf,
         read_counts,
+        drops,
         namespaces: existing.namespaces,
     })
 }

@@ -3,6 +3,8 @@
 //! them; `reads.rs` is the read program, beside either.
 
 mod cgroup;
+mod conntrack;
+mod drops;
 mod environment;
 mod existing_sockets;
 mod kernel_log;
@@ -24,9 +26,11 @@ use dnstrace_common::{CaptureConfig, names};
 use tokio::io::unix::AsyncFd;
 
 pub use self::{
+    conntrack::ConntrackCounters,
+    drops::DropNames,
     environment::{cgroup2_root, foreign_pid_namespace, is_cgroup2},
     reads::KernelReadCounts,
-    record::{RecordDecoder, ThreadNames, parse_record},
+    record::{RecordDecoder, ThreadNames, is_drop, parse_drop, parse_record},
 };
 use crate::{cli::BackendChoice, failure::Failure};
 
@@ -90,6 +94,8 @@ pub struct Capture {
     reads: Result<reads::KernelReadCounts, String>,
     /// Network namespace cookies and their inodes, as found at start.
     namespaces: HashMap<u64, u64>,
+    /// Names for the drop program's records, or why drops are not watched.
+    drops: Result<DropNames, String>,
     /// The cgroup v2 hierarchy the programs are attached to, where a
     /// process's cgroup id is looked up.
     pub cgroup_root: PathBuf,
@@ -105,10 +111,14 @@ impl Capture {
             BackendChoice::CgroupSockaddr => &[Backend::CgroupSockaddr],
         };
         let read_support = reads::supported();
+        let drop_support = drops::supported();
         let mut passed_over = Vec::new();
         for &backend in candidates {
-            match cgroup::attach(backend, request, &cgroup_root, &read_support) {
+            match cgroup::attach(backend, request, &cgroup_root, &read_support, &drop_support) {
                 Ok(attached) => {
+                    let drops = attached
+                        .drops
+                        .and(drop_support.map(|support| support.names));
                     return Self::from_ebpf(
                         attached.ebpf,
                         request.ring_buffer_bytes,
@@ -118,6 +128,7 @@ impl Capture {
                     .map(|capture| Self {
                         reads: attached.read_counts,
                         namespaces: attached.namespaces,
+                        drops,
                         cgroup_root,
                         ..capture
                     });
@@ -171,6 +182,7 @@ impl Capture {
             passed_over,
             reads: Err("not attached".into()),
             namespaces: HashMap::new(),
+            drops: Err("not attached".into()),
             cgroup_root: PathBuf::new(),
         })
     }
@@ -179,6 +191,16 @@ impl Capture {
     /// kernel cannot keep them; once.
     pub fn take_read_counts(&mut self) -> Result<reads::KernelReadCounts, String> {
         std::mem::replace(&mut self.reads, Err("already taken".into()))
+    }
+
+    /// Whether the kernel's drops of DNS packets are watched, or why not.
+    pub fn drops_watched(&self) -> Result<(), &str> {
+        self.drops.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// Names for drop records, or why drops are not watched; once.
+    pub fn take_drop_names(&mut self) -> Result<DropNames, String> {
+        std::mem::replace(&mut self.drops, Err("already taken".into()))
     }
 
     /// The map of cgroups the pod filters select, for the watcher that

@@ -8,11 +8,15 @@ use std::{
     sync::Arc,
 };
 
-use dnstrace_common::{EVENT_OWNER_KNOWN, EventHeader, FAMILY_V4, MAX_PAYLOAD, PROTO_TCP};
+use dnstrace_common::{
+    DROP_PAYLOAD, DropHeader, EVENT_OWNER_KNOWN, EventHeader, FAMILY_V4, Hook, MAX_PAYLOAD,
+    PROTO_TCP,
+};
 
+use super::DropNames;
 use crate::{
     clock::WallClock,
-    message::{Direction, Envelope, Facts, Message, Process, Transport},
+    message::{Direction, Dropped, Envelope, Facts, Message, Process, Transport},
 };
 
 /// A record as the kernel wrote it.
@@ -42,6 +46,36 @@ pub fn parse_record(record: &[u8]) -> Option<RawMessage<'_>> {
     })
 }
 
+/// A drop record as the kernel wrote it.
+pub struct RawDrop<'a> {
+    pub header: DropHeader,
+    pub payload: &'a [u8],
+}
+
+/// Whether a record is a drop record rather than a message.
+pub fn is_drop(record: &[u8]) -> bool {
+    let hook = std::mem::offset_of!(EventHeader, hook);
+    record.get(hook) == Some(&(Hook::KfreeSkb as u8))
+}
+
+/// Splits a drop record, as `parse_record` a message.
+pub fn parse_drop(record: &[u8]) -> Option<RawDrop<'_>> {
+    let header_len = size_of::<DropHeader>();
+    if record.len() < header_len {
+        return None;
+    }
+    // SAFETY: as in parse_record, for DropHeader.
+    let header: DropHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let captured = header.event.captured_len as usize;
+    if captured > DROP_PAYLOAD || record.len() < header_len + captured {
+        return None;
+    }
+    Some(RawDrop {
+        header,
+        payload: &record[header_len..header_len + captured],
+    })
+}
+
 /// Turns the kernel's records into messages, keeping what one record
 /// shares with the next: the clock, thread names. The network
 /// namespace and everything else about the process is left to `enrich`.
@@ -58,6 +92,17 @@ impl RecordDecoder {
     /// its length prefix.
     pub fn message(&mut self, raw: &RawMessage<'_>) -> Message {
         let header = &raw.header;
+        let envelope = self.envelope(header);
+        Message::decoded(
+            envelope,
+            raw.payload,
+            header.payload_len,
+            self.keep_payloads,
+        )
+    }
+
+    /// Where, when and by whom a record was sent or received.
+    fn envelope(&mut self, header: &EventHeader) -> Envelope {
         let process = (header.flags & EVENT_OWNER_KNOWN != 0).then(|| Process {
             pid: header.pid,
             tid: header.tid,
@@ -72,7 +117,7 @@ impl RecordDecoder {
         } else {
             Direction::Recv
         };
-        let envelope = Envelope {
+        Envelope {
             wall_time_ns: self.clock.wall_ns(header.timestamp_ns),
             monotonic_ns: header.timestamp_ns,
             process,
@@ -86,13 +131,28 @@ impl RecordDecoder {
             local: socket_addr(header.family, &header.local_addr, header.local_port),
             remote: socket_addr(header.family, &header.remote_addr, header.remote_port),
             response_number: (header.response_number > 0).then_some(header.response_number),
+        }
+    }
+
+    /// A drop record as a dropped message, with its reason and place named.
+    pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &DropNames) -> Dropped {
+        let header = &raw.header.event;
+        let envelope = self.envelope(header);
+        // A TCP segment that starts a message begins with its length.
+        let (payload, size) = match envelope.transport {
+            Transport::Tcp => (
+                raw.payload.get(2..).unwrap_or_default(),
+                header.payload_len.saturating_sub(2),
+            ),
+            Transport::Udp => (raw.payload, header.payload_len),
         };
-        Message::decoded(
-            envelope,
-            raw.payload,
-            header.payload_len,
-            self.keep_payloads,
-        )
+        Dropped {
+            message: Message::decoded(envelope, payload, size, self.keep_payloads),
+            reason: names.reason(raw.header.reason),
+            location: names.location(raw.header.location),
+            netns: (raw.header.netns_inode != 0).then_some(u64::from(raw.header.netns_inode)),
+            conntrack: None,
+        }
     }
 }
 

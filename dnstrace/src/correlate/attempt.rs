@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
     decode::{Flags, HeaderSummary, Question},
-    message::{Client, Pod, Transport},
+    message::{Client, ConntrackChange, Pod, Transport},
 };
 
 /// How an attempt ended.
@@ -183,6 +183,38 @@ pub struct Attempt {
     pub moved_on: bool,
     /// When the response came, or when the process gave up waiting.
     pub ended_monotonic_ns: Option<u64>,
+    /// The kernel dropped the query or its response (`skb:kfree_skb`).
+    pub drop: Option<Box<KernelDrop>>,
+}
+
+/// A packet of an attempt that the kernel dropped, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelDrop {
+    pub packet: DroppedPacket,
+    /// The kernel's drop reason, such as `NETFILTER_DROP`.
+    pub reason: String,
+    /// The kernel function that dropped it, `symbol+0xoffset`.
+    pub location: String,
+    /// From the query's sending to the drop.
+    pub after_ns: u64,
+    /// How conntrack's failure counters moved, for a netfilter drop.
+    pub conntrack: Option<ConntrackChange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DroppedPacket {
+    Query,
+    Response,
+}
+
+impl DroppedPacket {
+    /// The stable name in JSON (docs/json.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Query => "query",
+            Self::Response => "response",
+        }
+    }
 }
 
 impl Attempt {

@@ -10,6 +10,7 @@
 
 pub mod attempt;
 pub mod behaviour;
+mod drops;
 pub mod lookup;
 mod open;
 pub mod reads;
@@ -119,6 +120,15 @@ impl Correlator {
         }
         if message.envelope.process.is_none() && !self.by_address {
             self.unattributed += 1;
+            return;
+        }
+        // A packet the kernel dropped and said so before its socket
+        // program's record came: its attempt has it already.
+        let dropped = match header.is_response {
+            true => self.response_was_dropped(message, header.id),
+            false => self.query_was_dropped(message, header.id),
+        };
+        if dropped {
             return;
         }
         let client = message.client();
@@ -298,6 +308,7 @@ impl Correlator {
                 outcome: Outcome::Pending,
                 moved_on: false,
                 ended_monotonic_ns: None,
+                drop: None,
             });
         });
     }
@@ -723,6 +734,7 @@ fn stray(
         sent_monotonic_ns: None,
         sent_wall_time_ns: None,
         ended_monotonic_ns: Some(response.monotonic_ns),
+        drop: None,
         // Reported as it arrives, before the process could read it.
         response: Some(Response {
             read: ReadState::Unknown,

@@ -32,6 +32,7 @@ struct Summary {
     queries: u64,
     /// Whether some attempt is pending with a response, not moved on from.
     unmoved: bool,
+
     /// `Lookup::is_over`, worked out when first asked after a change.
     over: Cell<Option<bool>>,
 }
@@ -170,6 +171,19 @@ impl Open {
     /// message's socket, with its id.
     pub fn may_have_sent(&self, index: usize, keys: &Keys) -> bool {
         self.summaries[index].queries & keys.query != 0
+    }
+
+    /// The place (lookup, attempt) of the newest attempt that `fits`, of
+    /// the lookups `may` lets through.
+    pub fn newest(
+        &self,
+        may: impl Fn(usize) -> bool,
+        fits: impl Fn(&Attempt) -> bool,
+    ) -> Option<(usize, usize)> {
+        (0..self.len())
+            .rev()
+            .filter(|&index| may(index))
+            .find_map(|index| Some((index, self.lookups[index].attempts.iter().rposition(&fits)?)))
     }
 
     /// Whether the lookup at `index` may have sent from the message's

@@ -1197,6 +1197,130 @@ fn musl_sending_its_copy_after_the_first_answer_came_keeps_one_lookup() {
     assert_eq!(lookups(&out).len(), 1, "{out:#?}");
 }
 
+/// A drop of `message` by the kernel, for `reason`.
+fn dropped(message: Message, reason: &str) -> crate::message::Dropped {
+    crate::message::Dropped {
+        message,
+        reason: reason.into(),
+        location: "somewhere+0x1".into(),
+        netns: Some(1),
+        conntrack: None,
+    }
+}
+
+#[test]
+fn a_query_dropped_on_its_way_out_opens_its_attempt_and_is_kernel_drop_not_timeout() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    // glibc's pair: the A query leaves, the AAAA is dropped before any
+    // socket program saw it.
+    s.query(socket, 0x100, "db.test.", A, 0);
+    let aaaa = message(Direction::Send, socket, 0x101, "db.test.", AAAA, 0, None);
+    s.correlator
+        .dropped(&dropped(aaaa, "NETFILTER_DROP"), &mut s.out);
+    s.answer(socket, 0x100, "db.test.", A, MS, GOOD);
+    let (out, diagnoses) = s.settle(0);
+    let lookups = lookups(&out);
+    let attempts = &lookups[0].attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    let aaaa = attempts.iter().find(|a| a.question.qtype == AAAA).unwrap();
+    let drop = aaaa.drop.as_ref().expect("the AAAA attempt's drop");
+    assert_eq!(drop.packet, super::attempt::DroppedPacket::Query);
+    assert_eq!(aaaa.outcome, Outcome::Timeout);
+    let a = attempts.iter().find(|a| a.question.qtype == A).unwrap();
+    assert_eq!((a.drop.as_ref(), a.outcome), (None, Outcome::Answered));
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+    assert_eq!(diagnoses[0].evidence, [0x101]);
+    assert!(diagnoses[0].explanation.contains("NETFILTER_DROP"));
+}
+
+#[test]
+fn a_response_dropped_at_a_full_buffer_after_its_socket_program_saw_it_was_never_had() {
+    for drop_first in [false, true] {
+        let mut s = Scenario::new();
+        let socket = Socket::new(7, 1, server(1));
+        s.query(socket, 0x100, "db.test.", A, 0);
+        let response = message(
+            Direction::Recv,
+            socket,
+            0x100,
+            "db.test.",
+            A,
+            MS,
+            Some(GOOD),
+        );
+        let drop = dropped(s.enriched(response.clone()), "SOCKET_RCVBUFF");
+        if drop_first {
+            s.correlator.dropped(&drop, &mut s.out);
+            s.correlator.observe(&s.enriched(response), &mut s.out);
+        } else {
+            s.correlator.observe(&s.enriched(response), &mut s.out);
+            s.correlator.dropped(&drop, &mut s.out);
+        }
+        let (out, diagnoses) = s.settle(0);
+        let attempt = &lookups(&out)[0].attempts[0];
+        assert_eq!(attempt.outcome, Outcome::Timeout, "{attempt:#?}");
+        assert_eq!(attempt.response, None);
+        assert_eq!(
+            attempt.drop.as_ref().map(|d| d.packet),
+            Some(super::attempt::DroppedPacket::Response)
+        );
+        assert_eq!(causes(&diagnoses), [Cause::KernelDrop], "{out:#?}");
+        assert!(diagnoses[0].explanation.contains("receive buffer was full"));
+    }
+}
+
+#[test]
+fn a_response_with_no_socket_left_is_a_late_answer_never_read() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    s.query(socket, 4242, "db.test.", A, 0);
+    let response = message(
+        Direction::Recv,
+        socket,
+        4242,
+        "db.test.",
+        A,
+        50 * MS,
+        Some(GOOD),
+    );
+    s.correlator
+        .dropped(&dropped(response, "NO_SOCKET"), &mut s.out);
+    let (out, diagnoses) = s.settle(0);
+    let attempt = &lookups(&out)[0].attempts[0];
+    assert_eq!(attempt.outcome, Outcome::Late);
+    assert_eq!(
+        attempt.response.as_ref().map(|r| r.read),
+        Some(ReadState::Unread)
+    );
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+    assert!(
+        diagnoses[0]
+            .explanation
+            .contains("late answer it never saw")
+    );
+}
+
+#[test]
+fn a_query_seen_after_its_drop_is_the_same_attempt() {
+    let mut s = Scenario::new();
+    let socket = Socket::new(7, 1, server(1));
+    // The query's own record waited for its process's facts; the drop,
+    // further on in the kernel, came first.
+    let aaaa = message(Direction::Send, socket, 0x101, "db.test.", AAAA, 0, None);
+    let mut later = aaaa.clone();
+    later.envelope.monotonic_ns = MS;
+    s.correlator
+        .dropped(&dropped(s.enriched(later), "NETFILTER_DROP"), &mut s.out);
+    s.correlator.observe(&s.enriched(aaaa), &mut s.out);
+    let (out, diagnoses) = s.settle(0);
+    let attempts = &lookups(&out)[0].attempts;
+    assert_eq!(attempts.len(), 1, "{attempts:#?}");
+    assert_eq!(attempts[0].sent_monotonic_ns, Some(0));
+    assert_eq!(attempts[0].drop.as_ref().map(|d| d.after_ns), Some(MS));
+    assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
+}
+
 /// The server's side of an exchange, as a DNS pod's process shows it: the
 /// query it received and the response it sent, on its own address (a
 /// Service's DNAT gave the client another), from the client's address.

@@ -241,6 +241,7 @@ mod tests {
             outcome: Outcome::Rejected(Rejection::AskedAgain),
             moved_on: false,
             ended_monotonic_ns: Some(1),
+            drop: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! find per process, cause and server.
 
 mod answer_rejected;
+mod kernel_drop;
 mod mismatched;
 mod search_expansion;
 mod server_failure;
@@ -33,6 +34,7 @@ pub enum Cause {
     ParallelQueryLoss,
     SearchExpansion,
     MismatchedAnswer,
+    KernelDrop,
 }
 
 impl Cause {
@@ -46,6 +48,7 @@ impl Cause {
             Self::ParallelQueryLoss => "parallel_query_loss",
             Self::SearchExpansion => "search_expansion",
             Self::MismatchedAnswer => "mismatched_answer",
+            Self::KernelDrop => "kernel_drop",
         }
     }
 }
@@ -141,6 +144,7 @@ impl Diagnoser {
         findings.extend(server_failure::check(lookup));
         findings.extend(truncation::check(lookup));
         findings.extend(timeout::check(lookup));
+        findings.extend(kernel_drop::check(lookup));
         findings.extend(search_expansion::check(lookup));
         for finding in &findings {
             let server_pod = lookup

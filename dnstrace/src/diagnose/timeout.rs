@@ -18,7 +18,8 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
     lookup
         .attempts
         .iter()
-        .filter(|a| a.outcome == Outcome::Timeout)
+        // A query or response the kernel dropped is `kernel_drop`'s.
+        .filter(|a| a.outcome == Outcome::Timeout && a.drop.is_none())
         .map(|lost| {
             let waited_ms = lost.latency_ns().unwrap_or(0) / 1_000_000;
             if is_parallel_loss(lookup, lost) {

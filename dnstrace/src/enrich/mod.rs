@@ -303,6 +303,21 @@ impl Enricher {
         );
     }
 
+    /// Gives a message what is known now of its process, without holding
+    /// it or asking: for the kernel's drops of DNS packets, rare and
+    /// mostly of processes whose messages were seen before.
+    pub fn known_now(&mut self, message: &mut Message, netns_cookie: u64) {
+        let Some(process) = &mut message.envelope.process else {
+            return;
+        };
+        process.netns = self.netns_of(netns_cookie);
+        match self.by_pid.get(&process.pid) {
+            Some(Entry::Known { facts, .. }) => process.facts = Arc::clone(facts),
+            Some(Entry::Asked { previous, .. }) => process.facts = Arc::clone(previous),
+            None => {}
+        }
+    }
+
     /// Takes the worker's answers and lets through what they or time
     /// released. Call it often (each pass of the event loop).
     pub fn poll(&mut self, now_ns: u64, next: &mut impl FnMut(Message)) {

@@ -21,7 +21,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Facts, Message, Pod, Process},
+    message::{Client, Dropped, Facts, Message, Pod, Process},
     resolver::Library,
 };
 
@@ -249,6 +249,33 @@ fn write_message(
     let record = MessageRecord::new(message);
     let owner = (message.envelope.process.as_ref()).map(|process| owners.owner(process, &record));
     record.write_json(out, times, owner);
+}
+
+/// A DNS packet the kernel dropped: the fields of a message (with kind
+/// `"drop"`), then why and where.
+#[derive(Serialize)]
+pub struct DropRecord<'a> {
+    #[serde(flatten)]
+    pub message: MessageRecord<'a>,
+    /// The kernel's drop reason, such as `NETFILTER_DROP`.
+    pub reason: &'a str,
+    /// The kernel function that dropped the packet, `symbol+0xoffset`.
+    pub location: &'a str,
+    /// Inode of the network namespace the packet was dropped in.
+    pub drop_netns: Option<u64>,
+}
+
+impl<'a> DropRecord<'a> {
+    pub fn new(dropped: &'a Dropped) -> Self {
+        let mut message = MessageRecord::new(&dropped.message);
+        message.kind = Mnemonic("drop".into());
+        Self {
+            message,
+            reason: &dropped.reason,
+            location: &dropped.location,
+            drop_netns: dropped.netns,
+        }
+    }
 }
 
 /// A container, as `container` fields write it.
@@ -615,6 +642,14 @@ pub struct AttemptRecord<'a> {
     /// Whether the process read the response from its socket; null when
     /// that is not known (see docs/json.md).
     pub response_read: Option<bool>,
+    /// `query` or `response`: which of the two the kernel dropped; null
+    /// when neither (or drops are not watched).
+    pub dropped: Option<&'static str>,
+    /// The kernel's reason and place for that drop.
+    pub drop_reason: Option<&'a str>,
+    pub drop_location: Option<&'a str>,
+    /// From the query's sending to the drop.
+    pub drop_after_us: Option<u64>,
 }
 
 impl<'a> AttemptRecord<'a> {
@@ -645,6 +680,10 @@ impl<'a> AttemptRecord<'a> {
             response_authority: shape.map(|s| s.authority),
             response_additional: shape.map(|s| s.additional),
             response_read: response.and_then(|r| r.read.was_read()),
+            dropped: attempt.drop.as_ref().map(|d| d.packet.name()),
+            drop_reason: attempt.drop.as_ref().map(|d| d.reason.as_str()),
+            drop_location: attempt.drop.as_ref().map(|d| d.location.as_str()),
+            drop_after_us: attempt.drop.as_ref().map(|d| d.after_ns / 1_000),
         }
     }
 }
@@ -778,7 +817,7 @@ fn as_display<S: Serializer>(value: &impl Display, serializer: S) -> Result<S::O
 
 /// The last line of a run.
 #[derive(Serialize)]
-pub struct SummaryRecord {
+pub struct SummaryRecord<'a> {
     /// Always `"summary"`.
     pub kind: &'static str,
     /// Messages captured and written.
@@ -789,6 +828,10 @@ pub struct SummaryRecord {
     pub undecodable: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped (each also a `drop` record).
+    pub drops: u64,
+    /// The same, per drop reason.
+    pub drops_by_reason: &'a std::collections::BTreeMap<String, u64>,
     /// Lookups reported before they settled: the correlator's memory
     /// budget was spent.
     pub evicted_lookups: u64,
@@ -817,6 +860,7 @@ struct Kinds {
     lookup: bool,
     diagnosis: bool,
     summary: bool,
+    drop: bool,
 }
 
 impl Kinds {
@@ -829,6 +873,7 @@ impl Kinds {
             lookup: wanted(JsonKind::Lookup),
             diagnosis: wanted(JsonKind::Diagnosis),
             summary: wanted(JsonKind::Summary),
+            drop: wanted(JsonKind::Drop),
         }
     }
 }
@@ -909,6 +954,13 @@ impl Output for JsonOutput {
         self.line(&AttemptRecord::new(attempt))
     }
 
+    fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        if !self.kinds.drop {
+            return Ok(());
+        }
+        self.line(&DropRecord::new(dropped))
+    }
+
     fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
         if !self.kinds.diagnosis {
             return Ok(());
@@ -931,6 +983,8 @@ impl Output for JsonOutput {
             lost: summary.lost(),
             undecodable: summary.undecodable,
             skipped_records: summary.skipped_records,
+            drops: summary.drops,
+            drops_by_reason: &summary.drops_by_reason,
             evicted_lookups: summary.evicted_lookups,
             shed: summary.shed,
             incomplete_lookups: summary.incomplete_lookups,
@@ -1001,9 +1055,18 @@ mod tests {
             lost: 0,
             undecodable: 0,
             skipped_records: 0,
+            drops: 0,
+            drops_by_reason: &Default::default(),
             evicted_lookups: 0,
             shed: 0,
             incomplete_lookups: 0,
+        };
+        let dropped = Dropped {
+            message: message.clone(),
+            reason: "NETFILTER_DROP".into(),
+            location: "nf_hook_slow+0x8d".into(),
+            netns: Some(1),
+            conntrack: None,
         };
         let client = crate::message::Client {
             id: crate::message::ClientId::Pid(1),
@@ -1028,6 +1091,7 @@ mod tests {
             outcome: crate::correlate::attempt::Outcome::Timeout,
             moved_on: false,
             ended_monotonic_ns: Some(1),
+            drop: None,
         };
         let lookup = Lookup {
             client,
@@ -1044,6 +1108,7 @@ mod tests {
         let diagnosis = diagnoser.all()[0].clone();
         for value in [
             serde_json::to_value(MessageRecord::new(&message)).unwrap(),
+            serde_json::to_value(DropRecord::new(&dropped)).unwrap(),
             serde_json::to_value(AttemptRecord::new(&attempt)).unwrap(),
             serde_json::to_value(LookupRecord::new(&lookup)).unwrap(),
             serde_json::to_value(DiagnosisRecord::new(&diagnosis)).unwrap(),

@@ -35,7 +35,7 @@ use crate::{
     },
     diagnose::{Cause, Diagnosis},
     failure::Failure,
-    message::{ClientId, Direction, Message},
+    message::{ClientId, Direction, Dropped, Message},
 };
 
 /// Lookup latency buckets, in seconds: from a cache hit on the node (about
@@ -94,6 +94,15 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// The kernel's drop reasons: its enum has about a hundred values; at
+/// most `MAX_DROP_REASONS` get series, the rest count as `~other`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropReasonLabels {
+    reason: Arc<str>,
+}
+
+const MAX_DROP_REASONS: usize = 32;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FoldedLabels {
     label: &'static str,
@@ -125,6 +134,9 @@ struct AgentFamilies {
     lookups_pending: Gauge,
     processes: Gauge,
     folded: Family<FoldedLabels, Counter>,
+    kernel_drops: Family<DropReasonLabels, Counter>,
+    /// The drop reasons with series of their own.
+    drop_reasons: HashMap<String, Arc<str>>,
 }
 
 pub struct MetricsOutput {
@@ -254,6 +266,12 @@ impl MetricsOutput {
                 "dnstrace_metrics_folded",
                 "Updates counted under ~other because the client, server or name bound was reached",
             ),
+            kernel_drops: registered(
+                r,
+                "dnstrace_kernel_drops",
+                "DNS packets the kernel dropped, by the kernel's drop reason",
+            ),
+            drop_reasons: HashMap::new(),
         };
         Self {
             registry: Arc::new(registry),
@@ -491,6 +509,24 @@ impl Output for MetricsOutput {
                 .get(NameLabels { name, outcome }, now)
                 .inc();
         }
+        Ok(())
+    }
+
+    fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        let reasons = &mut self.agent.drop_reasons;
+        let reason = match reasons.get(&dropped.reason) {
+            Some(label) => Arc::clone(label),
+            None if reasons.len() < MAX_DROP_REASONS => {
+                let label: Arc<str> = dropped.reason.as_str().into();
+                reasons.insert(dropped.reason.clone(), Arc::clone(&label));
+                label
+            }
+            None => "~other".into(),
+        };
+        self.agent
+            .kernel_drops
+            .get_or_create(&DropReasonLabels { reason })
+            .inc();
         Ok(())
     }
 

@@ -34,7 +34,7 @@ use crate::{
     correlate::{attempt::Attempt, lookup::Lookup},
     diagnose::Diagnosis,
     failure::Failure,
-    message::{Client, Message},
+    message::{Client, Dropped, Message},
 };
 
 /// Opens every output the arguments ask for: the main one (text or JSON)
@@ -124,6 +124,10 @@ pub struct Summary {
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
     pub skipped_records: u64,
+    /// DNS packets the kernel dropped, and how many for each reason (the
+    /// kernel's names: a small enum, so the map stays small).
+    pub drops: u64,
+    pub drops_by_reason: std::collections::BTreeMap<String, u64>,
     /// Messages passed on before their process's facts (resolver,
     /// container) were known.
     pub unenriched: u64,
@@ -135,6 +139,16 @@ pub struct Summary {
 impl Summary {
     pub fn lost(&self) -> u64 {
         self.lost_per_cpu.iter().sum()
+    }
+
+    pub fn count_drop(&mut self, reason: &str) {
+        self.drops += 1;
+        match self.drops_by_reason.get_mut(reason) {
+            Some(count) => *count += 1,
+            None => {
+                self.drops_by_reason.insert(reason.to_string(), 1);
+            }
+        }
     }
 
     /// One line for stderr.
@@ -172,6 +186,18 @@ impl Summary {
                 .map(|(cpu, lost)| format!("cpu{cpu}: {lost}"))
                 .collect();
             line.push_str(&format!(" ({})", per_cpu.join(", ")));
+        }
+        if self.drops > 0 {
+            let reasons: Vec<String> = self
+                .drops_by_reason
+                .iter()
+                .map(|(reason, count)| format!("{reason} {count}"))
+                .collect();
+            line.push_str(&format!(
+                ", {} DNS packets dropped by the kernel ({})",
+                self.drops,
+                reasons.join(", ")
+            ));
         }
         if self.evicted_lookups > 0 {
             line.push_str(&format!(
@@ -237,6 +263,10 @@ pub trait Output {
     // Formats that carry only messages (pcapng) leave the rest alone.
     /// A lookup that settled, with its attempts.
     fn lookup(&mut self, _lookup: &Lookup) -> io::Result<()> {
+        Ok(())
+    }
+    /// A DNS packet the kernel dropped.
+    fn dropped(&mut self, _dropped: &Dropped) -> io::Result<()> {
         Ok(())
     }
     /// A response that matched no query.

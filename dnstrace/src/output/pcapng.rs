@@ -26,7 +26,7 @@ use pcap_file::{
 use super::{Output, Summary};
 use crate::{
     identity::Identity,
-    message::{Direction, Message, Transport},
+    message::{Direction, Dropped, Message, Transport},
 };
 
 pub struct PcapngOutput {
@@ -97,8 +97,9 @@ impl PcapngOutput {
     }
 }
 
-impl Output for PcapngOutput {
-    fn message(&mut self, message: &Message) -> io::Result<()> {
+impl PcapngOutput {
+    /// One message as a packet, with `comment` (tshark's `frame.comment`).
+    fn write(&mut self, message: &Message, comment: String) -> io::Result<()> {
         let data = self.packet(message);
         let missing = (message.size as usize).saturating_sub(message.payload.len());
         let block = EnhancedPacketBlock {
@@ -109,12 +110,28 @@ impl Output for PcapngOutput {
             original_len: (data.len() + missing) as u32,
             data: Cow::Owned(data),
             // tshark shows it as `frame.comment`, as with ptcpdump's files.
-            options: vec![EnhancedPacketOption::Comment(Cow::Owned(
-                Identity::of(message).to_text(),
-            ))],
+            options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
         };
         self.writer.write_pcapng_block(block).map_err(to_io)?;
         Ok(())
+    }
+}
+
+impl Output for PcapngOutput {
+    fn message(&mut self, message: &Message) -> io::Result<()> {
+        self.write(message, Identity::of(message).to_text())
+    }
+
+    /// The packet as it was when dropped, with why and where in its
+    /// comment.
+    fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        let comment = format!(
+            "{} dropped={} location={}",
+            Identity::of(&dropped.message).to_text(),
+            dropped.reason,
+            dropped.location
+        );
+        self.write(&dropped.message, comment)
     }
 
     fn needs_payload(&self) -> bool {

@@ -16,7 +16,7 @@ use crate::{
     },
     decode::{qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Direction, Message},
+    message::{Client, Direction, Dropped, Message},
     terminal,
 };
 
@@ -78,6 +78,19 @@ impl Output for TextOutput {
             _ => paint::RED,
         };
         self.write_line(colour, &format_line(message))
+    }
+
+    fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
+        if !self.verbose {
+            return Ok(());
+        }
+        let line = format!(
+            "{}  dropped by the kernel: {} at {}",
+            format_line(&dropped.message),
+            dropped.reason,
+            dropped.location
+        );
+        self.write_line(paint::RED, &line)
     }
 
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
@@ -177,6 +190,16 @@ fn format_lookup(lookup: &Lookup) -> String {
             .count();
         if count > 0 {
             odd.push(format!("{count} {label}"));
+        }
+    }
+    for attempt in &lookup.attempts {
+        if let Some(drop) = &attempt.drop {
+            odd.push(format!(
+                "{} {} dropped by the kernel: {}",
+                qtype_name(attempt.question.qtype),
+                drop.packet.name(),
+                drop.reason
+            ));
         }
     }
     if lookup.incomplete {

@@ -62,6 +62,7 @@ fn attempt(client: &Client, server: u8, qtype: u16, outcome: Outcome, at: u64) -
         outcome,
         moved_on: false,
         ended_monotonic_ns: Some(at + 1_000_000),
+        drop: None,
     }
 }
 

@@ -169,6 +169,26 @@ pub fn qtype_name(qtype: u16) -> &'static str {
     }
 }
 
+/// Where nothing listens: a query sent there is dropped by the kernel with
+/// the reason `NO_SOCKET`.
+const NOBODY_V4: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 3), 53));
+
+/// The query [`send_unheard`] sends.
+pub const UNHEARD: Query = Query {
+    id: 0x4d01,
+    qname: "unheard.vm.test.",
+    qtype: TYPE_A,
+};
+
+/// Sends [`UNHEARD`] to an address where no server listens.
+pub fn send_unheard() -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("127.0.0.1:0").context("binding a client socket")?;
+    socket
+        .send_to(&query_bytes(&UNHEARD), NOBODY_V4)
+        .context("sending the unheard query")?;
+    Ok(())
+}
+
 /// A query with RD set, as stub resolvers send it.
 fn query_bytes(query: &Query) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64);

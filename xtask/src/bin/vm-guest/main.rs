@@ -108,11 +108,74 @@ fn captures(backend: &str, early: u32) -> Result<String, String> {
     if run.active != backend {
         return Err(format!("asked for {backend}, dnstrace ran {}", run.active));
     }
+    let drops = drops_line(&run)?;
+    let dropped = if drops.starts_with("kernel drops of DNS packets watched") {
+        dropped_query(backend)?
+    } else {
+        "no drop expected".to_owned()
+    };
     Ok(format!(
-        "{} messages checked, lost 0; {}",
+        "{} messages checked, lost 0; {}; {drops}; {dropped}",
         run.messages,
-        reads_line(&run)?
+        reads_line(&run)?,
     ))
+}
+
+/// Where drops are watched, a query sent where nothing listens is reported
+/// as a `drop` record with the kernel's reason `NO_SOCKET` and its name.
+fn dropped_query(backend: &str) -> Result<String, String> {
+    let mut tracer = Tracer::start(backend).map_err(|e| format!("{e:#}"))?;
+    if let Start::Exited(status) = tracer.attach().map_err(|e| format!("{e:#}"))? {
+        return Err(format!("dnstrace could not start again ({status})"));
+    }
+    let sent = dns::send_unheard();
+    let stopped = tracer.stop();
+    sent.map_err(|e| format!("{e:#}"))?;
+    stopped.map_err(|e| format!("{e:#}"))?;
+    let jsonl = fs::read_to_string(&tracer.output)
+        .map_err(|e| format!("reading {}: {e}", tracer.output.display()))?;
+    let drop = jsonl
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|object| object["kind"] == "drop" && object["qname"] == dns::UNHEARD.qname)
+        .ok_or_else(|| format!("no drop record for {}", dns::UNHEARD.qname))?;
+    if drop["reason"] != "NO_SOCKET" || drop["id"] != dns::UNHEARD.id {
+        return Err(format!(
+            "the drop record is not NO_SOCKET's of the query: {drop}"
+        ));
+    }
+    Ok(format!(
+        "a query where nothing listens dropped: {} at {}",
+        drop["reason"], drop["location"]
+    ))
+}
+
+/// What dnstrace said of watching the kernel's drops, which must match
+/// the kernel: `skb:kfree_skb` carries the drop reason since Linux 5.17, so
+/// Debian's 6.1 has it, and the drop program must load and attach there
+/// with offsets read from that kernel's BTF.
+fn drops_line(run: &Run) -> Result<&str, String> {
+    let line = run
+        .stderr
+        .iter()
+        .filter_map(|line| line.strip_prefix("dnstrace: "))
+        .find(|line| line.starts_with("kernel drops of DNS packets "))
+        .ok_or("no start-up line says whether drops are watched")?;
+    let kernel = system::kernel();
+    let watched = line.starts_with("kernel drops of DNS packets watched");
+    if watched != (kernel_version() >= vec![5, 17]) {
+        return Err(format!("on kernel {kernel}, dnstrace says: {line}"));
+    }
+    Ok(line)
+}
+
+/// The running kernel's major and minor version.
+fn kernel_version() -> Vec<u32> {
+    system::kernel()
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .map(|part| part.parse().unwrap_or(0))
+        .collect()
 }
 
 /// What dnstrace said of tracking reads, which must match the kernel: the
@@ -126,12 +189,7 @@ fn reads_line(run: &Run) -> Result<&str, String> {
         .find(|line| line.starts_with("reads of responses "))
         .ok_or("no start-up line says whether reads are tracked")?;
     let kernel = system::kernel();
-    let version: Vec<u32> = kernel
-        .split(|c: char| !c.is_ascii_digit())
-        .take(2)
-        .map(|part| part.parse().unwrap_or(0))
-        .collect();
-    let has_tracepoint = version >= vec![6, 3];
+    let has_tracepoint = kernel_version() >= vec![6, 3];
     let tracked = line.starts_with("reads of responses tracked");
     if tracked != has_tracepoint || !line.contains("sock_recv_length") {
         return Err(format!("on kernel {kernel}, dnstrace says: {line}"));

@@ -1,0 +1,274 @@
+//! The drop program: DNS packets the kernel dropped, from the
+//! `skb:kfree_skb` tracepoint, which carries the drop reason since Linux
+//! 5.17. Before anything loads, the running kernel's BTF gives what the
+//! program needs (the tracepoint's arguments, the offsets of the skb,
+//! socket, device and namespace fields it reads, the names of the drop
+//! reasons); without them drops are not watched, and dnstrace says why.
+//! Once attached, a record's reason number becomes the kernel's name for
+//! it and its location a kernel symbol (/proc/kallsyms).
+
+use std::{collections::HashMap, fs};
+
+use aya::{Ebpf, programs::BtfTracePoint};
+use btf_rs::{Btf, Type};
+use dnstrace_common::{DropConfig, names};
+
+use super::cgroup::{explain, program};
+
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// What the drop program needs from this kernel, found before it loads.
+pub struct DropSupport {
+    pub config: DropConfig,
+    pub names: DropNames,
+}
+
+/// Looks in the kernel's BTF for the tracepoint and the fields the drop
+/// program reads; the error says why drops cannot be watched here.
+pub fn supported() -> Result<DropSupport, String> {
+    let btf = Btf::from_file(VMLINUX_BTF).map_err(|e| format!("no kernel BTF: {e}"))?;
+    let arguments = tracepoint_arguments(&btf)
+        .ok_or("this kernel's kfree_skb tracepoint gives no drop reason (Linux 5.17 added it)")?;
+    let reasons = drop_reasons(&btf);
+    let field = |structure: &str, path: &[&str]| {
+        field_offset(&btf, structure, path).ok_or_else(|| {
+            format!(
+                "this kernel's struct {structure} has no {} where the drop program reads it",
+                path.join(".")
+            )
+        })
+    };
+    let protocol = field("sk_buff", &["protocol"])?;
+    let network = field("sk_buff", &["network_header"])?;
+    // protocol and network_header are read in one 8-byte load.
+    let window = protocol.min(network);
+    if protocol.max(network) + 2 - window > 8 {
+        return Err("this kernel's sk_buff keeps protocol and network_header apart".into());
+    }
+    let config = DropConfig {
+        skb_head: field("sk_buff", &["head"])?,
+        skb_headers: window,
+        protocol_shift: (protocol - window) * 8,
+        network_shift: (network - window) * 8,
+        skb_tail: field("sk_buff", &["tail"])?,
+        skb_sk: field("sk_buff", &["sk"])?,
+        skb_dev: field("sk_buff", &["dev"])?,
+        sock_cookie: field("sock", &["__sk_common", "skc_cookie"])?,
+        sock_net: field("sock", &["__sk_common", "skc_net"])?,
+        dev_net: field("net_device", &["nd_net"])?,
+        net_inum: field("net", &["ns", "inum"])?,
+        consumed_reason: reasons
+            .iter()
+            .find(|(_, name)| name.as_str() == "SKB_CONSUMED")
+            .map_or(u32::MAX, |(value, _)| *value),
+        // (void *ctx, skb, location, reason[, rx_sk])
+        has_rx_sk: u32::from(arguments >= 5),
+        _padding: 0,
+    };
+    Ok(DropSupport {
+        config,
+        names: DropNames {
+            reasons,
+            symbols: KernelSymbols::read(),
+        },
+    })
+}
+
+/// Loads and attaches the drop program.
+pub fn attach(ebpf: &mut Ebpf) -> Result<(), String> {
+    let name = names::KFREE_SKB;
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+    let program: &mut BtfTracePoint = program(ebpf, name)?;
+    program
+        .load(names::KFREE_SKB_TRACEPOINT, &btf)
+        .map_err(|e| explain(name, e))?;
+    program.attach().map_err(|e| explain(name, e))?;
+    Ok(())
+}
+
+/// How many arguments the tracepoint's BPF programs get (the first is the
+/// tracepoint's context), if the tracepoint has the drop reason.
+fn tracepoint_arguments(btf: &Btf) -> Option<usize> {
+    let typedef = format!("btf_trace_{}", names::KFREE_SKB_TRACEPOINT);
+    let types = btf.resolve_types_by_name(&typedef).ok()?;
+    let Some(Type::Typedef(typedef)) = types.first() else {
+        return None;
+    };
+    let Type::Ptr(pointer) = btf.resolve_chained_type(typedef).ok()? else {
+        return None;
+    };
+    let Type::FuncProto(prototype) = btf.resolve_chained_type(&pointer).ok()? else {
+        return None;
+    };
+    let reason = prototype.parameters.get(3)?;
+    let Type::Enum(_) = btf.resolve_chained_type(reason).ok()? else {
+        return None;
+    };
+    Some(prototype.parameters.len())
+}
+
+/// `enum skb_drop_reason`, value → name, without the common prefix.
+fn drop_reasons(btf: &Btf) -> HashMap<u32, String> {
+    let types = btf
+        .resolve_types_by_name("skb_drop_reason")
+        .unwrap_or_default();
+    let Some(Type::Enum(reasons)) = types.into_iter().find(|t| matches!(t, Type::Enum(_))) else {
+        return HashMap::new();
+    };
+    reasons
+        .members
+        .iter()
+        .filter_map(|member| {
+            let name = btf.resolve_name(member).ok()?;
+            let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
+            Some((member.val(), name.to_string()))
+        })
+        .collect()
+}
+
+/// Byte offset of `path` (a field, then fields within it) in `structure`;
+/// fields inside anonymous structs and unions are found too.
+fn field_offset(btf: &Btf, structure: &str, path: &[&str]) -> Option<u32> {
+    let mut current = btf
+        .resolve_types_by_name(structure)
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Struct(_)))?;
+    let mut bits = 0;
+    for name in path {
+        let (offset, field_type) = member(btf, &current, name)?;
+        bits += offset;
+        current = field_type;
+    }
+    (bits % 8 == 0).then_some(bits / 8)
+}
+
+/// A member's bit offset and type (typedefs and qualifiers removed).
+fn member(btf: &Btf, aggregate: &Type, name: &str) -> Option<(u32, Type)> {
+    let (Type::Struct(aggregate) | Type::Union(aggregate)) = aggregate else {
+        return None;
+    };
+    for field in &aggregate.members {
+        let field_name = btf.resolve_name(field).unwrap_or_default();
+        let field_type = unqualified(btf, btf.resolve_chained_type(field).ok()?)?;
+        if field_name == name {
+            return Some((field.bit_offset(), field_type));
+        }
+        if field_name.is_empty()
+            && let Some((offset, found)) = member(btf, &field_type, name)
+        {
+            return Some((field.bit_offset() + offset, found));
+        }
+    }
+    None
+}
+
+fn unqualified(btf: &Btf, mut ty: Type) -> Option<Type> {
+    // Bounded: BTF chains are short, and a cycle must not hang us.
+    for _ in 0..16 {
+        ty = match &ty {
+            Type::Typedef(inner) => btf.resolve_chained_type(inner).ok()?,
+            Type::Const(inner) | Type::Volatile(inner) | Type::Restrict(inner) => {
+                btf.resolve_chained_type(inner).ok()?
+            }
+            Type::TypeTag(inner) => btf.resolve_chained_type(inner).ok()?,
+            _ => return Some(ty),
+        };
+    }
+    None
+}
+
+/// Names for what a drop record holds as numbers.
+pub struct DropNames {
+    reasons: HashMap<u32, String>,
+    symbols: KernelSymbols,
+}
+
+impl DropNames {
+    /// The kernel's name of a drop reason (`NETFILTER_DROP`), or its number.
+    pub fn reason(&self, value: u32) -> String {
+        self.reasons
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| value.to_string())
+    }
+
+    /// `function+0x1c`, or the address when /proc/kallsyms hides it.
+    pub fn location(&self, address: u64) -> String {
+        self.symbols.name(address)
+    }
+}
+
+/// Kernel text symbols, sorted by address.
+struct KernelSymbols(Vec<(u64, String)>);
+
+impl KernelSymbols {
+    /// Read once at start. Without privileges the file shows every address
+    /// as 0; then none are kept.
+    fn read() -> Self {
+        let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Self {
+        let mut symbols: Vec<(u64, String)> = text
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
+                let kind = fields.next()?;
+                let name = fields.next()?;
+                (address != 0 && matches!(kind, "t" | "T")).then(|| (address, name.to_string()))
+            })
+            .collect();
+        symbols.sort_unstable();
+        Self(symbols)
+    }
+
+    fn name(&self, address: u64) -> String {
+        let index = self.0.partition_point(|(start, _)| *start <= address);
+        match index.checked_sub(1).map(|i| &self.0[i]) {
+            Some((start, name)) => format!("{name}+{:#x}", address - start),
+            None => format!("{address:#x}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_location_is_named_by_the_symbol_before_it() {
+        let symbols = KernelSymbols::parse(
+            "ffffffff81000000 T _stext\n\
+             ffffffff81a00100 t nf_hook_slow\n\
+             ffffffff81a00300 T udp_queue_rcv_one_skb [foo]\n\
+             0000000000000000 D jiffies\n",
+        );
+        assert_eq!(symbols.name(0xffffffff81a0011c), "nf_hook_slow+0x1c");
+        assert_eq!(
+            symbols.name(0xffffffff81a00300),
+            "udp_queue_rcv_one_skb+0x0"
+        );
+        assert_eq!(symbols.name(0x1000), "0x1000");
+    }
+
+    /// The offsets the drop program reads come from this kernel's BTF.
+    #[test]
+    fn this_kernel_offers_what_the_drop_program_reads() {
+        if !std::path::Path::new(VMLINUX_BTF).exists() {
+            return;
+        }
+        let support = supported().unwrap();
+        assert!(support.config.skb_head > 0);
+        assert_eq!(support.names.reason(2), "NOT_SPECIFIED");
+        assert!(
+            support
+                .names
+                .reasons
+                .values()
+                .any(|name| name == "NETFILTER_DROP")
+        );
+    }
+}

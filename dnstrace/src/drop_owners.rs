@@ -1,0 +1,92 @@
+//! Who a dropped packet was for, when the kernel could not say: a response
+//! dropped before it reached a socket (no socket any more, or none found)
+//! carries none. The client's query went out on the same addresses and
+//! ports in the same namespace, so the process that sent it is the one
+//! the response was for. A packet dropped in another namespace than its
+//! sender's (a pod's query dropped on the node, where it has lost its
+//! socket) is matched by its addresses and ports alone.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::message::{Direction, Dropped, Message, Process, Transport};
+
+/// Past this many sockets the memory starts over rather than grow.
+const MAX_SOCKETS: usize = 65_536;
+
+/// (network namespace inode, TCP or not, local, remote) of a client socket.
+type Key = (u64, bool, SocketAddr, SocketAddr);
+
+/// (TCP or not, local, remote) of a client socket, in any namespace.
+type Addresses = (bool, SocketAddr, SocketAddr);
+
+/// The process and socket behind each client socket's last query.
+#[derive(Default)]
+pub struct QueryOwners {
+    by_socket: HashMap<Key, (Process, u64)>,
+    by_addresses: HashMap<Addresses, (Process, u64)>,
+}
+
+impl QueryOwners {
+    /// Remembers the sender of a query.
+    pub fn message(&mut self, message: &Message) {
+        let envelope = &message.envelope;
+        let is_query = message.dns.header.as_ref().is_some_and(|h| !h.is_response);
+        let Some(process) = &envelope.process else {
+            return;
+        };
+        let Some(netns) = process.netns else {
+            return;
+        };
+        if envelope.direction != Direction::Send || !is_query {
+            return;
+        }
+        let key = (
+            netns,
+            envelope.transport == Transport::Tcp,
+            envelope.local,
+            envelope.remote,
+        );
+        if self.by_socket.get(&key).map(|(p, cookie)| (p.pid, *cookie))
+            == Some((process.pid, envelope.socket_cookie))
+        {
+            return;
+        }
+        if self.by_socket.len() >= MAX_SOCKETS {
+            self.by_socket.clear();
+            self.by_addresses.clear();
+        }
+        let owner = (process.clone(), envelope.socket_cookie);
+        self.by_addresses
+            .insert((key.1, key.2, key.3), owner.clone());
+        self.by_socket.insert(key, owner);
+    }
+
+    /// Fills in the process of a drop the kernel could not attribute, from
+    /// the query that went out on the same addresses in the namespace
+    /// where it was dropped.
+    pub fn attribute(&self, dropped: &mut Dropped) {
+        let envelope = &mut dropped.message.envelope;
+        if envelope.process.is_some() {
+            return;
+        }
+        let Some(netns) = dropped.netns else {
+            return;
+        };
+        let key = (
+            netns,
+            envelope.transport == Transport::Tcp,
+            envelope.local,
+            envelope.remote,
+        );
+        let owner = self
+            .by_socket
+            .get(&key)
+            .or_else(|| self.by_addresses.get(&(key.1, key.2, key.3)));
+        if let Some((process, cookie)) = owner {
+            envelope.process = Some(process.clone());
+            if envelope.socket_cookie == 0 {
+                envelope.socket_cookie = *cookie;
+            }
+        }
+    }
+}
