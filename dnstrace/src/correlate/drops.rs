@@ -125,6 +125,10 @@ impl Correlator {
         let Some(open) = self.lookups.get(&message.client_id()) else {
             return false;
         };
+        // Only an attempt with a drop can say so.
+        if !open.has_drops() {
+            return false;
+        }
         let keys = Keys::new("", None, envelope.socket_cookie, id);
         open.newest(
             |index| open.may_have_sent(index, &keys),
@@ -173,6 +177,9 @@ impl Correlator {
         let Some(open) = self.lookups.get_mut(&message.client_id()) else {
             return false;
         };
+        if !open.has_drops() {
+            return false;
+        }
         let Some((index, at)) = open.newest(|index| open.may_have_sent(index, &keys), fits) else {
             return false;
         };

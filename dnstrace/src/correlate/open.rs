@@ -17,6 +17,9 @@ pub struct Open {
     lookups: VecDeque<Lookup>,
     /// In step with `lookups`: rebuilt for a lookup each time it changes.
     summaries: VecDeque<Summary>,
+    /// How many lookups have an attempt with a dropped packet: with none,
+    /// no message needs looking for one.
+    with_drops: usize,
 }
 
 /// Sets are 64-bit Bloom filters: a clear bit proves something absent.
@@ -32,7 +35,8 @@ struct Summary {
     queries: u64,
     /// Whether some attempt is pending with a response, not moved on from.
     unmoved: bool,
-
+    /// Whether some attempt has a packet the kernel dropped.
+    dropped: bool,
     /// `Lookup::is_over`, worked out when first asked after a change.
     over: Cell<Option<bool>>,
 }
@@ -46,6 +50,7 @@ impl Summary {
             sockets: 0,
             queries: 0,
             unmoved: false,
+            dropped: false,
             over: Cell::new(None),
         };
         for attempt in &lookup.attempts {
@@ -53,6 +58,7 @@ impl Summary {
             summary.asked |= question;
             summary.sockets |= bit(attempt.socket_cookie);
             summary.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+            summary.dropped |= attempt.drop.is_some();
             if attempt.outcome == Outcome::Pending {
                 summary.pending |= question;
                 summary.unmoved |= attempt.response.is_some() && !attempt.moved_on;
@@ -103,12 +109,15 @@ impl Open {
     }
 
     pub fn push_back(&mut self, lookup: Lookup) {
-        self.summaries.push_back(Summary::of(&lookup));
+        let summary = Summary::of(&lookup);
+        self.with_drops += usize::from(summary.dropped);
+        self.summaries.push_back(summary);
         self.lookups.push_back(lookup);
     }
 
     pub fn pop_front(&mut self) -> Option<Lookup> {
-        self.summaries.pop_front();
+        let summary = self.summaries.pop_front()?;
+        self.with_drops -= usize::from(summary.dropped);
         self.lookups.pop_front()
     }
 
@@ -116,19 +125,29 @@ impl Open {
     pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
         let lookup = &mut self.lookups[index];
         let result = change(lookup);
-        self.summaries[index] = Summary::of(lookup);
+        let summary = Summary::of(lookup);
+        self.with_drops += usize::from(summary.dropped);
+        self.with_drops -= usize::from(self.summaries[index].dropped);
+        self.summaries[index] = summary;
         result
     }
 
     /// Takes every lookup out, to be put back with `replace`.
     pub fn take(&mut self) -> VecDeque<Lookup> {
         self.summaries.clear();
+        self.with_drops = 0;
         std::mem::take(&mut self.lookups)
     }
 
     pub fn replace(&mut self, lookups: VecDeque<Lookup>) {
         self.summaries = lookups.iter().map(Summary::of).collect();
+        self.with_drops = self.summaries.iter().filter(|s| s.dropped).count();
         self.lookups = lookups;
+    }
+
+    /// Whether some attempt has a packet the kernel dropped.
+    pub fn has_drops(&self) -> bool {
+        self.with_drops > 0
     }
 
     pub fn into_lookups(self) -> VecDeque<Lookup> {
