@@ -16,7 +16,7 @@ use crate::{
         frame_streams::{ControlFrame, ControlType, MAX_CONTROL_LEN},
         proto,
     },
-    identity::Identity,
+    identity::ParsedTexts,
     message::{Envelope, Message, Transport},
 };
 
@@ -31,6 +31,7 @@ pub struct DnstapReader<R> {
     options: ReadOptions,
     skipped: Skipped,
     ended: bool,
+    texts: ParsedTexts,
 }
 
 /// One frame, and where it began.
@@ -52,6 +53,7 @@ impl<R: Read> DnstapReader<R> {
             options: options.clone(),
             skipped: Skipped::default(),
             ended: false,
+            texts: ParsedTexts::default(),
         };
         match reader.read_frame()? {
             Frame::Control(at, start) => reader.check_start(at, &start)?,
@@ -167,7 +169,7 @@ impl<R: Read> DnstapReader<R> {
     }
 
     /// One record as a message, or why it cannot be one.
-    fn message(&self, bytes: &[u8]) -> Result<Message, String> {
+    fn message(&mut self, bytes: &[u8]) -> Result<Message, String> {
         let record =
             proto::Dnstap::decode(bytes).map_err(|e| format!("not a dnstap record: {e}"))?;
         let dns = record.message.ok_or("a dnstap record without a message")?;
@@ -213,7 +215,7 @@ impl<R: Read> DnstapReader<R> {
             .extra
             .as_deref()
             .and_then(|extra| std::str::from_utf8(extra).ok())
-            .and_then(Identity::parse);
+            .and_then(|text| self.texts.parse(text));
         let Some(identity) = identity else {
             let (source, destination) = match is_query {
                 true => (query_side, response_side),
@@ -333,6 +335,7 @@ mod tests {
     use super::*;
     use crate::{
         dnstap::frame_streams::data_frame,
+        identity::Identity,
         message::{Direction, Process},
     };
 

@@ -17,7 +17,10 @@ use super::{
     dissect::{Dissector, Frame, link_type_supported},
     read_up_to,
 };
-use crate::{identity::Identity, message::Message};
+use crate::{
+    identity::ParsedTexts,
+    message::Message,
+};
 
 /// Larger records are not packets but a broken length field.
 const MAX_RECORD: usize = 16 << 20;
@@ -163,6 +166,7 @@ pub struct PcapngReader<R> {
     interfaces: Vec<Interface>,
     dissector: Dissector,
     skipped: Skipped,
+    texts: ParsedTexts,
 }
 
 impl<R: Read> PcapngReader<R> {
@@ -188,6 +192,7 @@ impl<R: Read> PcapngReader<R> {
             interfaces: Vec::new(),
             dissector: Dissector::new(options.clone()),
             skipped: Skipped::default(),
+            texts: ParsedTexts::default(),
         })
     }
 
@@ -239,7 +244,7 @@ impl<R: Read> PcapngReader<R> {
                 let units = i128::try_from(packet.timestamp.as_nanos()).unwrap_or(0);
                 let (multiply, divide) = interface.unit;
                 let identity = packet.options.iter().find_map(|option| match option {
-                    EnhancedPacketOption::Comment(text) => Identity::parse(text),
+                    EnhancedPacketOption::Comment(text) => self.texts.parse(text),
                     _ => None,
                 });
                 self.dissector.frame(Frame {

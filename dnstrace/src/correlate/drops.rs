@@ -8,6 +8,7 @@
 use super::{
     Correlated, Correlator,
     attempt::{Attempt, DroppedPacket, KernelDrop, Outcome, ReadState, Response, Shape},
+    open::Keys,
 };
 use crate::message::{ClientId, Direction, Dropped, Message};
 
@@ -56,56 +57,61 @@ impl Correlator {
                     && a.sent_monotonic_ns
                         .is_some_and(|sent| now.saturating_sub(sent) <= QUERY_DROP_WINDOW_NS)
             };
-            if self.newest(client, seen).is_none() {
+            let open = self.lookups.get(&client);
+            if open.and_then(|open| open.newest(|_| true, seen)).is_none() {
                 self.observe(message, out);
             }
-            if let Some(attempt) = self.newest(client, |a| same(a) && a.response.is_none()) {
-                attempt.drop = Some(Box::new(drop(
-                    DroppedPacket::Query,
-                    attempt.sent_monotonic_ns,
-                )));
-            }
+            self.change_newest(
+                client,
+                |a| same(a) && a.response.is_none(),
+                |attempt| {
+                    attempt.drop = Some(Box::new(drop(
+                        DroppedPacket::Query,
+                        attempt.sent_monotonic_ns,
+                    )));
+                },
+            );
             return true;
         }
         // The kernel's socket programs see a response before the socket's
         // buffer takes it: one dropped there may have been given to its
         // attempt already, and the process never had it.
-        let Some(attempt) = self.newest(client, |a| {
+        let fits = |a: &Attempt| {
             same(a)
                 && a.sent_monotonic_ns.is_some()
                 && a.response.as_ref().is_none_or(|r| r.monotonic_ns <= now)
-        }) else {
-            return false;
         };
-        attempt.drop = Some(Box::new(drop(
-            DroppedPacket::Response,
-            attempt.sent_monotonic_ns,
-        )));
-        // Judged on a response the process never had: judged again.
-        if attempt.response.take().is_some()
-            && matches!(
-                attempt.outcome,
-                Outcome::Pending | Outcome::Answered | Outcome::Rejected(_)
-            )
-        {
-            attempt.outcome = Outcome::Pending;
-            attempt.ended_monotonic_ns = None;
-        }
-        if dropped.reason == "NO_SOCKET"
-            && matches!(attempt.outcome, Outcome::Pending | Outcome::Timeout)
-        {
-            attempt.response = Some(Response {
-                monotonic_ns: now,
-                wall_time_ns: message.envelope.wall_time_ns,
-                from: server,
-                shape: Shape::of(header),
-                number: None,
-                read: ReadState::Unread,
-            });
-            attempt.outcome = Outcome::Late;
-            attempt.ended_monotonic_ns.get_or_insert(now);
-        }
-        true
+        let linked = self.change_newest(client, fits, |attempt| {
+            attempt.drop = Some(Box::new(drop(
+                DroppedPacket::Response,
+                attempt.sent_monotonic_ns,
+            )));
+            // Judged on a response the process never had: judged again.
+            if attempt.response.take().is_some()
+                && matches!(
+                    attempt.outcome,
+                    Outcome::Pending | Outcome::Answered | Outcome::Rejected(_)
+                )
+            {
+                attempt.outcome = Outcome::Pending;
+                attempt.ended_monotonic_ns = None;
+            }
+            if dropped.reason == "NO_SOCKET"
+                && matches!(attempt.outcome, Outcome::Pending | Outcome::Timeout)
+            {
+                attempt.response = Some(Response {
+                    monotonic_ns: now,
+                    wall_time_ns: message.envelope.wall_time_ns,
+                    from: server,
+                    shape: Shape::of(header),
+                    number: None,
+                    read: ReadState::Unread,
+                });
+                attempt.outcome = Outcome::Late;
+                attempt.ended_monotonic_ns.get_or_insert(now);
+            }
+        });
+        linked.is_some()
     }
 
     /// Whether a response is the one its attempt's drop says the kernel
@@ -116,16 +122,28 @@ impl Correlator {
             return false;
         };
         let envelope = &message.envelope;
-        self.newest(message.client_id(), |a| {
-            a.socket_cookie == envelope.socket_cookie
-                && a.id == id
-                && a.server == envelope.remote
-                && a.question.same_as(question)
-                && a.sent_monotonic_ns.is_some()
-                && a.response.is_none()
-        })
-        .is_some_and(|a| {
-            a.drop
+        let Some(open) = self.lookups.get(&message.client_id()) else {
+            return false;
+        };
+        // Only an attempt with a drop can say so.
+        if !open.has_drops() {
+            return false;
+        }
+        let keys = Keys::new("", None, envelope.socket_cookie, id);
+        open.newest(
+            |index| open.may_have_sent(index, &keys),
+            |a| {
+                a.socket_cookie == envelope.socket_cookie
+                    && a.id == id
+                    && a.server == envelope.remote
+                    && a.question.same_as(question)
+                    && a.sent_monotonic_ns.is_some()
+                    && a.response.is_none()
+            },
+        )
+        .is_some_and(|(index, at)| {
+            open.get(index).attempts[at]
+                .drop
                 .as_ref()
                 .is_some_and(|d| d.packet == DroppedPacket::Response)
         })
@@ -139,44 +157,55 @@ impl Correlator {
             return false;
         };
         let envelope = &message.envelope;
-        let Some(attempt) = self.newest(message.client_id(), |a| {
+        let keys = Keys::new("", None, envelope.socket_cookie, id);
+        let fits = |a: &Attempt| {
             a.socket_cookie == envelope.socket_cookie
                 && a.id == id
                 && a.server == envelope.remote
                 && a.question.same_as(question)
                 && a.response.is_none()
-        }) else {
+        };
+        let dropped_query = |a: &Attempt| {
+            a.drop
+                .as_ref()
+                .is_some_and(|d| d.packet == DroppedPacket::Query)
+                && a.sent_monotonic_ns.is_some_and(|sent| {
+                    sent >= envelope.monotonic_ns
+                        && sent - envelope.monotonic_ns <= QUERY_DROP_WINDOW_NS
+                })
+        };
+        let Some(open) = self.lookups.get_mut(&message.client_id()) else {
             return false;
         };
-        let Some(drop) = attempt
-            .drop
-            .as_mut()
-            .filter(|d| d.packet == DroppedPacket::Query)
-        else {
+        if !open.has_drops() {
+            return false;
+        }
+        let Some((index, at)) = open.newest(|index| open.may_have_sent(index, &keys), fits) else {
             return false;
         };
-        let Some(sent) = attempt.sent_monotonic_ns.filter(|sent| {
-            *sent >= envelope.monotonic_ns && *sent - envelope.monotonic_ns <= QUERY_DROP_WINDOW_NS
-        }) else {
+        if !dropped_query(&open.get(index).attempts[at]) {
             return false;
-        };
-        drop.after_ns += sent - envelope.monotonic_ns;
-        attempt.sent_monotonic_ns = Some(envelope.monotonic_ns);
-        attempt.sent_wall_time_ns = Some(envelope.wall_time_ns);
+        }
+        open.change(index, |lookup| {
+            let attempt = &mut lookup.attempts[at];
+            if let (Some(drop), Some(sent)) = (attempt.drop.as_mut(), attempt.sent_monotonic_ns) {
+                drop.after_ns += sent - envelope.monotonic_ns;
+            }
+            attempt.sent_monotonic_ns = Some(envelope.monotonic_ns);
+            attempt.sent_wall_time_ns = Some(envelope.wall_time_ns);
+        });
         true
     }
 
-    /// The client's newest open attempt that `fits`.
-    fn newest(
+    /// Changes the client's newest open attempt that `fits`.
+    fn change_newest<R>(
         &mut self,
         client: ClientId,
         fits: impl Fn(&Attempt) -> bool,
-    ) -> Option<&mut Attempt> {
-        self.lookups
-            .get_mut(&client)?
-            .iter_mut()
-            .rev()
-            .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-            .find(|a| fits(a))
+        change: impl FnOnce(&mut Attempt) -> R,
+    ) -> Option<R> {
+        let open = self.lookups.get_mut(&client)?;
+        let (index, at) = open.newest(|_| true, fits)?;
+        Some(open.change(index, |lookup| change(&mut lookup.attempts[at])))
     }
 }

@@ -12,6 +12,7 @@ pub mod attempt;
 pub mod behaviour;
 mod drops;
 pub mod lookup;
+mod open;
 pub mod reads;
 pub mod servers;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use std::{
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
     lookup::Lookup,
+    open::{Keys, Open},
 };
 use crate::{
     decode::Question,
@@ -70,7 +72,7 @@ pub struct Correlator {
     /// Clients without a process have no resolver settings to read.
     unknown_context: Arc<ResolverContext>,
     /// Open lookups per client, oldest first.
-    lookups: ClientMap<VecDeque<Lookup>>,
+    lookups: ClientMap<Open>,
     /// Lookups reported early because the caps were reached.
     pub evicted: u64,
     /// Open lookups in all, counted as they open and go.
@@ -153,45 +155,52 @@ impl Correlator {
             self.evict_from_largest(out);
         }
         let lookups = self.lookups.entry(client.id).or_default();
+        let keys = Keys::new(&name, Some(&question), message.envelope.socket_cookie, id);
 
-        for lookup in lookups.iter_mut() {
-            let same_name = lookup.name == name;
-            // What a repeat needs is worked out only for a lookup that has
-            // one: a busy process has hundreds open.
-            let repeated = lookup
-                .attempts
-                .iter()
-                .any(|a| a.outcome == Outcome::Pending && a.question.same_as(&question));
-            let (positive, over, fresh_socket_retries) = if repeated {
-                (
-                    lookup.has_positive_response(),
-                    lookup.is_over(),
-                    lookup.retries_on_fresh_socket(),
-                )
-            } else {
-                (false, false, None)
-            };
-            let library = repeated.then(|| lookup.context.library.clone()).flatten();
-            for previous in lookup
-                .attempts
-                .iter_mut()
-                .filter(|a| a.outcome == Outcome::Pending)
-            {
-                if !previous.question.same_as(&question) {
-                    // Asking about another name: earlier answers were used.
-                    if !same_name && previous.response.is_some() {
-                        previous.moved_on = true;
-                    }
-                    continue;
-                }
-                let known = Known {
-                    library: library.as_ref(),
-                    answer_was_used: positive || previous.moved_on,
-                    lookup_over: over,
-                    fresh_socket_retries,
-                };
-                judge_repeat(previous, message, id, now, &known);
+        for index in 0..lookups.len() {
+            // A lookup the summary rules out would not change below.
+            if !lookups.may_be_repeated(index, &keys) {
+                continue;
             }
+            lookups.change(index, |lookup| {
+                let same_name = lookup.name == name;
+                // What a repeat needs is worked out only for a lookup that has
+                // one: a busy process has hundreds open.
+                let repeated = lookup
+                    .attempts
+                    .iter()
+                    .any(|a| a.outcome == Outcome::Pending && a.question.same_as(&question));
+                let (positive, over, fresh_socket_retries) = if repeated {
+                    (
+                        lookup.has_positive_response(),
+                        lookup.is_over(),
+                        lookup.retries_on_fresh_socket(),
+                    )
+                } else {
+                    (false, false, None)
+                };
+                let library = repeated.then(|| lookup.context.library.clone()).flatten();
+                for previous in lookup
+                    .attempts
+                    .iter_mut()
+                    .filter(|a| a.outcome == Outcome::Pending)
+                {
+                    if !previous.question.same_as(&question) {
+                        // Asking about another name: earlier answers were used.
+                        if !same_name && previous.response.is_some() {
+                            previous.moved_on = true;
+                        }
+                        continue;
+                    }
+                    let known = Known {
+                        library: library.as_ref(),
+                        answer_was_used: positive || previous.moved_on,
+                        lookup_over: over,
+                        fresh_socket_retries,
+                    };
+                    judge_repeat(previous, message, id, now, &known);
+                }
+            });
         }
 
         // A new lookup unless this continues an unfinished one for the name.
@@ -205,18 +214,28 @@ impl Correlator {
         // the next name of the search list. (glibc's last round, one query
         // per socket after timeouts, still belongs to a lookup that lacks
         // an answer.)
-        let position = lookups.iter().rposition(|lookup| {
+        let position = (0..lookups.len()).rev().find(|&index| {
+            if !lookups.may_continue(index, &keys) {
+                return false;
+            }
+            let lookup = lookups.get(index);
             let continues = lookup.name == name
                 || (search_unknown
                     && first_label(&lookup.name) == first_label(&name)
                     && !lookup.has_positive_response());
-            if !continues {
+            if !continues || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP {
                 return false;
             }
-            let fresh_socket = lookup
-                .attempts
-                .iter()
-                .all(|a| a.socket_cookie != message.envelope.socket_cookie);
+            // Starting over needs the question asked in this lookup before.
+            if !lookups.may_have_asked(index, &keys) {
+                return true;
+            }
+            let fresh_socket = || {
+                lookup
+                    .attempts
+                    .iter()
+                    .all(|a| a.socket_cookie != message.envelope.socket_cookie)
+            };
             let asked_before = |same_server: bool| {
                 lookup.attempts.iter().any(|a| {
                     a.question.same_as(&question)
@@ -230,16 +249,17 @@ impl Correlator {
             // those still without).
             // A query with the id of one on the same socket is a copy
             // (musl's to its other server) or a retransmission.
-            let copy = lookup
-                .attempts
-                .iter()
-                .any(|a| a.socket_cookie == message.envelope.socket_cookie && a.id == id);
-            let starts_over = (asked_before(false) && lookup.is_over() && !copy)
-                || (fresh_socket
+            let copy = lookups.may_have_sent(index, &keys)
+                && lookup
+                    .attempts
+                    .iter()
+                    .any(|a| a.socket_cookie == message.envelope.socket_cookie && a.id == id);
+            let starts_over = (asked_before(false) && lookups.is_over(index) && !copy)
+                || (fresh_socket()
                     && lookup.retries_on_fresh_socket() == Some(false)
                     && asked_before(true)
                     && lookup.every_question_answered());
-            !starts_over && lookup.attempts.len() < MAX_ATTEMPTS_PER_LOOKUP
+            !starts_over
         });
         let index = match position {
             Some(index) => index,
@@ -267,28 +287,29 @@ impl Correlator {
                 lookups.len() - 1
             }
         };
-        let lookup = &mut lookups[index];
-        lookup.last_monotonic_ns = now;
-        if name.len() < lookup.name.len() {
-            // The shortest name tried is the one the process asked for.
-            lookup.name = name;
-        }
-        lookup.attempts.push(Attempt {
-            client,
-            socket_cookie: message.envelope.socket_cookie,
-            transport: message.envelope.transport,
-            server: message.envelope.remote,
-            local: message.envelope.local,
-            server_pod: None,
-            question,
-            id,
-            sent_monotonic_ns: Some(now),
-            sent_wall_time_ns: Some(message.envelope.wall_time_ns),
-            response: None,
-            outcome: Outcome::Pending,
-            moved_on: false,
-            ended_monotonic_ns: None,
-            drop: None,
+        lookups.change(index, |lookup| {
+            lookup.last_monotonic_ns = now;
+            if name.len() < lookup.name.len() {
+                // The shortest name tried is the one the process asked for.
+                lookup.name = name;
+            }
+            lookup.attempts.push(Attempt {
+                client,
+                socket_cookie: message.envelope.socket_cookie,
+                transport: message.envelope.transport,
+                server: message.envelope.remote,
+                local: message.envelope.local,
+                server_pod: None,
+                question,
+                id,
+                sent_monotonic_ns: Some(now),
+                sent_wall_time_ns: Some(message.envelope.wall_time_ns),
+                response: None,
+                outcome: Outcome::Pending,
+                moved_on: false,
+                ended_monotonic_ns: None,
+                drop: None,
+            });
         });
     }
 
@@ -315,6 +336,7 @@ impl Correlator {
             },
         };
         let lookups = self.lookups.entry(client.id).or_default();
+        let keys = Keys::new("", None, message.envelope.socket_cookie, id);
         let library = lookups.front().and_then(|l| l.context.library.clone());
         let library = library.as_ref();
         let waiting = |a: &Attempt| {
@@ -337,6 +359,7 @@ impl Correlator {
         // anyone, and resolvers ignore answers from elsewhere.
         let Err(response) = give_newest(
             lookups,
+            &keys,
             |a| waiting(a) && fits(a) && a.server == from,
             response,
         ) else {
@@ -348,8 +371,7 @@ impl Correlator {
             return;
         }
         let open: Vec<&Attempt> = lookups
-            .iter()
-            .flat_map(|lookup| lookup.attempts.iter())
+            .attempts_on_socket(&keys)
             .filter(|a| waiting(a))
             .collect();
         let source = open.iter().find(|a| fits(a));
@@ -391,6 +413,7 @@ impl Correlator {
             // Reported as mismatched already, whether or not it is taken.
             let _ = give_newest(
                 lookups,
+                &keys,
                 |a| waiting(a) && a.id == id && a.server == from,
                 response,
             );
@@ -400,7 +423,8 @@ impl Correlator {
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
         self.servers.expire(now);
-        for lookups in self.lookups.values_mut() {
+        for open in self.lookups.values_mut() {
+            let mut lookups = open.take();
             for lookup in lookups.iter_mut() {
                 let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
                 let rejected = rejected_shapes(lookup);
@@ -440,11 +464,11 @@ impl Correlator {
                     }
                 }
             }
-            let (settled, open): (VecDeque<Lookup>, VecDeque<Lookup>) =
+            let (settled, still_open): (VecDeque<Lookup>, VecDeque<Lookup>) =
                 lookups.drain(..).partition(|l| {
                     l.is_settled() && now.saturating_sub(l.last_activity_ns()) > SETTLE_NS
                 });
-            *lookups = open;
+            open.replace(still_open);
             out.extend(settled.into_iter().map(Correlated::Lookup));
         }
         self.lookups.retain(|_, lookups| !lookups.is_empty());
@@ -454,7 +478,11 @@ impl Correlator {
     /// Reports everything still open, as it stands (at exit).
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
         self.open = 0;
-        let mut open: Vec<Lookup> = self.lookups.drain().flat_map(|(_, l)| l).collect();
+        let mut open: Vec<Lookup> = self
+            .lookups
+            .drain()
+            .flat_map(|(_, l)| l.into_lookups())
+            .collect();
         // In the order they began, whichever client they belong to.
         open.sort_by_key(|lookup| lookup.first_monotonic_ns);
         out.extend(
@@ -465,7 +493,7 @@ impl Correlator {
 
     /// Lookups not yet reported.
     pub fn open_lookups(&self) -> usize {
-        self.lookups.values().map(VecDeque::len).sum()
+        self.lookups.values().map(Open::len).sum()
     }
 
     fn evict_oldest_process(&mut self, out: &mut Vec<Correlated>) {
@@ -479,6 +507,7 @@ impl Correlator {
             self.open = self.open.saturating_sub(lookups.len());
             out.extend(
                 lookups
+                    .into_lookups()
                     .into_iter()
                     .map(|l| Correlated::Lookup(reported_early(l))),
             );
@@ -575,20 +604,26 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
 }
 
 /// Gives `response` to the newest attempt that `fits`; hands it back when
-/// none does.
+/// none does. Only lookups that may have sent the response's (socket, id) are read:
+/// `fits` asks for both.
 fn give_newest(
-    lookups: &mut VecDeque<Lookup>,
+    lookups: &mut Open,
+    keys: &Keys,
     fits: impl Fn(&Attempt) -> bool,
     response: Response,
 ) -> Result<(), Response> {
-    let Some(attempt) = lookups
-        .iter_mut()
+    let Some((index, at)) = (0..lookups.len())
         .rev()
-        .flat_map(|lookup| lookup.attempts.iter_mut().rev())
-        .find(|a| fits(a))
+        .filter(|&index| lookups.may_have_sent(index, keys))
+        .find_map(|index| Some((index, lookups.get(index).attempts.iter().rposition(&fits)?)))
     else {
         return Err(response);
     };
+    lookups.change(index, |lookup| give(&mut lookup.attempts[at], response));
+    Ok(())
+}
+
+fn give(attempt: &mut Attempt, response: Response) {
     attempt.outcome = match attempt.outcome {
         Outcome::Timeout => Outcome::Late,
         outcome => outcome,
@@ -597,7 +632,6 @@ fn give_newest(
         attempt.ended_monotonic_ns = Some(response.monotonic_ns);
     }
     attempt.response = Some(response);
-    Ok(())
 }
 
 /// When a copy of `attempt` (the same query from the same socket to another
@@ -730,7 +764,7 @@ const TRANSFER_QTYPES: [u16; 2] = [252, 251];
 /// fits no query: the transfer's query on this socket was answered already,
 /// or the message says it is a transfer (it repeats the question).
 fn continues_transfer(
-    lookups: &VecDeque<Lookup>,
+    lookups: &Open,
     socket_cookie: u64,
     id: u16,
     question: Option<&Question>,

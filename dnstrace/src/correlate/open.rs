@@ -1,0 +1,250 @@
+//! A process's open lookups, oldest first, each with a summary beside it.
+//! A busy process has hundreds open, and every query or response concerns
+//! one or two of them: the summaries let the correlator pass the others by
+//! without reading their attempts. A summary only ever rules a lookup out;
+//! whatever it lets through is judged on the lookup itself, as before.
+
+use std::{cell::Cell, collections::VecDeque};
+
+use super::{
+    attempt::{Attempt, Outcome},
+    lookup::Lookup,
+};
+use crate::decode::Question;
+
+#[derive(Default)]
+pub struct Open {
+    lookups: VecDeque<Lookup>,
+    /// In step with `lookups`: rebuilt for a lookup each time it changes.
+    summaries: VecDeque<Summary>,
+    /// How many lookups have an attempt with a dropped packet: with none,
+    /// no message needs looking for one.
+    with_drops: usize,
+}
+
+/// Sets are 64-bit Bloom filters: a clear bit proves something absent.
+struct Summary {
+    /// The first label of the lookup's name: a query continues only a
+    /// lookup whose name shares it.
+    label: u64,
+    /// The questions asked, and those of attempts still pending.
+    asked: u64,
+    pending: u64,
+    /// The sockets, and the (socket, id) pairs, its queries left from.
+    sockets: u64,
+    queries: u64,
+    /// Whether some attempt is pending with a response, not moved on from.
+    unmoved: bool,
+    /// Whether some attempt has a packet the kernel dropped.
+    dropped: bool,
+    /// `Lookup::is_over`, worked out when first asked after a change.
+    over: Cell<Option<bool>>,
+}
+
+impl Summary {
+    fn of(lookup: &Lookup) -> Self {
+        let mut summary = Self {
+            label: label_key(&lookup.name),
+            asked: 0,
+            pending: 0,
+            sockets: 0,
+            queries: 0,
+            unmoved: false,
+            dropped: false,
+            over: Cell::new(None),
+        };
+        for attempt in &lookup.attempts {
+            let question = bit(question_key(&attempt.question));
+            summary.asked |= question;
+            summary.sockets |= bit(attempt.socket_cookie);
+            summary.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+            summary.dropped |= attempt.drop.is_some();
+            if attempt.outcome == Outcome::Pending {
+                summary.pending |= question;
+                summary.unmoved |= attempt.response.is_some() && !attempt.moved_on;
+            }
+        }
+        summary
+    }
+}
+
+/// What a message is looked up by, hashed once per message.
+pub struct Keys {
+    pub label: u64,
+    question: u64,
+    socket: u64,
+    query: u64,
+}
+
+impl Keys {
+    pub fn new(name: &str, question: Option<&Question>, socket_cookie: u64, id: u16) -> Self {
+        Self {
+            label: label_key(name),
+            question: question.map_or(0, |q| bit(question_key(q))),
+            socket: bit(socket_cookie),
+            query: bit(query_key(socket_cookie, id)),
+        }
+    }
+}
+
+impl Open {
+    pub fn len(&self) -> usize {
+        self.lookups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lookups.is_empty()
+    }
+
+    pub fn front(&self) -> Option<&Lookup> {
+        self.lookups.front()
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Lookup> {
+        self.lookups.iter()
+    }
+
+    pub fn get(&self, index: usize) -> &Lookup {
+        &self.lookups[index]
+    }
+
+    pub fn push_back(&mut self, lookup: Lookup) {
+        let summary = Summary::of(&lookup);
+        self.with_drops += usize::from(summary.dropped);
+        self.summaries.push_back(summary);
+        self.lookups.push_back(lookup);
+    }
+
+    pub fn pop_front(&mut self) -> Option<Lookup> {
+        let summary = self.summaries.pop_front()?;
+        self.with_drops -= usize::from(summary.dropped);
+        self.lookups.pop_front()
+    }
+
+    /// Changes the lookup at `index`, and its summary with it.
+    pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
+        let lookup = &mut self.lookups[index];
+        let result = change(lookup);
+        let summary = Summary::of(lookup);
+        self.with_drops += usize::from(summary.dropped);
+        self.with_drops -= usize::from(self.summaries[index].dropped);
+        self.summaries[index] = summary;
+        result
+    }
+
+    /// Takes every lookup out, to be put back with `replace`.
+    pub fn take(&mut self) -> VecDeque<Lookup> {
+        self.summaries.clear();
+        self.with_drops = 0;
+        std::mem::take(&mut self.lookups)
+    }
+
+    pub fn replace(&mut self, lookups: VecDeque<Lookup>) {
+        self.summaries = lookups.iter().map(Summary::of).collect();
+        self.with_drops = self.summaries.iter().filter(|s| s.dropped).count();
+        self.lookups = lookups;
+    }
+
+    /// Whether some attempt has a packet the kernel dropped.
+    pub fn has_drops(&self) -> bool {
+        self.with_drops > 0
+    }
+
+    pub fn into_lookups(self) -> VecDeque<Lookup> {
+        self.lookups
+    }
+
+    /// `Lookup::is_over` of the lookup at `index`.
+    pub fn is_over(&self, index: usize) -> bool {
+        let cached = &self.summaries[index].over;
+        match cached.get() {
+            Some(over) => over,
+            None => {
+                let over = self.lookups[index].is_over();
+                cached.set(Some(over));
+                over
+            }
+        }
+    }
+
+    /// Whether the lookup at `index` may continue a query named as `keys`
+    /// says: only a lookup whose name shares its first label can.
+    pub fn may_continue(&self, index: usize, keys: &Keys) -> bool {
+        self.summaries[index].label == keys.label
+    }
+
+    /// Whether the lookup at `index` may have asked the query's question.
+    pub fn may_have_asked(&self, index: usize, keys: &Keys) -> bool {
+        self.summaries[index].asked & keys.question != 0
+    }
+
+    /// Whether a repeat of the query's question may concern the lookup at
+    /// `index`: it has an attempt pending with that question, or one with
+    /// a response that a query about another name would move on from.
+    pub fn may_be_repeated(&self, index: usize, keys: &Keys) -> bool {
+        let summary = &self.summaries[index];
+        summary.unmoved || summary.pending & keys.question != 0
+    }
+
+    /// Whether the lookup at `index` may have sent a query from the
+    /// message's socket, with its id.
+    pub fn may_have_sent(&self, index: usize, keys: &Keys) -> bool {
+        self.summaries[index].queries & keys.query != 0
+    }
+
+    /// The place (lookup, attempt) of the newest attempt that `fits`, of
+    /// the lookups `may` lets through.
+    pub fn newest(
+        &self,
+        may: impl Fn(usize) -> bool,
+        fits: impl Fn(&Attempt) -> bool,
+    ) -> Option<(usize, usize)> {
+        (0..self.len())
+            .rev()
+            .filter(|&index| may(index))
+            .find_map(|index| Some((index, self.lookups[index].attempts.iter().rposition(&fits)?)))
+    }
+
+    /// Whether the lookup at `index` may have sent from the message's
+    /// socket.
+    pub fn may_use_socket(&self, index: usize, keys: &Keys) -> bool {
+        self.summaries[index].sockets & keys.socket != 0
+    }
+
+    /// The attempts of lookups that may have used the message's socket,
+    /// oldest first.
+    pub fn attempts_on_socket<'a>(&'a self, keys: &'a Keys) -> impl Iterator<Item = &'a Attempt> {
+        (0..self.len())
+            .filter(|&index| self.may_use_socket(index, keys))
+            .flat_map(|index| self.lookups[index].attempts.iter())
+    }
+}
+
+/// One bit of 64, picked by the top bits of a multiplicative hash.
+fn bit(key: u64) -> u64 {
+    1 << (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
+}
+
+/// A word at a time, each byte with its 0x20 bit set: a letter's cases
+/// hash alike, as names compare without case (other bytes that differ in
+/// that bit alone collide, which a Bloom filter allows).
+fn fold(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(bytes.len() as u64, |hash, chunk| {
+        let mut word = [0x20; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word) | 0x2020_2020_2020_2020;
+        (hash.rotate_left(5) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    })
+}
+
+fn label_key(name: &str) -> u64 {
+    fold(super::first_label(name).as_bytes())
+}
+
+fn question_key(question: &Question) -> u64 {
+    fold(question.name.as_bytes()) ^ u64::from(question.qtype)
+}
+
+fn query_key(socket_cookie: u64, id: u16) -> u64 {
+    socket_cookie.rotate_left(16) ^ u64::from(id)
+}
