@@ -254,7 +254,9 @@ impl Correlator {
                     .attempts
                     .iter()
                     .any(|a| a.socket_cookie == message.envelope.socket_cookie && a.id == id);
-            let starts_over = (asked_before(false) && lookups.is_over(index) && !copy)
+            // Cheapest first: `is_over` is remembered, `copy` mostly ruled
+            // out by the summary; a busy process passes many lookups here.
+            let starts_over = (lookups.is_over(index) && !copy && asked_before(false))
                 || (fresh_socket()
                     && lookup.retries_on_fresh_socket() == Some(false)
                     && asked_before(true)
