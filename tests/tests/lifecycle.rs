@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStderr, Command, Stdio},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -84,21 +84,36 @@ fn start_attached() -> (Child, Vec<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start dnstrace");
-    let mut stderr = BufReader::new(agent.stderr.take().expect("stderr")).lines();
+    let stderr = agent.stderr.take();
+    match stderr.map(read_until_attached) {
+        Some(Ok(said)) => (agent, said),
+        problem => {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            panic!("{problem:?}");
+        }
+    }
+}
+
+/// Lines of dnstrace's stderr up to `dnstrace: attached`; the rest is read
+/// and dropped, so that dnstrace's later lines never meet a closed pipe.
+fn read_until_attached(stderr: ChildStderr) -> Result<Vec<String>, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut said = Vec::new();
-    loop {
-        let line = stderr
-            .next()
-            .expect("dnstrace exited before attaching")
-            .expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    while let Some(line) = lines.next() {
+        let line = line.map_err(|e| format!("reading stderr: {e}"))?;
         let attached = line.starts_with("dnstrace: attached");
         said.push(line);
         if attached {
-            return (agent, said);
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok(said);
         }
-        assert!(Instant::now() < deadline, "not attached within 30 s");
+        if Instant::now() > deadline {
+            return Err(format!("not attached within 30 s: {said:?}"));
+        }
     }
+    Err(format!("dnstrace exited before attaching: {said:?}"))
 }
 
 /// `auto` falls back to cgroup-sockaddr silently but for one line, so a

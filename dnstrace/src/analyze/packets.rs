@@ -17,10 +17,7 @@ use super::{
     dissect::{Dissector, Frame, link_type_supported},
     read_up_to,
 };
-use crate::{
-    identity::ParsedTexts,
-    message::Message,
-};
+use crate::{identity::ParsedTexts, message::Message};
 
 /// Larger records are not packets but a broken length field.
 const MAX_RECORD: usize = 16 << 20;
