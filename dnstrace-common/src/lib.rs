@@ -344,6 +344,7 @@ pub mod names {
     pub const TCP_MESSAGES_PER_SEGMENT: &str = "TCP_MESSAGES_PER_SEGMENT";
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
+    pub const UNFRAMED: &str = "UNFRAMED";
     pub const SOCKETS: &str = "SOCKETS";
     pub const SELECTED_PIDS: &str = "SELECTED_PIDS";
     pub const SELECTED_CGROUPS: &str = "SELECTED_CGROUPS";

@@ -46,6 +46,10 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// TCP streams whose framing was given up (see `tcp`), per CPU.
+#[map]
+pub static UNFRAMED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Socket cookie to the process that last sent from it.
 #[map]
 pub static SOCKETS: LruHashMap<u64, SocketOwner> = LruHashMap::with_max_entries(65_536, 0);

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use dnstrace_common::Direction;
 
 use crate::{
-    maps::{Stream, StreamKey, TCP_STREAMS},
+    maps::{Stream, StreamKey, TCP_STREAMS, UNFRAMED, add},
     packet::Datagram,
 };
 
@@ -78,9 +78,11 @@ impl Framer {
             // `next` lies past this segment, which then holds nothing new,
             // or before it: its bytes have not come yet, or they went by
             // unframed.
-            let lost = (at as i32) < 0 && went_by(ctx, &state, direction);
+            let lost =
+                state.wait != WAIT_LOST && (at as i32) < 0 && went_by(ctx, &state, direction);
             if lost {
                 state.wait = WAIT_LOST;
+                count_unframed();
             }
             if (lost || new) && kept {
                 store(&key, &state);
@@ -153,6 +155,7 @@ impl Framer {
     pub fn finish(mut self, direction: Direction, cookie: u64) {
         if self.at < self.len {
             self.state.wait = WAIT_LOST;
+            count_unframed();
         }
         if self.kept {
             let key = StreamKey {
@@ -161,6 +164,15 @@ impl Framer {
             };
             store(&key, &self.state);
         }
+    }
+}
+
+/// A stream given up: userspace reports how many.
+#[inline(always)]
+fn count_unframed() {
+    if let Some(count) = UNFRAMED.get_ptr_mut(0) {
+        // SAFETY: this CPU's own counter, a live map value.
+        unsafe { add(count, 1) };
     }
 }
 

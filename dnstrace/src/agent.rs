@@ -203,6 +203,10 @@ pub async fn run(
     capture.flush_kernel_log();
     read_losses(&mut losses, &capture, &mut pipeline);
     pipeline.summary.lost_per_cpu = losses.per_cpu;
+    match capture.unframed_tcp_streams() {
+        Ok(count) => pipeline.summary.unframed_tcp_streams = count,
+        Err(error) => eprintln!("dnstrace: {error}"),
+    }
     pipeline.finish();
     if let Some(error) = pipeline.take_write_error() {
         return Err(Failure::runtime(format!("writing output failed: {error}")));

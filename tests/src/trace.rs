@@ -393,6 +393,8 @@ pub struct Summary {
     pub drops: u64,
     #[serde(default)]
     pub drops_by_reason: BTreeMap<String, u64>,
+    /// TCP stream directions the kernel stopped framing.
+    pub unframed_tcp_streams: u64,
 }
 
 /// Everything one tracer run wrote.

@@ -143,6 +143,95 @@ fn a_zone_transfer_is_reported_message_by_message() {
     assert_no_false_verdict(&trace, kdig_pid);
 }
 
+/// Queries the client writes at once, in one segment: more than the kernel
+/// frames from one.
+const BUNDLED_QUERIES: u16 = 6;
+
+/// The most messages the kernel frames from one segment on cgroup-skb
+/// (`MAX_TCP_MESSAGES_PER_SEGMENT` in dnstrace-common).
+const FRAMED_PER_SEGMENT: usize = 4;
+
+/// A client writes six framed queries in one segment; the kernel frames
+/// the first four (the most it frames from a segment), gives the stream up
+/// rather than guess where the rest begin, and the summary counts it.
+#[test]
+fn a_segment_with_more_messages_than_framed_is_counted_as_an_unframed_stream() {
+    let net = Topology::new();
+    let knot = DnsServer::start(ServerKind::Knot, &net);
+    let server = knot.socket(Family::V4);
+    let label = unique_name("bundle");
+    let tracer = Tracer::start(EVERYTHING);
+    let client = net
+        .client
+        .command("python3")
+        .args(["-c", BUNDLING_CLIENT])
+        .args([
+            server.ip().to_string(),
+            server.port().to_string(),
+            BUNDLED_QUERIES.to_string(),
+            label.clone(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let client_pid = client.id();
+    let output = client.wait_with_output().expect("wait for python3");
+    assert!(
+        output.status.success(),
+        "the client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let trace = tracer.stop();
+
+    let sent: Vec<&Message> = trace
+        .messages
+        .iter()
+        .filter(|m| m.pid == Some(client_pid) && m.direction == Direction::Send)
+        .collect();
+    assert_eq!(sent.len(), FRAMED_PER_SEGMENT, "{}", describe(&sent));
+    for (message, number) in sent.iter().zip(0u16..) {
+        assert_eq!(message.proto, "tcp", "{message:?}");
+        assert_eq!(
+            message.qname.as_deref(),
+            Some(format!("q{number}.{label}.test.").as_str()),
+            "the first queries of the segment, in order: {}",
+            describe(&sent)
+        );
+    }
+    assert!(
+        trace.summary.unframed_tcp_streams >= 1,
+        "the stream given up is not counted: {:?}",
+        trace.summary
+    );
+}
+
+/// Writes N length-prefixed queries for qI.LABEL.test. A in one call on one
+/// connection, then reads the N answers.
+const BUNDLING_CLIENT: &str = r#"
+import socket, struct, sys
+host, port, count, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def query(i):
+    q = struct.pack(">6H", 0x5100 + i, 0x0100, 1, 0, 0, 0)
+    for part in ("q%d" % i, label, "test"):
+        q += bytes([len(part)]) + part.encode()
+    q += b"\0" + struct.pack(">2H", 1, 1)
+    return struct.pack(">H", len(q)) + q
+s = socket.create_connection((host, port), timeout=10)
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+s.sendall(b"".join(query(i) for i in range(count)))
+def read(n):
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            sys.exit("the server closed the connection")
+        data += more
+    return data
+for _ in range(count):
+    read(struct.unpack(">H", read(2))[0])
+"#;
+
 #[test]
 fn dropped_query_segments_are_reported_once_and_attributed_to_dig() {
     let net = Topology::new();

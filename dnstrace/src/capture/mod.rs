@@ -87,6 +87,7 @@ pub struct Capture {
     events: AsyncFd<RingMap>,
     ring: ring::Ring,
     lost: PerCpuArray<MapData, u64>,
+    unframed: PerCpuArray<MapData, u64>,
     pub backend: Backend,
     /// Backends passed over, each with the reason.
     pub passed_over: Vec<(Backend, String)>,
@@ -164,6 +165,8 @@ impl Capture {
         };
         let lost = PerCpuArray::try_from(map(&mut ebpf, names::LOST)?)
             .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::LOST)))?;
+        let unframed = PerCpuArray::try_from(map(&mut ebpf, names::UNFRAMED)?)
+            .map_err(|e| Failure::setup(format!("internal: {}: {e}", names::UNFRAMED)))?;
         let ring = ring::Ring::new(events.fd().as_fd(), ring_buffer_bytes as usize)
             .map_err(|e| Failure::setup(format!("cannot map the ring buffer: {e}")))?;
         // SAFETY: the MapData owns its map fd, keeps it open until it is
@@ -178,6 +181,7 @@ impl Capture {
             events,
             ring,
             lost,
+            unframed,
             backend,
             passed_over,
             reads: Err("not attached".into()),
@@ -265,5 +269,13 @@ impl Capture {
             .get(&0, 0)
             .map(|values| values.iter().copied().collect())
             .map_err(|e| format!("cannot read the lost-event counters: {e}"))
+    }
+
+    /// TCP streams whose framing the kernel gave up, on every CPU.
+    pub fn unframed_tcp_streams(&self) -> Result<u64, String> {
+        self.unframed
+            .get(&0, 0)
+            .map(|values| values.iter().sum())
+            .map_err(|e| format!("cannot read the unframed-stream counters: {e}"))
     }
 }

@@ -839,6 +839,8 @@ pub struct SummaryRecord<'a> {
     pub shed: u64,
     /// Lookups reported incomplete.
     pub incomplete_lookups: u64,
+    /// TCP streams the kernel stopped framing.
+    pub unframed_tcp_streams: u64,
 }
 
 pub struct JsonOutput {
@@ -988,6 +990,7 @@ impl Output for JsonOutput {
             evicted_lookups: summary.evicted_lookups,
             shed: summary.shed,
             incomplete_lookups: summary.incomplete_lookups,
+            unframed_tcp_streams: summary.unframed_tcp_streams,
         })?;
         self.flush()
     }
@@ -1060,6 +1063,7 @@ mod tests {
             evicted_lookups: 0,
             shed: 0,
             incomplete_lookups: 0,
+            unframed_tcp_streams: 0,
         };
         let dropped = Dropped {
             message: message.clone(),

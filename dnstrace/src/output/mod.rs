@@ -120,6 +120,9 @@ pub struct Summary {
     pub shed: u64,
     /// Lookups reported incomplete: messages may have been lost in them.
     pub incomplete_lookups: u64,
+    /// TCP streams (a connection's direction) whose later messages the
+    /// kernel could not frame, and so did not report.
+    pub unframed_tcp_streams: u64,
     /// Diagnoses not kept because too many were.
     pub dropped_diagnoses: u64,
     /// `analyze`: damaged records of the input files, skipped.
@@ -215,6 +218,12 @@ impl Summary {
             line.push_str(&format!(
                 ", {} lookups incomplete (messages may have been lost)",
                 self.incomplete_lookups
+            ));
+        }
+        if self.unframed_tcp_streams > 0 {
+            line.push_str(&format!(
+                ", {} TCP streams not framed further (their later messages not seen)",
+                self.unframed_tcp_streams
             ));
         }
         if self.unattributed > 0 {
