@@ -18,10 +18,7 @@ pub mod servers;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
@@ -425,54 +422,17 @@ impl Correlator {
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
         self.servers.expire(now);
+        let mut settled = Vec::new();
         for open in self.lookups.values_mut() {
-            let mut lookups = open.take();
-            for lookup in lookups.iter_mut() {
-                let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
-                let rejected = rejected_shapes(lookup);
-                let library = lookup.context.library.as_ref();
-                let superseded: Vec<Option<u64>> = lookup
-                    .attempts
-                    .iter()
-                    .map(|a| superseded_by_copy(&lookup.attempts, a, library))
-                    .collect();
-                for (attempt, superseded) in lookup.attempts.iter_mut().zip(superseded) {
-                    if attempt.outcome != Outcome::Pending {
-                        continue;
-                    }
-                    match (&attempt.response, attempt.sent_monotonic_ns) {
-                        (Some(response), _)
-                            if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS =>
-                        {
-                            attempt.outcome = match superseded {
-                                Some(_) => Outcome::Superseded,
-                                None => unrepeated_answer(attempt, &rejected),
-                            };
-                        }
-                        (None, Some(sent))
-                            if now.saturating_sub(sent) > timeout
-                                || superseded.is_some_and(|at| {
-                                    now.saturating_sub(at) > REJECT_WINDOW_NS
-                                }) =>
-                        {
-                            // Given up on when the copy's answer came.
-                            attempt.outcome = match superseded {
-                                Some(_) => Outcome::Superseded,
-                                None => Outcome::Timeout,
-                            };
-                            attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            let (settled, still_open): (VecDeque<Lookup>, VecDeque<Lookup>) =
-                lookups.drain(..).partition(|l| {
-                    l.is_settled() && now.saturating_sub(l.last_activity_ns()) > SETTLE_NS
-                });
-            open.replace(still_open);
-            out.extend(settled.into_iter().map(Correlated::Lookup));
+            open.settle(
+                |lookup| judge_by_time(lookup, now),
+                |lookup| {
+                    lookup.is_settled() && now.saturating_sub(lookup.last_activity_ns()) > SETTLE_NS
+                },
+                &mut settled,
+            );
         }
+        out.extend(settled.into_iter().map(Correlated::Lookup));
         self.lookups.retain(|_, lookups| !lookups.is_empty());
         self.open = self.open_lookups();
     }
@@ -542,6 +502,47 @@ struct Known<'a> {
     lookup_over: bool,
     /// `Lookup::retries_on_fresh_socket`.
     fresh_socket_retries: Option<bool>,
+}
+
+/// Decides what time alone decides about `lookup`'s pending attempts.
+fn judge_by_time(lookup: &mut Lookup, now: u64) {
+    // Most open lookups of a busy process wait only to settle.
+    if lookup.is_settled() {
+        return;
+    }
+    let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
+    let rejected = rejected_shapes(lookup);
+    let library = lookup.context.library.as_ref();
+    let superseded: Vec<Option<u64>> = lookup
+        .attempts
+        .iter()
+        .map(|a| superseded_by_copy(&lookup.attempts, a, library))
+        .collect();
+    for (attempt, superseded) in lookup.attempts.iter_mut().zip(superseded) {
+        if attempt.outcome != Outcome::Pending {
+            continue;
+        }
+        match (&attempt.response, attempt.sent_monotonic_ns) {
+            (Some(response), _) if now.saturating_sub(response.monotonic_ns) > REJECT_WINDOW_NS => {
+                attempt.outcome = match superseded {
+                    Some(_) => Outcome::Superseded,
+                    None => unrepeated_answer(attempt, &rejected),
+                };
+            }
+            (None, Some(sent))
+                if now.saturating_sub(sent) > timeout
+                    || superseded.is_some_and(|at| now.saturating_sub(at) > REJECT_WINDOW_NS) =>
+            {
+                // Given up on when the copy's answer came.
+                attempt.outcome = match superseded {
+                    Some(_) => Outcome::Superseded,
+                    None => Outcome::Timeout,
+                };
+                attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The process asked `previous`'s question again, with `id`. What that

@@ -25,8 +25,14 @@ pub struct Open {
 /// Sets are 64-bit Bloom filters: a clear bit proves something absent.
 struct Summary {
     /// The first label of the lookup's name: a query continues only a
-    /// lookup whose name shares it.
+    /// lookup whose name shares it; and the name's length when hashed (a
+    /// lookup's name only ever changes to a shorter one).
     label: u64,
+    label_of_len: usize,
+    /// Each attempt's question, hashed once: an attempt's question, socket
+    /// and id never change, and attempts are only ever added, so a busy
+    /// lookup's 32 need no hashing again at each change.
+    questions: Vec<u64>,
     /// The questions asked, and those of attempts still pending.
     asked: u64,
     pending: u64,
@@ -44,7 +50,9 @@ struct Summary {
 impl Summary {
     fn of(lookup: &Lookup) -> Self {
         let mut summary = Self {
-            label: label_key(&lookup.name),
+            label: 0,
+            label_of_len: usize::MAX,
+            questions: Vec::with_capacity(lookup.attempts.len()),
             asked: 0,
             pending: 0,
             sockets: 0,
@@ -53,18 +61,34 @@ impl Summary {
             dropped: false,
             over: Cell::new(None),
         };
-        for attempt in &lookup.attempts {
+        summary.refresh(lookup);
+        summary
+    }
+
+    /// Brings the summary up to date after `lookup` changed.
+    fn refresh(&mut self, lookup: &Lookup) {
+        if lookup.name.len() != self.label_of_len {
+            self.label = label_key(&lookup.name);
+            self.label_of_len = lookup.name.len();
+        }
+        for attempt in &lookup.attempts[self.questions.len()..] {
             let question = bit(question_key(&attempt.question));
-            summary.asked |= question;
-            summary.sockets |= bit(attempt.socket_cookie);
-            summary.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
-            summary.dropped |= attempt.drop.is_some();
+            self.questions.push(question);
+            self.asked |= question;
+            self.sockets |= bit(attempt.socket_cookie);
+            self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+        }
+        self.pending = 0;
+        self.unmoved = false;
+        self.dropped = false;
+        for (attempt, question) in lookup.attempts.iter().zip(&self.questions) {
+            self.dropped |= attempt.drop.is_some();
             if attempt.outcome == Outcome::Pending {
-                summary.pending |= question;
-                summary.unmoved |= attempt.response.is_some() && !attempt.moved_on;
+                self.pending |= question;
+                self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
             }
         }
-        summary
+        self.over.set(None);
     }
 }
 
@@ -125,24 +149,35 @@ impl Open {
     pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
         let lookup = &mut self.lookups[index];
         let result = change(lookup);
-        let summary = Summary::of(lookup);
+        let summary = &mut self.summaries[index];
+        self.with_drops -= usize::from(summary.dropped);
+        summary.refresh(lookup);
         self.with_drops += usize::from(summary.dropped);
-        self.with_drops -= usize::from(self.summaries[index].dropped);
-        self.summaries[index] = summary;
         result
     }
 
-    /// Takes every lookup out, to be put back with `replace`.
-    pub fn take(&mut self) -> VecDeque<Lookup> {
-        self.summaries.clear();
+    /// Changes every lookup with `change`, oldest first, then takes out
+    /// those `settled` says are done, in order.
+    pub fn settle(
+        &mut self,
+        mut change: impl FnMut(&mut Lookup),
+        settled: impl Fn(&Lookup) -> bool,
+        out: &mut Vec<Lookup>,
+    ) {
+        let lookups = std::mem::take(&mut self.lookups);
+        let summaries = std::mem::take(&mut self.summaries);
         self.with_drops = 0;
-        std::mem::take(&mut self.lookups)
-    }
-
-    pub fn replace(&mut self, lookups: VecDeque<Lookup>) {
-        self.summaries = lookups.iter().map(Summary::of).collect();
-        self.with_drops = self.summaries.iter().filter(|s| s.dropped).count();
-        self.lookups = lookups;
+        for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
+            change(&mut lookup);
+            if settled(&lookup) {
+                out.push(lookup);
+                continue;
+            }
+            summary.refresh(&lookup);
+            self.with_drops += usize::from(summary.dropped);
+            self.summaries.push_back(summary);
+            self.lookups.push_back(lookup);
+        }
     }
 
     /// Whether some attempt has a packet the kernel dropped.
