@@ -154,11 +154,10 @@ impl Correlator {
         let lookups = self.lookups.entry(client.id).or_default();
         let keys = Keys::new(&name, Some(&question), message.envelope.socket_cookie, id);
 
-        for index in 0..lookups.len() {
-            // A lookup the summary rules out would not change below.
-            if !lookups.may_be_repeated(index, &keys) {
-                continue;
-            }
+        // A lookup the summary rules out would not change below.
+        let mut next = 0;
+        while let Some(index) = lookups.next_maybe_repeated(next, &keys) {
+            next = index + 1;
             lookups.change(index, |lookup| {
                 let same_name = lookup.name == name;
                 // What a repeat needs is worked out only for a lookup that has
@@ -211,10 +210,7 @@ impl Correlator {
         // the next name of the search list. (glibc's last round, one query
         // per socket after timeouts, still belongs to a lookup that lacks
         // an answer.)
-        let position = (0..lookups.len()).rev().find(|&index| {
-            if !lookups.may_continue(index, &keys) {
-                return false;
-            }
+        let position = lookups.newest_continued(&keys, |index| {
             let lookup = lookups.get(index);
             let continues = lookup.name == name
                 || (search_unknown
@@ -255,7 +251,7 @@ impl Correlator {
             // out by the summary; a busy process passes many lookups here.
             let starts_over = (lookups.is_over(index) && !copy && asked_before(false))
                 || (fresh_socket()
-                    && lookup.retries_on_fresh_socket() == Some(false)
+                    && lookups.retries_on_fresh_socket(index) == Some(false)
                     && asked_before(true)
                     && lookup.every_question_answered());
             !starts_over

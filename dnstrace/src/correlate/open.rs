@@ -15,8 +15,13 @@ use crate::decode::Question;
 #[derive(Default)]
 pub struct Open {
     lookups: VecDeque<Lookup>,
-    /// In step with `lookups`: rebuilt for a lookup each time it changes.
+    /// In step with `lookups`: brought up to date each time one changes.
     summaries: VecDeque<Summary>,
+    /// The two filters every query reads for every open lookup, copied out
+    /// of the summaries and packed, so that a pass over hundreds stays in
+    /// cache: the label, and `Summary::repeat_filter`.
+    labels: VecDeque<u64>,
+    repeats: VecDeque<u64>,
     /// How many lookups have an attempt with a dropped packet: with none,
     /// no message needs looking for one.
     with_drops: usize,
@@ -43,8 +48,10 @@ struct Summary {
     unmoved: bool,
     /// Whether some attempt has a packet the kernel dropped.
     dropped: bool,
-    /// `Lookup::is_over`, worked out when first asked after a change.
+    /// `Lookup::is_over` and `Lookup::retries_on_fresh_socket`, worked
+    /// out when first asked after a change.
     over: Cell<Option<bool>>,
+    fresh_socket_retries: Cell<Option<Option<bool>>>,
 }
 
 impl Summary {
@@ -60,6 +67,7 @@ impl Summary {
             unmoved: false,
             dropped: false,
             over: Cell::new(None),
+            fresh_socket_retries: Cell::new(None),
         };
         summary.refresh(lookup);
         summary
@@ -89,6 +97,13 @@ impl Summary {
             }
         }
         self.over.set(None);
+        self.fresh_socket_retries.set(None);
+    }
+
+    /// The questions a repeat of which concerns the lookup: those pending,
+    /// or any while an answer waits to be moved on from.
+    fn repeat_filter(&self) -> u64 {
+        if self.unmoved { u64::MAX } else { self.pending }
     }
 }
 
@@ -135,6 +150,8 @@ impl Open {
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
         self.with_drops += usize::from(summary.dropped);
+        self.labels.push_back(summary.label);
+        self.repeats.push_back(summary.repeat_filter());
         self.summaries.push_back(summary);
         self.lookups.push_back(lookup);
     }
@@ -142,6 +159,8 @@ impl Open {
     pub fn pop_front(&mut self) -> Option<Lookup> {
         let summary = self.summaries.pop_front()?;
         self.with_drops -= usize::from(summary.dropped);
+        self.labels.pop_front();
+        self.repeats.pop_front();
         self.lookups.pop_front()
     }
 
@@ -153,6 +172,8 @@ impl Open {
         self.with_drops -= usize::from(summary.dropped);
         summary.refresh(lookup);
         self.with_drops += usize::from(summary.dropped);
+        self.labels[index] = summary.label;
+        self.repeats[index] = summary.repeat_filter();
         result
     }
 
@@ -166,6 +187,8 @@ impl Open {
     ) {
         let lookups = std::mem::take(&mut self.lookups);
         let summaries = std::mem::take(&mut self.summaries);
+        self.labels.clear();
+        self.repeats.clear();
         self.with_drops = 0;
         for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
             change(&mut lookup);
@@ -175,6 +198,8 @@ impl Open {
             }
             summary.refresh(&lookup);
             self.with_drops += usize::from(summary.dropped);
+            self.labels.push_back(summary.label);
+            self.repeats.push_back(summary.repeat_filter());
             self.summaries.push_back(summary);
             self.lookups.push_back(lookup);
         }
@@ -202,23 +227,49 @@ impl Open {
         }
     }
 
-    /// Whether the lookup at `index` may continue a query named as `keys`
-    /// says: only a lookup whose name shares its first label can.
-    pub fn may_continue(&self, index: usize, keys: &Keys) -> bool {
-        self.summaries[index].label == keys.label
+    /// `Lookup::retries_on_fresh_socket` of the lookup at `index`.
+    pub fn retries_on_fresh_socket(&self, index: usize) -> Option<bool> {
+        let cached = &self.summaries[index].fresh_socket_retries;
+        match cached.get() {
+            Some(retries) => retries,
+            None => {
+                let retries = self.lookups[index].retries_on_fresh_socket();
+                cached.set(Some(retries));
+                retries
+            }
+        }
+    }
+
+    /// The newest lookup that `continues` a query named as `keys` says,
+    /// of those whose name shares its first label (no other can).
+    pub fn newest_continued(
+        &self,
+        keys: &Keys,
+        mut continues: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        self.labels
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, label)| **label == keys.label)
+            .map(|(index, _)| index)
+            .find(|&index| continues(index))
+    }
+
+    /// The first lookup from `from` on that a repeat of the query's
+    /// question may concern: one with an attempt pending with that
+    /// question, or with a response that a query about another name would
+    /// move on from.
+    pub fn next_maybe_repeated(&self, from: usize, keys: &Keys) -> Option<usize> {
+        self.repeats
+            .range(from..)
+            .position(|filter| filter & keys.question != 0)
+            .map(|at| from + at)
     }
 
     /// Whether the lookup at `index` may have asked the query's question.
     pub fn may_have_asked(&self, index: usize, keys: &Keys) -> bool {
         self.summaries[index].asked & keys.question != 0
-    }
-
-    /// Whether a repeat of the query's question may concern the lookup at
-    /// `index`: it has an attempt pending with that question, or one with
-    /// a response that a query about another name would move on from.
-    pub fn may_be_repeated(&self, index: usize, keys: &Keys) -> bool {
-        let summary = &self.summaries[index];
-        summary.unmoved || summary.pending & keys.question != 0
     }
 
     /// Whether the lookup at `index` may have sent a query from the
