@@ -50,7 +50,7 @@ const MESSAGE_FIELDS: [&str; 29] = [
 /// Null even in a complete message: no EDNS, or nothing wrong.
 /// (A host process is in no container and no pod.)
 const MAY_BE_NULL: [&str; 4] = ["edns_udp_size", "decode_error", "container", "pod"];
-const SUMMARY_FIELDS: [&str; 10] = [
+const SUMMARY_FIELDS: [&str; 11] = [
     "kind",
     "messages",
     "lost",
@@ -61,6 +61,7 @@ const SUMMARY_FIELDS: [&str; 10] = [
     "evicted_lookups",
     "shed",
     "incomplete_lookups",
+    "unframed_tcp_streams",
 ];
 const FLAGS: [&str; 6] = ["aa", "tc", "rd", "ra", "ad", "cd"];
 
