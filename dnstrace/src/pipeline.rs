@@ -126,7 +126,10 @@ impl Pipeline {
         if self.watch_drops {
             self.query_owners.message(message);
             self.adopt_orphan_drops();
-            self.link_drops(|_| false);
+            // Behind, drops are not linked (see `pass_drop`).
+            if !self.shedding {
+                self.link_drops(|_| false);
+            }
         }
         if self.shedding {
             self.summary.shed += 1;
