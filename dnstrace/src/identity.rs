@@ -103,15 +103,21 @@ impl Identity {
 
 /// Texts already parsed, for a reader: a process's messages on one socket
 /// carry the same text, and parsing it took a fifth of `analyze`'s time on
-/// a busy trace. Bounded: emptied when full.
+/// a busy trace. Bounded: emptied when full, and a text longer than any
+/// dnstrace writes for a process outside a pod is not kept (a file may
+/// hold a megabyte of comment per packet).
 #[derive(Default)]
 pub struct ParsedTexts(HashMap<Box<str>, Option<Identity>>);
 
 impl ParsedTexts {
     const CAPACITY: usize = 4096;
+    const LONGEST_KEPT: usize = 1024;
 
     /// [`Identity::parse`], remembered.
     pub fn parse(&mut self, text: &str) -> Option<Identity> {
+        if text.len() > Self::LONGEST_KEPT {
+            return Identity::parse(text);
+        }
         if let Some(identity) = self.0.get(text) {
             return identity.clone();
         }
@@ -280,6 +286,13 @@ mod tests {
             }
             assert!(texts.0.len() <= ParsedTexts::CAPACITY);
         }
+        // A long text is parsed, never kept.
+        let mut long = identity(&"x".repeat(15));
+        long.socket_cookie = 1;
+        let text = format!("{} {}", long.to_text(), "pad=0 ".repeat(200));
+        texts.0.clear();
+        assert_eq!(texts.parse(&text), Some(long));
+        assert!(texts.0.is_empty());
     }
 
     #[test]
