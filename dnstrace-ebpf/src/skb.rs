@@ -49,7 +49,7 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
     }
     let Some(attribution) = attribute(ctx, &config, direction, cookie, datagram.protocol) else {
         if let Some(framer) = framer {
-            framer.finish(direction, cookie);
+            framer.finish(direction, cookie, true);
         }
         return Ok(());
     };
@@ -75,7 +75,7 @@ fn handle(ctx: &SkBuffContext, direction: Direction) -> Result<(), i64> {
         n += 1;
     }
     if let Some(framer) = framer {
-        framer.finish(direction, cookie);
+        framer.finish(direction, cookie, false);
     }
     Ok(())
 }

@@ -150,12 +150,16 @@ impl Framer {
 
     /// Writes the stream's state back (the stream `new` was given). A
     /// segment that still holds messages (more than the caller took) loses
-    /// its stream: where they end is not known.
+    /// its stream: where they end is not known. That is counted unless the
+    /// caller took none on purpose (`skipped`: the filters leave the
+    /// stream out), or the stream is a listener's, which is not kept.
     #[inline(always)]
-    pub fn finish(mut self, direction: Direction, cookie: u64) {
+    pub fn finish(mut self, direction: Direction, cookie: u64, skipped: bool) {
         if self.at < self.len {
             self.state.wait = WAIT_LOST;
-            count_unframed();
+            if self.kept && !skipped {
+                count_unframed();
+            }
         }
         if self.kept {
             let key = StreamKey {

@@ -18,7 +18,7 @@ use std::{
 use tempfile::TempDir;
 
 use dnstrace_tests::{
-    netns::{Family, Netns, Topology},
+    netns::{Family, Netns, ServerAddrs, Topology},
     process::{Daemon, PATIENCE, poll_until, run},
     servers::{DnsServer, ServerKind, dig_target},
     trace::{Direction, EVERYTHING, Message, Trace, Tracer},
@@ -153,21 +153,28 @@ const FRAMED_PER_SEGMENT: usize = 4;
 
 /// A client writes six framed queries in one segment; the kernel frames
 /// the first four (the most it frames from a segment), gives the stream up
-/// rather than guess where the rest begin, and the summary counts it.
+/// rather than guess where the rest begin, and counts that once. The
+/// server never answers, and the filter leaves its side out: a stream the
+/// filters leave out is not counted, so the count is exactly one.
 #[test]
 fn a_segment_with_more_messages_than_framed_is_counted_as_an_unframed_stream() {
     let net = Topology::new();
-    let knot = DnsServer::start(ServerKind::Knot, &net);
-    let server = knot.socket(Family::V4);
+    let addrs = ServerAddrs::host(SILENT_SERVER_HOST);
+    net.add_server_addrs(addrs);
+    let server = Daemon::spawn(
+        "silent server",
+        net.server
+            .command("python3")
+            .args(["-c", SILENT_SERVER, &addrs.v4.to_string()]),
+    );
     let label = unique_name("bundle");
-    let tracer = Tracer::start(EVERYTHING);
+    let tracer = Tracer::start(["--comm", BUNDLING_COMM]);
     let client = net
         .client
         .command("python3")
         .args(["-c", BUNDLING_CLIENT])
         .args([
-            server.ip().to_string(),
-            server.port().to_string(),
+            addrs.v4.to_string(),
             BUNDLED_QUERIES.to_string(),
             label.clone(),
         ])
@@ -177,12 +184,14 @@ fn a_segment_with_more_messages_than_framed_is_counted_as_an_unframed_stream() {
         .expect("spawn python3");
     let client_pid = client.id();
     let output = client.wait_with_output().expect("wait for python3");
+    let trace = tracer.stop();
     assert!(
         output.status.success(),
         "the client failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let trace = tracer.stop();
+    let (status, stderr) = server.wait();
+    assert!(status.success(), "the silent server failed: {stderr:?}");
 
     let sent: Vec<&Message> = trace
         .messages
@@ -199,37 +208,60 @@ fn a_segment_with_more_messages_than_framed_is_counted_as_an_unframed_stream() {
             describe(&sent)
         );
     }
-    assert!(
-        trace.summary.unframed_tcp_streams >= 1,
-        "the stream given up is not counted: {:?}",
+    assert_eq!(
+        trace.summary.unframed_tcp_streams, 1,
+        "the client's sending side given up once, the server's left out: {:?}",
         trace.summary
     );
 }
 
-/// Writes N length-prefixed queries for qI.LABEL.test. A in one call on one
-/// connection, then reads the N answers.
+/// The silent server's address in the server namespace (tests/src/netns.rs
+/// hands out 11 to 14 to the DNS servers).
+const SILENT_SERVER_HOST: u8 = 41;
+
+/// Accepts one connection on port 53 of the address given and reads it to
+/// its end, answering nothing; for 30 s at most.
+const SILENT_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 53))
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+c.settimeout(30)
+while c.recv(65536):
+    pass
+"#;
+
+/// The client's thread name, which the tracer's filter selects.
+const BUNDLING_COMM: &str = "bundler";
+
+/// Names its thread BUNDLING_COMM, connects to port 53 of the address
+/// given (retrying while the server starts, 5 s at most), writes N
+/// length-prefixed queries for qI.LABEL.test. A in one call, and closes.
 const BUNDLING_CLIENT: &str = r#"
-import socket, struct, sys
-host, port, count, label = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+import ctypes, socket, struct, sys, time
+ctypes.CDLL(None).prctl(15, b"bundler", 0, 0, 0)
+host, count, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def query(i):
     q = struct.pack(">6H", 0x5100 + i, 0x0100, 1, 0, 0, 0)
     for part in ("q%d" % i, label, "test"):
         q += bytes([len(part)]) + part.encode()
     q += b"\0" + struct.pack(">2H", 1, 1)
     return struct.pack(">H", len(q)) + q
-s = socket.create_connection((host, port), timeout=10)
+for attempt in range(50):
+    try:
+        s = socket.create_connection((host, 53), timeout=5)
+        break
+    except ConnectionRefusedError:
+        time.sleep(0.1)
+else:
+    sys.exit("the silent server never listened")
 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 s.sendall(b"".join(query(i) for i in range(count)))
-def read(n):
-    data = b""
-    while len(data) < n:
-        more = s.recv(n - len(data))
-        if not more:
-            sys.exit("the server closed the connection")
-        data += more
-    return data
-for _ in range(count):
-    read(struct.unpack(">H", read(2))[0])
+time.sleep(0.2)
+s.close()
 "#;
 
 #[test]
