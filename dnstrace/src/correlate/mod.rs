@@ -500,12 +500,14 @@ struct Known<'a> {
     fresh_socket_retries: Option<bool>,
 }
 
-/// Decides what time alone decides about `lookup`'s pending attempts.
-fn judge_by_time(lookup: &mut Lookup, now: u64) {
+/// Decides what time alone decides about `lookup`'s pending attempts;
+/// whether it decided any.
+fn judge_by_time(lookup: &mut Lookup, now: u64) -> bool {
     // Most open lookups of a busy process wait only to settle.
     if lookup.is_settled() {
-        return;
+        return false;
     }
+    let mut decided = false;
     let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
     let rejected = rejected_shapes(lookup);
     let library = lookup.context.library.as_ref();
@@ -524,6 +526,7 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) {
                     Some(_) => Outcome::Superseded,
                     None => unrepeated_answer(attempt, &rejected),
                 };
+                decided = true;
             }
             (None, Some(sent))
                 if now.saturating_sub(sent) > timeout
@@ -535,10 +538,12 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) {
                     None => Outcome::Timeout,
                 };
                 attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
+                decided = true;
             }
             _ => {}
         }
     }
+    decided
 }
 
 /// The process asked `previous`'s question again, with `id`. What that

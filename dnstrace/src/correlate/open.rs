@@ -100,6 +100,16 @@ impl Summary {
         self.fresh_socket_retries.set(None);
     }
 
+    /// Whether every filter is what `of` would make of the lookup now.
+    #[cfg(debug_assertions)]
+    fn is_true_of(&self, lookup: &Lookup) -> bool {
+        let fresh = Self::of(lookup);
+        (self.label, &self.questions, self.asked, self.pending)
+            == (fresh.label, &fresh.questions, fresh.asked, fresh.pending)
+            && (self.sockets, self.queries, self.unmoved, self.dropped)
+                == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
+    }
+
     /// The questions a repeat of which concerns the lookup: those pending,
     /// or any while an answer waits to be moved on from.
     fn repeat_filter(&self) -> u64 {
@@ -171,17 +181,23 @@ impl Open {
         let summary = &mut self.summaries[index];
         self.with_drops -= usize::from(summary.dropped);
         summary.refresh(lookup);
+        #[cfg(debug_assertions)]
+        debug_assert!(
+            summary.is_true_of(lookup),
+            "a summary fell behind its lookup"
+        );
         self.with_drops += usize::from(summary.dropped);
         self.labels[index] = summary.label;
         self.repeats[index] = summary.repeat_filter();
         result
     }
 
-    /// Changes every lookup with `change`, oldest first, then takes out
-    /// those `settled` says are done, in order.
+    /// Changes every lookup with `change` (which says whether it changed
+    /// anything), oldest first, then takes out those `settled` says are
+    /// done, in order.
     pub fn settle(
         &mut self,
-        mut change: impl FnMut(&mut Lookup),
+        mut change: impl FnMut(&mut Lookup) -> bool,
         settled: impl Fn(&Lookup) -> bool,
         out: &mut Vec<Lookup>,
     ) {
@@ -191,12 +207,19 @@ impl Open {
         self.repeats.clear();
         self.with_drops = 0;
         for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
-            change(&mut lookup);
+            let changed = change(&mut lookup);
             if settled(&lookup) {
                 out.push(lookup);
                 continue;
             }
-            summary.refresh(&lookup);
+            if changed {
+                summary.refresh(&lookup);
+            }
+            #[cfg(debug_assertions)]
+            debug_assert!(
+                summary.is_true_of(&lookup),
+                "a summary fell behind its lookup"
+            );
             self.with_drops += usize::from(summary.dropped);
             self.labels.push_back(summary.label);
             self.repeats.push_back(summary.repeat_filter());
