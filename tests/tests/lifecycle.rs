@@ -6,7 +6,10 @@ use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader},
     process::{Child, ChildStderr, Command, Stdio},
-    sync::Mutex,
+    sync::{
+        Mutex,
+        mpsc::{self, RecvTimeoutError},
+    },
     time::{Duration, Instant},
 };
 
@@ -95,25 +98,39 @@ fn start_attached() -> (Child, Vec<String>) {
     }
 }
 
-/// Lines of dnstrace's stderr up to `dnstrace: attached`; the rest is read
-/// and dropped, so that dnstrace's later lines never meet a closed pipe.
+/// Lines of dnstrace's stderr up to `dnstrace: attached`, read on a
+/// thread so that an agent that hangs without a word still fails within
+/// the deadline; the rest is read and dropped, so that dnstrace's later
+/// lines never meet a closed pipe.
 fn read_until_attached(stderr: ChildStderr) -> Result<Vec<String>, String> {
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // The test stops listening once attached; read on regardless.
+            let _ = lines.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut said = Vec::new();
-    let mut lines = BufReader::new(stderr).lines();
-    while let Some(line) = lines.next() {
-        let line = line.map_err(|e| format!("reading stderr: {e}"))?;
-        let attached = line.starts_with("dnstrace: attached");
-        said.push(line);
-        if attached {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(said);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("not attached within 30 s: {said:?}"));
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => {
+                let attached = line.starts_with("dnstrace: attached");
+                said.push(line);
+                if attached {
+                    return Ok(said);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!("not attached within 30 s: {said:?}"));
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(format!("dnstrace exited before attaching: {said:?}"));
+            }
         }
     }
-    Err(format!("dnstrace exited before attaching: {said:?}"))
 }
 
 /// `auto` falls back to cgroup-sockaddr silently but for one line, so a
