@@ -131,7 +131,10 @@ fn dropped_query(backend: &str) -> Result<String, String> {
     let sent = dns::send_unheard();
     let stopped = tracer.stop();
     sent.map_err(|e| format!("{e:#}"))?;
-    stopped.map_err(|e| format!("{e:#}"))?;
+    let status = stopped.map_err(|e| format!("{e:#}"))?;
+    if !status.success() {
+        return Err(format!("dnstrace exited with {status} after SIGINT"));
+    }
     let jsonl = fs::read_to_string(&tracer.output)
         .map_err(|e| format!("reading {}: {e}", tracer.output.display()))?;
     let drop = jsonl
