@@ -6,7 +6,10 @@
 //! sender's (a pod's query dropped on the node, where it has lost its
 //! socket) is matched by its addresses and ports alone.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
 
 use crate::message::{Direction, Dropped, Message, Process, Transport};
 
@@ -89,4 +92,79 @@ impl QueryOwners {
             }
         }
     }
+}
+
+/// Drops waiting for the query that names their process, oldest first,
+/// with a count per client addresses: only a query on those addresses can
+/// name one, so the others need no look at each message.
+#[derive(Default)]
+pub struct OrphanDrops {
+    waiting: VecDeque<Dropped>,
+    addresses: HashMap<Addresses, usize>,
+}
+
+impl OrphanDrops {
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn push(&mut self, dropped: Dropped) {
+        *self
+            .addresses
+            .entry(addresses(&dropped.message))
+            .or_default() += 1;
+        self.waiting.push_back(dropped);
+    }
+
+    pub fn oldest(&self) -> Option<&Dropped> {
+        self.waiting.front()
+    }
+
+    pub fn pop_oldest(&mut self) -> Option<Dropped> {
+        let dropped = self.waiting.pop_front()?;
+        self.forget(&dropped);
+        Some(dropped)
+    }
+
+    /// Takes out those waiting drops `owners` can now name, oldest first,
+    /// when `message` may have named some (a query on their addresses).
+    pub fn named(&mut self, message: &Message, owners: &QueryOwners) -> Vec<Dropped> {
+        if !self.addresses.contains_key(&addresses(message)) {
+            return Vec::new();
+        }
+        let mut named = Vec::new();
+        for _ in 0..self.waiting.len() {
+            let Some(mut dropped) = self.waiting.pop_front() else {
+                break;
+            };
+            owners.attribute(&mut dropped);
+            if dropped.message.envelope.process.is_some() {
+                self.forget(&dropped);
+                named.push(dropped);
+            } else {
+                self.waiting.push_back(dropped);
+            }
+        }
+        named
+    }
+
+    fn forget(&mut self, dropped: &Dropped) {
+        let key = addresses(&dropped.message);
+        if let Some(count) = self.addresses.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.addresses.remove(&key);
+            }
+        }
+    }
+}
+
+/// A message's client addresses, as `QueryOwners` keys them.
+fn addresses(message: &Message) -> Addresses {
+    let envelope = &message.envelope;
+    (
+        envelope.transport == Transport::Tcp,
+        envelope.local,
+        envelope.remote,
+    )
 }

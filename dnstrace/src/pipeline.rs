@@ -13,7 +13,7 @@ use crate::{
         reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
-    drop_owners::QueryOwners,
+    drop_owners::{OrphanDrops, QueryOwners},
     gaps::{Gaps, STRAY_LOOKBACK_NS},
     message::{ClientId, Dropped, Message},
     output::{AgentState, Output, ProcessReport, Summary},
@@ -43,7 +43,7 @@ pub struct Pipeline {
     query_owners: QueryOwners,
     /// Drops with no owner yet, oldest first: the query that names it may
     /// still wait for its process's facts in the enrich stage.
-    orphan_drops: VecDeque<Dropped>,
+    orphan_drops: OrphanDrops,
     /// Dropped responses whose attempt is not open yet, for the same
     /// reason; their records are written already.
     unlinked_drops: VecDeque<Dropped>,
@@ -79,7 +79,7 @@ impl Pipeline {
             now_ns: 0,
             watch_drops: false,
             query_owners: QueryOwners::default(),
-            orphan_drops: VecDeque::new(),
+            orphan_drops: OrphanDrops::default(),
             unlinked_drops: VecDeque::new(),
             gaps: Gaps::default(),
             shedding: false,
@@ -125,7 +125,7 @@ impl Pipeline {
         self.each_output(|output| output.message(message));
         if self.watch_drops {
             self.query_owners.message(message);
-            self.adopt_orphan_drops();
+            self.adopt_orphan_drops(message);
             // Behind, drops are not linked (see `pass_drop`).
             if !self.shedding {
                 self.link_drops(|_| false);
@@ -151,7 +151,7 @@ impl Pipeline {
         self.query_owners.attribute(&mut dropped);
         if dropped.message.envelope.process.is_none() && self.orphan_drops.len() < MAX_ORPHAN_DROPS
         {
-            self.orphan_drops.push_back(dropped);
+            self.orphan_drops.push(dropped);
             return;
         }
         self.pass_drop(&dropped);
@@ -191,27 +191,19 @@ impl Pipeline {
     }
 
     /// Passes on the waiting drops a query now names.
-    fn adopt_orphan_drops(&mut self) {
-        for _ in 0..self.orphan_drops.len() {
-            let Some(mut dropped) = self.orphan_drops.pop_front() else {
-                break;
-            };
-            self.query_owners.attribute(&mut dropped);
-            if dropped.message.envelope.process.is_some() {
-                self.pass_drop(&dropped);
-            } else {
-                self.orphan_drops.push_back(dropped);
-            }
+    fn adopt_orphan_drops(&mut self, message: &Message) {
+        for dropped in self.orphan_drops.named(message, &self.query_owners) {
+            self.pass_drop(&dropped);
         }
     }
 
     /// Passes on, without an owner, the drops that waited long enough (or
     /// all of them, at exit).
     fn release_orphan_drops(&mut self, now: u64) {
-        while let Some(oldest) = self.orphan_drops.front()
+        while let Some(oldest) = self.orphan_drops.oldest()
             && now.saturating_sub(oldest.message.envelope.monotonic_ns) >= ORPHAN_WAIT_NS
         {
-            let dropped = self.orphan_drops.pop_front().expect("checked");
+            let dropped = self.orphan_drops.pop_oldest().expect("checked");
             self.pass_drop(&dropped);
         }
     }
@@ -514,6 +506,49 @@ mod tests {
         pipeline.advance(30 * SECOND);
         assert_eq!(pipeline.summary.incomplete_lookups, 1);
         assert!(pipeline.diagnoser.all().is_empty());
+    }
+
+    /// A drop the kernel could not attribute waits; only a query on its
+    /// addresses names its process, and then it is passed on at once.
+    #[test]
+    fn a_drop_without_an_owner_waits_for_the_query_on_its_addresses() {
+        let mut pipeline = Pipeline::new(Vec::new()).watching_drops();
+        let query = |socket, id, name| {
+            let mut query = message(Direction::Send, socket, id, name, 1, SECOND, None);
+            if let Some(process) = &mut query.envelope.process {
+                process.netns = Some(1);
+            }
+            query
+        };
+        let named = Socket::new(7, 1, server(1));
+        let other = Socket::new(8, 2, server(1));
+        let mut response = message(
+            Direction::Recv,
+            named,
+            1,
+            "db.test.",
+            1,
+            SECOND + MS,
+            Some(NXDOMAIN),
+        );
+        response.envelope.process = None;
+        pipeline.dropped(Dropped {
+            message: response,
+            reason: "NO_SOCKET".into(),
+            location: "somewhere+0x1".into(),
+            netns: Some(1),
+            conntrack: None,
+        });
+        assert_eq!(pipeline.orphan_drops.len(), 1);
+        pipeline.message(&query(other, 2, "other.test."));
+        assert_eq!(
+            pipeline.orphan_drops.len(),
+            1,
+            "other addresses name nothing"
+        );
+        pipeline.message(&query(named, 1, "db.test."));
+        assert_eq!(pipeline.orphan_drops.len(), 0, "its query names it");
+        assert_eq!(pipeline.summary.drops, 1);
     }
 
     #[test]
