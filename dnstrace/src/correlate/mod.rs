@@ -421,6 +421,7 @@ impl Correlator {
         let mut settled = Vec::new();
         for open in self.lookups.values_mut() {
             open.settle(
+                now,
                 |lookup| judge_by_time(lookup, now),
                 |lookup| {
                     lookup.is_settled() && now.saturating_sub(lookup.last_activity_ns()) > SETTLE_NS
@@ -500,14 +501,28 @@ struct Known<'a> {
     fresh_socket_retries: Option<bool>,
 }
 
-/// Decides what time alone decides about `lookup`'s pending attempts;
-/// whether it decided any.
-fn judge_by_time(lookup: &mut Lookup, now: u64) -> bool {
+/// What `judge_by_time` did, and until when it would decide nothing more
+/// about the lookup unless the lookup changes (0: unknown).
+pub(crate) struct Judged {
+    pub decided: bool,
+    pub quiet_until: u64,
+}
+
+/// The first time `now` at which `now - since > window` holds.
+fn past(since: u64, window: u64) -> u64 {
+    since.saturating_add(window).saturating_add(1)
+}
+
+/// Decides what time alone decides about `lookup`'s pending attempts.
+fn judge_by_time(lookup: &mut Lookup, now: u64) -> Judged {
+    let mut judged = Judged {
+        decided: false,
+        quiet_until: u64::MAX,
+    };
     // Most open lookups of a busy process wait only to settle.
     if lookup.is_settled() {
-        return false;
+        return judged;
     }
-    let mut decided = false;
     let timeout = lookup.context.timeout_ns() + TIMEOUT_SLACK_NS;
     let rejected = rejected_shapes(lookup);
     let library = lookup.context.library.as_ref();
@@ -526,7 +541,7 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) -> bool {
                     Some(_) => Outcome::Superseded,
                     None => unrepeated_answer(attempt, &rejected),
                 };
-                decided = true;
+                judged.decided = true;
             }
             (None, Some(sent))
                 if now.saturating_sub(sent) > timeout
@@ -538,12 +553,29 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) -> bool {
                     None => Outcome::Timeout,
                 };
                 attempt.ended_monotonic_ns = Some(superseded.unwrap_or(now));
-                decided = true;
+                judged.decided = true;
             }
-            _ => {}
+            // Not yet: when time will first decide it.
+            (Some(response), _) => {
+                judged.quiet_until = judged
+                    .quiet_until
+                    .min(past(response.monotonic_ns, REJECT_WINDOW_NS));
+            }
+            (None, Some(sent)) => {
+                let copy_answered = superseded.map_or(u64::MAX, |at| past(at, REJECT_WINDOW_NS));
+                judged.quiet_until = judged
+                    .quiet_until
+                    .min(past(sent, timeout))
+                    .min(copy_answered);
+            }
+            (None, None) => {}
         }
     }
-    decided
+    if judged.decided {
+        // The attempts decided may change what the others wait for.
+        judged.quiet_until = 0;
+    }
+    judged
 }
 
 /// The process asked `previous`'s question again, with `id`. What that

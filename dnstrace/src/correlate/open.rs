@@ -7,6 +7,7 @@
 use std::{cell::Cell, collections::VecDeque};
 
 use super::{
+    Judged,
     attempt::{Attempt, Outcome},
     lookup::Lookup,
 };
@@ -52,6 +53,9 @@ struct Summary {
     /// out when first asked after a change.
     over: Cell<Option<bool>>,
     fresh_socket_retries: Cell<Option<Option<bool>>>,
+    /// Until when judging the lookup by time decides nothing (0: not
+    /// known since it last changed).
+    quiet_until: u64,
 }
 
 impl Summary {
@@ -68,6 +72,7 @@ impl Summary {
             dropped: false,
             over: Cell::new(None),
             fresh_socket_retries: Cell::new(None),
+            quiet_until: 0,
         };
         summary.refresh(lookup);
         summary
@@ -98,6 +103,7 @@ impl Summary {
         }
         self.over.set(None);
         self.fresh_socket_retries.set(None);
+        self.quiet_until = 0;
     }
 
     /// Whether every filter is what `of` would make of the lookup now.
@@ -192,12 +198,13 @@ impl Open {
         result
     }
 
-    /// Changes every lookup with `change` (which says whether it changed
-    /// anything), oldest first, then takes out those `settled` says are
-    /// done, in order.
+    /// Judges every lookup by time at `now` with `judge`, oldest first
+    /// (but for those it would leave alone until later), then takes out
+    /// those `settled` says are done, in order.
     pub fn settle(
         &mut self,
-        mut change: impl FnMut(&mut Lookup) -> bool,
+        now: u64,
+        mut judge: impl FnMut(&mut Lookup) -> Judged,
         settled: impl Fn(&Lookup) -> bool,
         out: &mut Vec<Lookup>,
     ) {
@@ -207,13 +214,24 @@ impl Open {
         self.repeats.clear();
         self.with_drops = 0;
         for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
-            let changed = change(&mut lookup);
+            if now >= summary.quiet_until {
+                let judged = judge(&mut lookup);
+                if judged.decided {
+                    summary.refresh(&lookup);
+                }
+                summary.quiet_until = judged.quiet_until;
+            } else {
+                // What is left alone would not have been decided.
+                #[cfg(debug_assertions)]
+                debug_assert!(
+                    !judge(&mut lookup.clone()).decided,
+                    "a lookup left alone until {} was decided at {now}",
+                    summary.quiet_until
+                );
+            }
             if settled(&lookup) {
                 out.push(lookup);
                 continue;
-            }
-            if changed {
-                summary.refresh(&lookup);
             }
             #[cfg(debug_assertions)]
             debug_assert!(
