@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
 };
 
-use crate::message::{Direction, Dropped, Message, Process, Transport};
+use crate::message::{Direction, Dropped, Envelope, Message, Process, Transport};
 
 /// Past this many sockets the memory starts over rather than grow.
 const MAX_SOCKETS: usize = 65_536;
@@ -43,12 +43,7 @@ impl QueryOwners {
         if envelope.direction != Direction::Send || !is_query {
             return;
         }
-        let key = (
-            netns,
-            envelope.transport == Transport::Tcp,
-            envelope.local,
-            envelope.remote,
-        );
+        let key = socket_key(netns, envelope);
         if self.by_socket.get(&key).map(|(p, cookie)| (p.pid, *cookie))
             == Some((process.pid, envelope.socket_cookie))
         {
@@ -75,12 +70,7 @@ impl QueryOwners {
         let Some(netns) = dropped.netns else {
             return;
         };
-        let key = (
-            netns,
-            envelope.transport == Transport::Tcp,
-            envelope.local,
-            envelope.remote,
-        );
+        let key = socket_key(netns, envelope);
         let owner = self
             .by_socket
             .get(&key)
@@ -159,12 +149,18 @@ impl OrphanDrops {
     }
 }
 
-/// A message's client addresses, as `QueryOwners` keys them.
-fn addresses(message: &Message) -> Addresses {
-    let envelope = &message.envelope;
+/// A client socket's key, from a message of its in `netns`.
+fn socket_key(netns: u64, envelope: &Envelope) -> Key {
     (
+        netns,
         envelope.transport == Transport::Tcp,
         envelope.local,
         envelope.remote,
     )
+}
+
+/// A message's client addresses, as `QueryOwners` keys them.
+fn addresses(message: &Message) -> Addresses {
+    let (_, tcp, local, remote) = socket_key(0, &message.envelope);
+    (tcp, local, remote)
 }
