@@ -181,6 +181,9 @@ fn aaaa_queries_dropped_by_netfilter_are_named_for_the_resolver() {
     );
 }
 
+/// The queries [`FLOOD`] sends, ids 1 to 30.
+const FLOOD_QUERIES: u16 = 30;
+
 /// Sends 30 A queries (fewer than a lookup's 32 attempts) from a socket
 /// with the smallest receive buffer, reads none of the answers, and closes it once they had time to
 /// come. Prints its pid first.
@@ -223,6 +226,14 @@ fn answers_beyond_a_full_receive_buffer_are_socket_rcvbuff_drops() {
     tracer.wait_for_line("the kernel_drop diagnosis", |line| {
         line["kind"] == "diagnosis" && line["pid"] == pid && line["cause"] == "kernel_drop"
     });
+    // The last queries can make a lookup of their own (when the answer the
+    // socket kept came before they left): each attempt is written once its
+    // lookup settles, so wait for every one.
+    for id in 1..=FLOOD_QUERIES {
+        tracer.wait_for_line(&format!("the attempt of query {id}"), |line| {
+            line["kind"] == "attempt" && line["pid"] == pid && line["id"] == id
+        });
+    }
     let trace = tracer.stop();
 
     let drops = drops_of(&trace, pid);
