@@ -4,7 +4,7 @@
 //! answer that came after its client had closed the socket. Each is made
 //! in the test's own namespaces, with real resolvers and servers.
 
-use std::{io::Write as _, process::Stdio};
+use std::{io::Write as _, net::SocketAddr, process::Stdio};
 
 use dnstrace_tests::{
     clients::{Client, Lookup},
@@ -181,6 +181,19 @@ fn aaaa_queries_dropped_by_netfilter_are_named_for_the_resolver() {
     );
 }
 
+/// Runs `script` with python3 in the client namespace, asking `address`
+/// about `domain`; the pid it prints first.
+fn run_client_script(net: &Topology, script: &str, address: SocketAddr, domain: &str) -> u32 {
+    let output = run(net.client.command("python3").args([
+        "-c",
+        script,
+        &address.ip().to_string(),
+        &address.port().to_string(),
+        domain,
+    ]));
+    output.trim().parse().expect("the client's pid")
+}
+
 /// The queries [`FLOOD`] sends, ids 1 to 30.
 const FLOOD_QUERIES: u16 = 30;
 
@@ -210,14 +223,7 @@ fn answers_beyond_a_full_receive_buffer_are_socket_rcvbuff_drops() {
     let dir = tempfile::tempdir().expect("temp dir");
     let pcapng = dir.path().join("drops.pcapng");
     let mut tracer = Tracer::start([std::ffi::OsStr::new("-w"), pcapng.as_os_str()]);
-    let output = run(net.client.command("python3").args([
-        "-c",
-        FLOOD,
-        &address.ip().to_string(),
-        &address.port().to_string(),
-        &domain,
-    ]));
-    let pid: u32 = output.trim().parse().expect("the client's pid");
+    let pid = run_client_script(&net, FLOOD, address, &domain);
     tracer.wait_for_line("a response dropped at the full buffer", |line| {
         line["kind"] == "drop" && line["pid"] == pid
     });
@@ -322,14 +328,7 @@ fn an_answer_after_the_client_closed_its_socket_is_a_no_socket_drop() {
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = dir.path().join("metrics.prom");
     let mut tracer = Tracer::start([std::ffi::OsStr::new("--metrics-file"), metrics.as_os_str()]);
-    let output = run(net.client.command("python3").args([
-        "-c",
-        GIVE_UP,
-        &address.ip().to_string(),
-        &address.port().to_string(),
-        &domain,
-    ]));
-    let pid: u32 = output.trim().parse().expect("the client's pid");
+    let pid = run_client_script(&net, GIVE_UP, address, &domain);
     let qname = format!("{domain}.");
     tracer.wait_for_line("the late answer", |line| {
         line["kind"] == "drop" && line["qname"] == qname.as_str()
