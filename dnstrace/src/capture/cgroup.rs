@@ -75,31 +75,13 @@ pub fn attach(
         .load(PROBES)
         .map_err(|e| format!("loading the probes failed: {e}"))?;
 
-    if !request.pids.is_empty() {
-        let mut selected: BpfHashMap<_, u32, u8> = ebpf
-            .map_mut(names::SELECTED_PIDS)
-            .ok_or("the probes lack the pid map")?
-            .try_into()
-            .map_err(|e| format!("pid map: {e}"))?;
-        for pid in &request.pids {
-            selected
-                .insert(pid, &1, 0)
-                .map_err(|e| format!("cannot select pid {pid}: {e}"))?;
-        }
-    }
-
-    if !request.cgroups.is_empty() {
-        let mut selected: BpfHashMap<_, u64, u8> = ebpf
-            .map_mut(names::SELECTED_CGROUPS)
-            .ok_or("the probes lack the cgroup map")?
-            .try_into()
-            .map_err(|e| format!("cgroup map: {e}"))?;
-        for id in &request.cgroups {
-            selected
-                .insert(id, &1, 0)
-                .map_err(|e| format!("cannot select cgroup {id}: {e}"))?;
-        }
-    }
+    select(&mut ebpf, names::SELECTED_PIDS, "pid", &request.pids)?;
+    select(
+        &mut ebpf,
+        names::SELECTED_CGROUPS,
+        "cgroup",
+        &request.cgroups,
+    )?;
 
     let read_counts = match read_support {
         Ok(btf) => reads::attach(&mut ebpf, btf),
@@ -164,6 +146,29 @@ where
         .ok_or_else(|| format!("the probes lack program {name}"))?
         .try_into()
         .map_err(|e| format!("{name}: {e}"))
+}
+
+/// Puts `keys` in the selection map `map` (`what` names them in errors).
+fn select<K: aya::Pod + std::fmt::Display>(
+    ebpf: &mut Ebpf,
+    map: &str,
+    what: &str,
+    keys: &[K],
+) -> Result<(), String> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut selected: BpfHashMap<_, K, u8> = ebpf
+        .map_mut(map)
+        .ok_or_else(|| format!("the probes lack the {what} map"))?
+        .try_into()
+        .map_err(|e| format!("{what} map: {e}"))?;
+    for key in keys {
+        selected
+            .insert(key, &1, 0)
+            .map_err(|e| format!("cannot select {what} {key}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// A verifier rejection gives a long log; its last line says why.

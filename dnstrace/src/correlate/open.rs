@@ -125,7 +125,7 @@ impl Summary {
 
 /// What a message is looked up by, hashed once per message.
 pub struct Keys {
-    pub label: u64,
+    label: u64,
     question: u64,
     socket: u64,
     query: u64,
@@ -334,7 +334,7 @@ impl Open {
 
     /// Whether the lookup at `index` may have sent from the message's
     /// socket.
-    pub fn may_use_socket(&self, index: usize, keys: &Keys) -> bool {
+    fn may_use_socket(&self, index: usize, keys: &Keys) -> bool {
         self.summaries[index].sockets & keys.socket != 0
     }
 
