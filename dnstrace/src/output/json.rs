@@ -141,6 +141,12 @@ impl MessageRecord<'_> {
     /// per-field machinery: this runs for every message. `owner` is what
     /// [`MessageRecord::write_owner`] wrote for the same process, if kept.
     fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache, owner: Option<&[u8]>) {
+        self.write_fields(out, times, owner);
+        out.push(b'}');
+    }
+
+    /// The record without its closing brace, for a drop's to follow.
+    fn write_fields(&self, out: &mut Vec<u8>, times: &mut TimeCache, owner: Option<&[u8]>) {
         let record = self;
         out.extend_from_slice(b"{\"kind\":");
         record.kind.write_json(out);
@@ -153,7 +159,6 @@ impl MessageRecord<'_> {
         write_fields!(out, record: socket_cookie, direction, proto, local, remote, id, qr, opcode,
             flags, rcode, qname, qtype, answers, authority, additional, edns_udp_size, size,
             truncated_capture, decode_error);
-        out.push(b'}');
     }
 
     /// The fields that describe the process, `pid` to `pod`: the same for
@@ -263,6 +268,16 @@ pub struct DropRecord<'a> {
     pub location: &'a str,
     /// Inode of the network namespace the packet was dropped in.
     pub drop_netns: Option<u64>,
+}
+
+impl DropRecord<'_> {
+    /// As serde writes it; a burst of drops comes at the rate of messages.
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
+        let record = self;
+        record.message.write_fields(out, times, None);
+        write_fields!(out, record: reason, location, drop_netns);
+        out.push(b'}');
+    }
 }
 
 impl<'a> DropRecord<'a> {
@@ -405,7 +420,36 @@ macro_rules! integers_write_json {
         )+
     };
 }
-integers_write_json!(u64, u32, u16, u8);
+integers_write_json!(u64, u32, u16, u8, usize);
+
+impl WriteJson for String {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        self.as_str().write_json(out);
+    }
+}
+
+impl<T: WriteJson> WriteJson for Vec<T> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'[');
+        for (index, value) in self.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            value.write_json(out);
+        }
+        out.push(b']');
+    }
+}
+
+/// Only in traces without processes: no need to be quick.
+impl WriteJson for IpAddr {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        out.push(b'"');
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{self}");
+        out.push(b'"');
+    }
+}
 
 impl WriteJson for &str {
     /// Escaped as serde_json escapes: quote, backslash and control bytes.
@@ -598,6 +642,14 @@ pub struct ClientFields<'a> {
     pub client: Option<IpAddr>,
 }
 
+impl ClientFields<'_> {
+    /// `,"pid":…` to `"client":…`, as serde writes them flattened.
+    fn write_fields(&self, out: &mut Vec<u8>) {
+        let record = self;
+        write_fields!(out, record: pid, comm, container, pod, client);
+    }
+}
+
 impl<'a> ClientFields<'a> {
     fn of(client: &'a Client) -> Self {
         Self {
@@ -626,7 +678,7 @@ pub struct AttemptRecord<'a> {
     /// Where the query went, `ip:port`.
     pub server: SocketAddr,
     pub qname: &'a str,
-    pub qtype: Cow<'static, str>,
+    pub qtype: Mnemonic,
     pub id: u16,
     /// `answered`, `timeout`, `rejected`, `late`, `superseded` or `mismatched`.
     pub outcome: &'static str,
@@ -634,8 +686,8 @@ pub struct AttemptRecord<'a> {
     pub outcome_detail: Option<&'static str>,
     /// Query to response, or to when the process gave up; null for a stray.
     pub latency_us: Option<u64>,
-    pub response_rcode: Option<Cow<'static, str>>,
-    pub response_flags: Option<Vec<&'static str>>,
+    pub response_rcode: Option<Mnemonic>,
+    pub response_flags: Option<FlagNames>,
     pub response_answers: Option<u16>,
     pub response_authority: Option<u16>,
     pub response_additional: Option<u16>,
@@ -650,6 +702,23 @@ pub struct AttemptRecord<'a> {
     pub drop_location: Option<&'a str>,
     /// From the query's sending to the drop.
     pub drop_after_us: Option<u64>,
+}
+
+impl AttemptRecord<'_> {
+    /// As serde writes it: a lookup's attempts come at the rate of queries.
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
+        let record = self;
+        out.extend_from_slice(b"{\"kind\":");
+        record.kind.write_json(out);
+        out.extend_from_slice(b",\"ts\":");
+        times.write_json(out, record.ts.0);
+        record.client.write_fields(out);
+        write_fields!(out, record: socket_cookie, proto, server, qname, qtype, id, outcome,
+            outcome_detail, latency_us, response_rcode, response_flags, response_answers,
+            response_authority, response_additional, response_read, dropped, drop_reason,
+            drop_location, drop_after_us);
+        out.push(b'}');
+    }
 }
 
 impl<'a> AttemptRecord<'a> {
@@ -669,13 +738,13 @@ impl<'a> AttemptRecord<'a> {
             proto: attempt.transport.name(),
             server: attempt.server,
             qname: &attempt.question.name,
-            qtype: qtype_name(attempt.question.qtype),
+            qtype: Mnemonic(qtype_name(attempt.question.qtype)),
             id: attempt.id,
             outcome: attempt.outcome.name(),
             outcome_detail: attempt.outcome.detail(),
             latency_us: attempt.latency_ns().map(|ns| ns / 1_000),
-            response_rcode: shape.map(|s| rcode_name(s.rcode)),
-            response_flags: shape.map(|s| s.flags.names().collect()),
+            response_rcode: shape.map(|s| Mnemonic(rcode_name(s.rcode))),
+            response_flags: shape.map(|s| FlagNames(s.flags)),
             response_answers: shape.map(|s| s.answers),
             response_authority: shape.map(|s| s.authority),
             response_additional: shape.map(|s| s.additional),
@@ -713,6 +782,21 @@ pub struct LookupRecord<'a> {
     /// The pod on this node whose process sent the lookup's last response,
     /// when the trace shows it answering; null otherwise.
     pub server_pod: Option<PodRecord<'a>>,
+}
+
+impl LookupRecord<'_> {
+    /// As serde writes it: one for every lookup.
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
+        let record = self;
+        out.extend_from_slice(b"{\"kind\":");
+        record.kind.write_json(out);
+        out.extend_from_slice(b",\"ts\":");
+        times.write_json(out, record.ts.0);
+        record.client.write_fields(out);
+        write_fields!(out, record: name, names_tried, outcome, total_us, attempts, wasted_queries,
+            resolver, server_pod);
+        out.push(b'}');
+    }
 }
 
 impl<'a> LookupRecord<'a> {
@@ -940,27 +1024,31 @@ impl Output for JsonOutput {
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
         if self.kinds.attempt {
             for attempt in &lookup.attempts {
-                self.line(&AttemptRecord::new(attempt))?;
+                AttemptRecord::new(attempt).write_json(&mut self.lines, &mut self.times);
+                self.end_line()?;
             }
         }
         if !self.kinds.lookup {
             return Ok(());
         }
-        self.line(&LookupRecord::new(lookup))
+        LookupRecord::new(lookup).write_json(&mut self.lines, &mut self.times);
+        self.end_line()
     }
 
     fn stray(&mut self, attempt: &Attempt) -> io::Result<()> {
         if !self.kinds.attempt {
             return Ok(());
         }
-        self.line(&AttemptRecord::new(attempt))
+        AttemptRecord::new(attempt).write_json(&mut self.lines, &mut self.times);
+        self.end_line()
     }
 
     fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
         if !self.kinds.drop {
             return Ok(());
         }
-        self.line(&DropRecord::new(dropped))
+        DropRecord::new(dropped).write_json(&mut self.lines, &mut self.times);
+        self.end_line()
     }
 
     fn diagnosis(&mut self, diagnosis: &Diagnosis, _first: bool) -> io::Result<()> {
@@ -1214,6 +1302,148 @@ mod tests {
         message.envelope.process = None;
         message.dns = decode(&[], 0);
         assert_same_json(&message, &mut times, &mut owners);
+    }
+
+    /// A query and its response from a process in a pod, correlated into
+    /// a lookup; with `answered` false the response never comes.
+    fn correlated_lookup(answered: bool) -> Lookup {
+        use crate::{
+            correlate::{Correlated, Correlator},
+            message::Direction,
+        };
+        use hickory_proto::{
+            op::{Message as DnsMessage, MessageType, OpCode, Query},
+            rr::{Name, RecordType},
+        };
+        let mut query = DnsMessage::new(7, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(
+            Name::from_labels([&b"we\"ird"[..], b"example"]).unwrap(),
+            RecordType::AAAA,
+        ));
+        let mut response = query.clone();
+        response.metadata.message_type = MessageType::Response;
+        response.metadata.recursion_available = true;
+        let process = Process {
+            pid: 42,
+            tid: 43,
+            comm: "app\u{1}".into(),
+            uid: 0,
+            cgroup_id: 9,
+            netns: None,
+            facts: in_a_pod(),
+        };
+        let mut correlator = Correlator::default();
+        let mut out = Vec::new();
+        let mut sent = header_only(1_795_758_586_123_456_789, "10.0.0.7:40000", Direction::Send);
+        sent.envelope.process = Some(process.clone());
+        let bytes = query.to_vec().unwrap();
+        sent.dns = decode(&bytes, bytes.len());
+        correlator.observe(&sent, &mut out);
+        if answered {
+            let mut came = sent.clone();
+            came.envelope.direction = Direction::Recv;
+            came.envelope.monotonic_ns = 1_500_000;
+            let bytes = response.to_vec().unwrap();
+            came.dns = decode(&bytes, bytes.len());
+            correlator.observe(&came, &mut out);
+        }
+        correlator.finish(&mut out);
+        match out.pop() {
+            Some(Correlated::Lookup(lookup)) => lookup,
+            _ => panic!("no lookup"),
+        }
+    }
+
+    fn assert_same_text(fast: &[u8], serde: &[u8]) {
+        assert_eq!(
+            String::from_utf8_lossy(fast),
+            String::from_utf8_lossy(serde)
+        );
+    }
+
+    /// Attempts, lookups and drops are written by hand too; serde must
+    /// agree byte for byte, whatever is set or not.
+    #[test]
+    fn attempts_lookups_and_drops_are_written_as_serde_writes_them() {
+        use crate::{
+            correlate::attempt::{DroppedPacket, KernelDrop},
+            message::{Direction, Dropped, Pod},
+            resolver::{Library, ResolverContext},
+        };
+        let mut times = TimeCache::default();
+        for answered in [true, false] {
+            let mut lookup = correlated_lookup(answered);
+            for variant in 0..3 {
+                if variant == 1 {
+                    lookup.attempts[0].drop = Some(Box::new(KernelDrop {
+                        packet: DroppedPacket::Response,
+                        reason: "NETFILTER_DROP".into(),
+                        location: "nf_hook_slow+0x8d".into(),
+                        after_ns: 1_234_567,
+                        conntrack: None,
+                    }));
+                    lookup.attempts[0].server_pod = Some(Arc::new(Pod {
+                        name: Some("coredns-1".into()),
+                        namespace: Some("kube-system".into()),
+                        uid: None,
+                    }));
+                    lookup.context = Arc::new(ResolverContext {
+                        conf: None,
+                        library: Some(Library::Glibc {
+                            major: 2,
+                            minor: 19,
+                        }),
+                    });
+                }
+                if variant == 2 {
+                    // A stray, as files without processes give it.
+                    lookup.attempts[0].client = Client {
+                        id: crate::message::ClientId::Address("2001:db8::1".parse().unwrap()),
+                        comm: None,
+                        facts: None,
+                    };
+                    lookup.attempts[0].sent_wall_time_ns = None;
+                    lookup.attempts[0].sent_monotonic_ns = None;
+                }
+                for attempt in &lookup.attempts {
+                    let mut fast = Vec::new();
+                    AttemptRecord::new(attempt).write_json(&mut fast, &mut times);
+                    let serde = serde_json::to_vec(&AttemptRecord::new(attempt)).unwrap();
+                    assert_same_text(&fast, &serde);
+                }
+                let mut fast = Vec::new();
+                LookupRecord::new(&lookup).write_json(&mut fast, &mut times);
+                assert_same_text(
+                    &fast,
+                    &serde_json::to_vec(&LookupRecord::new(&lookup)).unwrap(),
+                );
+            }
+        }
+        let mut message = header_only(-5, "[::1]:53", Direction::Send);
+        for netns in [None, Some(4026531840)] {
+            let dropped = Dropped {
+                message: message.clone(),
+                reason: "NO_SOCKET".into(),
+                location: "__udp4_lib_rcv+0x9a".into(),
+                netns,
+                conntrack: None,
+            };
+            let mut fast = Vec::new();
+            DropRecord::new(&dropped).write_json(&mut fast, &mut times);
+            assert_same_text(
+                &fast,
+                &serde_json::to_vec(&DropRecord::new(&dropped)).unwrap(),
+            );
+            message.envelope.process = Some(Process {
+                pid: 1,
+                tid: 2,
+                comm: "x".into(),
+                uid: 3,
+                cgroup_id: 4,
+                netns: Some(5),
+                facts: in_a_pod(),
+            });
+        }
     }
 
     /// The kept `pid` to `pod` fields change with any of what they say.
