@@ -158,6 +158,7 @@ impl Correlator {
         let mut next = 0;
         while let Some(index) = lookups.next_maybe_repeated(next, &keys) {
             next = index + 1;
+            let over = lookups.is_over(index);
             lookups.change(index, |lookup| {
                 let same_name = lookup.name == name;
                 // What a repeat needs is worked out only for a lookup that has
@@ -169,7 +170,7 @@ impl Correlator {
                 let (positive, over, fresh_socket_retries) = if repeated {
                     (
                         lookup.has_positive_response(),
-                        lookup.is_over(),
+                        over,
                         lookup.retries_on_fresh_socket(),
                     )
                 } else {

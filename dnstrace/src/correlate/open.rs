@@ -4,7 +4,12 @@
 //! without reading their attempts. A summary only ever rules a lookup out;
 //! whatever it lets through is judged on the lookup itself, as before.
 
-use std::{cell::Cell, collections::VecDeque};
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    hash::{BuildHasher, Hasher, RandomState},
+    sync::LazyLock,
+};
 
 use super::{
     Judged,
@@ -18,14 +23,27 @@ pub struct Open {
     lookups: VecDeque<Lookup>,
     /// In step with `lookups`: brought up to date each time one changes.
     summaries: VecDeque<Summary>,
-    /// The two filters every query reads for every open lookup, copied out
-    /// of the summaries and packed, so that a pass over hundreds stays in
-    /// cache: the label, and `Summary::repeat_filter`.
-    labels: VecDeque<u64>,
+    /// What every query reads of every open lookup, copied out of the
+    /// summaries and packed, so that a pass over hundreds stays in cache:
+    /// what rules a lookup out of being continued, and
+    /// `Summary::repeat_filter`.
+    scans: VecDeque<Scan>,
     repeats: VecDeque<u64>,
     /// How many lookups have an attempt with a dropped packet: with none,
     /// no message needs looking for one.
     with_drops: usize,
+}
+
+/// A lookup as `Open::newest_continued` passes over it.
+#[derive(Clone, Copy)]
+struct Scan {
+    label: u64,
+    queries: u64,
+    /// While the lookup is over, its questions by identity (0: none), if
+    /// it asked at most four: any of them asked again, by a query that is
+    /// not a copy of one of its own, starts a new lookup. A busy process
+    /// has hundreds of lookups over, all with the same few names.
+    sealed: [u64; 4],
 }
 
 /// Sets are 64-bit Bloom filters: a clear bit proves something absent.
@@ -49,9 +67,15 @@ struct Summary {
     unmoved: bool,
     /// Whether some attempt has a packet the kernel dropped.
     dropped: bool,
-    /// `Lookup::is_over` and `Lookup::retries_on_fresh_socket`, worked
-    /// out when first asked after a change.
-    over: Cell<Option<bool>>,
+    /// Each attempt's question by `question_identity`, and the distinct
+    /// ones while there are at most four (0: none).
+    identity_of: Vec<u64>,
+    identities: [u64; 4],
+    many_questions: bool,
+    /// `Lookup::is_over`.
+    over: bool,
+    /// `Lookup::retries_on_fresh_socket`, worked out when first asked
+    /// after a change.
     fresh_socket_retries: Cell<Option<Option<bool>>>,
     /// Until when judging the lookup by time decides nothing (0: not
     /// known since it last changed).
@@ -70,7 +94,10 @@ impl Summary {
             queries: 0,
             unmoved: false,
             dropped: false,
-            over: Cell::new(None),
+            identity_of: Vec::with_capacity(lookup.attempts.len()),
+            identities: [0; 4],
+            many_questions: false,
+            over: false,
             fresh_socket_retries: Cell::new(None),
             quiet_until: 0,
         };
@@ -90,6 +117,14 @@ impl Summary {
             self.asked |= question;
             self.sockets |= bit(attempt.socket_cookie);
             self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+            let identity = question_identity(&attempt.question);
+            self.identity_of.push(identity);
+            if !self.identities.contains(&identity) {
+                match self.identities.iter_mut().find(|slot| **slot == 0) {
+                    Some(slot) => *slot = identity,
+                    None => self.many_questions = true,
+                }
+            }
         }
         self.pending = 0;
         self.unmoved = false;
@@ -101,7 +136,8 @@ impl Summary {
                 self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
             }
         }
-        self.over.set(None);
+        // Identities compare in a step, names without case byte by byte.
+        self.over = lookup.is_over(|a, b| self.identity_of[a] == self.identity_of[b]);
         self.fresh_socket_retries.set(None);
         self.quiet_until = 0;
     }
@@ -114,6 +150,25 @@ impl Summary {
             == (fresh.label, &fresh.questions, fresh.asked, fresh.pending)
             && (self.sockets, self.queries, self.unmoved, self.dropped)
                 == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
+            && (self.identities, self.many_questions, self.over)
+                == (fresh.identities, fresh.many_questions, fresh.over)
+            && self.over
+                == lookup.is_over(|a, b| {
+                    lookup.attempts[a]
+                        .question
+                        .same_as(&lookup.attempts[b].question)
+                })
+    }
+
+    fn scan(&self) -> Scan {
+        Scan {
+            label: self.label,
+            queries: self.queries,
+            sealed: match self.over && !self.many_questions {
+                true => self.identities,
+                false => [0; 4],
+            },
+        }
     }
 
     /// The questions a repeat of which concerns the lookup: those pending,
@@ -127,6 +182,7 @@ impl Summary {
 pub struct Keys {
     label: u64,
     question: u64,
+    identity: u64,
     socket: u64,
     query: u64,
 }
@@ -136,6 +192,7 @@ impl Keys {
         Self {
             label: label_key(name),
             question: question.map_or(0, |q| bit(question_key(q))),
+            identity: question.map_or(0, question_identity),
             socket: bit(socket_cookie),
             query: bit(query_key(socket_cookie, id)),
         }
@@ -166,7 +223,7 @@ impl Open {
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
         self.with_drops += usize::from(summary.dropped);
-        self.labels.push_back(summary.label);
+        self.scans.push_back(summary.scan());
         self.repeats.push_back(summary.repeat_filter());
         self.summaries.push_back(summary);
         self.lookups.push_back(lookup);
@@ -175,7 +232,7 @@ impl Open {
     pub fn pop_front(&mut self) -> Option<Lookup> {
         let summary = self.summaries.pop_front()?;
         self.with_drops -= usize::from(summary.dropped);
-        self.labels.pop_front();
+        self.scans.pop_front();
         self.repeats.pop_front();
         self.lookups.pop_front()
     }
@@ -193,7 +250,7 @@ impl Open {
             "a summary fell behind its lookup"
         );
         self.with_drops += usize::from(summary.dropped);
-        self.labels[index] = summary.label;
+        self.scans[index] = summary.scan();
         self.repeats[index] = summary.repeat_filter();
         result
     }
@@ -210,7 +267,7 @@ impl Open {
     ) {
         let lookups = std::mem::take(&mut self.lookups);
         let summaries = std::mem::take(&mut self.summaries);
-        self.labels.clear();
+        self.scans.clear();
         self.repeats.clear();
         self.with_drops = 0;
         for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
@@ -239,7 +296,7 @@ impl Open {
                 "a summary fell behind its lookup"
             );
             self.with_drops += usize::from(summary.dropped);
-            self.labels.push_back(summary.label);
+            self.scans.push_back(summary.scan());
             self.repeats.push_back(summary.repeat_filter());
             self.summaries.push_back(summary);
             self.lookups.push_back(lookup);
@@ -257,15 +314,7 @@ impl Open {
 
     /// `Lookup::is_over` of the lookup at `index`.
     pub fn is_over(&self, index: usize) -> bool {
-        let cached = &self.summaries[index].over;
-        match cached.get() {
-            Some(over) => over,
-            None => {
-                let over = self.lookups[index].is_over();
-                cached.set(Some(over));
-                over
-            }
-        }
+        self.summaries[index].over
     }
 
     /// `Lookup::retries_on_fresh_socket` of the lookup at `index`.
@@ -282,19 +331,32 @@ impl Open {
     }
 
     /// The newest lookup that `continues` a query named as `keys` says,
-    /// of those whose name shares its first label (no other can).
+    /// of those whose name shares its first label (no other can), and
+    /// that the query would not start over from: `continues` must hold
+    /// that a lookup over starts over at a query (not a copy of one of its
+    /// own) of a question it asked.
     pub fn newest_continued(
         &self,
         keys: &Keys,
         mut continues: impl FnMut(usize) -> bool,
     ) -> Option<usize> {
-        self.labels
-            .iter()
-            .enumerate()
-            .rev()
-            .filter(|(_, label)| **label == keys.label)
-            .map(|(index, _)| index)
-            .find(|&index| continues(index))
+        for (index, scan) in self.scans.iter().enumerate().rev() {
+            if scan.label != keys.label {
+                continue;
+            }
+            if scan.sealed.contains(&keys.identity) && scan.queries & keys.query == 0 {
+                #[cfg(debug_assertions)]
+                debug_assert!(
+                    !continues(index),
+                    "a lookup ruled out would have been continued"
+                );
+                continue;
+            }
+            if continues(index) {
+                return Some(index);
+            }
+        }
+        None
     }
 
     /// The first lookup from `from` on that a repeat of the query's
@@ -366,6 +428,22 @@ fn fold(bytes: &[u8]) -> u64 {
 
 fn label_key(name: &str) -> u64 {
     fold(super::first_label(name).as_bytes())
+}
+
+/// Which question it is, names without case, by a hash keyed afresh at
+/// each start so that no tenant can make two questions collide. Never 0.
+fn question_identity(question: &Question) -> u64 {
+    static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    let mut hasher = KEY.build_hasher();
+    let mut lower = [0; 64];
+    for chunk in question.name.as_bytes().chunks(lower.len()) {
+        let lower = &mut lower[..chunk.len()];
+        lower.copy_from_slice(chunk);
+        lower.make_ascii_lowercase();
+        hasher.write(lower);
+    }
+    hasher.write_u16(question.qtype);
+    hasher.finish().max(1)
 }
 
 fn question_key(question: &Question) -> u64 {
