@@ -35,8 +35,8 @@ const FORGET_EVERY_TICKS: u64 = 30;
 /// Correlation settles reads with the kernel's counts; capture knows
 /// nothing of correlation, so the two meet here.
 impl ReadCounter for KernelReadCounts {
-    fn reads(&mut self, socket_cookie: u64) -> Option<u64> {
-        KernelReadCounts::reads(self, socket_cookie)
+    fn reads(&mut self, socket_cookie: u64, number: u64) -> Option<u64> {
+        KernelReadCounts::reads(self, socket_cookie, number)
     }
 }
 

@@ -14,13 +14,34 @@ use dnstrace_common::{ReadCounts, names};
 
 use super::cgroup::{explain, program};
 
-/// The counts the read program keeps, by socket cookie.
-pub struct KernelReadCounts(HashMap<MapData, u64, ReadCounts>);
+/// The counts the read program keeps, by socket cookie, and the last
+/// count read of each socket: a look at the map is a system call, and a
+/// busy socket's count read for one response already covers the
+/// responses before it.
+pub struct KernelReadCounts {
+    map: HashMap<MapData, u64, ReadCounts>,
+    known: std::collections::HashMap<u64, u64>,
+}
+
+/// Sockets whose last count is kept; all are forgotten at once past it.
+const KNOWN_SOCKETS: usize = 16_384;
 
 impl KernelReadCounts {
-    /// The socket's reads; `None` when it has no counts.
-    pub fn reads(&self, socket_cookie: u64) -> Option<u64> {
-        self.0.get(&socket_cookie, 0).ok().map(|counts| counts.read)
+    /// The socket's reads, or its last count read when that already
+    /// reaches `number` (counts only grow, and a cookie names one socket
+    /// for the whole boot); `None` when the map has no counts for it.
+    pub fn reads(&mut self, socket_cookie: u64, number: u64) -> Option<u64> {
+        if let Some(&known) = self.known.get(&socket_cookie)
+            && known >= number
+        {
+            return Some(known);
+        }
+        let reads = self.map.get(&socket_cookie, 0).ok()?.read;
+        if self.known.len() >= KNOWN_SOCKETS {
+            self.known.clear();
+        }
+        self.known.insert(socket_cookie, reads);
+        Some(reads)
     }
 }
 
@@ -51,6 +72,9 @@ pub fn attach(ebpf: &mut Ebpf, btf: &Btf) -> Result<KernelReadCounts, String> {
         .take_map(names::RESPONSES)
         .ok_or("the probes lack the response map")?;
     HashMap::try_from(map)
-        .map(KernelReadCounts)
+        .map(|map| KernelReadCounts {
+            map,
+            known: std::collections::HashMap::new(),
+        })
         .map_err(|e| format!("response map: {e}"))
 }

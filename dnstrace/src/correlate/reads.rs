@@ -8,8 +8,10 @@ use super::{SETTLE_NS, attempt::ReadState, lookup::Lookup};
 
 /// The kernel's count of a socket's reads.
 pub trait ReadCounter {
-    /// `None` when the socket has no counts: never numbered, or evicted.
-    fn reads(&mut self, socket_cookie: u64) -> Option<u64>;
+    /// The socket's reads, or a count from before when that already
+    /// reaches `number` (counts only grow); `None` when the socket has no
+    /// counts: never numbered, or evicted.
+    fn reads(&mut self, socket_cookie: u64, number: u64) -> Option<u64>;
 }
 
 /// Decides the read state of each numbered response in `lookup` at `now`
@@ -18,8 +20,6 @@ pub trait ReadCounter {
 /// reported early: at exit, or to make room) is not known either: its
 /// process may not have had the time.
 pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounter + '_)>, now: u64) {
-    // A lookup's attempts share a socket or two: each is asked once.
-    let mut asked: Vec<(u64, Option<u64>)> = Vec::new();
     for attempt in &mut lookup.attempts {
         let cookie = attempt.socket_cookie;
         let Some(response) = attempt.response.as_mut() else {
@@ -28,14 +28,7 @@ pub fn settle(lookup: &mut Lookup, mut counts: Option<&mut (dyn ReadCounter + '_
         let (Some(number), ReadState::Pending) = (response.number, response.read) else {
             continue;
         };
-        let reads = match asked.iter().find(|(socket, _)| *socket == cookie) {
-            Some(&(_, reads)) => reads,
-            None => {
-                let reads = counts.as_deref_mut().and_then(|c| c.reads(cookie));
-                asked.push((cookie, reads));
-                reads
-            }
-        };
+        let reads = counts.as_deref_mut().and_then(|c| c.reads(cookie, number));
         let settled = now.saturating_sub(response.monotonic_ns) >= SETTLE_NS;
         response.read = match reads {
             Some(reads) if reads >= number => ReadState::Read,

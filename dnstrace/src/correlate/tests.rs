@@ -688,7 +688,7 @@ fn a_busy_process_in_a_file_from_the_far_future_is_correlated_without_overflow()
 struct Counts(Option<u64>);
 
 impl super::reads::ReadCounter for Counts {
-    fn reads(&mut self, _socket_cookie: u64) -> Option<u64> {
+    fn reads(&mut self, _socket_cookie: u64, _number: u64) -> Option<u64> {
         self.0
     }
 }
