@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
+    net::SocketAddr,
 };
 
 use crate::{
@@ -46,7 +47,7 @@ pub struct Pipeline {
     orphan_drops: OrphanDrops,
     /// Dropped responses whose attempt is not open yet, for the same
     /// reason; their records are written already.
-    unlinked_drops: VecDeque<Dropped>,
+    unlinked_drops: UnlinkedDrops,
     /// When messages may be missing: lookups and strays that meet a gap
     /// are not judged.
     gaps: Gaps,
@@ -80,7 +81,7 @@ impl Pipeline {
             watch_drops: false,
             query_owners: QueryOwners::default(),
             orphan_drops: OrphanDrops::default(),
-            unlinked_drops: VecDeque::new(),
+            unlinked_drops: UnlinkedDrops::default(),
             gaps: Gaps::default(),
             shedding: false,
             held_strays: Some(VecDeque::new()),
@@ -126,11 +127,8 @@ impl Pipeline {
         if self.watch_drops {
             self.query_owners.message(message);
             self.adopt_orphan_drops(message);
-            // Behind, drops are not linked (see `pass_drop`).
-            if !self.shedding {
-                self.link_drops(|_| false);
-            }
         }
+        // Behind, drops are not linked either (see `pass_drop`).
         if self.shedding {
             self.summary.shed += 1;
             self.gaps.extend_open(message.envelope.monotonic_ns);
@@ -140,6 +138,9 @@ impl Pipeline {
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
+        if self.unlinked_drops.awaits(message) {
+            self.link_drops(|_| false);
+        }
     }
 
     /// A DNS packet the kernel dropped: counted, to every output, and
@@ -170,7 +171,7 @@ impl Pipeline {
         self.handle(&mut correlated);
         self.correlated = correlated;
         if !linked && self.unlinked_drops.len() < MAX_ORPHAN_DROPS {
-            self.unlinked_drops.push_back(dropped.clone());
+            self.unlinked_drops.push(dropped.clone());
         }
     }
 
@@ -178,14 +179,9 @@ impl Pipeline {
     /// `expired` are given up.
     fn link_drops(&mut self, expired: impl Fn(&Dropped) -> bool) {
         let mut correlated = std::mem::take(&mut self.correlated);
-        for _ in 0..self.unlinked_drops.len() {
-            let Some(dropped) = self.unlinked_drops.pop_front() else {
-                break;
-            };
-            if !self.correlator.dropped(&dropped, &mut correlated) && !expired(&dropped) {
-                self.unlinked_drops.push_back(dropped);
-            }
-        }
+        let correlator = &mut self.correlator;
+        self.unlinked_drops
+            .retain(|dropped| !correlator.dropped(dropped, &mut correlated) && !expired(dropped));
         self.handle(&mut correlated);
         self.correlated = correlated;
     }
@@ -403,6 +399,65 @@ impl Pipeline {
 /// When a stray response came.
 fn stray_time(stray: &Attempt) -> u64 {
     stray.ended_monotonic_ns.unwrap_or_default()
+}
+
+/// Drops waiting for their attempt to open, and how many wait for each
+/// query (id, server): only a query that may open one is worth trying
+/// them all again for.
+#[derive(Default)]
+struct UnlinkedDrops {
+    drops: VecDeque<Dropped>,
+    awaited: HashMap<(u16, SocketAddr), usize>,
+}
+
+impl UnlinkedDrops {
+    fn len(&self) -> usize {
+        self.drops.len()
+    }
+
+    /// The query a drop's attempt opens with; none for a drop without a
+    /// header, which links to nothing.
+    fn awaited_query(dropped: &Dropped) -> Option<(u16, SocketAddr)> {
+        let message = &dropped.message;
+        Some((message.dns.header.as_ref()?.id, message.envelope.remote))
+    }
+
+    fn push(&mut self, dropped: Dropped) {
+        if let Some(query) = Self::awaited_query(&dropped) {
+            *self.awaited.entry(query).or_default() += 1;
+        }
+        self.drops.push_back(dropped);
+    }
+
+    /// Keeps the drops `keep` says, in order.
+    fn retain(&mut self, mut keep: impl FnMut(&Dropped) -> bool) {
+        let awaited = &mut self.awaited;
+        self.drops.retain(|dropped| {
+            let kept = keep(dropped);
+            if !kept
+                && let Some(query) = Self::awaited_query(dropped)
+                && let Some(count) = awaited.get_mut(&query)
+            {
+                *count -= 1;
+                if *count == 0 {
+                    awaited.remove(&query);
+                }
+            }
+            kept
+        });
+    }
+
+    /// Whether `message` is a query some drop waits for.
+    fn awaits(&self, message: &Message) -> bool {
+        !self.awaited.is_empty()
+            && message.envelope.direction == crate::message::Direction::Send
+            && message.dns.header.as_ref().is_some_and(|header| {
+                !header.is_response
+                    && self
+                        .awaited
+                        .contains_key(&(header.id, message.envelope.remote))
+            })
+    }
 }
 
 #[cfg(test)]
