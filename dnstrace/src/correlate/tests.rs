@@ -517,6 +517,32 @@ fn an_unanswered_query_times_out_after_the_resolver_timeout() {
     assert_eq!(causes(&diagnoses), [Cause::Timeout]);
 }
 
+/// c-ares gave up on the first server and asked the next; the first's
+/// answer came microseconds later. The process still waited in vain.
+#[test]
+fn an_answer_just_after_the_process_asked_the_next_server_is_still_a_timeout() {
+    let mut s = Scenario::new();
+    let slow = Socket::new(12, 1, server(1));
+    let next = Socket::new(12, 2, server(2));
+    s.query(slow, 7, "late.test.", A, 0);
+    s.query(next, 7, "late.test.", A, 1_500 * MS);
+    s.answer(slow, 7, "late.test.", A, 1_500 * MS + 2_000, GOOD);
+    s.answer(next, 7, "late.test.", A, 1_501 * MS, GOOD);
+    let (out, diagnoses) = s.settle(1_501 * MS);
+    let lookup = lookups(&out)[0];
+    assert_eq!(lookup.attempts[0].outcome, Outcome::Late);
+    assert_eq!(lookup.attempts[1].outcome, Outcome::Answered);
+    assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
+    assert_eq!(diagnoses[0].server, Some(server(1)));
+    assert!(
+        diagnoses[0]
+            .explanation
+            .contains("gave up after 1500 ms; the answer came after that"),
+        "{}",
+        diagnoses[0].explanation
+    );
+}
+
 #[test]
 fn a_response_with_an_unknown_id_is_mismatched() {
     let mut s = Scenario::new();

@@ -1,4 +1,5 @@
-//! `timeout` and `parallel_query_loss`: queries that got no answer.
+//! `timeout` and `parallel_query_loss`: queries that got no answer in
+//! time, whether one came later (`late`) or never.
 //!
 //! The parallel-query race (conntrack dropping one of two UDP packets sent
 //! at once from one socket) has a signature: the A/AAAA pair leaves one
@@ -19,10 +20,13 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
         .attempts
         .iter()
         // A query or response the kernel dropped is `kernel_drop`'s.
-        .filter(|a| a.outcome == Outcome::Timeout && a.drop.is_none())
+        // An answer that came after the process gave up, even by a few
+        // microseconds, changes nothing for it: it waited in vain.
+        .filter(|a| matches!(a.outcome, Outcome::Timeout | Outcome::Late) && a.drop.is_none())
         .map(|lost| {
             let waited_ms = lost.latency_ns().unwrap_or(0) / 1_000_000;
-            if is_parallel_loss(lookup, lost) {
+            let late = lost.outcome == Outcome::Late;
+            if !late && is_parallel_loss(lookup, lost) {
                 Finding {
                     cause: Cause::ParallelQueryLoss,
                     server: Some(lost.server),
@@ -49,11 +53,15 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     names: names_of(std::iter::once(lost)),
                     evidence: vec![lost.id],
                     explanation: format!(
-                        "{} got no answer from {} for {} {} and gave up after {waited_ms} ms.",
+                        "{} got no answer from {} for {} {} and gave up after {waited_ms} ms{}.",
                         lookup.client,
                         lost.server,
                         lost.question.name,
-                        crate::decode::qtype_name(lost.question.qtype)
+                        crate::decode::qtype_name(lost.question.qtype),
+                        match late {
+                            true => "; the answer came after that",
+                            false => "",
+                        }
                     ),
                     fix: format!(
                         "Check that {} is reachable from the process's network namespace and answers \
