@@ -47,7 +47,8 @@ pub fn attach(
     backend: Backend,
     request: &CaptureRequest,
     cgroup_root: &Path,
-    read_support: &Result<Btf, String>,
+    kernel_btf: &Result<Btf, String>,
+    read_support: &Result<&Btf, String>,
     drop_support: &Result<DropSupport, String>,
 ) -> Result<Attached, String> {
     let mut config = request.config;
@@ -60,6 +61,10 @@ pub fn attach(
         Backend::CgroupSockaddr => 1,
     };
     let mut loader = EbpfLoader::new();
+    // Parsed once for every use: the kernel's BTF takes tens of MiB.
+    if let Ok(btf) = kernel_btf {
+        loader.btf(btf);
+    }
     loader
         .override_global(names::CONFIG, &config, true)
         .override_global(
@@ -88,7 +93,9 @@ pub fn attach(
         Err(reason) => Err(reason.clone()),
     };
     let drops = match drop_support {
-        Ok(_) => drops::attach(&mut ebpf),
+        Ok(_) => (kernel_btf.as_ref())
+            .map_err(Clone::clone)
+            .and_then(|btf| drops::attach(&mut ebpf, btf)),
         Err(reason) => Err(reason.clone()),
     };
     let cgroup = File::open(cgroup_root)

@@ -75,12 +75,11 @@ pub fn supported() -> Result<DropSupport, String> {
 }
 
 /// Loads and attaches the drop program.
-pub fn attach(ebpf: &mut Ebpf) -> Result<(), String> {
+pub fn attach(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), String> {
     let name = names::KFREE_SKB;
-    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
     let program: &mut BtfTracePoint = program(ebpf, name)?;
     program
-        .load(names::KFREE_SKB_TRACEPOINT, &btf)
+        .load(names::KFREE_SKB_TRACEPOINT, btf)
         .map_err(|e| explain(name, e))?;
     program.attach().map_err(|e| explain(name, e))?;
     Ok(())

@@ -111,11 +111,22 @@ impl Capture {
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
             BackendChoice::CgroupSockaddr => &[Backend::CgroupSockaddr],
         };
-        let read_support = reads::supported();
+        let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"));
+        let read_support = (kernel_btf.as_ref())
+            .map_err(Clone::clone)
+            .and_then(reads::supported);
         let drop_support = drops::supported();
         let mut passed_over = Vec::new();
         for &backend in candidates {
-            match cgroup::attach(backend, request, &cgroup_root, &read_support, &drop_support) {
+            let attached = cgroup::attach(
+                backend,
+                request,
+                &cgroup_root,
+                &kernel_btf,
+                &read_support,
+                &drop_support,
+            );
+            match attached {
                 Ok(attached) => {
                     let drops = attached
                         .drops

@@ -45,10 +45,9 @@ impl KernelReadCounts {
     }
 }
 
-/// The kernel's BTF, when the read program can attach to it; otherwise
-/// why not.
-pub fn supported() -> Result<Btf, String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"))?;
+/// The kernel's BTF `btf`, when the read program can attach to it;
+/// otherwise why not.
+pub fn supported(btf: &Btf) -> Result<&Btf, String> {
     // Each tracepoint has a typedef `btf_trace_NAME` in the kernel's BTF.
     let typedef = format!("btf_trace_{}", names::SOCK_RECV_LENGTH_TRACEPOINT);
     btf.id_by_type_name_kind(&typedef, aya_obj::btf::BtfKind::Typedef)
