@@ -1,7 +1,8 @@
 //! The agent's memory with many queries outstanding: processes in the
 //! bench's namespace send queries nobody answers (to an address behind a
-//! veth whose far end drops them), all at once, and the agent's resident
-//! set is read while correlation holds them open, until they time out.
+//! veth whose far end drops them), all within a few seconds, and the
+//! agent's resident set is read while correlation holds them open, until
+//! they time out.
 
 use std::{
     fmt::Write as _,
@@ -34,6 +35,12 @@ const MAX_PROCESSES: u32 = 4000;
 /// the senders keep their sockets longer.
 const WATCH: Duration = Duration::from_secs(BLACKHOLE_TIMEOUT_SECS + 5);
 const HOLD_SECS: u64 = BLACKHOLE_TIMEOUT_SECS + 15;
+/// Each process sends its queries evenly over this long (all of them
+/// together 20,000 a second for the default 100,000): well within the
+/// timeout, so that all are outstanding at once, and at a rate the agent
+/// keeps up with. Sent in one burst, the queries and the kernel's drop
+/// records for them overran the ring buffer, and most were never held.
+const SPREAD: Duration = Duration::from_secs(5);
 
 /// `cargo xtask bench-flood`, run by the bench inside its namespace: one
 /// process's share of the outstanding queries.
@@ -48,9 +55,9 @@ pub struct FloodOptions {
 }
 
 /// Opens the sockets and sends its first query, so that the agent learns
-/// the process (its resolver's timeout) before the burst; says `ready`,
-/// waits for a line on stdin, sends the rest, says `sent N`, and keeps the
-/// sockets open for `HOLD_SECS`.
+/// the process (its resolver's timeout) before the rest; says `ready`,
+/// waits for a line on stdin, sends the rest over `SPREAD`, says `sent N`,
+/// and keeps the sockets open for `HOLD_SECS`.
 pub fn flood(options: &FloodOptions) -> anyhow::Result<()> {
     let sockets = options.queries.div_ceil(QUERIES_PER_SOCKET);
     let sockets: Vec<UdpSocket> = (0..sockets)
@@ -81,7 +88,11 @@ pub fn flood(options: &FloodOptions) -> anyhow::Result<()> {
     stdout.flush()?;
     let mut go = String::new();
     std::io::stdin().read_line(&mut go)?;
-    (1..options.queries).for_each(&mut send);
+    let pause = SPREAD / options.queries.max(1);
+    for query in 1..options.queries {
+        thread::sleep(pause);
+        send(query);
+    }
     writeln!(stdout, "sent {sent}")?;
     stdout.flush()?;
     thread::sleep(Duration::from_secs(HOLD_SECS));
