@@ -53,9 +53,10 @@ struct Summary {
     /// lookup's name only ever changes to a shorter one).
     label: u64,
     label_of_len: usize,
-    /// Each attempt's question, hashed once: an attempt's question, socket
-    /// and id never change, and attempts are only ever added, so a busy
-    /// lookup's 32 need no hashing again at each change.
+    /// Each attempt's question by `question_identity`, hashed once: an
+    /// attempt's question, socket and id never change, and attempts are
+    /// only ever added, so a busy lookup's 32 need no hashing again at
+    /// each change.
     questions: Vec<u64>,
     /// The questions asked, and those of attempts still pending.
     asked: u64,
@@ -67,9 +68,7 @@ struct Summary {
     unmoved: bool,
     /// Whether some attempt has a packet the kernel dropped.
     dropped: bool,
-    /// Each attempt's question by `question_identity`, and the distinct
-    /// ones while there are at most four (0: none).
-    identity_of: Vec<u64>,
+    /// The distinct questions, while there are at most four (0: none).
     identities: [u64; 4],
     many_questions: bool,
     /// `Lookup::is_over`.
@@ -94,7 +93,6 @@ impl Summary {
             queries: 0,
             unmoved: false,
             dropped: false,
-            identity_of: Vec::with_capacity(lookup.attempts.len()),
             identities: [0; 4],
             many_questions: false,
             over: false,
@@ -112,13 +110,11 @@ impl Summary {
             self.label_of_len = lookup.name.len();
         }
         for attempt in &lookup.attempts[self.questions.len()..] {
-            let question = bit(question_key(&attempt.question));
-            self.questions.push(question);
-            self.asked |= question;
+            let identity = question_identity(&attempt.question);
+            self.questions.push(identity);
+            self.asked |= bit(identity);
             self.sockets |= bit(attempt.socket_cookie);
             self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
-            let identity = question_identity(&attempt.question);
-            self.identity_of.push(identity);
             if !self.identities.contains(&identity) {
                 match self.identities.iter_mut().find(|slot| **slot == 0) {
                     Some(slot) => *slot = identity,
@@ -129,15 +125,15 @@ impl Summary {
         self.pending = 0;
         self.unmoved = false;
         self.dropped = false;
-        for (attempt, question) in lookup.attempts.iter().zip(&self.questions) {
+        for (attempt, &identity) in lookup.attempts.iter().zip(&self.questions) {
             self.dropped |= attempt.drop.is_some();
             if attempt.outcome == Outcome::Pending {
-                self.pending |= question;
+                self.pending |= bit(identity);
                 self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
             }
         }
         // Identities compare in a step, names without case byte by byte.
-        self.over = lookup.is_over(|a, b| self.identity_of[a] == self.identity_of[b]);
+        self.over = lookup.is_over(|a, b| self.questions[a] == self.questions[b]);
         self.fresh_socket_retries.set(None);
         self.quiet_until = 0;
     }
@@ -189,10 +185,11 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(name: &str, question: Option<&Question>, socket_cookie: u64, id: u16) -> Self {
+        let identity = question.map(question_identity);
         Self {
             label: label_key(name),
-            question: question.map_or(0, |q| bit(question_key(q))),
-            identity: question.map_or(0, question_identity),
+            question: identity.map_or(0, bit),
+            identity: identity.unwrap_or(0),
             socket: bit(socket_cookie),
             query: bit(query_key(socket_cookie, id)),
         }
@@ -444,10 +441,6 @@ fn question_identity(question: &Question) -> u64 {
     }
     hasher.write_u16(question.qtype);
     hasher.finish().max(1)
-}
-
-fn question_key(question: &Question) -> u64 {
-    fold(question.name.as_bytes()) ^ u64::from(question.qtype)
 }
 
 fn query_key(socket_cookie: u64, id: u16) -> u64 {
