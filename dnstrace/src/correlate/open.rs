@@ -361,10 +361,7 @@ impl Open {
     /// question, or with a response that a query about another name would
     /// move on from.
     pub fn next_maybe_repeated(&self, from: usize, keys: &Keys) -> Option<usize> {
-        self.repeats
-            .range(from..)
-            .position(|filter| filter & keys.question != 0)
-            .map(|at| from + at)
+        first_overlapping(&self.repeats, from, keys.question)
     }
 
     /// Whether the lookup at `index` may have asked the query's question.
@@ -403,6 +400,28 @@ impl Open {
         (0..self.len())
             .filter(|&index| self.may_use_socket(index, keys))
             .flat_map(|index| self.lookups[index].attempts.iter())
+    }
+}
+
+/// The first of `filters` from `from` on that shares a bit with `mask`.
+/// Every query passes over all of a busy process's hundreds, and nearly
+/// all fail: eight at a time, with no branch among them.
+fn first_overlapping(filters: &VecDeque<u64>, from: usize, mask: u64) -> Option<usize> {
+    let in_slice = |filters: &[u64], from: usize| {
+        let filters = filters.get(from..)?;
+        let (chunks, rest) = filters.as_chunks::<8>();
+        let hit = |filter: &u64| filter & mask != 0;
+        let chunk = (chunks.iter())
+            .position(|chunk| chunk.iter().fold(0, |any, filter| any | filter) & mask != 0);
+        match chunk {
+            Some(chunk) => (chunks[chunk].iter().position(hit)).map(|at| from + chunk * 8 + at),
+            None => (rest.iter().position(hit)).map(|at| from + chunks.len() * 8 + at),
+        }
+    };
+    let (front, back) = filters.as_slices();
+    match from < front.len() {
+        true => in_slice(front, from).or_else(|| in_slice(back, 0).map(|at| front.len() + at)),
+        false => in_slice(back, from - front.len()).map(|at| front.len() + at),
     }
 }
 
@@ -445,4 +464,37 @@ fn question_identity(question: &Question) -> u64 {
 
 fn query_key(socket_cookie: u64, id: u16) -> u64 {
     socket_cookie.rotate_left(16) ^ u64::from(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    /// The chunked scan finds what a plain one finds, from every start,
+    /// in a ring wrapped at every place.
+    #[test]
+    fn the_first_overlapping_filter_is_found_wherever_the_ring_wraps() {
+        let mut ring: VecDeque<u64> = (0..37u64)
+            .map(|n| if n % 5 == 3 { 1 << (n % 3) } else { 0 })
+            .collect();
+        let mut wrapped = 0;
+        for _ in 0..ring.len() {
+            // Its head moves one place on; its end wraps to the start.
+            let first = ring.pop_front().unwrap();
+            ring.push_back(first);
+            wrapped += usize::from(!ring.as_slices().1.is_empty());
+            let filters: Vec<u64> = ring.iter().copied().collect();
+            for mask in [0, 1, 2, 4, 6, u64::MAX] {
+                for from in 0..=filters.len() + 1 {
+                    let plain = (from..filters.len()).find(|&at| filters[at] & mask != 0);
+                    assert_eq!(
+                        super::first_overlapping(&ring, from, mask),
+                        plain,
+                        "{mask} {from} {filters:?}"
+                    );
+                }
+            }
+        }
+        assert!(wrapped > 30, "the ring wrapped {wrapped} times");
+    }
 }
