@@ -21,7 +21,7 @@ use crate::{
     },
     decode::{Flags, opcode_name, qtype_name, rcode_name},
     diagnose::Diagnosis,
-    message::{Client, Dropped, Facts, Message, Pod, Process},
+    message::{Client, Direction, Dropped, Envelope, Facts, Message, Pod, Process, Transport},
     resolver::Library,
 };
 
@@ -140,25 +140,28 @@ impl MessageRecord<'_> {
     /// writes for it (a test holds the two equal), without serde's
     /// per-field machinery: this runs for every message. `owner` is what
     /// [`MessageRecord::write_owner`] wrote for the same process, if kept.
-    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache, owner: Option<&[u8]>) {
-        self.write_fields(out, times, owner);
+    fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache, kept: Kept<'_>) {
+        self.write_fields(out, times, kept);
         out.push(b'}');
     }
 
     /// The record without its closing brace, for a drop's to follow.
-    fn write_fields(&self, out: &mut Vec<u8>, times: &mut TimeCache, owner: Option<&[u8]>) {
+    fn write_fields(&self, out: &mut Vec<u8>, times: &mut TimeCache, kept: Kept<'_>) {
         let record = self;
         out.extend_from_slice(b"{\"kind\":");
         record.kind.write_json(out);
         out.extend_from_slice(b",\"ts\":");
         times.write_json(out, record.ts.0);
-        match owner {
+        match kept.owner {
             Some(owner) => out.extend_from_slice(owner),
             None => record.write_owner(out),
         }
-        write_fields!(out, record: socket_cookie, direction, proto, local, remote, id, qr, opcode,
-            flags, rcode, qname, qtype, answers, authority, additional, edns_udp_size, size,
-            truncated_capture, decode_error);
+        match kept.socket {
+            Some(socket) => out.extend_from_slice(socket),
+            None => record.write_socket(out),
+        }
+        write_fields!(out, record: id, qr, opcode, flags, rcode, qname, qtype, answers, authority,
+            additional, edns_udp_size, size, truncated_capture, decode_error);
     }
 
     /// The fields that describe the process, `pid` to `pod`: the same for
@@ -167,21 +170,82 @@ impl MessageRecord<'_> {
         let record = self;
         write_fields!(out, record: pid, tid, comm, uid, cgroup_id, netns, container, pod);
     }
+
+    /// The fields that describe the socket and the way, `socket_cookie`
+    /// to `remote`: the same for every message one way on a socket to one
+    /// peer.
+    fn write_socket(&self, out: &mut Vec<u8>) {
+        let record = self;
+        write_fields!(out, record: socket_cookie, direction, proto, local, remote);
+    }
 }
 
-/// The `pid` to `pod` fields of message lines, as written for the threads
-/// seen last: messages come in runs from a few threads, and comparing a
-/// thread's fields costs less than writing five integers and a name.
-/// Each entry holds its thread's shared name and facts, so that comparing
-/// their pointers cannot match a freed allocation reused.
+/// What [`MessageRecord::write_owner`] and [`MessageRecord::write_socket`]
+/// wrote before for the same process and socket, where kept.
+#[derive(Clone, Copy, Default)]
+struct Kept<'a> {
+    owner: Option<&'a [u8]>,
+    socket: Option<&'a [u8]>,
+}
+
+/// The `pid` to `pod` and `socket_cookie` to `remote` fields of message
+/// lines, as written for the threads and sockets seen last: messages come
+/// in runs from a few threads and sockets, and comparing what the fields
+/// say costs less than writing five integers and a name, or two addresses.
 #[derive(Default)]
-struct OwnerCache {
-    entries: Vec<(OwnerKey, Vec<u8>)>,
-    /// The entry to replace next once all are taken.
+struct KeptFields {
+    owners: KeptTexts<OwnerKey>,
+    sockets: KeptTexts<SocketKey>,
+}
+
+/// Texts by what they were written from; the oldest is replaced once all
+/// places are taken.
+struct KeptTexts<K> {
+    entries: Vec<(K, Vec<u8>)>,
     next: usize,
 }
 
-/// Everything the `pid` to `pod` fields are written from.
+impl<K> Default for KeptTexts<K> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            next: 0,
+        }
+    }
+}
+
+impl<K> KeptTexts<K> {
+    const ENTRIES: usize = 8;
+
+    /// The text kept for what `matches`, or else `write`'s, kept for `key`.
+    fn text(
+        &mut self,
+        matches: impl Fn(&K) -> bool,
+        key: impl FnOnce() -> K,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> &[u8] {
+        if let Some(index) = self.entries.iter().position(|(kept, _)| matches(kept)) {
+            return &self.entries[index].1;
+        }
+        let mut text = Vec::with_capacity(128);
+        write(&mut text);
+        let entry = (key(), text);
+        let index = if self.entries.len() < Self::ENTRIES {
+            self.entries.push(entry);
+            self.entries.len() - 1
+        } else {
+            let index = self.next;
+            self.entries[index] = entry;
+            self.next = (index + 1) % Self::ENTRIES;
+            index
+        };
+        &self.entries[index].1
+    }
+}
+
+/// Everything the `pid` to `pod` fields are written from. Each holds its
+/// thread's shared name and facts, so that comparing their pointers cannot
+/// match a freed allocation reused.
 struct OwnerKey {
     pid: u32,
     tid: u32,
@@ -216,31 +280,25 @@ impl OwnerKey {
     }
 }
 
-impl OwnerCache {
-    const ENTRIES: usize = 8;
+/// Everything the `socket_cookie` to `remote` fields are written from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SocketKey {
+    cookie: u64,
+    direction: Direction,
+    transport: Transport,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
 
-    /// The fields for `record`, whose process is `process`.
-    fn owner(&mut self, process: &Process, record: &MessageRecord<'_>) -> &[u8] {
-        if let Some(index) = self
-            .entries
-            .iter()
-            .position(|(key, _)| key.matches(process))
-        {
-            return &self.entries[index].1;
+impl SocketKey {
+    fn of(envelope: &Envelope) -> Self {
+        Self {
+            cookie: envelope.socket_cookie,
+            direction: envelope.direction,
+            transport: envelope.transport,
+            local: envelope.local,
+            remote: envelope.remote,
         }
-        let mut text = Vec::with_capacity(128);
-        record.write_owner(&mut text);
-        let entry = (OwnerKey::of(process), text);
-        let index = if self.entries.len() < Self::ENTRIES {
-            self.entries.push(entry);
-            self.entries.len() - 1
-        } else {
-            let index = self.next;
-            self.entries[index] = entry;
-            self.next = (index + 1) % Self::ENTRIES;
-            index
-        };
-        &self.entries[index].1
     }
 }
 
@@ -248,12 +306,31 @@ impl OwnerCache {
 fn write_message(
     out: &mut Vec<u8>,
     times: &mut TimeCache,
-    owners: &mut OwnerCache,
+    kept: &mut KeptFields,
     message: &Message,
 ) {
     let record = MessageRecord::new(message);
-    let owner = (message.envelope.process.as_ref()).map(|process| owners.owner(process, &record));
-    record.write_json(out, times, owner);
+    let owner = (message.envelope.process.as_ref()).map(|process| {
+        kept.owners.text(
+            |key| key.matches(process),
+            || OwnerKey::of(process),
+            |out| record.write_owner(out),
+        )
+    });
+    let socket = SocketKey::of(&message.envelope);
+    let socket = kept.sockets.text(
+        |key| *key == socket,
+        || socket,
+        |out| record.write_socket(out),
+    );
+    record.write_json(
+        out,
+        times,
+        Kept {
+            owner,
+            socket: Some(socket),
+        },
+    );
 }
 
 /// A DNS packet the kernel dropped: the fields of a message (with kind
@@ -274,7 +351,7 @@ impl DropRecord<'_> {
     /// As serde writes it; a burst of drops comes at the rate of messages.
     fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
         let record = self;
-        record.message.write_fields(out, times, None);
+        record.message.write_fields(out, times, Kept::default());
         write_fields!(out, record: reason, location, drop_netns);
         out.push(b'}');
     }
@@ -935,7 +1012,7 @@ pub struct JsonOutput {
     /// sparing a copy of every line into the destination's own buffer.
     lines: Vec<u8>,
     times: TimeCache,
-    owners: OwnerCache,
+    kept: KeptFields,
     kinds: Kinds,
 }
 
@@ -970,7 +1047,7 @@ impl JsonOutput {
             destination,
             lines: Vec::with_capacity(WRITE_BUFFER_BYTES + 1024),
             times: TimeCache::default(),
-            owners: OwnerCache::default(),
+            kept: KeptFields::default(),
             kinds: Kinds::from(kinds),
         }
     }
@@ -1017,7 +1094,7 @@ impl Output for JsonOutput {
         if !self.kinds.message {
             return Ok(());
         }
-        write_message(&mut self.lines, &mut self.times, &mut self.owners, message);
+        write_message(&mut self.lines, &mut self.times, &mut self.kept, message);
         self.end_line()
     }
 
@@ -1239,7 +1316,7 @@ mod tests {
     }
 
     /// The fast writer and serde must agree byte for byte.
-    fn assert_same_json(message: &Message, times: &mut TimeCache, owners: &mut OwnerCache) {
+    fn assert_same_json(message: &Message, times: &mut TimeCache, owners: &mut KeptFields) {
         let mut fast = Vec::new();
         write_message(&mut fast, times, owners, message);
         let serde = serde_json::to_vec(&MessageRecord::new(message)).unwrap();
@@ -1265,7 +1342,7 @@ mod tests {
         query.set_edns(Edns::new());
         let query = query.to_vec().unwrap();
         let mut times = TimeCache::default();
-        let mut owners = OwnerCache::default();
+        let mut owners = KeptFields::default();
         let mut message = header_only(0, "10.0.0.7:40000", crate::message::Direction::Send);
         assert_same_json(&message, &mut times, &mut owners);
         message.envelope.process = Some(crate::message::Process {
@@ -1451,7 +1528,7 @@ mod tests {
     fn kept_process_fields_follow_the_process() {
         use crate::message::Direction;
         let mut times = TimeCache::default();
-        let mut owners = OwnerCache::default();
+        let mut owners = KeptFields::default();
         let mut message = header_only(0, "10.0.0.7:40000", Direction::Send);
         let process = Process {
             pid: 1,
@@ -1474,7 +1551,7 @@ mod tests {
             Box::new(|p| p.facts = in_a_pod()),
         ];
         // Past the cache's size, so that entries are replaced.
-        for n in 0..2 * OwnerCache::ENTRIES as u32 {
+        for n in 0..2 * KeptTexts::<OwnerKey>::ENTRIES as u32 {
             changes.push(Box::new(move |p| p.tid = 100 + n));
         }
         for change in &changes {
@@ -1491,6 +1568,42 @@ mod tests {
             change(&mut all);
             message.envelope.process = Some(all.clone());
             assert_same_json(&message, &mut times, &mut owners);
+        }
+    }
+
+    /// The kept `socket_cookie` to `remote` fields change with any of
+    /// what they say.
+    #[test]
+    fn kept_socket_fields_follow_the_socket() {
+        let mut times = TimeCache::default();
+        let mut kept = KeptFields::default();
+        let mut message = header_only(0, "10.0.0.7:40000", Direction::Send);
+        type Change = Box<dyn Fn(&mut Envelope)>;
+        let mut changes: Vec<Change> = vec![
+            Box::new(|_| {}),
+            Box::new(|e| e.socket_cookie = 2),
+            Box::new(|e| e.direction = Direction::Recv),
+            Box::new(|e| e.transport = Transport::Tcp),
+            Box::new(|e| e.local = "10.0.0.8:40000".parse().unwrap()),
+            Box::new(|e| e.remote = "[::1]:53".parse().unwrap()),
+        ];
+        // Past the table's size, so that entries are replaced.
+        for n in 0..2 * KeptTexts::<SocketKey>::ENTRIES as u16 {
+            changes.push(Box::new(move |e| e.local.set_port(n)));
+        }
+        let first = message.envelope.clone();
+        for change in &changes {
+            // Each change alone, then all so far together, twice (the
+            // second time kept).
+            message.envelope = first.clone();
+            change(&mut message.envelope);
+            assert_same_json(&message, &mut times, &mut kept);
+            assert_same_json(&message, &mut times, &mut kept);
+        }
+        message.envelope = first;
+        for change in &changes {
+            change(&mut message.envelope);
+            assert_same_json(&message, &mut times, &mut kept);
         }
     }
 
