@@ -148,10 +148,7 @@ impl MessageRecord<'_> {
     /// The record without its closing brace, for a drop's to follow.
     fn write_fields(&self, out: &mut Vec<u8>, times: &mut TimeCache, kept: Kept<'_>) {
         let record = self;
-        out.extend_from_slice(b"{\"kind\":");
-        record.kind.write_json(out);
-        out.extend_from_slice(b",\"ts\":");
-        times.write_json(out, record.ts.0);
+        open_record(out, times, &record.kind, &record.ts);
         match kept.owner {
             Some(owner) => out.extend_from_slice(owner),
             None => record.write_owner(out),
@@ -300,6 +297,14 @@ impl SocketKey {
             remote: envelope.remote,
         }
     }
+}
+
+/// `{"kind":…,"ts":…`, which every hand-written record begins with.
+fn open_record(out: &mut Vec<u8>, times: &mut TimeCache, kind: &impl WriteJson, ts: &Rfc3339) {
+    out.extend_from_slice(b"{\"kind\":");
+    kind.write_json(out);
+    out.extend_from_slice(b",\"ts\":");
+    times.write_json(out, ts.0);
 }
 
 /// One message's line, without its newline.
@@ -785,10 +790,7 @@ impl AttemptRecord<'_> {
     /// As serde writes it: a lookup's attempts come at the rate of queries.
     fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
         let record = self;
-        out.extend_from_slice(b"{\"kind\":");
-        record.kind.write_json(out);
-        out.extend_from_slice(b",\"ts\":");
-        times.write_json(out, record.ts.0);
+        open_record(out, times, &record.kind, &record.ts);
         record.client.write_fields(out);
         write_fields!(out, record: socket_cookie, proto, server, qname, qtype, id, outcome,
             outcome_detail, latency_us, response_rcode, response_flags, response_answers,
@@ -865,10 +867,7 @@ impl LookupRecord<'_> {
     /// As serde writes it: one for every lookup.
     fn write_json(&self, out: &mut Vec<u8>, times: &mut TimeCache) {
         let record = self;
-        out.extend_from_slice(b"{\"kind\":");
-        record.kind.write_json(out);
-        out.extend_from_slice(b",\"ts\":");
-        times.write_json(out, record.ts.0);
+        open_record(out, times, &record.kind, &record.ts);
         record.client.write_fields(out);
         write_fields!(out, record: name, names_tried, outcome, total_us, attempts, wasted_queries,
             resolver, server_pod);
