@@ -8,6 +8,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    hash::Hash,
     net::SocketAddr,
 };
 
@@ -20,7 +21,7 @@ const MAX_SOCKETS: usize = 65_536;
 type Key = (u64, bool, SocketAddr, SocketAddr);
 
 /// (TCP or not, local, remote) of a client socket, in any namespace.
-type Addresses = (bool, SocketAddr, SocketAddr);
+pub type Addresses = (bool, SocketAddr, SocketAddr);
 
 /// The process and socket behind each client socket's last query.
 #[derive(Default)]
@@ -84,68 +85,103 @@ impl QueryOwners {
     }
 }
 
-/// Drops waiting for the query that names their process, oldest first,
-/// with a count per client addresses: only a query on those addresses can
-/// name one, so the others need no look at each message.
-#[derive(Default)]
-pub struct OrphanDrops {
-    waiting: VecDeque<Dropped>,
-    addresses: HashMap<Addresses, usize>,
+/// Drops waiting for some message, oldest first, with a count per key
+/// (what each waits for), so that a message can tell at once whether any
+/// waits for it: looking through them all at every message cost the agent
+/// its pace when many drops wait.
+pub struct WaitingDrops<K> {
+    drops: VecDeque<Dropped>,
+    counts: HashMap<K, usize>,
+    /// What a drop waits for; `None` for one no message can be for.
+    key: fn(&Dropped) -> Option<K>,
 }
 
-impl OrphanDrops {
+impl<K: Hash + Eq> WaitingDrops<K> {
+    pub fn new(key: fn(&Dropped) -> Option<K>) -> Self {
+        Self {
+            drops: VecDeque::new(),
+            counts: HashMap::new(),
+            key,
+        }
+    }
+
     pub fn len(&self) -> usize {
-        self.waiting.len()
+        self.drops.len()
     }
 
     pub fn push(&mut self, dropped: Dropped) {
-        *self
-            .addresses
-            .entry(addresses(&dropped.message))
-            .or_default() += 1;
-        self.waiting.push_back(dropped);
+        if let Some(key) = (self.key)(&dropped) {
+            *self.counts.entry(key).or_default() += 1;
+        }
+        self.drops.push_back(dropped);
     }
 
     pub fn oldest(&self) -> Option<&Dropped> {
-        self.waiting.front()
+        self.drops.front()
     }
 
     pub fn pop_oldest(&mut self) -> Option<Dropped> {
-        let dropped = self.waiting.pop_front()?;
+        let dropped = self.drops.pop_front()?;
         self.forget(&dropped);
         Some(dropped)
+    }
+
+    /// Whether some drop waits for `key`. Asked at every message, and
+    /// nearly always with none waiting: that is told without hashing.
+    pub fn awaits(&self, key: &K) -> bool {
+        !self.counts.is_empty() && self.counts.contains_key(key)
+    }
+
+    /// Takes out the drops `take` says, oldest first; the others keep
+    /// their order.
+    pub fn take(&mut self, mut take: impl FnMut(&mut Dropped) -> bool) -> Vec<Dropped> {
+        let mut taken = Vec::new();
+        for _ in 0..self.drops.len() {
+            let Some(mut dropped) = self.drops.pop_front() else {
+                break;
+            };
+            if take(&mut dropped) {
+                self.forget(&dropped);
+                taken.push(dropped);
+            } else {
+                self.drops.push_back(dropped);
+            }
+        }
+        taken
+    }
+
+    fn forget(&mut self, dropped: &Dropped) {
+        let Some(key) = (self.key)(dropped) else {
+            return;
+        };
+        if let Some(count) = self.counts.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+}
+
+/// Drops the kernel could not attribute, waiting for the query that names
+/// their process: only a query on their client addresses can.
+pub type OrphanDrops = WaitingDrops<Addresses>;
+
+impl OrphanDrops {
+    pub fn by_addresses() -> Self {
+        Self::new(|dropped| Some(addresses(&dropped.message)))
     }
 
     /// Takes out those waiting drops `owners` can now name, oldest first,
     /// when `message` may have named some (a query on their addresses).
     pub fn named(&mut self, message: &Message, owners: &QueryOwners) -> Vec<Dropped> {
-        if !self.addresses.contains_key(&addresses(message)) {
+        if !self.awaits(&addresses(message)) {
             return Vec::new();
         }
-        let mut named = Vec::new();
-        for _ in 0..self.waiting.len() {
-            let Some(mut dropped) = self.waiting.pop_front() else {
-                break;
-            };
-            owners.attribute(&mut dropped);
-            if dropped.message.envelope.process.is_some() {
-                self.forget(&dropped);
-                named.push(dropped);
-            } else {
-                self.waiting.push_back(dropped);
-            }
-        }
-        named
-    }
-
-    fn forget(&mut self, dropped: &Dropped) {
-        let key = addresses(&dropped.message);
-        if let Some(count) = self.addresses.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.addresses.remove(&key);
-            }
-        }
+        self.take(|dropped| {
+            owners.attribute(dropped);
+            dropped.message.envelope.process.is_some()
+        })
     }
 }
 

@@ -14,9 +14,9 @@ use crate::{
         reads::{self, ReadCounter},
     },
     diagnose::Diagnoser,
-    drop_owners::{OrphanDrops, QueryOwners},
+    drop_owners::{OrphanDrops, QueryOwners, WaitingDrops},
     gaps::{Gaps, STRAY_LOOKBACK_NS},
-    message::{ClientId, Dropped, Message},
+    message::{ClientId, Direction, Dropped, Message},
     output::{AgentState, Output, ProcessReport, Summary},
 };
 
@@ -47,7 +47,8 @@ pub struct Pipeline {
     orphan_drops: OrphanDrops,
     /// Dropped responses whose attempt is not open yet, for the same
     /// reason; their records are written already.
-    unlinked_drops: UnlinkedDrops,
+    /// Each waits for the query (id, server) its attempt opens with.
+    unlinked_drops: WaitingDrops<(u16, SocketAddr)>,
     /// When messages may be missing: lookups and strays that meet a gap
     /// are not judged.
     gaps: Gaps,
@@ -80,8 +81,8 @@ impl Pipeline {
             now_ns: 0,
             watch_drops: false,
             query_owners: QueryOwners::default(),
-            orphan_drops: OrphanDrops::default(),
-            unlinked_drops: UnlinkedDrops::default(),
+            orphan_drops: OrphanDrops::by_addresses(),
+            unlinked_drops: WaitingDrops::new(|dropped| query_of(&dropped.message)),
             gaps: Gaps::default(),
             shedding: false,
             held_strays: Some(VecDeque::new()),
@@ -138,7 +139,12 @@ impl Pipeline {
         self.correlator.observe(message, &mut correlated);
         self.handle(&mut correlated);
         self.correlated = correlated;
-        if self.unlinked_drops.awaits(message) {
+        // A query may open the attempt a waiting drop belongs to.
+        if message.envelope.direction == Direction::Send
+            && message.dns.header.as_ref().is_some_and(|h| !h.is_response)
+            && let Some(query) = query_of(message)
+            && self.unlinked_drops.awaits(&query)
+        {
             self.link_drops(|_| false);
         }
     }
@@ -180,8 +186,9 @@ impl Pipeline {
     fn link_drops(&mut self, expired: impl Fn(&Dropped) -> bool) {
         let mut correlated = std::mem::take(&mut self.correlated);
         let correlator = &mut self.correlator;
+        // Those linked or expired go; nothing more is owed for them.
         self.unlinked_drops
-            .retain(|dropped| !correlator.dropped(dropped, &mut correlated) && !expired(dropped));
+            .take(|dropped| correlator.dropped(dropped, &mut correlated) || expired(dropped));
         self.handle(&mut correlated);
         self.correlated = correlated;
     }
@@ -401,63 +408,12 @@ fn stray_time(stray: &Attempt) -> u64 {
     stray.ended_monotonic_ns.unwrap_or_default()
 }
 
-/// Drops waiting for their attempt to open, and how many wait for each
-/// query (id, server): only a query that may open one is worth trying
-/// them all again for.
-#[derive(Default)]
-struct UnlinkedDrops {
-    drops: VecDeque<Dropped>,
-    awaited: HashMap<(u16, SocketAddr), usize>,
-}
-
-impl UnlinkedDrops {
-    fn len(&self) -> usize {
-        self.drops.len()
-    }
-
-    /// The query a drop's attempt opens with; none for a drop without a
-    /// header, which links to nothing.
-    fn awaited_query(dropped: &Dropped) -> Option<(u16, SocketAddr)> {
-        let message = &dropped.message;
-        Some((message.dns.header.as_ref()?.id, message.envelope.remote))
-    }
-
-    fn push(&mut self, dropped: Dropped) {
-        if let Some(query) = Self::awaited_query(&dropped) {
-            *self.awaited.entry(query).or_default() += 1;
-        }
-        self.drops.push_back(dropped);
-    }
-
-    /// Keeps the drops `keep` says, in order.
-    fn retain(&mut self, mut keep: impl FnMut(&Dropped) -> bool) {
-        let awaited = &mut self.awaited;
-        self.drops.retain(|dropped| {
-            let kept = keep(dropped);
-            if !kept
-                && let Some(query) = Self::awaited_query(dropped)
-                && let Some(count) = awaited.get_mut(&query)
-            {
-                *count -= 1;
-                if *count == 0 {
-                    awaited.remove(&query);
-                }
-            }
-            kept
-        });
-    }
-
-    /// Whether `message` is a query some drop waits for.
-    fn awaits(&self, message: &Message) -> bool {
-        !self.awaited.is_empty()
-            && message.envelope.direction == crate::message::Direction::Send
-            && message.dns.header.as_ref().is_some_and(|header| {
-                !header.is_response
-                    && self
-                        .awaited
-                        .contains_key(&(header.id, message.envelope.remote))
-            })
-    }
+/// The (id, server) of a client's query, or of the response to it: what a
+/// dropped packet's attempt opens with. None without a header, for a drop
+/// that links to nothing.
+fn query_of(message: &Message) -> Option<(u16, SocketAddr)> {
+    let header = message.dns.header.as_ref()?;
+    Some((header.id, message.envelope.remote))
 }
 
 #[cfg(test)]
