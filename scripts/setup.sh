@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything dnstrace needs to build and test on a fresh Debian 12
-# machine: Debian packages, the pinned Rust toolchains, rust-src, the musl
-# target, bpf-linker built against the eBPF nightly's own libLLVM, and
-# cargo-fuzz.
+# machine: Debian packages, the pinned Rust toolchains, rust-src, bpf-linker
+# built against the eBPF nightly's own libLLVM, and cargo-fuzz.
 # Idempotent: each step is skipped when its result is already present.
 set -euo pipefail
 
@@ -54,7 +53,6 @@ install_python_packages() {
 install_toolchains() {
   command -v rustup >/dev/null || { echo "setup: rustup is required" >&2; exit 2; }
   rustup toolchain install "$USERSPACE_TOOLCHAIN" --profile minimal -c rustfmt,clippy >/dev/null
-  rustup target add x86_64-unknown-linux-musl --toolchain "$USERSPACE_TOOLCHAIN" >/dev/null
   rustup toolchain install "$EBPF_TOOLCHAIN" --profile minimal -c rust-src >/dev/null
   log "toolchains $USERSPACE_TOOLCHAIN and $EBPF_TOOLCHAIN ready"
 }

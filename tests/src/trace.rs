@@ -30,11 +30,12 @@ const ATTACH_PATIENCE: Duration = Duration::from_secs(20);
 /// pick a test's own messages by their unique names.
 pub const EVERYTHING: [&str; 0] = [];
 
-/// `DNSTRACE_BIN`, or the workspace's release build.
+/// `DNSTRACE_BIN`, or the static release build that `cargo xtask test`
+/// makes.
 pub fn dnstrace_bin() -> PathBuf {
     std::env::var_os("DNSTRACE_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_dir().join("target/release/dnstrace"))
+        .unwrap_or_else(|| workspace_dir().join("target/x86_64-unknown-linux-gnu/release/dnstrace"))
 }
 
 /// A running tracer; [`Tracer::stop`] ends it and parses its output.
@@ -77,7 +78,7 @@ impl Tracer {
         let bin = dnstrace_bin();
         assert!(
             bin.is_file(),
-            "no dnstrace binary at {}: build it with `cargo build --release -p dnstrace` or set DNSTRACE_BIN",
+            "no dnstrace binary at {}: run the tests with `cargo xtask test` or set DNSTRACE_BIN",
             bin.display()
         );
         let dir = tempfile::tempdir().expect("trace dir");

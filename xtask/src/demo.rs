@@ -44,7 +44,7 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     say("building dnstrace, the shaping DNS server and a Go client");
-    let dnstrace = command::build_release_agent()?;
+    let dnstrace = command::build_static_agent()?;
     let server = build_shaping_server()?;
     let found = reproduce(&dnstrace, &server)?;
     say("stopped every process and removed the namespaces and files");

@@ -14,6 +14,6 @@ pub struct Options {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let agent = command::build_release_agent()?;
+    let agent = command::build_static_agent()?;
     command::run(Command::new(agent).args(&options.args))
 }

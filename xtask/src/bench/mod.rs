@@ -143,7 +143,7 @@ struct World {
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let agent = match &options.agent {
         Some(agent) => agent.clone(),
-        None => command::build_release_agent()?,
+        None => command::build_static_agent()?,
     };
     let namespace = Namespace::create()?;
     let work = setup::WorkDir::create()?;

@@ -1,5 +1,5 @@
 //! The guest of `cargo xtask vm` (docs/vm.md): /init of the initramfs,
-//! built static for musl. Its arguments are the plan, one `BACKEND=captures`
+//! built static. Its arguments are the plan, one `BACKEND=captures`
 //! or `BACKEND=refused:REASON` per backend in `--backend auto`'s order.
 //!
 //! As /init it mounts what dnstrace needs, loads the sock_diag modules,
