@@ -105,9 +105,11 @@ impl Identity {
 /// carry the same text, and parsing it took a fifth of `analyze`'s time on
 /// a busy trace. Bounded: emptied when full, and a text longer than any
 /// dnstrace writes for a process outside a pod is not kept (a file may
-/// hold a megabyte of comment per packet).
+/// hold a megabyte of comment per packet). foldhash, as SipHash over
+/// each text cost as much as the rest of the lookup; its seed is random per
+/// process, and the bound holds whatever a file's texts collide on.
 #[derive(Default)]
-pub struct ParsedTexts(HashMap<Box<str>, Option<Identity>>);
+pub struct ParsedTexts(HashMap<Box<str>, Option<Identity>, foldhash::fast::RandomState>);
 
 impl ParsedTexts {
     const CAPACITY: usize = 4096;

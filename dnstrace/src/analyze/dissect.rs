@@ -164,17 +164,23 @@ impl Dissector {
         segment: &Segment<'a>,
         stream: u64,
         sending: bool,
-    ) -> Vec<Framed<'a>> {
-        match segment.transport {
-            Transport::Udp => vec![Framed {
-                bytes: segment.payload,
-                len: segment.wire_len,
-            }],
-            Transport::Tcp => {
+    ) -> impl Iterator<Item = Framed<'a>> + use<'a> {
+        // A datagram is one message: no vector for it.
+        let (datagram, from_stream) = match segment.transport {
+            Transport::Udp => (
+                Some(Framed {
+                    bytes: segment.payload,
+                    len: segment.wire_len,
+                }),
+                Vec::new(),
+            ),
+            Transport::Tcp => (
+                None,
                 self.streams
-                    .frame(stream, sending, segment.wire_len, segment.payload)
-            }
-        }
+                    .frame(stream, sending, segment.wire_len, segment.payload),
+            ),
+        };
+        datagram.into_iter().chain(from_stream)
     }
 }
 
