@@ -195,48 +195,51 @@ struct KeptFields {
     sockets: KeptTexts<SocketKey>,
 }
 
-/// Texts by what they were written from; the oldest is replaced once all
-/// places are taken.
+/// Texts by what they were written from, in a table indexed by a cheap
+/// hash of it: a hit costs one comparison, and a miss replaces the one text
+/// in its place. (Kept in order of arrival, eight of them, they were
+/// replaced at nearly every message of a server answering many sockets in
+/// turn.) A collision costs only a text written again.
 struct KeptTexts<K> {
-    entries: Vec<(K, Vec<u8>)>,
-    next: usize,
+    places: Vec<Option<(K, Vec<u8>)>>,
 }
 
 impl<K> Default for KeptTexts<K> {
     fn default() -> Self {
-        Self {
-            entries: Vec::new(),
-            next: 0,
-        }
+        Self { places: Vec::new() }
     }
 }
 
 impl<K> KeptTexts<K> {
-    const ENTRIES: usize = 8;
+    const PLACES: usize = 64;
 
-    /// The text kept for what `matches`, or else `write`'s, kept for `key`.
+    /// The text kept for what `matches`, or else `write`'s, kept for `key`;
+    /// `place` is a hash of what the key holds.
     fn text(
         &mut self,
+        place: u64,
         matches: impl Fn(&K) -> bool,
         key: impl FnOnce() -> K,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> &[u8] {
-        if let Some(index) = self.entries.iter().position(|(kept, _)| matches(kept)) {
-            return &self.entries[index].1;
+        if self.places.is_empty() {
+            self.places.resize_with(Self::PLACES, || None);
         }
-        let mut text = Vec::with_capacity(128);
-        write(&mut text);
-        let entry = (key(), text);
-        let index = if self.entries.len() < Self::ENTRIES {
-            self.entries.push(entry);
-            self.entries.len() - 1
-        } else {
-            let index = self.next;
-            self.entries[index] = entry;
-            self.next = (index + 1) % Self::ENTRIES;
-            index
-        };
-        &self.entries[index].1
+        // The top six bits of a multiplicative hash: one of 64 places.
+        let index = (place.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize;
+        let slot = &mut self.places[index];
+        if !slot.as_ref().is_some_and(|(kept, _)| matches(kept)) {
+            let mut text = slot.take().map_or_else(
+                || Vec::with_capacity(128),
+                |(_, mut text)| {
+                    text.clear();
+                    text
+                },
+            );
+            write(&mut text);
+            *slot = Some((key(), text));
+        }
+        slot.as_ref().map_or(&[], |(_, text)| text.as_slice())
     }
 }
 
@@ -288,6 +291,14 @@ struct SocketKey {
 }
 
 impl SocketKey {
+    /// What tells one socket and peer from another, mixed into one word.
+    fn place(&self) -> u64 {
+        self.cookie.rotate_left(32)
+            ^ u64::from(self.remote.port())
+            ^ u64::from(self.local.port()) << 16
+            ^ u64::from(self.direction == Direction::Recv) << 63
+    }
+
     fn of(envelope: &Envelope) -> Self {
         Self {
             cookie: envelope.socket_cookie,
@@ -317,6 +328,7 @@ fn write_message(
     let record = MessageRecord::new(message);
     let owner = (message.envelope.process.as_ref()).map(|process| {
         kept.owners.text(
+            u64::from(process.pid) << 32 | u64::from(process.tid),
             |key| key.matches(process),
             || OwnerKey::of(process),
             |out| record.write_owner(out),
@@ -324,6 +336,7 @@ fn write_message(
     });
     let socket = SocketKey::of(&message.envelope);
     let socket = kept.sockets.text(
+        socket.place(),
         |key| *key == socket,
         || socket,
         |out| record.write_socket(out),
@@ -1550,7 +1563,7 @@ mod tests {
             Box::new(|p| p.facts = in_a_pod()),
         ];
         // Past the cache's size, so that entries are replaced.
-        for n in 0..2 * KeptTexts::<OwnerKey>::ENTRIES as u32 {
+        for n in 0..2 * KeptTexts::<OwnerKey>::PLACES as u32 {
             changes.push(Box::new(move |p| p.tid = 100 + n));
         }
         for change in &changes {
@@ -1587,7 +1600,7 @@ mod tests {
             Box::new(|e| e.remote = "[::1]:53".parse().unwrap()),
         ];
         // Past the table's size, so that entries are replaced.
-        for n in 0..2 * KeptTexts::<SocketKey>::ENTRIES as u16 {
+        for n in 0..2 * KeptTexts::<SocketKey>::PLACES as u16 {
             changes.push(Box::new(move |e| e.local.set_port(n)));
         }
         let first = message.envelope.clone();
