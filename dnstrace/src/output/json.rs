@@ -243,9 +243,10 @@ impl<K> KeptTexts<K> {
     }
 }
 
-/// Everything the `pid` to `pod` fields are written from. Each holds its
-/// thread's shared name and facts, so that comparing their pointers cannot
-/// match a freed allocation reused.
+/// Everything the `pid` to `pod` fields are written from. Name and facts
+/// compare by what is written of them: a file read back gives each text a
+/// fresh copy of them, so their pointers rarely match (the same facts'
+/// pointer is the quick way).
 struct OwnerKey {
     pid: u32,
     tid: u32,
@@ -275,8 +276,10 @@ impl OwnerKey {
             && self.uid == process.uid
             && self.cgroup_id == process.cgroup_id
             && self.netns == process.netns
-            && Arc::ptr_eq(&self.comm, &process.comm)
-            && Arc::ptr_eq(&self.facts, &process.facts)
+            && self.comm == process.comm
+            && (Arc::ptr_eq(&self.facts, &process.facts)
+                || (self.facts.container == process.facts.container
+                    && self.facts.pod == process.facts.pod))
     }
 }
 
