@@ -177,6 +177,12 @@ impl Correlator {
                     (false, false, None)
                 };
                 let library = repeated.then(|| lookup.context.library.clone()).flatten();
+                let answer_thrown_away = repeated
+                    && lookup.attempts.iter().any(|a| {
+                        (a.response.as_ref()).is_some_and(|r| {
+                            behaviour::rejects(library.as_ref(), &r.shape) != Some(false)
+                        })
+                    });
                 for previous in lookup
                     .attempts
                     .iter_mut()
@@ -193,6 +199,7 @@ impl Correlator {
                         library: library.as_ref(),
                         answer_was_used: positive || previous.moved_on,
                         lookup_over: over,
+                        answer_thrown_away,
                         fresh_socket_retries,
                     };
                     judge_repeat(previous, message, id, now, &known);
@@ -498,6 +505,9 @@ struct Known<'a> {
     answer_was_used: bool,
     /// The lookup was over for the program (`Lookup::is_over`).
     lookup_over: bool,
+    /// Some answer of the lookup has a shape its resolver throws away, or
+    /// may (the resolver not known).
+    answer_thrown_away: bool,
     /// `Lookup::retries_on_fresh_socket`.
     fresh_socket_retries: Option<bool>,
 }
@@ -617,6 +627,13 @@ fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, kno
         // Its resolver keeps this answer and had one to every question:
         // the program is looking the name up again, on any server, and on
         // the same socket where its resolver keeps one open (c-ares).
+        None
+    } else if same_socket && rejects == Some(false) && !known.answer_thrown_away {
+        // Its resolver keeps this answer, and none of the lookup's answers
+        // is one it throws away: the same question again on that socket is
+        // the program asking again (a load generator, a client that
+        // pipelines), not a verdict on the answer. (glibc before 2.20 did
+        // throw a good answer away, but only beside one it threw away.)
         None
     } else if same_socket {
         Some(Rejection::AskedAgain)

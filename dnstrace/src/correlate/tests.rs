@@ -410,6 +410,49 @@ fn an_application_repeating_a_lookup_rejects_nothing() {
     assert!(diagnoses.is_empty(), "{diagnoses:#?}");
 }
 
+/// dnsperf's start against knot, as traced: a socket per line of its
+/// input (www A, www AAAA, mail A, nope A), queries sent without waiting.
+/// www's A is asked again on its socket while the AAAA on the other is
+/// still out. Every answer is one every resolver keeps: nothing was thrown
+/// away, whatever the resolver.
+#[test]
+fn a_client_asking_the_same_question_again_on_one_socket_rejects_nothing() {
+    for library in [None, Some(GLIBC), Some(MUSL)] {
+        let mut s = match library {
+            Some(read) => Scenario::reading(read),
+            None => Scenario::new(),
+        };
+        let www_a = Socket::new(21, 1, server(1));
+        let www_aaaa = Socket::new(21, 2, server(1));
+        let mail = Socket::new(21, 3, server(1));
+        let nope = Socket::new(21, 4, server(1));
+        let us = MS / 1000;
+        s.query(www_a, 0, "www.test.", A, 0);
+        s.answer(www_a, 0, "www.test.", A, 170 * us, GOOD);
+        s.query(www_aaaa, 1, "www.test.", AAAA, 1283 * us);
+        s.query(mail, 2, "mail.test.", A, 1333 * us);
+        s.query(nope, 3, "nope.test.", A, 1436 * us);
+        s.query(www_a, 4, "www.test.", A, 1458 * us);
+        s.answer(www_aaaa, 1, "www.test.", AAAA, 1460 * us, GOOD);
+        s.answer(mail, 2, "mail.test.", A, 1470 * us, GOOD);
+        s.answer(nope, 3, "nope.test.", A, 1486 * us, NXDOMAIN);
+        s.answer(www_a, 4, "www.test.", A, 1491 * us, GOOD);
+        let (out, diagnoses) = s.settle(10 * MS);
+        let attempts: Vec<_> = lookups(&out)
+            .into_iter()
+            .flat_map(|l| &l.attempts)
+            .collect();
+        assert_eq!(attempts.len(), 5);
+        assert!(
+            attempts
+                .iter()
+                .all(|a| !matches!(a.outcome, Outcome::Rejected(_))),
+            "{attempts:#?}"
+        );
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    }
+}
+
 #[test]
 fn search_list_expansion_counts_the_wasted_queries() {
     let mut s = Scenario::new();
