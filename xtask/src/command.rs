@@ -44,11 +44,14 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// target's artifacts (an explicit `--target` keeps it from build scripts
 /// and proc macros, which cannot be static).
 pub fn build_static(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    // Cargo's per-target variable, named from the target so the two
+    // cannot drift apart.
+    let rustflags = format!(
+        "CARGO_TARGET_{}_RUSTFLAGS",
+        STATIC_TARGET.to_uppercase().replace('-', "_")
+    );
     run(cargo()
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
+        .env(rustflags, "-C target-feature=+crt-static")
         .args([
             "build",
             "--release",
