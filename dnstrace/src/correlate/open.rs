@@ -6,7 +6,7 @@
 
 use std::{
     cell::Cell,
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     hash::{BuildHasher, Hasher, RandomState},
     sync::LazyLock,
 };
@@ -32,6 +32,72 @@ pub struct Open {
     /// How many lookups have an attempt with a dropped packet: with none,
     /// no message needs looking for one.
     with_drops: usize,
+    index: Index,
+}
+
+/// Counts over the open lookups that tell, without a pass over them, that
+/// no lookup can continue a query: a busy client's hundreds are nearly
+/// all over, and each query of a name it asked before starts a new one.
+#[derive(Default, PartialEq, Debug)]
+struct Index {
+    /// Lookups by the first label of their name (`(label, 0)`), and by
+    /// first label and each question they are sealed for (`Scan::sealed`).
+    labels: Counts<(u64, u64)>,
+    /// Attempts by `query_key`: only a query with the socket and id of one
+    /// of them can be a copy, which even a sealed lookup takes.
+    queries: Counts<u64>,
+}
+
+type Counts<K> = HashMap<K, u32, foldhash::fast::RandomState>;
+
+impl Index {
+    fn add(&mut self, scan: &Scan, attempts: &[Attempt]) {
+        for key in scan.label_keys() {
+            *self.labels.entry(key).or_default() += 1;
+        }
+        self.add_queries(attempts);
+    }
+
+    fn add_queries(&mut self, attempts: &[Attempt]) {
+        for attempt in attempts {
+            *(self.queries)
+                .entry(query_key(attempt.socket_cookie, attempt.id))
+                .or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, scan: &Scan, attempts: &[Attempt]) {
+        for key in scan.label_keys() {
+            take_one(&mut self.labels, key);
+        }
+        for attempt in attempts {
+            take_one(
+                &mut self.queries,
+                query_key(attempt.socket_cookie, attempt.id),
+            );
+        }
+    }
+
+    /// Whether every lookup whose name shares the query's first label is
+    /// sealed for its question, and none sent a query with its socket and
+    /// id: `Open::newest_continued` would pass over them all.
+    fn none_continued(&self, keys: &Keys) -> bool {
+        let count = |key| self.labels.get(&key).copied().unwrap_or(0);
+        let with_label = count((keys.label, 0));
+        with_label == 0
+            || (keys.identity != 0
+                && with_label == count((keys.label, keys.identity))
+                && !self.queries.contains_key(&keys.query_key))
+    }
+}
+
+fn take_one<K: Eq + std::hash::Hash>(counts: &mut Counts<K>, key: K) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+        }
+    }
 }
 
 /// A lookup as `Open::newest_continued` passes over it.
@@ -44,6 +110,14 @@ struct Scan {
     /// not a copy of one of its own, starts a new lookup. A busy process
     /// has hundreds of lookups over, all with the same few names.
     sealed: [u64; 4],
+}
+
+impl Scan {
+    /// Its keys in `Index::labels`.
+    fn label_keys(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let sealed = self.sealed.iter().filter(|&&identity| identity != 0);
+        std::iter::once((self.label, 0)).chain(sealed.map(|&identity| (self.label, identity)))
+    }
 }
 
 /// Sets are 64-bit Bloom filters: a clear bit proves something absent.
@@ -181,6 +255,7 @@ pub struct Keys {
     identity: u64,
     socket: u64,
     query: u64,
+    query_key: u64,
 }
 
 impl Keys {
@@ -192,6 +267,7 @@ impl Keys {
             identity: identity.unwrap_or(0),
             socket: bit(socket_cookie),
             query: bit(query_key(socket_cookie, id)),
+            query_key: query_key(socket_cookie, id),
         }
     }
 }
@@ -220,6 +296,7 @@ impl Open {
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
         self.with_drops += usize::from(summary.dropped);
+        self.index.add(&summary.scan(), &lookup.attempts);
         self.scans.push_back(summary.scan());
         self.repeats.push_back(summary.repeat_filter());
         self.summaries.push_back(summary);
@@ -229,9 +306,11 @@ impl Open {
     pub fn pop_front(&mut self) -> Option<Lookup> {
         let summary = self.summaries.pop_front()?;
         self.with_drops -= usize::from(summary.dropped);
-        self.scans.pop_front();
+        let scan = self.scans.pop_front()?;
         self.repeats.pop_front();
-        self.lookups.pop_front()
+        let lookup = self.lookups.pop_front()?;
+        self.index.remove(&scan, &lookup.attempts);
+        Some(lookup)
     }
 
     /// Changes the lookup at `index`, and its summary with it.
@@ -240,14 +319,22 @@ impl Open {
         let result = change(lookup);
         let summary = &mut self.summaries[index];
         self.with_drops -= usize::from(summary.dropped);
+        // Attempts are only ever added, their socket and id never change.
+        let added = summary.questions.len();
         summary.refresh(lookup);
+        let (old, new) = (self.scans[index], summary.scan());
+        if (old.label, old.sealed) != (new.label, new.sealed) {
+            self.index.remove(&old, &[]);
+            self.index.add(&new, &[]);
+        }
+        self.index.add_queries(&lookup.attempts[added..]);
         #[cfg(debug_assertions)]
         debug_assert!(
             summary.is_true_of(lookup),
             "a summary fell behind its lookup"
         );
         self.with_drops += usize::from(summary.dropped);
-        self.scans[index] = summary.scan();
+        self.scans[index] = new;
         self.repeats[index] = summary.repeat_filter();
         result
     }
@@ -267,6 +354,7 @@ impl Open {
         self.scans.clear();
         self.repeats.clear();
         self.with_drops = 0;
+        self.index = Index::default();
         for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
             if now >= summary.quiet_until {
                 let judged = judge(&mut lookup);
@@ -293,6 +381,7 @@ impl Open {
                 "a summary fell behind its lookup"
             );
             self.with_drops += usize::from(summary.dropped);
+            self.index.add(&summary.scan(), &lookup.attempts);
             self.scans.push_back(summary.scan());
             self.repeats.push_back(summary.repeat_filter());
             self.summaries.push_back(summary);
@@ -333,6 +422,31 @@ impl Open {
     /// that a lookup over starts over at a query (not a copy of one of its
     /// own) of a question it asked.
     pub fn newest_continued(
+        &self,
+        keys: &Keys,
+        continues: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        if self.index.none_continued(keys) {
+            #[cfg(debug_assertions)]
+            {
+                let mut rebuilt = Index::default();
+                for (scan, lookup) in self.scans.iter().zip(&self.lookups) {
+                    rebuilt.add(scan, &lookup.attempts);
+                }
+                debug_assert_eq!(self.index, rebuilt, "the index fell behind the lookups");
+            }
+            #[cfg(debug_assertions)]
+            debug_assert!(
+                self.scan_continued(keys, continues).is_none(),
+                "the index passed over a lookup that would have been continued"
+            );
+            return None;
+        }
+        self.scan_continued(keys, continues)
+    }
+
+    /// `newest_continued`, by a pass over the lookups.
+    fn scan_continued(
         &self,
         keys: &Keys,
         mut continues: impl FnMut(usize) -> bool,

@@ -1499,3 +1499,40 @@ fn a_zone_transfer_is_one_answer_in_many_messages() {
     assert_eq!(causes(&diagnoses), [Cause::MismatchedAnswer]);
     assert_eq!(lookups(&out)[0].outcome(), LookupOutcome::Resolved);
 }
+
+/// A busy client such as dnsperf or a forwarding server holds hundreds of
+/// finished lookups of the same few names: asking one again starts a new
+/// lookup, but a copy of an earlier query (its socket and id) and a
+/// question not asked yet still join the lookup they belong to.
+#[test]
+fn a_busy_client_starts_new_lookups_but_copies_and_new_questions_still_join() {
+    let mut s = Scenario::new();
+    for n in 0..200u16 {
+        let socket = Socket::new(40, u64::from(n) + 1, server(1));
+        s.exchange(socket, n, "www.test.", u64::from(n) * MS, GOOD);
+    }
+    // A copy of the 51st query, on its socket with its id.
+    s.query(Socket::new(40, 51, server(1)), 50, "www.test.", A, 300 * MS);
+    // The AAAA of the newest, on a socket of its own.
+    let aaaa = Socket::new(40, 1_000, server(1));
+    s.query(aaaa, 1, "www.test.", AAAA, 301 * MS);
+    s.answer(aaaa, 1, "www.test.", AAAA, 302 * MS, GOOD);
+    let (out, _) = s.settle(302 * MS);
+    let lookups = lookups(&out);
+    assert_eq!(
+        lookups.len(),
+        200,
+        "{:#?}",
+        lookups.iter().map(|l| l.attempts.len()).collect::<Vec<_>>()
+    );
+    let joined = |cookie: u64| {
+        let lookup = lookups
+            .iter()
+            .find(|l| l.attempts[0].socket_cookie == cookie)
+            .expect("a lookup per first socket");
+        lookup.attempts.len()
+    };
+    assert_eq!(joined(51), 2, "the copy joins its query's lookup");
+    assert_eq!(joined(200), 2, "the AAAA joins the newest lookup");
+    assert_eq!(joined(100), 1);
+}
