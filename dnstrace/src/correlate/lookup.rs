@@ -97,7 +97,18 @@ impl Lookup {
     /// same question (`Question::same_as`, or what stands for it).
     pub fn is_over(&self, same_question: impl Fn(usize, usize) -> bool) -> bool {
         let library = self.context.library.as_ref();
+        // Each question is judged once, at its first attempt: a busy
+        // lookup has 32 attempts and one or two questions.
+        let mut judged = [0usize; 8];
+        let mut judged_len = 0;
         (0..self.attempts.len()).all(|asked| {
+            if (judged[..judged_len].iter()).any(|&first| same_question(first, asked)) {
+                return true;
+            }
+            if let Some(slot) = judged.get_mut(judged_len) {
+                *slot = asked;
+                judged_len += 1;
+            }
             let mut answers = (self.attempts.iter().enumerate())
                 .filter(|&(index, _)| same_question(index, asked))
                 .map(|(_, a)| a)
@@ -134,10 +145,12 @@ impl Lookup {
     /// tells a resolver that does not; Go uses a socket per query.
     pub fn retries_on_fresh_socket(&self) -> Option<bool> {
         behaviour::retries_on_fresh_socket(self.context.library.as_ref()).or_else(|| {
-            let pairs = self.attempts.iter().any(|a| {
-                self.attempts.iter().any(|b| {
-                    b.socket_cookie == a.socket_cookie && b.question.qtype != a.question.qtype
-                })
+            // Two types on a socket: some attempt's differs from that of the
+            // socket's first (a pass per socket, not per pair of attempts).
+            let pairs = self.attempts.iter().enumerate().any(|(index, b)| {
+                (self.attempts[..index].iter())
+                    .find(|a| a.socket_cookie == b.socket_cookie)
+                    .is_some_and(|first| first.question.qtype != b.question.qtype)
             });
             pairs.then_some(false)
         })
@@ -228,5 +241,169 @@ impl Lookup {
             .iter()
             .filter(|a| a.sent_monotonic_ns.is_some())
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Lookup;
+    use crate::{
+        correlate::attempt::{Attempt, Outcome, ReadState, Rejection, Response, Shape},
+        decode::{Flags, Question},
+        message::{Client, ClientId, Transport},
+        resolver::{Library, ResolverContext},
+    };
+
+    /// An attempt on `socket` asking `qtype`, with `outcome` and, unless
+    /// `answers` is `None`, a NOERROR response with that many answers.
+    fn attempt(socket: u64, qtype: u16, outcome: Outcome, answers: Option<u16>) -> Attempt {
+        Attempt {
+            client: Client {
+                id: ClientId::Pid(7),
+                comm: None,
+                facts: None,
+            },
+            socket_cookie: socket,
+            transport: Transport::Udp,
+            server: "192.0.2.1:53".parse().unwrap(),
+            local: "192.0.2.100:40000".parse().unwrap(),
+            server_pod: None,
+            question: Question {
+                name: "db.test.".into(),
+                qtype,
+            },
+            id: 1,
+            sent_monotonic_ns: Some(0),
+            sent_wall_time_ns: Some(0),
+            response: answers.map(|answers| Response {
+                monotonic_ns: 1,
+                wall_time_ns: 1,
+                from: "192.0.2.1:53".parse().unwrap(),
+                shape: Shape {
+                    rcode: 0,
+                    flags: Flags::RD,
+                    answers,
+                    authority: 0,
+                    additional: 0,
+                },
+                number: None,
+                read: ReadState::Unknown,
+            }),
+            outcome,
+            moved_on: false,
+            ended_monotonic_ns: None,
+            drop: None,
+        }
+    }
+
+    /// Lookups of one to six attempts, from a fixed sequence of choices.
+    fn lookups() -> impl Iterator<Item = Lookup> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let libraries = [
+            None,
+            Some(Library::Musl),
+            Some(Library::Go),
+            Some(Library::Glibc {
+                major: 2,
+                minor: 19,
+            }),
+        ];
+        let outcomes = [
+            Outcome::Pending,
+            Outcome::Answered,
+            Outcome::Rejected(Rejection::AskedAgain),
+            Outcome::Timeout,
+        ];
+        (0..3_000).map(move |_| {
+            let library = libraries[next(4) as usize].clone();
+            let attempts = (0..=next(6))
+                .map(|_| {
+                    let answers = [None, Some(0), Some(1)][next(3) as usize];
+                    let qtype = [1, 28][next(2) as usize];
+                    attempt(1 + next(3), qtype, outcomes[next(4) as usize], answers)
+                })
+                .collect();
+            Lookup {
+                client: Client {
+                    id: ClientId::Pid(7),
+                    comm: None,
+                    facts: None,
+                },
+                name: "db.test.".into(),
+                context: Arc::new(ResolverContext {
+                    conf: None,
+                    library,
+                }),
+                attempts,
+                first_monotonic_ns: 0,
+                first_wall_time_ns: 0,
+                last_monotonic_ns: 0,
+                incomplete: false,
+            }
+        })
+    }
+
+    /// Judging each question once, at its first attempt, and comparing
+    /// each attempt with its socket's first, decide as the definitions do:
+    /// every attempt judged, every pair of attempts compared.
+    #[test]
+    fn the_linear_passes_decide_as_the_pairwise_definitions() {
+        let mut over = 0;
+        for lookup in lookups() {
+            let same = |a: usize, b: usize| {
+                lookup.attempts[a]
+                    .question
+                    .same_as(&lookup.attempts[b].question)
+            };
+            let library = lookup.context.library.as_ref();
+            let every_question_over = (0..lookup.attempts.len()).all(|asked| {
+                let mut thrown_away = Vec::new();
+                (lookup.attempts.iter().enumerate())
+                    .filter(|&(index, a)| {
+                        same(index, asked) && !matches!(a.outcome, Outcome::Mismatched(_))
+                    })
+                    .filter_map(|(_, a)| Some((a.outcome, a.response.as_ref()?.shape)))
+                    .any(|(outcome, shape)| {
+                        let rejected = matches!(outcome, Outcome::Rejected(_));
+                        if !rejected && super::behaviour::rejects(library, &shape) == Some(false) {
+                            return true;
+                        }
+                        let again = thrown_away.contains(&shape);
+                        thrown_away.push(shape);
+                        again
+                    })
+            });
+            assert_eq!(
+                lookup.is_over(same),
+                every_question_over,
+                "{:#?}",
+                lookup.attempts
+            );
+            over += usize::from(every_question_over);
+
+            let pairs = lookup.attempts.iter().any(|a| {
+                lookup.attempts.iter().any(|b| {
+                    b.socket_cookie == a.socket_cookie && b.question.qtype != a.question.qtype
+                })
+            });
+            let by_definition = super::behaviour::retries_on_fresh_socket(library)
+                .or_else(|| pairs.then_some(false));
+            assert_eq!(
+                lookup.retries_on_fresh_socket(),
+                by_definition,
+                "{:#?}",
+                lookup.attempts
+            );
+        }
+        // Both answers came up often enough to tell.
+        assert!((300..2_700).contains(&over), "{over} of 3,000 over");
     }
 }
