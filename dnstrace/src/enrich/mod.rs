@@ -86,8 +86,9 @@ enum Entry {
     },
 }
 
-/// The last process let through with its facts: messages come in runs
-/// from one process, and this is asked for every message.
+/// A process let through lately with its facts, in a place picked by its
+/// pid: this is asked for every message, and messages come from a few
+/// processes in turn (a client and the server on the node answering it).
 struct LastHit {
     pid: u32,
     cgroup_id: u64,
@@ -107,8 +108,11 @@ struct Outstanding {
     sent_ns: u64,
 }
 
+/// Places in `Enricher::recent`.
+const RECENT: usize = 8;
+
 pub struct Enricher {
-    last: Option<LastHit>,
+    recent: [Option<LastHit>; RECENT],
     requests: SyncSender<Request>,
     replies: Receiver<Reply>,
     start_worker: StartWorker,
@@ -189,7 +193,7 @@ impl Enricher {
     ) -> std::io::Result<Self> {
         let (requests, replies) = start_worker()?;
         Ok(Self {
-            last: None,
+            recent: Default::default(),
             requests,
             replies,
             start_worker,
@@ -223,7 +227,8 @@ impl Enricher {
         };
         let pid = process.pid;
         let cgroup_id = process.cgroup_id;
-        if let Some(last) = &self.last
+        let place = pid as usize % RECENT;
+        if let Some(last) = &self.recent[place]
             && (last.pid, last.cgroup_id, last.netns_cookie) == (pid, cgroup_id, netns_cookie)
         {
             process.facts = Arc::clone(&last.facts);
@@ -241,7 +246,7 @@ impl Enricher {
             }) if *known_cgroup == cgroup_id && *known_netns == netns_cookie && netns_known => {
                 process.facts = Arc::clone(facts);
                 process.netns = netns;
-                self.last = Some(LastHit {
+                self.recent[place] = Some(LastHit {
                     pid,
                     cgroup_id,
                     netns_cookie,
@@ -371,7 +376,7 @@ impl Enricher {
         self.replies = replies;
         self.answered_ns = now_ns;
         self.counts.stuck_workers += 1;
-        self.last = None;
+        self.recent = Default::default();
         let stuck = self.outstanding.pop_front().expect("checked by poll");
         eprintln!(
             "dnstrace: reading pid {}'s files did not finish in {} ms; going on without them",
@@ -439,7 +444,7 @@ impl Enricher {
     }
 
     fn on_reply(&mut self, reply: Reply, next: &mut impl FnMut(Message)) {
-        self.last = None;
+        self.recent = Default::default();
         let Reply::Facts {
             pid,
             cgroup_id,
@@ -509,7 +514,7 @@ impl Enricher {
     /// Drops the half of the known processes known longest; those waiting
     /// for facts are kept.
     fn evict_oldest_half(&mut self) {
-        self.last = None;
+        self.recent = Default::default();
         let mut serials: Vec<u64> = self
             .by_pid
             .values()
