@@ -23,11 +23,18 @@ type Key = (u64, bool, SocketAddr, SocketAddr);
 /// (TCP or not, local, remote) of a client socket, in any namespace.
 pub type Addresses = (bool, SocketAddr, SocketAddr);
 
+/// Places in `QueryOwners::recent`.
+const RECENT: usize = 16;
+
 /// The process and socket behind each client socket's last query.
 #[derive(Default)]
 pub struct QueryOwners {
     by_socket: HashMap<Key, (Process, u64)>,
     by_addresses: HashMap<Addresses, (Process, u64)>,
+    /// Queries whose owner the maps hold, one per place picked by socket:
+    /// every query is asked about, nearly all from a socket that asked
+    /// before, and comparing costs less than hashing the key.
+    recent: [Option<(Key, u32, u64)>; RECENT],
 }
 
 impl QueryOwners {
@@ -45,19 +52,33 @@ impl QueryOwners {
             return;
         }
         let key = socket_key(netns, envelope);
+        let seen = (key, process.pid, envelope.socket_cookie);
+        let place = (envelope.socket_cookie % RECENT as u64) as usize;
+        if self.recent[place] == Some(seen) {
+            return;
+        }
         if self.by_socket.get(&key).map(|(p, cookie)| (p.pid, *cookie))
             == Some((process.pid, envelope.socket_cookie))
         {
+            self.recent[place] = Some(seen);
             return;
         }
         if self.by_socket.len() >= MAX_SOCKETS {
             self.by_socket.clear();
             self.by_addresses.clear();
+            self.recent = Default::default();
+        }
+        // Another owner of the key's, remembered elsewhere, is one no more.
+        for recent in &mut self.recent {
+            if recent.is_some_and(|(kept, ..)| kept == key) {
+                *recent = None;
+            }
         }
         let owner = (process.clone(), envelope.socket_cookie);
         self.by_addresses
             .insert((key.1, key.2, key.3), owner.clone());
         self.by_socket.insert(key, owner);
+        self.recent[place] = Some(seen);
     }
 
     /// Fills in the process of a drop the kernel could not attribute, from
@@ -199,4 +220,59 @@ fn socket_key(netns: u64, envelope: &Envelope) -> Key {
 fn addresses(message: &Message) -> Addresses {
     let (_, tcp, local, remote) = socket_key(0, &message.envelope);
     (tcp, local, remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::QueryOwners;
+    use crate::{
+        correlate::tests::{Socket, message, server},
+        message::{Direction, Dropped, Message},
+    };
+
+    /// A message on one socket's addresses in namespace 1, from `pid`'s
+    /// socket `cookie` (a port used again by another socket).
+    fn on_the_addresses(direction: Direction, pid: u32, cookie: u64) -> Message {
+        let mut message = message(
+            direction,
+            Socket::new(pid, cookie, server(1)),
+            1,
+            "db.test.",
+            1,
+            0,
+            None,
+        );
+        message.envelope.local = SocketAddr::from(([10, 0, 0, 1], 40_000));
+        if let Some(process) = &mut message.envelope.process {
+            process.netns = Some(1);
+        }
+        message
+    }
+
+    /// The process a response dropped on the addresses is put down to.
+    fn owner(owners: &QueryOwners) -> Option<u32> {
+        let mut response = on_the_addresses(Direction::Recv, 0, 0);
+        response.envelope.process = None;
+        let mut dropped = Dropped {
+            message: response,
+            reason: "NO_SOCKET".into(),
+            location: "somewhere+0x1".into(),
+            netns: Some(1),
+            conntrack: None,
+        };
+        owners.attribute(&mut dropped);
+        dropped.message.envelope.process.map(|process| process.pid)
+    }
+
+    #[test]
+    fn a_drop_goes_to_the_process_that_asked_last_on_its_addresses() {
+        let mut owners = QueryOwners::default();
+        assert_eq!(owner(&owners), None);
+        for (pid, cookie) in [(7, 1), (7, 1), (8, 2), (7, 1), (7, 1), (8, 2)] {
+            owners.message(&on_the_addresses(Direction::Send, pid, cookie));
+            assert_eq!(owner(&owners), Some(pid), "after a query of {pid}'s");
+        }
+    }
 }
