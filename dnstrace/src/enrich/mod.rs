@@ -261,15 +261,21 @@ impl Enricher {
                 previous,
                 ..
             }) => {
-                if *expired || held.len() >= MAX_HELD_PER_PROCESS || self.held >= MAX_HELD {
-                    process.facts = Arc::clone(previous);
-                    process.netns = netns;
-                    self.counts.unenriched += 1;
-                    return next(message);
+                if !*expired && held.len() < MAX_HELD_PER_PROCESS && self.held < MAX_HELD {
+                    held.push((message, netns_cookie));
+                    self.held += 1;
+                    return;
                 }
-                held.push((message, netns_cookie));
-                self.held += 1;
-                return;
+                // Past a cap the process's messages stop waiting, those held
+                // first: a response let through ahead of its held query
+                // would read as unsolicited, the query as unanswered.
+                *expired = true;
+                let earlier = std::mem::take(held);
+                process.facts = Arc::clone(previous);
+                process.netns = netns;
+                self.counts.unenriched += 1;
+                self.release_unenriched(earlier, next);
+                return next(message);
             }
             Some(Entry::Known { facts, .. }) => Arc::clone(facts),
             None => Facts::unknown(),
@@ -699,6 +705,36 @@ mod tests {
         enricher.poll(3 * HOLD_NS, &mut next);
         enricher.admit(message(2, 3 * HOLD_NS), 77, &mut next);
         assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("late"));
+    }
+
+    /// A process that sends more than can be held while its facts are
+    /// read (a burst at start) stops waiting, but its messages still go on
+    /// in the order they came: a response ahead of its query would read as
+    /// unsolicited.
+    #[test]
+    fn a_process_past_the_hold_keeps_its_messages_in_order() {
+        let (mut enricher, _requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        let sent = MAX_HELD_PER_PROCESS as u64 + 5;
+        for n in 1..=sent {
+            enricher.admit(message(4, n * MS), 77, &mut next);
+        }
+        answer(&replies, 4, None, "late");
+        enricher.poll((sent + 1) * MS, &mut next);
+        enricher.admit(message(4, (sent + 2) * MS), 77, &mut next);
+        let times: Vec<u64> = (out.borrow().iter())
+            .map(|m| m.envelope.monotonic_ns / MS)
+            .collect();
+        let expected: Vec<u64> = (1..=sent).chain([sent + 2]).collect();
+        assert_eq!(times, expected);
+        assert_eq!(enricher.counts.unenriched, sent);
+        let last = out.borrow().last().map(container_of);
+        assert_eq!(
+            last,
+            Some(Some("late".into())),
+            "enriched once the facts came"
+        );
     }
 
     #[test]
