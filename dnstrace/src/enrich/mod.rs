@@ -303,6 +303,9 @@ impl Enricher {
             self.evict_oldest_half();
         }
         self.held += 1;
+        // Its next messages wait behind this one: its remembered place
+        // would let them by.
+        self.recent[place] = None;
         self.by_pid.insert(
             pid,
             Entry::Asked {
@@ -705,6 +708,31 @@ mod tests {
         enricher.poll(3 * HOLD_NS, &mut next);
         enricher.admit(message(2, 3 * HOLD_NS), 77, &mut next);
         assert_eq!(container_of(&out.borrow()[3]).as_deref(), Some("late"));
+    }
+
+    /// A process seen in another namespace waits for its facts again, and
+    /// its next messages wait behind the held one even where its facts
+    /// for the first namespace are remembered.
+    #[test]
+    fn a_process_asked_about_again_keeps_its_messages_in_order() {
+        let (mut enricher, _requests, replies) = enricher();
+        let out: RefCell<Vec<Message>> = RefCell::default();
+        let mut next = |m: Message| out.borrow_mut().push(m);
+        for pid in [5, 6] {
+            enricher.admit(message(pid, MS), 77, &mut next);
+            answer(&replies, pid, None, "first");
+        }
+        enricher.poll(2 * MS, &mut next);
+        enricher.admit(message(5, 3 * MS), 77, &mut next);
+        enricher.admit(message(5, 4 * MS), 78, &mut next);
+        enricher.admit(message(6, 5 * MS), 77, &mut next);
+        enricher.admit(message(5, 6 * MS), 77, &mut next);
+        enricher.poll(2 * HOLD_NS, &mut next);
+        let times_of_5: Vec<u64> = (out.borrow().iter())
+            .filter(|m| m.envelope.process.as_ref().is_some_and(|p| p.pid == 5))
+            .map(|m| m.envelope.monotonic_ns / MS)
+            .collect();
+        assert_eq!(times_of_5, [1, 3, 4, 6]);
     }
 
     /// A process that sends more than can be held while its facts are
