@@ -94,7 +94,8 @@ impl Lookup {
     /// same thrown-away answer twice, after which resolvers give up. A
     /// question asked again after that is the program looking up again.
     /// `same_question` tells whether two attempts, by index, asked the
-    /// same question (`Question::same_as`, or what stands for it).
+    /// same question (`Question::same_as`, or what stands for it): an
+    /// equivalence, as each question is judged at its first attempt only.
     pub fn is_over(&self, same_question: impl Fn(usize, usize) -> bool) -> bool {
         let library = self.context.library.as_ref();
         // Each question is judged once, at its first attempt: a busy
@@ -298,7 +299,8 @@ mod tests {
         }
     }
 
-    /// Lookups of one to six attempts, from a fixed sequence of choices.
+    /// Lookups of one to thirteen attempts, from a fixed sequence of
+    /// choices.
     fn lookups() -> impl Iterator<Item = Lookup> {
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move |n: u64| {
@@ -324,11 +326,21 @@ mod tests {
         ];
         (0..3_000).map(move |_| {
             let library = libraries[next(4) as usize].clone();
-            let attempts = (0..=next(6))
-                .map(|_| {
-                    let answers = [None, Some(0), Some(1)][next(3) as usize];
-                    let qtype = [1, 28][next(2) as usize];
-                    attempt(1 + next(3), qtype, outcomes[next(4) as usize], answers)
+            // One in eight asks a type per attempt, more questions than
+            // `is_over` keeps in place, each answered but maybe the last.
+            let many_types = next(8) == 0;
+            let last = next(13);
+            let attempts = (0..=last)
+                .map(|index| match many_types {
+                    true => {
+                        let answers = Some(u16::from(index < last || next(2) == 0));
+                        attempt(1, 1 + index as u16, Outcome::Answered, answers)
+                    }
+                    false => {
+                        let answers = [None, Some(0), Some(1)][next(3) as usize];
+                        let qtype = [1, 28][next(2) as usize];
+                        attempt(1 + next(3), qtype, outcomes[next(4) as usize], answers)
+                    }
                 })
                 .collect();
             Lookup {
@@ -356,7 +368,7 @@ mod tests {
     /// every attempt judged, every pair of attempts compared.
     #[test]
     fn the_linear_passes_decide_as_the_pairwise_definitions() {
-        let mut over = 0;
+        let (mut over, mut many_questions) = (0, 0);
         for lookup in lookups() {
             let same = |a: usize, b: usize| {
                 lookup.attempts[a]
@@ -388,6 +400,8 @@ mod tests {
                 lookup.attempts
             );
             over += usize::from(every_question_over);
+            many_questions +=
+                usize::from(lookup.attempts.len() > 9 && lookup.attempts[9].question.qtype == 10);
 
             let pairs = lookup.attempts.iter().any(|a| {
                 lookup.attempts.iter().any(|b| {
@@ -403,7 +417,9 @@ mod tests {
                 lookup.attempts
             );
         }
-        // Both answers came up often enough to tell.
+        // Both answers came up often enough to tell, and lookups of more
+        // than eight questions too.
         assert!((300..2_700).contains(&over), "{over} of 3,000 over");
+        assert!(many_questions > 50, "{many_questions} with more than eight");
     }
 }
