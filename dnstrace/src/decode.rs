@@ -46,6 +46,11 @@ impl Flags {
         flags
     }
 
+    /// The set as a number below 64, one bit per [`FLAG_NAMES`] entry.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
