@@ -51,6 +51,11 @@ impl Flags {
         self.0
     }
 
+    /// The set that [`Flags::bits`] gives as `bits` (higher bits ignored).
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & ((1 << FLAG_NAMES.len()) - 1))
+    }
+
     pub fn contains(self, other: Self) -> bool {
         self.0 & other.0 == other.0
     }
