@@ -249,59 +249,27 @@ impl Lookup {
 mod tests {
     use std::sync::Arc;
 
-    use super::Lookup;
     use crate::{
-        correlate::attempt::{Attempt, Outcome, ReadState, Rejection, Response, Shape},
-        decode::{Flags, Question},
-        message::{Client, ClientId, Transport},
+        correlate::{
+            attempt::{Attempt, Outcome, Rejection},
+            tests::{GOOD, LAME_NODATA, attempt, client, lookup},
+        },
         resolver::{Library, ResolverContext},
     };
 
     /// An attempt on `socket` asking `qtype`, with `outcome` and, unless
-    /// `answers` is `None`, a NOERROR response with that many answers.
-    fn attempt(socket: u64, qtype: u16, outcome: Outcome, answers: Option<u16>) -> Attempt {
-        Attempt {
-            client: Client {
-                id: ClientId::Pid(7),
-                comm: None,
-                facts: None,
-            },
-            socket_cookie: socket,
-            transport: Transport::Udp,
-            server: "192.0.2.1:53".parse().unwrap(),
-            local: "192.0.2.100:40000".parse().unwrap(),
-            server_pod: None,
-            question: Question {
-                name: "db.test.".into(),
-                qtype,
-            },
-            id: 1,
-            sent_monotonic_ns: Some(0),
-            sent_wall_time_ns: Some(0),
-            response: answers.map(|answers| Response {
-                monotonic_ns: 1,
-                wall_time_ns: 1,
-                from: "192.0.2.1:53".parse().unwrap(),
-                shape: Shape {
-                    rcode: 0,
-                    flags: Flags::RD,
-                    answers,
-                    authority: 0,
-                    additional: 0,
-                },
-                number: None,
-                read: ReadState::Unknown,
-            }),
-            outcome,
-            moved_on: false,
-            ended_monotonic_ns: None,
-            drop: None,
-        }
+    /// `answers` is `None`, a NOERROR response with that many answers
+    /// (none: a lame one).
+    fn on_socket(socket: u64, qtype: u16, outcome: Outcome, answers: Option<u16>) -> Attempt {
+        let answer = answers.map(|answers| if answers > 0 { GOOD } else { LAME_NODATA });
+        let mut attempt = attempt(&client(7, "client"), 1, qtype, outcome, 0, answer);
+        attempt.socket_cookie = socket;
+        attempt
     }
 
     /// Lookups of one to thirteen attempts, from a fixed sequence of
     /// choices.
-    fn lookups() -> impl Iterator<Item = Lookup> {
+    fn lookups() -> impl Iterator<Item = super::Lookup> {
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move |n: u64| {
             state ^= state << 13;
@@ -334,32 +302,21 @@ mod tests {
                 .map(|index| match many_types {
                     true => {
                         let answers = Some(u16::from(index < last || next(2) == 0));
-                        attempt(1, 1 + index as u16, Outcome::Answered, answers)
+                        on_socket(1, 1 + index as u16, Outcome::Answered, answers)
                     }
                     false => {
                         let answers = [None, Some(0), Some(1)][next(3) as usize];
                         let qtype = [1, 28][next(2) as usize];
-                        attempt(1 + next(3), qtype, outcomes[next(4) as usize], answers)
+                        on_socket(1 + next(3), qtype, outcomes[next(4) as usize], answers)
                     }
                 })
                 .collect();
-            Lookup {
-                client: Client {
-                    id: ClientId::Pid(7),
-                    comm: None,
-                    facts: None,
-                },
-                name: "db.test.".into(),
-                context: Arc::new(ResolverContext {
-                    conf: None,
-                    library,
-                }),
-                attempts,
-                first_monotonic_ns: 0,
-                first_wall_time_ns: 0,
-                last_monotonic_ns: 0,
-                incomplete: false,
-            }
+            let mut lookup = lookup(&client(7, "client"), "db.test.", attempts, 0);
+            lookup.context = Arc::new(ResolverContext {
+                conf: None,
+                library,
+            });
+            lookup
         })
     }
 

@@ -6,13 +6,13 @@ use std::{net::SocketAddr, sync::Arc};
 
 use super::{
     Correlated, Correlator,
-    attempt::{Outcome, ReadState},
-    lookup::LookupOutcome,
+    attempt::{Attempt, Outcome, ReadState, Response, Shape},
+    lookup::{Lookup, LookupOutcome},
 };
 use crate::{
     decode::{DnsSummary, Flags, HeaderSummary, Question},
     diagnose::{Cause, Diagnoser},
-    message::{Direction, Envelope, Facts, Message, Process, Transport},
+    message::{Client, ClientId, Direction, Envelope, Facts, Message, Process, Transport},
     resolver::{Library, ResolvConf, ResolverContext},
 };
 
@@ -38,19 +38,19 @@ pub(crate) struct Answer {
 }
 
 /// NOERROR, no answers, neither AA nor RA: what CoreDNS's cache sent.
-const LAME_NODATA: Answer = Answer {
+pub(crate) const LAME_NODATA: Answer = Answer {
     rcode: 0,
     flags: Flags::RD,
     answers: 0,
     additional: 0,
 };
-const GOOD: Answer = Answer {
+pub(crate) const GOOD: Answer = Answer {
     rcode: 0,
     flags: Flags::RA,
     answers: 1,
     additional: 0,
 };
-const NODATA_RA: Answer = Answer {
+pub(crate) const NODATA_RA: Answer = Answer {
     rcode: 0,
     flags: Flags::RA,
     answers: 0,
@@ -62,6 +62,75 @@ pub(crate) const NXDOMAIN: Answer = Answer {
     answers: 0,
     additional: 0,
 };
+
+/// A process as correlation names it, with nothing known of its facts.
+pub(crate) fn client(pid: u32, comm: &str) -> Client {
+    Client {
+        id: ClientId::Pid(pid),
+        comm: Some(comm.into()),
+        facts: None,
+    }
+}
+
+/// An attempt of `client`'s for `db.test.`, from socket 1 to `server(n)`,
+/// sent at `at` and ended a millisecond later, with `answer` then if any:
+/// for tests of what reads attempts, without messages to correlate.
+pub(crate) fn attempt(
+    client: &Client,
+    n: u8,
+    qtype: u16,
+    outcome: Outcome,
+    at: u64,
+    answer: Option<Answer>,
+) -> Attempt {
+    Attempt {
+        client: client.clone(),
+        socket_cookie: 1,
+        transport: Transport::Udp,
+        server: server(n),
+        local: "192.0.2.100:40000".parse().unwrap(),
+        server_pod: None,
+        question: Question {
+            name: "db.test.".into(),
+            qtype,
+        },
+        id: 1,
+        sent_monotonic_ns: Some(at),
+        sent_wall_time_ns: Some(0),
+        response: answer.map(|answer| Response {
+            monotonic_ns: at + MS,
+            wall_time_ns: 0,
+            from: server(n),
+            shape: Shape {
+                rcode: answer.rcode,
+                flags: answer.flags,
+                answers: answer.answers,
+                authority: 0,
+                additional: answer.additional,
+            },
+            number: None,
+            read: ReadState::Unknown,
+        }),
+        outcome,
+        moved_on: false,
+        ended_monotonic_ns: Some(at + MS),
+        drop: None,
+    }
+}
+
+/// A lookup of `name` by `client` made of `attempts`, begun at `at`.
+pub(crate) fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u64) -> Lookup {
+    Lookup {
+        client: client.clone(),
+        name: name.into(),
+        context: Default::default(),
+        attempts,
+        first_monotonic_ns: at,
+        first_wall_time_ns: 0,
+        last_monotonic_ns: at + MS,
+        incomplete: false,
+    }
+}
 
 pub(crate) fn server(n: u8) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, n], 53))

@@ -199,50 +199,20 @@ fn differences(rejected: &Shape, accepted: &Shape) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        correlate::attempt::{Outcome, Rejection, Response},
-        decode::Question,
-        message::{Client, ClientId, Transport},
+    use crate::correlate::{
+        attempt::{Outcome, Rejection},
+        tests::{LAME_NODATA, attempt, client},
     };
 
+    /// A lame answer the process threw away, read as `read` says.
     fn rejected(read: ReadState) -> Attempt {
-        Attempt {
-            client: Client {
-                id: ClientId::Pid(7),
-                comm: Some("getent".into()),
-                facts: None,
-            },
-            socket_cookie: 1,
-            transport: Transport::Udp,
-            server: "192.0.2.1:53".parse().unwrap(),
-            local: "192.0.2.100:40000".parse().unwrap(),
-            server_pod: None,
-            question: Question {
-                name: "db.test.".into(),
-                qtype: 1,
-            },
-            id: 1,
-            sent_monotonic_ns: Some(0),
-            sent_wall_time_ns: Some(0),
-            response: Some(Response {
-                monotonic_ns: 1,
-                wall_time_ns: 1,
-                from: "192.0.2.1:53".parse().unwrap(),
-                shape: Shape {
-                    rcode: 0,
-                    flags: Flags::RD,
-                    answers: 0,
-                    authority: 1,
-                    additional: 0,
-                },
-                number: Some(1),
-                read,
-            }),
-            outcome: Outcome::Rejected(Rejection::AskedAgain),
-            moved_on: false,
-            ended_monotonic_ns: Some(1),
-            drop: None,
+        let outcome = Outcome::Rejected(Rejection::AskedAgain);
+        let mut rejected = attempt(&client(7, "getent"), 1, 1, outcome, 0, Some(LAME_NODATA));
+        if let Some(response) = &mut rejected.response {
+            response.number = Some(1);
+            response.read = read;
         }
+        rejected
     }
 
     fn sentence(reads: &[ReadState]) -> String {

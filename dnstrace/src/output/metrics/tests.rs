@@ -1,8 +1,11 @@
 use super::*;
 use crate::{
-    correlate::attempt::{ReadState, Rejection, Response, Shape},
-    decode::{Flags, Question},
-    message::{Client, Transport},
+    correlate::{
+        self,
+        attempt::Rejection,
+        tests::{GOOD, NODATA_RA, client, lookup},
+    },
+    message::Client,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -21,62 +24,15 @@ fn output(args: &MetricsArgs) -> MetricsOutput {
     MetricsOutput::open(args, true).unwrap().expect("serving")
 }
 
-fn client(pid: u32, comm: &str) -> Client {
-    Client {
-        id: ClientId::Pid(pid),
-        comm: Some(comm.into()),
-        facts: None,
-    }
-}
-
+/// An attempt with the answer its outcome implies: none for a timeout,
+/// records for one answered, none for one rejected.
 fn attempt(client: &Client, server: u8, qtype: u16, outcome: Outcome, at: u64) -> Attempt {
-    let answered = !matches!(outcome, Outcome::Timeout);
-    Attempt {
-        client: client.clone(),
-        socket_cookie: 1,
-        transport: Transport::Udp,
-        server: SocketAddr::from(([192, 0, 2, server], 53)),
-        local: "192.0.2.100:40000".parse().unwrap(),
-        server_pod: None,
-        question: Question {
-            name: "db.test.".into(),
-            qtype,
-        },
-        id: 1,
-        sent_monotonic_ns: Some(at),
-        sent_wall_time_ns: Some(0),
-        response: answered.then(|| Response {
-            monotonic_ns: at + 1_000_000,
-            wall_time_ns: 0,
-            from: SocketAddr::from(([192, 0, 2, server], 53)),
-            shape: Shape {
-                rcode: 0,
-                flags: Flags::RA,
-                answers: u16::from(outcome == Outcome::Answered),
-                authority: 0,
-                additional: 0,
-            },
-            number: None,
-            read: ReadState::Unknown,
-        }),
-        outcome,
-        moved_on: false,
-        ended_monotonic_ns: Some(at + 1_000_000),
-        drop: None,
-    }
-}
-
-fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u64) -> Lookup {
-    Lookup {
-        client: client.clone(),
-        name: name.into(),
-        context: Default::default(),
-        attempts,
-        first_monotonic_ns: at,
-        first_wall_time_ns: 0,
-        last_monotonic_ns: at + 1_000_000,
-        incomplete: false,
-    }
+    let answer = match outcome {
+        Outcome::Timeout => None,
+        Outcome::Answered => Some(GOOD),
+        _ => Some(NODATA_RA),
+    };
+    correlate::tests::attempt(client, server, qtype, outcome, at, answer)
 }
 
 fn resolved(client: &Client, name: &str, at: u64) -> Lookup {
