@@ -12,7 +12,10 @@ use std::{
     net::SocketAddr,
 };
 
-use crate::message::{Direction, Dropped, Envelope, Message, Process, Transport};
+use crate::{
+    message::{Direction, Dropped, Envelope, Message, Process, Transport},
+    tally::Tally,
+};
 
 /// Past this many sockets the memory starts over rather than grow.
 const MAX_SOCKETS: usize = 65_536;
@@ -112,7 +115,7 @@ impl QueryOwners {
 /// its pace when many drops wait.
 pub struct WaitingDrops<K> {
     drops: VecDeque<Dropped>,
-    counts: HashMap<K, usize>,
+    counts: Tally<K>,
     /// What a drop waits for; `None` for one no message can be for.
     key: fn(&Dropped) -> Option<K>,
 }
@@ -121,7 +124,7 @@ impl<K: Hash + Eq> WaitingDrops<K> {
     pub fn new(key: fn(&Dropped) -> Option<K>) -> Self {
         Self {
             drops: VecDeque::new(),
-            counts: HashMap::new(),
+            counts: Tally::default(),
             key,
         }
     }
@@ -132,7 +135,7 @@ impl<K: Hash + Eq> WaitingDrops<K> {
 
     pub fn push(&mut self, dropped: Dropped) {
         if let Some(key) = (self.key)(&dropped) {
-            *self.counts.entry(key).or_default() += 1;
+            self.counts.add(key);
         }
         self.drops.push_back(dropped);
     }
@@ -147,10 +150,9 @@ impl<K: Hash + Eq> WaitingDrops<K> {
         Some(dropped)
     }
 
-    /// Whether some drop waits for `key`. Asked at every message, and
-    /// nearly always with none waiting: that is told without hashing.
+    /// Whether some drop waits for `key`: asked at every message.
     pub fn awaits(&self, key: &K) -> bool {
-        !self.counts.is_empty() && self.counts.contains_key(key)
+        self.counts.contains(key)
     }
 
     /// Takes out the drops `take` says, oldest first; the others keep
@@ -172,14 +174,8 @@ impl<K: Hash + Eq> WaitingDrops<K> {
     }
 
     fn forget(&mut self, dropped: &Dropped) {
-        let Some(key) = (self.key)(dropped) else {
-            return;
-        };
-        if let Some(count) = self.counts.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                self.counts.remove(&key);
-            }
+        if let Some(key) = (self.key)(dropped) {
+            self.counts.take(&key);
         }
     }
 }

@@ -31,6 +31,7 @@ mod process;
 mod resolver;
 mod selection;
 mod shedding;
+mod tally;
 mod terminal;
 
 /// Entry points for the fuzz targets in fuzz/; built only by cargo-fuzz.

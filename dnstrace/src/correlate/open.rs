@@ -6,7 +6,7 @@
 
 use std::{
     cell::Cell,
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     hash::{BuildHasher, Hasher, RandomState},
     sync::LazyLock,
 };
@@ -16,7 +16,7 @@ use super::{
     attempt::{Attempt, Outcome},
     lookup::Lookup,
 };
-use crate::decode::Question;
+use crate::{decode::Question, tally::Tally};
 
 #[derive(Default)]
 pub struct Open {
@@ -42,39 +42,32 @@ pub struct Open {
 struct Index {
     /// Lookups by the first label of their name (`(label, 0)`), and by
     /// first label and each question they are sealed for (`Scan::sealed`).
-    labels: Counts<(u64, u64)>,
+    labels: Tally<(u64, u64), foldhash::fast::RandomState>,
     /// Attempts by `query_key`: only a query with the socket and id of one
     /// of them can be a copy, which even a sealed lookup takes.
-    queries: Counts<u64>,
+    queries: Tally<u64, foldhash::fast::RandomState>,
 }
-
-type Counts<K> = HashMap<K, u32, foldhash::fast::RandomState>;
 
 impl Index {
     fn add(&mut self, scan: &Scan, attempts: &[Attempt]) {
         for key in scan.label_keys() {
-            *self.labels.entry(key).or_default() += 1;
+            self.labels.add(key);
         }
         self.add_queries(attempts);
     }
 
     fn add_queries(&mut self, attempts: &[Attempt]) {
         for attempt in attempts {
-            *(self.queries)
-                .entry(query_key(attempt.socket_cookie, attempt.id))
-                .or_default() += 1;
+            (self.queries).add(query_key(attempt.socket_cookie, attempt.id));
         }
     }
 
     fn remove(&mut self, scan: &Scan, attempts: &[Attempt]) {
         for key in scan.label_keys() {
-            take_one(&mut self.labels, key);
+            self.labels.take(&key);
         }
         for attempt in attempts {
-            take_one(
-                &mut self.queries,
-                query_key(attempt.socket_cookie, attempt.id),
-            );
+            (self.queries).take(&query_key(attempt.socket_cookie, attempt.id));
         }
     }
 
@@ -82,21 +75,11 @@ impl Index {
     /// sealed for its question, and none sent a query with its socket and
     /// id: `Open::newest_continued` would pass over them all.
     fn none_continued(&self, keys: &Keys) -> bool {
-        let count = |key| self.labels.get(&key).copied().unwrap_or(0);
-        let with_label = count((keys.label, 0));
+        let with_label = self.labels.count(&(keys.label, 0));
         with_label == 0
             || (keys.identity != 0
-                && with_label == count((keys.label, keys.identity))
-                && !self.queries.contains_key(&keys.query_key))
-    }
-}
-
-fn take_one<K: Eq + std::hash::Hash>(counts: &mut Counts<K>, key: K) {
-    if let Some(count) = counts.get_mut(&key) {
-        *count -= 1;
-        if *count == 0 {
-            counts.remove(&key);
-        }
+                && with_label == self.labels.count(&(keys.label, keys.identity))
+                && !self.queries.contains(&keys.query_key))
     }
 }
 
