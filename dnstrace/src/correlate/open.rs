@@ -244,13 +244,14 @@ pub struct Keys {
 impl Keys {
     pub fn new(name: &str, question: Option<&Question>, socket_cookie: u64, id: u16) -> Self {
         let identity = question.map(question_identity);
+        let query_key = query_key(socket_cookie, id);
         Self {
             label: label_key(name),
             question: identity.map_or(0, bit),
             identity: identity.unwrap_or(0),
             socket: bit(socket_cookie),
-            query: bit(query_key(socket_cookie, id)),
-            query_key: query_key(socket_cookie, id),
+            query: bit(query_key),
+            query_key,
         }
     }
 }
@@ -279,8 +280,9 @@ impl Open {
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
         self.with_drops += usize::from(summary.dropped);
-        self.index.add(&summary.scan(), &lookup.attempts);
-        self.scans.push_back(summary.scan());
+        let scan = summary.scan();
+        self.index.add(&scan, &lookup.attempts);
+        self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
         self.summaries.push_back(summary);
         self.lookups.push_back(lookup);
@@ -364,8 +366,9 @@ impl Open {
                 "a summary fell behind its lookup"
             );
             self.with_drops += usize::from(summary.dropped);
-            self.index.add(&summary.scan(), &lookup.attempts);
-            self.scans.push_back(summary.scan());
+            let scan = summary.scan();
+            self.index.add(&scan, &lookup.attempts);
+            self.scans.push_back(scan);
             self.repeats.push_back(summary.repeat_filter());
             self.summaries.push_back(summary);
             self.lookups.push_back(lookup);
