@@ -116,7 +116,6 @@ fn trace(args: &TraceArgs, output_args: &OutputArgs) -> Result<(), Failure> {
             endpoints::spawn(listener, registry, health.clone())?;
         }
         let mut capture = Capture::start(&request)?;
-        return_freed_memory();
         let kept = match output::writes_after_start(output_args) {
             true => privileges::TRACING | privileges::WRITING_LATER,
             false => privileges::TRACING,
@@ -202,17 +201,4 @@ fn say_what_pods_match(filter: &PodFilter, scan: &Scan) {
         "{filter} matches {} now; pods that start later are followed",
         scan.new.join(", ")
     ));
-}
-
-/// Gives back to the system what loading the programs freed: the kernel's
-/// BTF, parsed once, takes tens of MiB. glibc keeps freed memory in its
-/// heap, where it would count against the agent for its whole run; musl
-/// returns it by itself.
-fn return_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim takes no pointers; it only hands free pages of
-    // the heap back to the kernel.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }

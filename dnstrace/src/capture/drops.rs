@@ -7,7 +7,11 @@
 //! Once attached, a record's reason number becomes the kernel's name for
 //! it and its location a kernel symbol (/proc/kallsyms).
 
-use std::{collections::HashMap, fs};
+use std::{
+    collections::HashMap,
+    fs,
+    io::{self, BufRead, BufReader},
+};
 
 use aya::{Ebpf, programs::BtfTracePoint};
 use btf_rs::{Btf, Type};
@@ -198,38 +202,66 @@ impl DropNames {
     }
 }
 
-/// Kernel text symbols, sorted by address.
-struct KernelSymbols(Vec<(u64, String)>);
+/// Kernel text symbols, sorted by address. A kernel has over 100,000:
+/// their names share one buffer (4.8 MiB for 121,056 here, against 7.7
+/// with a `String` each).
+struct KernelSymbols {
+    /// (address, where its name starts in `names`, its length).
+    starts: Vec<(u64, u32, u16)>,
+    names: String,
+}
 
 impl KernelSymbols {
-    /// Read once at start. Without privileges the file shows every address
-    /// as 0; then none are kept.
+    /// Read once at start, a line at a time (the file is 8 MiB).
+    /// Without privileges the file shows every address as 0; then none are
+    /// kept.
     fn read() -> Self {
-        let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-        Self::parse(&text)
+        match fs::File::open("/proc/kallsyms") {
+            Ok(file) => Self::parse(BufReader::new(file)),
+            Err(_) => Self::parse(io::empty()),
+        }
     }
 
-    fn parse(text: &str) -> Self {
-        let mut symbols: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut fields = line.split_whitespace();
-                let address = u64::from_str_radix(fields.next()?, 16).ok()?;
-                let kind = fields.next()?;
-                let name = fields.next()?;
-                (address != 0 && matches!(kind, "t" | "T")).then(|| (address, name.to_string()))
-            })
-            .collect();
-        symbols.sort_unstable();
-        Self(symbols)
+    fn parse(text: impl BufRead) -> Self {
+        let mut symbols = Self {
+            starts: Vec::new(),
+            names: String::new(),
+        };
+        for line in text.lines() {
+            let Ok(line) = line else { break };
+            let mut fields = line.split_whitespace();
+            let (Some(address), Some(kind), Some(name)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                continue;
+            };
+            let Ok(address) = u64::from_str_radix(address, 16) else {
+                continue;
+            };
+            let (Ok(start), Ok(len)) = (
+                u32::try_from(symbols.names.len()),
+                u16::try_from(name.len()),
+            ) else {
+                continue;
+            };
+            if address != 0 && matches!(kind, "t" | "T") {
+                symbols.starts.push((address, start, len));
+                symbols.names.push_str(name);
+            }
+        }
+        symbols.starts.sort_unstable();
+        symbols.starts.shrink_to_fit();
+        symbols.names.shrink_to_fit();
+        symbols
     }
 
     fn name(&self, address: u64) -> String {
-        let index = self.0.partition_point(|(start, _)| *start <= address);
-        match index.checked_sub(1).map(|i| &self.0[i]) {
-            Some((start, name)) => format!("{name}+{:#x}", address - start),
-            None => format!("{address:#x}"),
-        }
+        let index = self.starts.partition_point(|&(start, ..)| start <= address);
+        let Some(&(start, name, len)) = index.checked_sub(1).map(|i| &self.starts[i]) else {
+            return format!("{address:#x}");
+        };
+        let name = &self.names[name as usize..][..usize::from(len)];
+        format!("{name}+{:#x}", address - start)
     }
 }
 
@@ -242,9 +274,12 @@ mod tests {
         let symbols = KernelSymbols::parse(
             "ffffffff81000000 T _stext\n\
              ffffffff81a00100 t nf_hook_slow\n\
+             ffffffff81000100 t out_of_order\n\
              ffffffff81a00300 T udp_queue_rcv_one_skb [foo]\n\
-             0000000000000000 D jiffies\n",
+             0000000000000000 D jiffies\n"
+                .as_bytes(),
         );
+        assert_eq!(symbols.name(0xffffffff81000104), "out_of_order+0x4");
         assert_eq!(symbols.name(0xffffffff81a0011c), "nf_hook_slow+0x1c");
         assert_eq!(
             symbols.name(0xffffffff81a00300),

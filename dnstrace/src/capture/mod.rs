@@ -102,6 +102,20 @@ pub struct Capture {
     pub cgroup_root: PathBuf,
 }
 
+/// Gives back to the system what loading the programs freed: the two
+/// parses of the kernel's BTF (the drop program's and aya's) take tens of
+/// MiB, between allocations that last. glibc keeps freed memory in its
+/// heap, where it would count against the agent for its whole run, under
+/// the ring buffer mapped next; musl returns it by itself.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointers; it only hands free pages of
+    // the heap back to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Capture {
     pub fn start(request: &CaptureRequest) -> Result<Self, Failure> {
         environment::check_privileges()?;
@@ -111,11 +125,13 @@ impl Capture {
             BackendChoice::CgroupSkb => &[Backend::CgroupSkb],
             BackendChoice::CgroupSockaddr => &[Backend::CgroupSockaddr],
         };
+        // First, so that its parse of the kernel's BTF is freed before
+        // aya's: both at once were most of the agent's peak memory.
+        let drop_support = drops::supported();
         let kernel_btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"));
         let read_support = (kernel_btf.as_ref())
             .map_err(Clone::clone)
             .and_then(reads::supported);
-        let drop_support = drops::supported();
         let mut passed_over = Vec::new();
         for &backend in candidates {
             let attached = cgroup::attach(
@@ -131,6 +147,8 @@ impl Capture {
                     let drops = attached
                         .drops
                         .and(drop_support.map(|support| support.names));
+                    drop(kernel_btf);
+                    return_freed_memory();
                     return Self::from_ebpf(
                         attached.ebpf,
                         request.ring_buffer_bytes,
