@@ -25,6 +25,8 @@ const MAX_REPORTED_PROCESSES: usize = 4096;
 /// Stray responses waiting for the loss counters before they are
 /// diagnosed; past this the oldest is judged with what is known.
 const MAX_HELD_STRAYS: usize = 4096;
+/// Room for this many reports is kept between messages.
+const RETAINED_CORRELATED: usize = 1024;
 
 pub struct Pipeline {
     correlator: Correlator,
@@ -34,6 +36,7 @@ pub struct Pipeline {
     pub summary: Summary,
     /// The first output error; the caller stops at its next check.
     write_error: Option<io::Error>,
+    /// What correlation reported, reused from message to message.
     correlated: Vec<Correlated>,
     read_counts: Option<Box<dyn ReadCounter>>,
     /// The latest time seen, CLOCK_MONOTONIC ns: a message's, or `advance`'s.
@@ -291,7 +294,7 @@ impl Pipeline {
                     self.each_output(|output| output.stray(&attempt));
                     match &mut self.held_strays {
                         Some(held) => {
-                            held.push_back(attempt);
+                            held.push_back(*attempt);
                             if held.len() > MAX_HELD_STRAYS
                                 && let Some(oldest) = held.pop_front()
                             {
@@ -303,6 +306,9 @@ impl Pipeline {
                 }
             }
         }
+        // A burst of timeouts reports tens of thousands at once: their
+        // room is not kept for the rest of the run.
+        correlated.shrink_to(RETAINED_CORRELATED);
     }
 
     fn publish_diagnoses(&mut self) {

@@ -60,8 +60,9 @@ const MAX_ATTEMPTS_PER_LOOKUP: usize = 32;
 pub enum Correlated {
     /// A lookup that settled.
     Lookup(Lookup),
-    /// A response that matched no query.
-    Stray(Attempt),
+    /// A response that matched no query (rare, and three times the size of
+    /// a lookup: boxed, so that a batch of lookups is not).
+    Stray(Box<Attempt>),
 }
 
 #[derive(Default)]
@@ -426,7 +427,6 @@ impl Correlator {
     /// Decides what time alone decides, and reports lookups that settled.
     pub fn advance(&mut self, now: u64, out: &mut Vec<Correlated>) {
         self.servers.expire(now);
-        let mut settled = Vec::new();
         for open in self.lookups.values_mut() {
             open.settle(
                 now,
@@ -434,10 +434,9 @@ impl Correlator {
                 |lookup| {
                     lookup.is_settled() && now.saturating_sub(lookup.last_activity_ns()) > SETTLE_NS
                 },
-                &mut settled,
+                |lookup| out.push(Correlated::Lookup(lookup)),
             );
         }
-        out.extend(settled.into_iter().map(Correlated::Lookup));
         self.lookups.retain(|_, lookups| !lookups.is_empty());
         self.open = self.open_lookups();
     }
@@ -475,7 +474,6 @@ impl Correlator {
             out.extend(
                 lookups
                     .into_lookups()
-                    .into_iter()
                     .map(|l| Correlated::Lookup(reported_early(l))),
             );
         }
@@ -776,7 +774,7 @@ fn stray(
     response: Response,
     mismatch: Mismatch,
 ) -> Correlated {
-    Correlated::Stray(Attempt {
+    Correlated::Stray(Box::new(Attempt {
         client,
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
@@ -796,7 +794,7 @@ fn stray(
         }),
         outcome: Outcome::Mismatched(mismatch),
         moved_on: false,
-    })
+    }))
 }
 
 impl Lookup {

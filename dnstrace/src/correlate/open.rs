@@ -18,11 +18,18 @@ use super::{
 };
 use crate::{decode::Question, tally::Tally};
 
+/// A lookup, and its summary: brought up to date each time it changes.
+struct Entry {
+    lookup: Lookup,
+    summary: Summary,
+}
+
 #[derive(Default)]
 pub struct Open {
-    lookups: VecDeque<Lookup>,
-    /// In step with `lookups`: brought up to date each time one changes.
-    summaries: VecDeque<Summary>,
+    /// Boxed: a process's lookups come and go by the hundred, and a
+    /// deque's room for them (up to twice as many) then costs a pointer
+    /// each, not a lookup and its summary.
+    entries: VecDeque<Box<Entry>>,
     /// What every query reads of every open lookup, copied out of the
     /// summaries and packed, so that a pass over hundreds stays in cache:
     /// what rules a lookup out of being continued, and
@@ -258,23 +265,23 @@ impl Keys {
 
 impl Open {
     pub fn len(&self) -> usize {
-        self.lookups.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lookups.is_empty()
+        self.entries.is_empty()
     }
 
     pub fn front(&self) -> Option<&Lookup> {
-        self.lookups.front()
+        self.entries.front().map(|entry| &entry.lookup)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Lookup> {
-        self.lookups.iter()
+        self.entries.iter().map(|entry| &entry.lookup)
     }
 
     pub fn get(&self, index: usize) -> &Lookup {
-        &self.lookups[index]
+        &self.entries[index].lookup
     }
 
     pub fn push_back(&mut self, lookup: Lookup) {
@@ -284,25 +291,22 @@ impl Open {
         self.index.add(&scan, &lookup.attempts);
         self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
-        self.summaries.push_back(summary);
-        self.lookups.push_back(lookup);
+        self.entries.push_back(Box::new(Entry { lookup, summary }));
     }
 
     pub fn pop_front(&mut self) -> Option<Lookup> {
-        let summary = self.summaries.pop_front()?;
+        let Entry { lookup, summary } = *self.entries.pop_front()?;
         self.with_drops -= usize::from(summary.dropped);
         let scan = self.scans.pop_front()?;
         self.repeats.pop_front();
-        let lookup = self.lookups.pop_front()?;
         self.index.remove(&scan, &lookup.attempts);
         Some(lookup)
     }
 
     /// Changes the lookup at `index`, and its summary with it.
     pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
-        let lookup = &mut self.lookups[index];
+        let Entry { lookup, summary } = &mut *self.entries[index];
         let result = change(lookup);
-        let summary = &mut self.summaries[index];
         self.with_drops -= usize::from(summary.dropped);
         // Attempts are only ever added, their socket and id never change.
         let added = summary.questions.len();
@@ -332,19 +336,19 @@ impl Open {
         now: u64,
         mut judge: impl FnMut(&mut Lookup) -> Judged,
         settled: impl Fn(&Lookup) -> bool,
-        out: &mut Vec<Lookup>,
+        mut out: impl FnMut(Lookup),
     ) {
-        let lookups = std::mem::take(&mut self.lookups);
-        let summaries = std::mem::take(&mut self.summaries);
+        let entries = std::mem::take(&mut self.entries);
         self.scans.clear();
         self.repeats.clear();
         self.with_drops = 0;
         self.index = Index::default();
-        for (mut lookup, mut summary) in lookups.into_iter().zip(summaries) {
+        for mut entry in entries {
+            let Entry { lookup, summary } = &mut *entry;
             if now >= summary.quiet_until {
-                let judged = judge(&mut lookup);
+                let judged = judge(lookup);
                 if judged.decided {
-                    summary.refresh(&lookup);
+                    summary.refresh(lookup);
                 }
                 summary.quiet_until = judged.quiet_until;
             } else {
@@ -356,13 +360,13 @@ impl Open {
                     summary.quiet_until
                 );
             }
-            if settled(&lookup) {
-                out.push(lookup);
+            if settled(lookup) {
+                out(entry.lookup);
                 continue;
             }
             #[cfg(debug_assertions)]
             debug_assert!(
-                summary.is_true_of(&lookup),
+                summary.is_true_of(lookup),
                 "a summary fell behind its lookup"
             );
             self.with_drops += usize::from(summary.dropped);
@@ -370,8 +374,7 @@ impl Open {
             self.index.add(&scan, &lookup.attempts);
             self.scans.push_back(scan);
             self.repeats.push_back(summary.repeat_filter());
-            self.summaries.push_back(summary);
-            self.lookups.push_back(lookup);
+            self.entries.push_back(entry);
         }
     }
 
@@ -380,22 +383,22 @@ impl Open {
         self.with_drops > 0
     }
 
-    pub fn into_lookups(self) -> VecDeque<Lookup> {
-        self.lookups
+    pub fn into_lookups(self) -> impl Iterator<Item = Lookup> {
+        self.entries.into_iter().map(|entry| entry.lookup)
     }
 
     /// `Lookup::is_over` of the lookup at `index`.
     pub fn is_over(&self, index: usize) -> bool {
-        self.summaries[index].over
+        self.entries[index].summary.over
     }
 
     /// `Lookup::retries_on_fresh_socket` of the lookup at `index`.
     pub fn retries_on_fresh_socket(&self, index: usize) -> Option<bool> {
-        let cached = &self.summaries[index].fresh_socket_retries;
+        let cached = &self.entries[index].summary.fresh_socket_retries;
         match cached.get() {
             Some(retries) => retries,
             None => {
-                let retries = self.lookups[index].retries_on_fresh_socket();
+                let retries = self.entries[index].lookup.retries_on_fresh_socket();
                 cached.set(Some(retries));
                 retries
             }
@@ -416,7 +419,8 @@ impl Open {
             #[cfg(debug_assertions)]
             {
                 let mut rebuilt = Index::default();
-                for (scan, lookup) in self.scans.iter().zip(&self.lookups) {
+                for (scan, entry) in self.scans.iter().zip(&self.entries) {
+                    let lookup = &entry.lookup;
                     rebuilt.add(scan, &lookup.attempts);
                 }
                 debug_assert_eq!(self.index, rebuilt, "the index fell behind the lookups");
@@ -466,13 +470,13 @@ impl Open {
 
     /// Whether the lookup at `index` may have asked the query's question.
     pub fn may_have_asked(&self, index: usize, keys: &Keys) -> bool {
-        self.summaries[index].asked & keys.question != 0
+        self.entries[index].summary.asked & keys.question != 0
     }
 
     /// Whether the lookup at `index` may have sent a query from the
     /// message's socket, with its id.
     pub fn may_have_sent(&self, index: usize, keys: &Keys) -> bool {
-        self.summaries[index].queries & keys.query != 0
+        self.entries[index].summary.queries & keys.query != 0
     }
 
     /// The place (lookup, attempt) of the newest attempt that `fits`, of
@@ -485,13 +489,22 @@ impl Open {
         (0..self.len())
             .rev()
             .filter(|&index| may(index))
-            .find_map(|index| Some((index, self.lookups[index].attempts.iter().rposition(&fits)?)))
+            .find_map(|index| {
+                Some((
+                    index,
+                    self.entries[index]
+                        .lookup
+                        .attempts
+                        .iter()
+                        .rposition(&fits)?,
+                ))
+            })
     }
 
     /// Whether the lookup at `index` may have sent from the message's
     /// socket.
     fn may_use_socket(&self, index: usize, keys: &Keys) -> bool {
-        self.summaries[index].sockets & keys.socket != 0
+        self.entries[index].summary.sockets & keys.socket != 0
     }
 
     /// The attempts of lookups that may have used the message's socket,
@@ -499,7 +512,7 @@ impl Open {
     pub fn attempts_on_socket<'a>(&'a self, keys: &'a Keys) -> impl Iterator<Item = &'a Attempt> {
         (0..self.len())
             .filter(|&index| self.may_use_socket(index, keys))
-            .flat_map(|index| self.lookups[index].attempts.iter())
+            .flat_map(|index| self.entries[index].lookup.attempts.iter())
     }
 }
 

@@ -975,7 +975,7 @@ impl Scenario {
 fn strays(out: &[Correlated]) -> Vec<&super::attempt::Attempt> {
     out.iter()
         .filter_map(|item| match item {
-            Correlated::Stray(attempt) => Some(attempt),
+            Correlated::Stray(attempt) => Some(&**attempt),
             Correlated::Lookup(_) => None,
         })
         .collect()
