@@ -88,14 +88,14 @@ impl Stages {
     /// A drop record: decoded, given what is known now of its process (a
     /// drop is not held for facts, as messages are), into the pipeline.
     fn drop_record(&mut self, bytes: &[u8], pipeline: &mut Pipeline) {
-        let (Some(raw), Some(names)) = (parse_drop(bytes), self.drop_names.as_ref()) else {
+        let (Some(raw), Some(names)) = (parse_drop(bytes), self.drop_names.as_mut()) else {
             pipeline.summary.malformed_records += 1;
             return;
         };
         let mut dropped = self.decoder.dropped(&raw, names);
         self.enricher
             .known_now(&mut dropped.message, raw.header.event.netns_cookie);
-        if dropped.reason == "NETFILTER_DROP"
+        if &*dropped.reason == "NETFILTER_DROP"
             && let Some(netns) = dropped.netns
         {
             let pid = dropped.message.envelope.process.as_ref().map(|p| p.pid);

@@ -253,9 +253,9 @@ pub struct Dropped {
     /// `direction` seen from the client (send: a query on its way out).
     pub message: Message,
     /// The kernel's name for the reason, such as `NETFILTER_DROP`.
-    pub reason: String,
+    pub reason: Arc<str>,
     /// The kernel function that dropped it, such as `nf_hook_slow+0x8d`.
-    pub location: String,
+    pub location: Arc<str>,
     /// Inode of the network namespace it was dropped in.
     pub netns: Option<u64>,
     /// For a netfilter drop: how conntrack's failure counters in that

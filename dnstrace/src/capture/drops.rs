@@ -11,6 +11,7 @@ use std::{
     collections::HashMap,
     fs,
     io::{self, BufRead, BufReader},
+    sync::Arc,
 };
 
 use aya::{Ebpf, programs::BtfTracePoint};
@@ -63,7 +64,7 @@ pub fn supported() -> Result<DropSupport, String> {
         net_inum: field("net", &["ns", "inum"])?,
         consumed_reason: reasons
             .iter()
-            .find(|(_, name)| name.as_str() == "SKB_CONSUMED")
+            .find(|&(_, name)| &**name == "SKB_CONSUMED")
             .map_or(u32::MAX, |(value, _)| *value),
         // (void *ctx, skb, location, reason[, rx_sk])
         has_rx_sk: u32::from(arguments >= 5),
@@ -74,6 +75,7 @@ pub fn supported() -> Result<DropSupport, String> {
         names: DropNames {
             reasons,
             symbols: KernelSymbols::read(),
+            locations: HashMap::new(),
         },
     })
 }
@@ -111,7 +113,7 @@ fn tracepoint_arguments(btf: &Btf) -> Option<usize> {
 }
 
 /// `enum skb_drop_reason`, value → name, without the common prefix.
-fn drop_reasons(btf: &Btf) -> HashMap<u32, String> {
+fn drop_reasons(btf: &Btf) -> HashMap<u32, Arc<str>> {
     let types = btf
         .resolve_types_by_name("skb_drop_reason")
         .unwrap_or_default();
@@ -124,7 +126,7 @@ fn drop_reasons(btf: &Btf) -> HashMap<u32, String> {
         .filter_map(|member| {
             let name = btf.resolve_name(member).ok()?;
             let name = name.strip_prefix("SKB_DROP_REASON_").unwrap_or(&name);
-            Some((member.val(), name.to_string()))
+            Some((member.val(), name.into()))
         })
         .collect()
 }
@@ -183,22 +185,36 @@ fn unqualified(btf: &Btf, mut ty: Type) -> Option<Type> {
 
 /// Names for what a drop record holds as numbers.
 pub struct DropNames {
-    reasons: HashMap<u32, String>,
+    reasons: HashMap<u32, Arc<str>>,
     symbols: KernelSymbols,
+    /// The places named so far, shared: a flood of drops comes from a few
+    /// places, and each drop is held with its lookup.
+    locations: HashMap<u64, Arc<str>>,
 }
+
+/// Past this many places named, the cache starts over rather than grow.
+const MAX_LOCATIONS: usize = 4096;
 
 impl DropNames {
     /// The kernel's name of a drop reason (`NETFILTER_DROP`), or its number.
-    pub fn reason(&self, value: u32) -> String {
+    pub fn reason(&self, value: u32) -> Arc<str> {
         self.reasons
             .get(&value)
             .cloned()
-            .unwrap_or_else(|| value.to_string())
+            .unwrap_or_else(|| value.to_string().into())
     }
 
     /// `function+0x1c`, or the address when /proc/kallsyms hides it.
-    pub fn location(&self, address: u64) -> String {
-        self.symbols.name(address)
+    pub fn location(&mut self, address: u64) -> Arc<str> {
+        if let Some(name) = self.locations.get(&address) {
+            return Arc::clone(name);
+        }
+        if self.locations.len() >= MAX_LOCATIONS {
+            self.locations.clear();
+        }
+        let name: Arc<str> = self.symbols.name(address).into();
+        self.locations.insert(address, Arc::clone(&name));
+        name
     }
 }
 
@@ -288,6 +304,23 @@ mod tests {
         assert_eq!(symbols.name(0x1000), "0x1000");
     }
 
+    #[test]
+    fn a_place_is_named_once_and_the_names_kept_are_bounded() {
+        let mut names = DropNames {
+            reasons: HashMap::new(),
+            symbols: KernelSymbols::parse("ffffffff81a00100 t nf_hook_slow\n".as_bytes()),
+            locations: HashMap::new(),
+        };
+        let first = names.location(0xffffffff81a0018d);
+        assert_eq!(&*first, "nf_hook_slow+0x8d");
+        assert!(Arc::ptr_eq(&first, &names.location(0xffffffff81a0018d)));
+        for offset in 0..2 * MAX_LOCATIONS as u64 {
+            let name = names.location(0xffffffff81a00100 + offset);
+            assert_eq!(*name, format!("nf_hook_slow+{offset:#x}"));
+            assert!(names.locations.len() <= MAX_LOCATIONS);
+        }
+    }
+
     /// The offsets the drop program reads come from this kernel's BTF.
     #[test]
     fn this_kernel_offers_what_the_drop_program_reads() {
@@ -296,13 +329,13 @@ mod tests {
         }
         let support = supported().unwrap();
         assert!(support.config.skb_head > 0);
-        assert_eq!(support.names.reason(2), "NOT_SPECIFIED");
+        assert_eq!(&*support.names.reason(2), "NOT_SPECIFIED");
         assert!(
             support
                 .names
                 .reasons
                 .values()
-                .any(|name| name == "NETFILTER_DROP")
+                .any(|name| &**name == "NETFILTER_DROP")
         );
     }
 }

@@ -135,7 +135,7 @@ impl RecordDecoder {
     }
 
     /// A drop record as a dropped message, with its reason and place named.
-    pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &DropNames) -> Dropped {
+    pub fn dropped(&mut self, raw: &RawDrop<'_>, names: &mut DropNames) -> Dropped {
         let header = &raw.header.event;
         let envelope = self.envelope(header);
         // A TCP segment that starts a message begins with its length.

@@ -96,17 +96,17 @@ impl Correlator {
                 attempt.outcome = Outcome::Pending;
                 attempt.ended_monotonic_ns = None;
             }
-            if dropped.reason == "NO_SOCKET"
+            if &*dropped.reason == "NO_SOCKET"
                 && matches!(attempt.outcome, Outcome::Pending | Outcome::Timeout)
             {
-                attempt.response = Some(Response {
+                attempt.response = Some(Box::new(Response {
                     monotonic_ns: now,
                     wall_time_ns: message.envelope.wall_time_ns,
                     from: server,
                     shape: Shape::of(header),
                     number: None,
                     read: ReadState::Unread,
-                });
+                }));
                 attempt.outcome = Outcome::Late;
                 attempt.ended_monotonic_ns.get_or_insert(now);
             }

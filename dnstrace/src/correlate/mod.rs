@@ -683,7 +683,7 @@ fn give(attempt: &mut Attempt, response: Response) {
     if attempt.outcome == Outcome::Pending {
         attempt.ended_monotonic_ns = Some(response.monotonic_ns);
     }
-    attempt.response = Some(response);
+    attempt.response = Some(Box::new(response));
 }
 
 /// When a copy of `attempt` (the same query from the same socket to another
@@ -788,10 +788,10 @@ fn stray(
         ended_monotonic_ns: Some(response.monotonic_ns),
         drop: None,
         // Reported as it arrives, before the process could read it.
-        response: Some(Response {
+        response: Some(Box::new(Response {
             read: ReadState::Unknown,
             ..response
-        }),
+        })),
         outcome: Outcome::Mismatched(mismatch),
         moved_on: false,
     }))

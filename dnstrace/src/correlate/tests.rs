@@ -97,19 +97,21 @@ pub(crate) fn attempt(
         id: 1,
         sent_monotonic_ns: Some(at),
         sent_wall_time_ns: Some(0),
-        response: answer.map(|answer| Response {
-            monotonic_ns: at + MS,
-            wall_time_ns: 0,
-            from: server(n),
-            shape: Shape {
-                rcode: answer.rcode,
-                flags: answer.flags,
-                answers: answer.answers,
-                authority: 0,
-                additional: answer.additional,
-            },
-            number: None,
-            read: ReadState::Unknown,
+        response: answer.map(|answer| {
+            Box::new(Response {
+                monotonic_ns: at + MS,
+                wall_time_ns: 0,
+                from: server(n),
+                shape: Shape {
+                    rcode: answer.rcode,
+                    flags: answer.flags,
+                    answers: answer.answers,
+                    authority: 0,
+                    additional: answer.additional,
+                },
+                number: None,
+                read: ReadState::Unknown,
+            })
         }),
         outcome,
         moved_on: false,

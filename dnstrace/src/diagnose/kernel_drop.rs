@@ -53,7 +53,7 @@ fn reason(drop: &KernelDrop, attempt: &Attempt) -> (String, String) {
                            single-request-reopen` (or `use-vc`, TCP) in resolv.conf, a node-local \
                            DNS cache (NodeLocal DNSCache) so pods' queries are not DNATed, and a \
                            kernel with the conntrack clash fixes (Linux 5.0, backported to 4.19).";
-    match drop.reason.as_str() {
+    match &*drop.reason {
         "NETFILTER_DROP" => match drop.conntrack {
             Some(change) if change.insert_failed > 0 || change.drop > 0 => (
                 format!(

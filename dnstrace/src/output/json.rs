@@ -849,8 +849,8 @@ impl<'a> AttemptRecord<'a> {
             response_additional: shape.map(|s| s.additional),
             response_read: response.and_then(|r| r.read.was_read()),
             dropped: attempt.drop.as_ref().map(|d| d.packet.name()),
-            drop_reason: attempt.drop.as_ref().map(|d| d.reason.as_str()),
-            drop_location: attempt.drop.as_ref().map(|d| d.location.as_str()),
+            drop_reason: attempt.drop.as_ref().map(|d| &*d.reason),
+            drop_location: attempt.drop.as_ref().map(|d| &*d.location),
             drop_after_us: attempt.drop.as_ref().map(|d| d.after_ns / 1_000),
         }
     }

@@ -8,7 +8,7 @@ mod bounds;
 mod identity;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs::File,
     io::{self, Write},
     net::SocketAddr,
@@ -136,7 +136,7 @@ struct AgentFamilies {
     folded: Family<FoldedLabels, Counter>,
     kernel_drops: Family<DropReasonLabels, Counter>,
     /// The drop reasons with series of their own.
-    drop_reasons: HashMap<String, Arc<str>>,
+    drop_reasons: HashSet<Arc<str>>,
 }
 
 pub struct MetricsOutput {
@@ -271,7 +271,7 @@ impl MetricsOutput {
                 "dnstrace_kernel_drops",
                 "DNS packets the kernel dropped, by the kernel's drop reason",
             ),
-            drop_reasons: HashMap::new(),
+            drop_reasons: HashSet::new(),
         };
         Self {
             registry: Arc::new(registry),
@@ -514,14 +514,12 @@ impl Output for MetricsOutput {
 
     fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
         let reasons = &mut self.agent.drop_reasons;
-        let reason = match reasons.get(&dropped.reason) {
-            Some(label) => Arc::clone(label),
-            None if reasons.len() < MAX_DROP_REASONS => {
-                let label: Arc<str> = dropped.reason.as_str().into();
-                reasons.insert(dropped.reason.clone(), Arc::clone(&label));
-                label
+        let reason = match reasons.contains(&dropped.reason) || reasons.len() < MAX_DROP_REASONS {
+            true => {
+                reasons.insert(Arc::clone(&dropped.reason));
+                Arc::clone(&dropped.reason)
             }
-            None => "~other".into(),
+            false => "~other".into(),
         };
         self.agent
             .kernel_drops
