@@ -59,7 +59,7 @@ const MAX_ATTEMPTS_PER_LOOKUP: usize = 32;
 #[derive(Debug)]
 pub enum Correlated {
     /// A lookup that settled.
-    Lookup(Lookup),
+    Lookup(Box<Lookup>),
     /// A response that matched no query (rare, and three times the size of
     /// a lookup: boxed, so that a batch of lookups is not).
     Stray(Box<Attempt>),
@@ -444,7 +444,7 @@ impl Correlator {
     /// Reports everything still open, as it stands (at exit).
     pub fn finish(&mut self, out: &mut Vec<Correlated>) {
         self.open = 0;
-        let mut open: Vec<Lookup> = self
+        let mut open: Vec<Box<Lookup>> = self
             .lookups
             .drain()
             .flat_map(|(_, l)| l.into_lookups())
@@ -714,7 +714,7 @@ fn superseded_by_copy(
 /// A lookup reported before time could judge it (at exit, or evicted): a
 /// response the process did not ask again after was used, or rejected if it
 /// repeats one just thrown away; queries without one stay pending.
-fn close_as_it_stands(mut lookup: Lookup) -> Lookup {
+fn close_as_it_stands(mut lookup: Box<Lookup>) -> Box<Lookup> {
     let rejected = rejected_shapes(&lookup);
     for attempt in lookup
         .attempts
@@ -729,7 +729,7 @@ fn close_as_it_stands(mut lookup: Lookup) -> Lookup {
 /// A lookup reported to make room: as it stands, and incomplete if a
 /// query still waits, since its answer (or the repeat that would say what
 /// became of it) will not be followed.
-fn reported_early(lookup: Lookup) -> Lookup {
+fn reported_early(lookup: Box<Lookup>) -> Box<Lookup> {
     let mut lookup = close_as_it_stands(lookup);
     if !lookup.is_settled() {
         lookup.mark_incomplete();

@@ -19,8 +19,10 @@ use super::{
 use crate::{decode::Question, tally::Tally};
 
 /// A lookup, and its summary: brought up to date each time it changes.
+/// The lookup is boxed on its own, to be reported as it is: a burst of
+/// timeouts reports tens of thousands at once.
 struct Entry {
-    lookup: Lookup,
+    lookup: Box<Lookup>,
     summary: Summary,
 }
 
@@ -273,11 +275,11 @@ impl Open {
     }
 
     pub fn front(&self) -> Option<&Lookup> {
-        self.entries.front().map(|entry| &entry.lookup)
+        self.entries.front().map(|entry| &*entry.lookup)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Lookup> {
-        self.entries.iter().map(|entry| &entry.lookup)
+        self.entries.iter().map(|entry| &*entry.lookup)
     }
 
     pub fn get(&self, index: usize) -> &Lookup {
@@ -291,10 +293,11 @@ impl Open {
         self.index.add(&scan, &lookup.attempts);
         self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
+        let lookup = Box::new(lookup);
         self.entries.push_back(Box::new(Entry { lookup, summary }));
     }
 
-    pub fn pop_front(&mut self) -> Option<Lookup> {
+    pub fn pop_front(&mut self) -> Option<Box<Lookup>> {
         let Entry { lookup, summary } = *self.entries.pop_front()?;
         self.with_drops -= usize::from(summary.dropped);
         let scan = self.scans.pop_front()?;
@@ -336,7 +339,7 @@ impl Open {
         now: u64,
         mut judge: impl FnMut(&mut Lookup) -> Judged,
         settled: impl Fn(&Lookup) -> bool,
-        mut out: impl FnMut(Lookup),
+        mut out: impl FnMut(Box<Lookup>),
     ) {
         let entries = std::mem::take(&mut self.entries);
         self.scans.clear();
@@ -383,7 +386,7 @@ impl Open {
         self.with_drops > 0
     }
 
-    pub fn into_lookups(self) -> impl Iterator<Item = Lookup> {
+    pub fn into_lookups(self) -> impl Iterator<Item = Box<Lookup>> {
         self.entries.into_iter().map(|entry| entry.lookup)
     }
 

@@ -282,7 +282,7 @@ impl Scenario {
 fn lookups(out: &[Correlated]) -> Vec<&super::lookup::Lookup> {
     out.iter()
         .filter_map(|item| match item {
-            Correlated::Lookup(lookup) => Some(lookup),
+            Correlated::Lookup(lookup) => Some(&**lookup),
             Correlated::Stray(_) => None,
         })
         .collect()

@@ -1445,7 +1445,7 @@ mod tests {
         }
         correlator.finish(&mut out);
         match out.pop() {
-            Some(Correlated::Lookup(lookup)) => lookup,
+            Some(Correlated::Lookup(lookup)) => *lookup,
             _ => panic!("no lookup"),
         }
     }
