@@ -33,10 +33,14 @@ const RECENT: usize = 16;
 #[derive(Default)]
 pub struct QueryOwners {
     by_socket: HashMap<Key, (Process, u64)>,
-    by_addresses: HashMap<Addresses, (Process, u64)>,
-    /// Queries whose owner the maps hold, one per place picked by socket:
-    /// every query is asked about, nearly all from a socket that asked
-    /// before, and comparing costs less than hashing the key.
+    /// The namespace of the last query on each client's addresses, in
+    /// any namespace: `by_socket` has its owner under that key. (Owners
+    /// in both maps cost 64 bytes a socket more.)
+    by_addresses: HashMap<Addresses, u64>,
+    /// Queries whose owner the maps hold (in `by_socket`, and as the last
+    /// on their addresses), one per place picked by socket: every query is
+    /// asked about, nearly all from a socket that asked before, and
+    /// comparing costs less than hashing the key.
     recent: [Option<(Key, u32, u64)>; RECENT],
 }
 
@@ -60,27 +64,28 @@ impl QueryOwners {
         if self.recent[place] == Some(seen) {
             return;
         }
-        if self.by_socket.get(&key).map(|(p, cookie)| (p.pid, *cookie))
-            == Some((process.pid, envelope.socket_cookie))
-        {
-            self.recent[place] = Some(seen);
-            return;
+        let addresses = (key.1, key.2, key.3);
+        let known = self.by_socket.get(&key).map(|(p, cookie)| (p.pid, *cookie))
+            == Some((process.pid, envelope.socket_cookie));
+        if !known {
+            if self.by_socket.len() >= MAX_SOCKETS {
+                self.by_socket.clear();
+                self.by_addresses.clear();
+                self.recent = Default::default();
+            }
+            (self.by_socket).insert(key, (process.clone(), envelope.socket_cookie));
         }
-        if self.by_socket.len() >= MAX_SOCKETS {
-            self.by_socket.clear();
-            self.by_addresses.clear();
-            self.recent = Default::default();
-        }
-        // Another owner of the key's, remembered elsewhere, is one no more.
-        for recent in &mut self.recent {
-            if recent.is_some_and(|(kept, ..)| kept == key) {
-                *recent = None;
+        let moved = self.by_addresses.insert(addresses, key.0) != Some(key.0);
+        if !known || moved {
+            // What is remembered of these addresses elsewhere (another
+            // owner of the key, the last asker in another namespace) is
+            // true no more.
+            for recent in &mut self.recent {
+                if recent.is_some_and(|(kept, ..)| (kept.1, kept.2, kept.3) == addresses) {
+                    *recent = None;
+                }
             }
         }
-        let owner = (process.clone(), envelope.socket_cookie);
-        self.by_addresses
-            .insert((key.1, key.2, key.3), owner.clone());
-        self.by_socket.insert(key, owner);
         self.recent[place] = Some(seen);
     }
 
@@ -96,10 +101,10 @@ impl QueryOwners {
             return;
         };
         let key = socket_key(netns, envelope);
-        let owner = self
-            .by_socket
-            .get(&key)
-            .or_else(|| self.by_addresses.get(&(key.1, key.2, key.3)));
+        let owner = self.by_socket.get(&key).or_else(|| {
+            let netns = self.by_addresses.get(&(key.1, key.2, key.3))?;
+            self.by_socket.get(&(*netns, key.1, key.2, key.3))
+        });
         if let Some((process, cookie)) = owner {
             envelope.process = Some(process.clone());
             if envelope.socket_cookie == 0 {
@@ -231,6 +236,10 @@ mod tests {
     /// A message on one socket's addresses in namespace 1, from `pid`'s
     /// socket `cookie` (a port used again by another socket).
     fn on_the_addresses(direction: Direction, pid: u32, cookie: u64) -> Message {
+        in_namespace(direction, pid, cookie, 1)
+    }
+
+    fn in_namespace(direction: Direction, pid: u32, cookie: u64, netns: u64) -> Message {
         let mut message = message(
             direction,
             Socket::new(pid, cookie, server(1)),
@@ -242,20 +251,24 @@ mod tests {
         );
         message.envelope.local = SocketAddr::from(([10, 0, 0, 1], 40_000));
         if let Some(process) = &mut message.envelope.process {
-            process.netns = Some(1);
+            process.netns = Some(netns);
         }
         message
     }
 
     /// The process a response dropped on the addresses is put down to.
     fn owner(owners: &QueryOwners) -> Option<u32> {
+        owner_of_drop_in(owners, 1)
+    }
+
+    fn owner_of_drop_in(owners: &QueryOwners, netns: u64) -> Option<u32> {
         let mut response = on_the_addresses(Direction::Recv, 0, 0);
         response.envelope.process = None;
         let mut dropped = Dropped {
             message: response,
             reason: "NO_SOCKET".into(),
             location: "somewhere+0x1".into(),
-            netns: Some(1),
+            netns: Some(netns),
             conntrack: None,
         };
         owners.attribute(&mut dropped);
@@ -269,6 +282,20 @@ mod tests {
         for (pid, cookie) in [(7, 1), (7, 1), (8, 2), (7, 1), (7, 1), (8, 2)] {
             owners.message(&on_the_addresses(Direction::Send, pid, cookie));
             assert_eq!(owner(&owners), Some(pid), "after a query of {pid}'s");
+        }
+    }
+
+    /// A pod's query dropped on the node has left its namespace: it goes
+    /// to whoever asked last on its addresses, in any namespace.
+    #[test]
+    fn a_drop_in_another_namespace_goes_to_the_last_asker_anywhere() {
+        let mut owners = QueryOwners::default();
+        assert_eq!(owner_of_drop_in(&owners, 2), None);
+        let asked = [(7, 1, 1), (9, 3, 3), (9, 3, 3), (7, 4, 1), (9, 3, 3)];
+        for (pid, cookie, netns) in asked {
+            owners.message(&in_namespace(Direction::Send, pid, cookie, netns));
+            assert_eq!(owner_of_drop_in(&owners, 2), Some(pid), "after {pid}'s");
+            assert_eq!(owner_of_drop_in(&owners, netns), Some(pid));
         }
     }
 }
