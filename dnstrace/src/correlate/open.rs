@@ -11,6 +11,8 @@ use std::{
     sync::LazyLock,
 };
 
+use smallvec::SmallVec;
+
 use super::{
     Judged,
     attempt::{Attempt, Outcome},
@@ -123,7 +125,9 @@ struct Summary {
     /// attempt's question, socket and id never change, and attempts are
     /// only ever added, so a busy lookup's 32 need no hashing again at
     /// each change.
-    questions: Vec<u64>,
+    /// Inline for the one or two most lookups have: a Vec was an
+    /// allocation per lookup.
+    questions: SmallVec<[u64; 2]>,
     /// The questions asked, and those of attempts still pending.
     asked: u64,
     pending: u64,
@@ -152,7 +156,7 @@ impl Summary {
         let mut summary = Self {
             label: 0,
             label_of_len: usize::MAX,
-            questions: Vec::with_capacity(lookup.attempts.len()),
+            questions: SmallVec::new(),
             asked: 0,
             pending: 0,
             sockets: 0,
