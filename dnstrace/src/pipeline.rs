@@ -60,7 +60,7 @@ pub struct Pipeline {
     /// Live: stray responses wait to be diagnosed until the loss counters
     /// were read after them, since a lost query makes a response stray.
     /// `None` for files, which lose nothing.
-    held_strays: Option<VecDeque<Attempt>>,
+    held_strays: Option<VecDeque<Box<Attempt>>>,
     /// When the loss counters were last read.
     losses_known_until: u64,
 }
@@ -294,7 +294,7 @@ impl Pipeline {
                     self.each_output(|output| output.stray(&attempt));
                     match &mut self.held_strays {
                         Some(held) => {
-                            held.push_back(*attempt);
+                            held.push_back(attempt);
                             if held.len() > MAX_HELD_STRAYS
                                 && let Some(oldest) = held.pop_front()
                             {

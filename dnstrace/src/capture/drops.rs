@@ -70,6 +70,8 @@ pub fn supported() -> Result<DropSupport, String> {
         has_rx_sk: u32::from(arguments >= 5),
         _padding: 0,
     };
+    // Freed before the symbols are read: the parse is the agent's peak.
+    drop(btf);
     Ok(DropSupport {
         config,
         names: DropNames {

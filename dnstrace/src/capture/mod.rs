@@ -105,8 +105,9 @@ pub struct Capture {
 /// Gives back to the system what loading the programs freed: the two
 /// parses of the kernel's BTF (the drop program's and aya's) take tens of
 /// MiB, between allocations that last. glibc keeps freed memory in its
-/// heap, where it would count against the agent for its whole run, under
-/// the ring buffer mapped next; musl returns it by itself.
+/// heap, where it would count against the agent for its whole run (and,
+/// with the ring buffer's pages once those are mapped, in its peak);
+/// musl returns it by itself.
 fn return_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim takes no pointers; it only hands free pages of

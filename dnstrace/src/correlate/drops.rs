@@ -5,6 +5,8 @@
 //! never got. A response dropped for want of a socket came after the
 //! process had closed it: a late answer it never saw.
 
+use std::sync::Arc;
+
 use super::{
     Correlated, Correlator,
     attempt::{Attempt, DroppedPacket, KernelDrop, Outcome, ReadState, Response, Shape},
@@ -43,8 +45,8 @@ impl Correlator {
         };
         let drop = |packet, sent: Option<u64>| KernelDrop {
             packet,
-            reason: dropped.reason.clone(),
-            location: dropped.location.clone(),
+            reason: Arc::clone(&dropped.reason),
+            location: Arc::clone(&dropped.location),
             after_ns: sent.map_or(0, |sent| now.saturating_sub(sent)),
             conntrack: dropped.conntrack,
         };

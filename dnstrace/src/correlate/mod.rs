@@ -60,8 +60,8 @@ const MAX_ATTEMPTS_PER_LOOKUP: usize = 32;
 pub enum Correlated {
     /// A lookup that settled.
     Lookup(Box<Lookup>),
-    /// A response that matched no query (rare, and three times the size of
-    /// a lookup: boxed, so that a batch of lookups is not).
+    /// A response that matched no query (rare, and an attempt is larger
+    /// than a boxed lookup: boxed, so that a batch of lookups is not).
     Stray(Box<Attempt>),
 }
 

@@ -345,9 +345,10 @@ impl Open {
         settled: impl Fn(&Lookup) -> bool,
         mut out: impl FnMut(Box<Lookup>),
     ) {
+        // Rebuilt, not cleared: a burst's room is not kept.
         let entries = std::mem::take(&mut self.entries);
-        self.scans.clear();
-        self.repeats.clear();
+        self.scans = VecDeque::new();
+        self.repeats = VecDeque::new();
         self.with_drops = 0;
         self.index = Index::default();
         for mut entry in entries {
@@ -616,5 +617,36 @@ mod tests {
             }
         }
         assert!(wrapped > 30, "the ring wrapped {wrapped} times");
+    }
+
+    /// Once a burst of lookups has settled, what is left takes room for
+    /// what is left, not for the burst.
+    #[test]
+    fn a_burst_settled_leaves_no_room_behind() {
+        use super::super::{
+            Judged,
+            attempt::Outcome,
+            tests::{attempt, client, lookup},
+        };
+        let client = client(7, "burst");
+        let mut open = super::Open::default();
+        for at in 0..512 {
+            let attempts = vec![attempt(&client, 1, 1, Outcome::Pending, at, None)];
+            open.push_back(lookup(&client, "db.test", attempts, at));
+        }
+        let mut settled = Vec::new();
+        let judge = |_: &mut _| Judged {
+            decided: false,
+            quiet_until: u64::MAX,
+        };
+        let last = |lookup: &super::Lookup| lookup.first_monotonic_ns < 511;
+        open.settle(0, judge, last, |lookup| settled.push(lookup));
+        assert_eq!((settled.len(), open.len()), (511, 1));
+        assert!(settled.iter().map(|l| l.first_monotonic_ns).eq(0..511));
+        let room = (open.entries.capacity(), open.scans.capacity());
+        assert!(
+            room.0 < 64 && room.1 < 64 && open.repeats.capacity() < 64,
+            "{room:?}"
+        );
     }
 }
