@@ -121,6 +121,9 @@ pub struct Memory {
     peak_pending: Option<u64>,
     /// VmRSS when that was read, KiB.
     rss_at_peak_kib: u64,
+    /// Pss then, KiB: the same pages, each counted once however often
+    /// the agent maps it (the ring buffer's data pages are mapped twice).
+    pss_at_peak_kib: u64,
     /// Before the queries, KiB.
     idle_kib: u64,
     /// VmHWM at the end of the watch (the queries timed out and reported
@@ -146,12 +149,13 @@ impl Memory {
             text,
             "VmRSS {:.1} MiB before, {:.1} MiB with {} lookups open \
              (dnstrace_lookups_pending at its most; VmRSS the most while 95 % of those were \
-             open), VmHWM {:.1} MiB once they had timed out ({} s) and been reported. \
-             Agent: {}.",
+             open; Pss then {:.1} MiB, the ring buffer's twice-mapped pages counted once), \
+             VmHWM {:.1} MiB once they had timed out ({} s) and been reported. Agent: {}.",
             mib(self.idle_kib),
             mib(self.rss_at_peak_kib),
             self.peak_pending
                 .map_or("an unknown number of".into(), |p| p.to_string()),
+            mib(self.pss_at_peak_kib),
             mib(self.hwm_kib),
             BLACKHOLE_TIMEOUT_SECS + 1,
             self.summary
@@ -192,7 +196,7 @@ pub fn measure(agent: &Path, namespace: &Namespace, outstanding: u32) -> anyhow:
         &mut senders,
     );
     senders.stop();
-    let (sent, peak_pending, rss_at_peak_kib) = result?;
+    let (sent, peak_pending, (rss_at_peak_kib, pss_at_peak_kib)) = result?;
     let hwm_kib = status_kib(pid, "VmHWM:")?;
     let (_, summary) = tracer.stop()?;
     Ok(Memory {
@@ -201,6 +205,7 @@ pub fn measure(agent: &Path, namespace: &Namespace, outstanding: u32) -> anyhow:
         processes,
         peak_pending,
         rss_at_peak_kib,
+        pss_at_peak_kib,
         idle_kib,
         hwm_kib,
         summary: summary.line,
@@ -222,7 +227,7 @@ impl Senders {
 
 /// Starts the senders, lets them send at once, then reads the agent's
 /// open lookups and resident set until `WATCH` has passed. Returns the
-/// queries sent, the most lookups seen open, and VmRSS then.
+/// queries sent, the most lookups seen open, and VmRSS and Pss then.
 fn flood_and_watch(
     namespace: &Namespace,
     outstanding: u32,
@@ -230,7 +235,7 @@ fn flood_and_watch(
     agent_pid: u32,
     metrics: &str,
     senders: &mut Senders,
-) -> anyhow::Result<(u64, Option<u64>, u64)> {
+) -> anyhow::Result<(u64, Option<u64>, (u64, u64))> {
     let exe = std::env::current_exe()?;
     let mut outputs: Vec<BufReader<ChildStdout>> = Vec::new();
     let mut left = outstanding;
@@ -272,30 +277,31 @@ fn flood_and_watch(
     }
 
     let started = Instant::now();
-    let mut samples: Vec<(Option<u64>, u64)> = Vec::new();
+    let mut samples: Vec<(Option<u64>, (u64, u64))> = Vec::new();
     while started.elapsed() < WATCH {
         thread::sleep(Duration::from_millis(250));
         // The count is from the agent's last tick; the resident set lags
         // the allocations a little, so both are taken over all samples.
         let pending = pending_lookups(metrics);
         let rss = status_kib(agent_pid, "VmRSS:")?;
+        let pss = pss_kib(agent_pid)?;
         eprintln!(
             "memory: {:>5.2} s after the queries, VmRSS {:.1} MiB, lookups open {}",
             started.elapsed().as_secs_f64(),
             rss as f64 / 1024.0,
             pending.map_or("?".into(), |p| p.to_string())
         );
-        samples.push((pending, rss));
+        samples.push((pending, (rss, pss)));
     }
     let peak = samples.iter().filter_map(|(pending, _)| *pending).max();
     // The most resident while nearly all of those were open.
-    let rss_at_peak = samples
+    let sizes_at_peak = samples
         .iter()
         .filter(|(pending, _)| pending.zip(peak).is_some_and(|(p, max)| p * 20 >= max * 19))
-        .map(|(_, rss)| *rss)
+        .map(|(_, sizes)| *sizes)
         .max()
         .unwrap_or_default();
-    Ok((sent, peak, rss_at_peak))
+    Ok((sent, peak, sizes_at_peak))
 }
 
 /// A `kB` field of /proc/PID/status.
@@ -311,6 +317,20 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
                 .ok()
         })
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
+    rollup
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("Pss:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no Pss in /proc/{pid}/smaps_rollup"))
 }
 
 /// `dnstrace_lookups_pending` from the agent's metrics endpoint.
