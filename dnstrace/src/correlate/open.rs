@@ -125,8 +125,8 @@ struct Summary {
     /// attempt's question, socket and id never change, and attempts are
     /// only ever added, so a busy lookup's 32 need no hashing again at
     /// each change.
-    /// Inline for the one or two most lookups have: a Vec was an
-    /// allocation per lookup.
+    /// Inline up to two: most lookups make one or two attempts, and a Vec
+    /// was an allocation per lookup.
     questions: SmallVec<[u64; 2]>,
     /// The questions asked, and those of attempts still pending.
     asked: u64,
