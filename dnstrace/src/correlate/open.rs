@@ -292,13 +292,19 @@ impl Open {
 
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
+        let lookup = Box::new(lookup);
+        self.append(Box::new(Entry { lookup, summary }));
+    }
+
+    /// Puts `entry` last, with its filters and its keys in the index.
+    fn append(&mut self, entry: Box<Entry>) {
+        let summary = &entry.summary;
         self.with_drops += usize::from(summary.dropped);
         let scan = summary.scan();
-        self.index.add(&scan, &lookup.attempts);
+        self.index.add(&scan, &entry.lookup.attempts);
         self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
-        let lookup = Box::new(lookup);
-        self.entries.push_back(Box::new(Entry { lookup, summary }));
+        self.entries.push_back(entry);
     }
 
     pub fn pop_front(&mut self) -> Option<Box<Lookup>> {
@@ -377,12 +383,7 @@ impl Open {
                 summary.is_true_of(lookup),
                 "a summary fell behind its lookup"
             );
-            self.with_drops += usize::from(summary.dropped);
-            let scan = summary.scan();
-            self.index.add(&scan, &lookup.attempts);
-            self.scans.push_back(scan);
-            self.repeats.push_back(summary.repeat_filter());
-            self.entries.push_back(entry);
+            self.append(entry);
         }
     }
 
@@ -428,8 +429,7 @@ impl Open {
             {
                 let mut rebuilt = Index::default();
                 for (scan, entry) in self.scans.iter().zip(&self.entries) {
-                    let lookup = &entry.lookup;
-                    rebuilt.add(scan, &lookup.attempts);
+                    rebuilt.add(scan, &entry.lookup.attempts);
                 }
                 debug_assert_eq!(self.index, rebuilt, "the index fell behind the lookups");
             }
@@ -639,8 +639,8 @@ mod tests {
             decided: false,
             quiet_until: u64::MAX,
         };
-        let last = |lookup: &super::Lookup| lookup.first_monotonic_ns < 511;
-        open.settle(0, judge, last, |lookup| settled.push(lookup));
+        let all_but_the_last = |lookup: &super::Lookup| lookup.first_monotonic_ns < 511;
+        open.settle(0, judge, all_but_the_last, |lookup| settled.push(lookup));
         assert_eq!((settled.len(), open.len()), (511, 1));
         assert!(settled.iter().map(|l| l.first_monotonic_ns).eq(0..511));
         let room = (open.entries.capacity(), open.scans.capacity());
