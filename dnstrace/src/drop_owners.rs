@@ -21,11 +21,11 @@ use crate::{
 /// Past this many sockets the memory starts over rather than grow.
 const MAX_SOCKETS: usize = 65_536;
 
-/// (network namespace inode, TCP or not, local, remote) of a client socket.
-type Key = (u64, bool, SocketAddr, SocketAddr);
-
 /// (TCP or not, local, remote) of a client socket, in any namespace.
 pub type Addresses = (bool, SocketAddr, SocketAddr);
+
+/// (network namespace inode, addresses) of a client socket.
+type Key = (u64, Addresses);
 
 /// Places in `QueryOwners::recent`.
 const RECENT: usize = 16;
@@ -66,7 +66,7 @@ impl QueryOwners {
         if self.recent[place] == Some(seen) {
             return;
         }
-        let addresses = (key.1, key.2, key.3);
+        let (netns, addresses) = key;
         let socket = digest(&key);
         let known = self
             .by_socket
@@ -81,13 +81,13 @@ impl QueryOwners {
             }
             (self.by_socket).insert(socket, (process.clone(), envelope.socket_cookie));
         }
-        let moved = self.by_addresses.insert(digest(&addresses), key.0) != Some(key.0);
+        let moved = self.by_addresses.insert(digest(&addresses), netns) != Some(netns);
         if !known || moved {
             // What is remembered of these addresses elsewhere (another
             // owner of the key, the last asker in another namespace) is
             // true no more.
             for recent in &mut self.recent {
-                if recent.is_some_and(|(kept, ..)| (kept.1, kept.2, kept.3) == addresses) {
+                if recent.is_some_and(|((_, kept), ..)| kept == addresses) {
                     *recent = None;
                 }
             }
@@ -108,8 +108,8 @@ impl QueryOwners {
         };
         let key = socket_key(netns, envelope);
         let owner = self.by_socket.get(&digest(&key)).or_else(|| {
-            let netns = self.by_addresses.get(&digest(&(key.1, key.2, key.3)))?;
-            self.by_socket.get(&digest(&(*netns, key.1, key.2, key.3)))
+            let netns = self.by_addresses.get(&digest(&key.1))?;
+            self.by_socket.get(&digest(&(*netns, key.1)))
         });
         if let Some((process, cookie)) = owner {
             envelope.process = Some(process.clone());
@@ -197,13 +197,13 @@ pub type OrphanDrops = WaitingDrops<Addresses>;
 
 impl OrphanDrops {
     pub fn by_addresses() -> Self {
-        Self::new(|dropped| Some(addresses(&dropped.message)))
+        Self::new(|dropped| Some(addresses(&dropped.message.envelope)))
     }
 
     /// Takes out those waiting drops `owners` can now name, oldest first,
     /// when `message` may have named some (a query on their addresses).
     pub fn named(&mut self, message: &Message, owners: &QueryOwners) -> Vec<Dropped> {
-        if !self.awaits(&addresses(message)) {
+        if !self.awaits(&addresses(&message.envelope)) {
             return Vec::new();
         }
         self.take(|dropped| {
@@ -215,12 +215,7 @@ impl OrphanDrops {
 
 /// A client socket's key, from a message of its in `netns`.
 fn socket_key(netns: u64, envelope: &Envelope) -> Key {
-    (
-        netns,
-        envelope.transport == Transport::Tcp,
-        envelope.local,
-        envelope.remote,
-    )
+    (netns, addresses(envelope))
 }
 
 /// What the maps hold of a key: its hash, keyed afresh at each start so
@@ -232,9 +227,12 @@ fn digest(key: &impl Hash) -> u64 {
 }
 
 /// A message's client addresses, as `QueryOwners` keys them.
-fn addresses(message: &Message) -> Addresses {
-    let (_, tcp, local, remote) = socket_key(0, &message.envelope);
-    (tcp, local, remote)
+fn addresses(envelope: &Envelope) -> Addresses {
+    (
+        envelope.transport == Transport::Tcp,
+        envelope.local,
+        envelope.remote,
+    )
 }
 
 #[cfg(test)]
