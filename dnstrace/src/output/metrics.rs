@@ -514,11 +514,10 @@ impl Output for MetricsOutput {
 
     fn dropped(&mut self, dropped: &Dropped) -> io::Result<()> {
         let reasons = &mut self.agent.drop_reasons;
-        let reason = match reasons.contains(&dropped.reason) || reasons.len() < MAX_DROP_REASONS {
-            true => {
-                reasons.insert(Arc::clone(&dropped.reason));
-                Arc::clone(&dropped.reason)
-            }
+        let has_series = reasons.contains(&dropped.reason)
+            || (reasons.len() < MAX_DROP_REASONS && reasons.insert(Arc::clone(&dropped.reason)));
+        let reason = match has_series {
+            true => Arc::clone(&dropped.reason),
             false => "~other".into(),
         };
         self.agent

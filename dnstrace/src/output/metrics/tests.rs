@@ -297,3 +297,48 @@ fn a_process_in_a_pod_is_labelled_by_its_pod_and_container_alone() {
         ("", "", "getent")
     );
 }
+
+/// Past `MAX_DROP_REASONS` reasons, drops of a new one count as `~other`;
+/// those with series keep counting under their own.
+#[test]
+fn drop_reasons_past_their_bound_are_counted_as_other() {
+    use correlate::tests::{Socket, message, server};
+    let mut metrics = output(&args(8, 8, 0));
+    let query = message(
+        crate::message::Direction::Send,
+        Socket::new(7, 1, server(1)),
+        1,
+        "db.test.",
+        1,
+        0,
+        None,
+    );
+    let mut drop = |reason: String| {
+        let dropped = crate::message::Dropped {
+            message: query.clone(),
+            reason: reason.into(),
+            location: "somewhere+0x1".into(),
+            netns: Some(1),
+            conntrack: None,
+        };
+        metrics.dropped(&dropped).unwrap();
+    };
+    for n in 0..MAX_DROP_REASONS + 3 {
+        drop(format!("REASON_{n}"));
+    }
+    drop("REASON_0".into());
+    drop(format!("REASON_{MAX_DROP_REASONS}"));
+    let text = text(&metrics);
+    let series = samples(&text, "dnstrace_kernel_drops_total");
+    assert_eq!(series.len(), MAX_DROP_REASONS + 1, "{text}");
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains(r#"reason="REASON_0""#) && l.ends_with(" 2"))
+    );
+    assert!(
+        series
+            .iter()
+            .any(|l| l.contains(r#"reason="~other""#) && l.ends_with(" 4"))
+    );
+}
