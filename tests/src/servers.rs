@@ -220,9 +220,12 @@ pub fn zone_file() -> String {
 
 fn knot_command(net: &Topology, addrs: ServerAddrs, port: u16, dir: &TempDir) -> Command {
     let dir = dir.path().display();
+    // Knot resets a TCP connection whose message takes over 500 ms to come
+    // or go; under the loss tests inject, retransmissions take longer.
     let config = format!(
         "server:\n  rundir: \"{dir}\"\n  listen: [ {v4}@{port}, {v6}@{port} ]\n  \
-         udp-workers: 2\n  tcp-workers: 1\n  background-workers: 1\n\
+         udp-workers: 2\n  tcp-workers: 1\n  background-workers: 1\n  \
+         tcp-io-timeout: 10000\n\
          control:\n  listen: \"{dir}/knot.sock\"\n\
          database:\n  storage: \"{dir}\"\n\
          log:\n  - target: stderr\n    any: info\n\
