@@ -223,6 +223,7 @@ impl DropNames {
 /// Kernel text symbols, sorted by address. A kernel has over 100,000:
 /// their names share one buffer (4.8 MiB for 121,056 here, against 7.7
 /// with a `String` each).
+#[derive(Default)]
 struct KernelSymbols {
     /// (address, where its name starts in `names`, its length).
     starts: Vec<(u64, u32, u16)>,
@@ -240,37 +241,49 @@ impl KernelSymbols {
         }
     }
 
-    fn parse(text: impl BufRead) -> Self {
-        let mut symbols = Self {
-            starts: Vec::new(),
-            names: String::new(),
-        };
-        for line in text.lines() {
-            let Ok(line) = line else { break };
-            let mut fields = line.split_whitespace();
-            let (Some(address), Some(kind), Some(name)) =
-                (fields.next(), fields.next(), fields.next())
-            else {
-                continue;
-            };
-            let Ok(address) = u64::from_str_radix(address, 16) else {
-                continue;
-            };
-            let (Ok(start), Ok(len)) = (
-                u32::try_from(symbols.names.len()),
-                u16::try_from(name.len()),
-            ) else {
-                continue;
-            };
-            if address != 0 && matches!(kind, "t" | "T") {
-                symbols.starts.push((address, start, len));
-                symbols.names.push_str(name);
+    /// One name per address: the first, as the kernel's own lookup picks
+    /// (`memcpy`, not its alias `__pi_memcpy`). A read that fails part way
+    /// keeps nothing, so that no place is named after a wrong symbol.
+    fn parse(mut text: impl BufRead) -> Self {
+        let mut symbols = Self::default();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match text.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => symbols.add(&line),
+                Err(_) => return Self::default(),
             }
         }
+        // Sorted by address, then by place in the file.
         symbols.starts.sort_unstable();
+        symbols.starts.dedup_by_key(|&mut (address, ..)| address);
         symbols.starts.shrink_to_fit();
         symbols.names.shrink_to_fit();
         symbols
+    }
+
+    /// Keeps a line's text symbol: `address kind name [module]`.
+    fn add(&mut self, line: &[u8]) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return;
+        };
+        let mut fields = line.split_whitespace();
+        let (Some(address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return;
+        };
+        let Ok(address) = u64::from_str_radix(address, 16) else {
+            return;
+        };
+        let (Ok(start), Ok(len)) = (u32::try_from(self.names.len()), u16::try_from(name.len()))
+        else {
+            return;
+        };
+        if address != 0 && matches!(kind, "t" | "T") {
+            self.starts.push((address, start, len));
+            self.names.push_str(name);
+        }
     }
 
     fn name(&self, address: u64) -> String {
@@ -285,6 +298,8 @@ impl KernelSymbols {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
 
     #[test]
@@ -304,6 +319,41 @@ mod tests {
             "udp_queue_rcv_one_skb+0x0"
         );
         assert_eq!(symbols.name(0x1000), "0x1000");
+    }
+
+    #[test]
+    fn an_address_with_aliases_is_named_by_its_first_symbol() {
+        let symbols = KernelSymbols::parse(
+            "ffffffff81c00000 T memcpy\n\
+             ffffffff81c00000 T __memcpy\n\
+             ffffffff81c00000 T __pi_memcpy\n\
+             ffffffff81c00080 T memmove\n"
+                .as_bytes(),
+        );
+        assert_eq!(symbols.name(0xffffffff81c00010), "memcpy+0x10");
+        assert_eq!(symbols.starts.len(), 2);
+    }
+
+    /// A line that is not text is passed over; a read that fails keeps
+    /// nothing, rather than name later places after the last symbol read.
+    #[test]
+    fn a_failed_read_of_kallsyms_names_no_place() {
+        let bad_line = &b"ffffffff81000000 T _stext\nffffffff81000100 t \xff\xfe\n"[..];
+        let symbols = KernelSymbols::parse(bad_line);
+        assert_eq!(symbols.name(0xffffffff81000104), "_stext+0x104");
+
+        let failing =
+            io::BufReader::new("ffffffff81000000 T _stext\n".as_bytes().chain(FailingRead));
+        let symbols = KernelSymbols::parse(failing);
+        assert_eq!(symbols.name(0xffffffff81000104), "0xffffffff81000104");
+    }
+
+    struct FailingRead;
+
+    impl io::Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("read failed"))
+        }
     }
 
     #[test]
