@@ -276,13 +276,19 @@ fn prometheus_sees_resolved_nxdomain_rejected_and_timed_out_lookups_per_client()
     let rejected = count("rejected");
     let timeouts = count("timeout");
     assert!(rejected >= 2.0 && timeouts >= 2.0, "{rejected} {timeouts}");
+    // The tracer is gone: Prometheus's next scrape fails and marks every
+    // series stale, so what follows reads the last value scraped.
     let series = prometheus.wait_for_value(
-        &format!(r#"dnstrace_responses_rejected_total{{comm="getent",server="{server}"}}"#),
+        &last_scraped(&format!(
+            r#"dnstrace_responses_rejected_total{{comm="getent",server="{server}"}}"#
+        )),
         rejected,
     );
     assert_eq!(series["comm"], "getent");
     prometheus.wait_for_value(
-        &format!(r#"dnstrace_timeouts_total{{comm="getent",server="{server}"}}"#),
+        &last_scraped(&format!(
+            r#"dnstrace_timeouts_total{{comm="getent",server="{server}"}}"#
+        )),
         timeouts,
     );
     let rejections = trace
@@ -293,9 +299,9 @@ fn prometheus_sees_resolved_nxdomain_rejected_and_timed_out_lookups_per_client()
         .max()
         .expect("an answer_rejected diagnosis");
     prometheus.wait_for_value(
-        &format!(
+        &last_scraped(&format!(
             r#"dnstrace_diagnoses_total{{comm="getent",cause="answer_rejected",server="{server}"}}"#
-        ),
+        )),
         rejections as f64,
     );
     // Every lookup of the trace, and no other, by outcome.
@@ -311,14 +317,28 @@ fn prometheus_sees_resolved_nxdomain_rejected_and_timed_out_lookups_per_client()
     );
     for (outcome, lookups) in &outcomes {
         prometheus.wait_for_value(
-            &format!(r#"sum(dnstrace_lookups_total{{comm="getent",outcome="{outcome}"}})"#),
+            &format!(
+                "sum({})",
+                last_scraped(&format!(
+                    r#"dnstrace_lookups_total{{comm="getent",outcome="{outcome}"}}"#
+                ))
+            ),
             *lookups as f64,
         );
     }
     prometheus.wait_for_value(
-        r#"sum(dnstrace_lookup_duration_seconds_count{comm="getent"})"#,
+        &format!(
+            "sum({})",
+            last_scraped(r#"dnstrace_lookup_duration_seconds_count{comm="getent"}"#)
+        ),
         outcomes.iter().map(|(_, n)| *n as f64).sum(),
     );
+}
+
+/// The series' last values scraped: a range passes over the stale markers
+/// that Prometheus writes once a target stops answering.
+fn last_scraped(selector: &str) -> String {
+    format!("last_over_time({selector}[5m])")
 }
 
 /// `promtool check metrics` on `exposition`: its complaints, if any.
