@@ -373,7 +373,13 @@ fn every_client_against_every_shape_gets_exactly_the_verdicts_its_wire_shows() {
             .expect("write");
         }
         writeln!(table, "{:<40} pid {:<7} {got:?}", cell.label(), run.pid).expect("write");
-        if got != want {
+        // A client that asked again before any answer came did time out:
+        // on a loaded machine an answer can come after its 1 s, whatever
+        // the shape. A timeout is then true, never required.
+        let true_timeouts_only = wire.gave_up_waiting
+            && got.is_superset(&want)
+            && got.difference(&want).all(|(cause, _)| cause == "timeout");
+        if got != want && !true_timeouts_only {
             writeln!(
                 wrong,
                 "{}: got {got:?}, expected {want:?}; lines:\n{}",
