@@ -276,7 +276,17 @@ fn capabilities_of_each_thread(pid: u32) -> Vec<(u32, u64)> {
     let mut threads = Vec::new();
     for task in tasks {
         let task = task.expect("task");
-        let status = fs::read_to_string(task.path().join("status")).expect("status");
+        // A short-lived thread may have gone since the listing.
+        let status = match fs::read_to_string(task.path().join("status")) {
+            Ok(status) => status,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    || error.raw_os_error() == Some(libc::ESRCH) =>
+            {
+                continue;
+            }
+            Err(error) => panic!("{}: {error}", task.path().display()),
+        };
         let field = |name: &str| {
             status
                 .lines()
