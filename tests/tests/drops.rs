@@ -323,8 +323,9 @@ fn an_answer_after_the_client_closed_its_socket_is_a_no_socket_drop() {
     let net = Topology::new();
     let shaping = DnsServer::start(ServerKind::Shaping, &net);
     let address = shaping.socket(Family::V4);
-    // The shaping server answers A queries under this subzone after 50 ms.
-    let domain = format!("{}.slow-drop-aaaa.example.test", unique_name("late"));
+    // The shaping server answers under this subzone after 1.5 s: long
+    // after the client, however slow, has closed its socket.
+    let domain = format!("{}.late.example.test", unique_name("late"));
     let dir = tempfile::tempdir().expect("temp dir");
     let metrics = dir.path().join("metrics.prom");
     let mut tracer = Tracer::start([std::ffi::OsStr::new("--metrics-file"), metrics.as_os_str()]);
