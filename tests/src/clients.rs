@@ -34,6 +34,8 @@ const RUN_PATIENCE: Duration = Duration::from_secs(60);
 /// The uid the Python client drops to, so `uid` is checked against a value
 /// other than root's.
 pub const NOBODY: u32 = 65534;
+/// How long after one another [`Client::PythonThreads`]'s threads start.
+pub const THREAD_STAGGER_MS: u32 = 150;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Client {
@@ -43,6 +45,9 @@ pub enum Client {
     Getent,
     /// glibc `getaddrinfo` via Python, run as [`NOBODY`], `lookups` times.
     Python { lookups: u32 },
+    /// glibc `getaddrinfo` via Python from `threads` threads at once, each
+    /// started [`THREAD_STAGGER_MS`] after the one before, one lookup each.
+    PythonThreads { threads: u32 },
     /// glibc `getaddrinfo` via Python for many names that may fail: `rounds`
     /// times through the lookup's name put under each of `subzones` ("" for
     /// the name itself), with the round as an extra first label (`r7.<name>`)
@@ -76,6 +81,7 @@ impl Client {
             Client::Dig => "dig",
             Client::Getent => "getent",
             Client::Python { .. } => "python",
+            Client::PythonThreads { .. } => "python-threads",
             Client::PythonMany { .. } => "python-many",
             Client::Musl => "musl",
             Client::Go => "go",
@@ -91,9 +97,10 @@ impl Client {
             // dig does its network I/O on libisc's threads.
             Client::Dig => comm.starts_with("isc-net-"),
             Client::Getent => comm == "getent",
-            Client::Python { .. } | Client::PythonMany { .. } | Client::UdpQuery { .. } => {
-                comm == "python3"
-            }
+            Client::Python { .. }
+            | Client::PythonThreads { .. }
+            | Client::PythonMany { .. }
+            | Client::UdpQuery { .. } => comm == "python3",
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
@@ -206,6 +213,17 @@ impl Client {
                     script.display().to_string(),
                     domain.clone(),
                     lookups.to_string(),
+                ]
+            }
+            Client::PythonThreads { threads } => {
+                needs_port_53();
+                let script = workspace_dir().join("tests/clients/getaddrinfo-threads.py");
+                vec![
+                    "/usr/bin/python3".into(),
+                    script.display().to_string(),
+                    domain.clone(),
+                    threads.to_string(),
+                    THREAD_STAGGER_MS.to_string(),
                 ]
             }
             Client::PythonMany {

@@ -346,6 +346,44 @@ fn an_answer_used_before_a_one_second_timeout_resends_the_pair_is_not_rejected()
     assert_no_diagnosis(&trace, &run, &["answer_rejected"]);
 }
 
+/// Threads of one process looking a name up at once, on a server that
+/// answers after 1.5 s: each thread's getaddrinfo is a lookup of its own.
+/// Read as one caller, the second thread's queries (150 ms on) would have
+/// made the first's a timeout whose answer came late.
+#[test]
+fn threads_looking_one_name_up_at_once_are_lookups_of_their_own() {
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let lookup = Lookup::in_subzone("threads", "late", shaping.socket(Family::V4));
+    let threads = 3;
+    let (run, trace) = traced(&net, Client::PythonThreads { threads }, &lookup, |client| {
+        client.run()
+    });
+
+    let lookups = lookups_of(&trace, &run);
+    assert_eq!(
+        lookups.len(),
+        threads as usize,
+        "a lookup per thread; lines:\n{}",
+        trace.correlation_of(run.pid)
+    );
+    assert!(
+        lookups.iter().all(|l| l.outcome == "resolved"),
+        "{lookups:#?}"
+    );
+    assert_every_attempt(&trace, &run, "answered", |a| a.outcome == "answered");
+    let tids: BTreeSet<u32> = (trace.messages.iter())
+        .filter(|m| m.pid == Some(run.pid) && m.qr == Some(false))
+        .filter_map(|m| m.tid)
+        .collect();
+    assert_eq!(tids.len(), threads as usize, "a thread each: {tids:?}");
+    assert!(
+        trace.diagnoses_of(run.pid).is_empty(),
+        "{:#?}",
+        trace.diagnoses_of(run.pid)
+    );
+}
+
 #[test]
 fn ndots_search_expansion_counts_the_wasted_queries() {
     let net = Topology::new();

@@ -162,6 +162,9 @@ impl ReadState {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attempt {
     pub client: Client,
+    /// The thread that sent the query, as the kernel tells it: over UDP
+    /// the sending thread, over TCP the socket's first sender.
+    pub tid: Option<u32>,
     pub socket_cookie: u64,
     pub transport: Transport,
     pub server: SocketAddr,

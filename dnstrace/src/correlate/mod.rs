@@ -147,6 +147,7 @@ impl Correlator {
             None => Arc::clone(&self.unknown_context),
         };
         let name = context.name_as_asked(&question.name);
+        let sender = Sender::of(message, context.library.as_ref());
         if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
             self.evict_oldest_process(out);
         }
@@ -165,10 +166,11 @@ impl Correlator {
                 let same_name = lookup.name == name;
                 // What a repeat needs is worked out only for a lookup that has
                 // one: a busy process has hundreds open.
-                let repeated = lookup
-                    .attempts
-                    .iter()
-                    .any(|a| a.outcome == Outcome::Pending && a.question.same_as(&question));
+                let repeated = lookup.attempts.iter().any(|a| {
+                    a.outcome == Outcome::Pending
+                        && a.question.same_as(&question)
+                        && !sender.is_another_call_than(a)
+                });
                 let (positive, over, fresh_socket_retries) = if repeated {
                     (
                         lookup.has_positive_response(),
@@ -188,7 +190,7 @@ impl Correlator {
                 for previous in lookup
                     .attempts
                     .iter_mut()
-                    .filter(|a| a.outcome == Outcome::Pending)
+                    .filter(|a| a.outcome == Outcome::Pending && !sender.is_another_call_than(a))
                 {
                     if !previous.question.same_as(&question) {
                         // Asking about another name: earlier answers were used.
@@ -226,7 +228,13 @@ impl Correlator {
                 || (search_unknown
                     && first_label(&lookup.name) == first_label(&name)
                     && !lookup.has_positive_response());
-            if !continues || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP {
+            if !continues
+                || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP
+                || lookup
+                    .attempts
+                    .iter()
+                    .any(|a| sender.is_another_call_than(a))
+            {
                 return false;
             }
             // Starting over needs the question asked in this lookup before.
@@ -300,6 +308,7 @@ impl Correlator {
             }
             lookup.attempts.push(Attempt {
                 client,
+                tid: sender.tid,
                 socket_cookie: message.envelope.socket_cookie,
                 transport: message.envelope.transport,
                 server: message.envelope.remote,
@@ -591,6 +600,38 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) -> Judged {
 /// The process asked `previous`'s question again, with `id`. What that
 /// says about `previous` depends on whether it had an answer, how it asks
 /// again, and which answers its resolver keeps.
+/// Who sent a query, as far as telling calls of the resolver apart needs.
+struct Sender {
+    /// The sending thread, over UDP (where the kernel tells it), of a
+    /// process whose resolver works in the thread that calls it.
+    thread: Option<u32>,
+    tid: Option<u32>,
+}
+
+impl Sender {
+    fn of(message: &Message, library: Option<&Library>) -> Self {
+        let tid = message.envelope.process.as_ref().map(|p| p.tid);
+        let resolves_in_caller = matches!(library, Some(Library::Glibc { .. } | Library::Musl));
+        Self {
+            thread: tid
+                .filter(|_| resolves_in_caller && message.envelope.transport == Transport::Udp),
+            tid,
+        }
+    }
+
+    /// Whether `attempt` was sent by another call of the resolver than
+    /// this query: glibc and musl retry in the thread that called them,
+    /// so a question from another thread is that thread's own lookup
+    /// (the threads of a server often look one name up at once), never
+    /// a retry that judges this thread's attempt.
+    fn is_another_call_than(&self, attempt: &Attempt) -> bool {
+        self.thread.is_some()
+            && attempt.transport == Transport::Udp
+            && attempt.tid.is_some()
+            && attempt.tid != self.thread
+    }
+}
+
 fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, known: &Known<'_>) {
     let same_socket = repeat.envelope.socket_cookie == previous.socket_cookie;
     let other_server = repeat.envelope.remote != previous.server;
@@ -777,6 +818,7 @@ fn stray(
 ) -> Correlated {
     Correlated::Stray(Box::new(Attempt {
         client,
+        tid: None,
         socket_cookie: message.envelope.socket_cookie,
         transport: message.envelope.transport,
         server: message.envelope.remote,

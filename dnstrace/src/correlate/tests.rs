@@ -85,6 +85,7 @@ pub(crate) fn attempt(
 ) -> Attempt {
     Attempt {
         client: client.clone(),
+        tid: None,
         socket_cookie: 1,
         transport: Transport::Udp,
         server: server(n),
@@ -1606,4 +1607,77 @@ fn a_busy_client_starts_new_lookups_but_copies_and_new_questions_still_join() {
     assert_eq!(joined(51), 2, "the copy joins its query's lookup");
     assert_eq!(joined(200), 2, "the AAAA joins the newest lookup");
     assert_eq!(joined(100), 1);
+}
+
+impl Scenario {
+    /// A query sent by thread `tid` of the socket's process.
+    fn query_from_thread(&mut self, tid: u32, socket: Socket, id: u16, qtype: u16, at: u64) {
+        let mut m = message(Direction::Send, socket, id, "db.test.", qtype, at, None);
+        if let Some(process) = &mut m.envelope.process {
+            process.tid = tid;
+        }
+        let m = self.enriched(m);
+        self.correlator.observe(&m, &mut self.out);
+    }
+}
+
+/// Two threads of a process look `db.test` up at once, the second 150 ms
+/// after the first, each on a socket of its own, and a slow server answers
+/// each 300 ms after its query; `thread` gives each one's tid.
+fn threads_asking_at_once(read: fn(u32) -> ResolverContext, thread: [u32; 2]) -> Scenario {
+    let mut s = Scenario::reading(read);
+    let sockets = [Socket::new(7, 1, server(1)), Socket::new(7, 2, server(1))];
+    let calls = || (0u16..).zip(sockets).zip(thread);
+    for ((n, socket), tid) in calls() {
+        let (id, at) = (0x100 * (n + 1), 150 * MS * u64::from(n));
+        s.query_from_thread(tid, socket, id, A, at);
+        s.query_from_thread(tid, socket, id + 1, AAAA, at);
+    }
+    for ((n, socket), _) in calls() {
+        let (id, at) = (0x100 * (n + 1), 150 * MS * u64::from(n) + 300 * MS);
+        s.answer(socket, id, "db.test.", A, at, GOOD);
+        s.answer(socket, id + 1, "db.test.", AAAA, at, NODATA_RA);
+    }
+    s
+}
+
+/// glibc and musl resolve in the calling thread: another thread's query
+/// of the same question is another call, not a retry. Judged as a retry,
+/// the slow server's first answers read as a timeout and a late answer.
+#[test]
+fn threads_of_glibc_or_musl_asking_one_name_at_once_look_it_up_each() {
+    for read in [GLIBC, MUSL] {
+        let (out, diagnoses) = threads_asking_at_once(read, [8, 9]).settle(SECOND);
+        let lookups = lookups(&out);
+        assert_eq!(lookups.len(), 2, "{lookups:#?}");
+        for lookup in lookups {
+            assert_eq!(lookup.outcome(), LookupOutcome::Resolved, "{lookup:#?}");
+            assert!(
+                lookup
+                    .attempts
+                    .iter()
+                    .all(|a| a.outcome == Outcome::Answered),
+                "{lookup:#?}"
+            );
+        }
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    }
+}
+
+/// Where the resolver may send from any thread (Go's goroutines move
+/// between threads), or is not known, another thread's query of a
+/// pending question still concerns the lookup, as from one thread.
+#[test]
+fn threads_of_other_resolvers_asking_at_once_are_read_as_one_caller() {
+    let outcomes = |read: fn(u32) -> ResolverContext, thread: [u32; 2]| -> Vec<Vec<Outcome>> {
+        let (out, _) = threads_asking_at_once(read, thread).settle(SECOND);
+        (lookups(&out).iter())
+            .map(|l| l.attempts.iter().map(|a| a.outcome).collect())
+            .collect()
+    };
+    for read in [GO, |_| ResolverContext::default()] {
+        let one_caller = outcomes(read, [7, 7]);
+        assert_eq!(outcomes(read, [8, 9]), one_caller);
+        assert_eq!(one_caller.len(), 1, "{one_caller:?}");
+    }
 }

@@ -1263,6 +1263,7 @@ mod tests {
         };
         let attempt = Attempt {
             client: client.clone(),
+            tid: None,
             socket_cookie: 1,
             transport: crate::message::Transport::Udp,
             server: "127.0.0.1:53".parse().unwrap(),
