@@ -228,13 +228,7 @@ impl Correlator {
                 || (search_unknown
                     && first_label(&lookup.name) == first_label(&name)
                     && !lookup.has_positive_response());
-            if !continues
-                || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP
-                || lookup
-                    .attempts
-                    .iter()
-                    .any(|a| sender.is_another_call_than(a))
-            {
+            if !continues || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP {
                 return false;
             }
             // Starting over needs the question asked in this lookup before.
@@ -597,13 +591,12 @@ fn judge_by_time(lookup: &mut Lookup, now: u64) -> Judged {
     judged
 }
 
-/// The process asked `previous`'s question again, with `id`. What that
-/// says about `previous` depends on whether it had an answer, how it asks
-/// again, and which answers its resolver keeps.
 /// Who sent a query, as far as telling calls of the resolver apart needs.
 struct Sender {
-    /// The sending thread, over UDP (where the kernel tells it), of a
-    /// process whose resolver works in the thread that calls it.
+    /// The sending thread, of a process whose resolver works in the
+    /// thread that calls it. Over UDP the kernel tells the thread that
+    /// sends; a TCP segment carries its socket's first sender, which for
+    /// these resolvers is the thread that opened it for its lookup.
     thread: Option<u32>,
     tid: Option<u32>,
 }
@@ -613,25 +606,26 @@ impl Sender {
         let tid = message.envelope.process.as_ref().map(|p| p.tid);
         let resolves_in_caller = matches!(library, Some(Library::Glibc { .. } | Library::Musl));
         Self {
-            thread: tid
-                .filter(|_| resolves_in_caller && message.envelope.transport == Transport::Udp),
+            thread: tid.filter(|_| resolves_in_caller),
             tid,
         }
     }
 
     /// Whether `attempt` was sent by another call of the resolver than
-    /// this query: glibc and musl retry in the thread that called them,
-    /// so a question from another thread is that thread's own lookup
-    /// (the threads of a server often look one name up at once), never
-    /// a retry that judges this thread's attempt.
+    /// this query: glibc and musl retry only in the thread that called
+    /// them, so a question from another thread (the threads of a server
+    /// often look one name up at once) is never a retry that judges this
+    /// thread's attempt. Such queries still join one lookup: the C library
+    /// mapped is not always the resolver used (Go built with cgo, dig),
+    /// and lookups split by thread would misread those.
     fn is_another_call_than(&self, attempt: &Attempt) -> bool {
-        self.thread.is_some()
-            && attempt.transport == Transport::Udp
-            && attempt.tid.is_some()
-            && attempt.tid != self.thread
+        self.thread.is_some() && attempt.tid.is_some() && attempt.tid != self.thread
     }
 }
 
+/// The process asked `previous`'s question again, with `id`. What that
+/// says about `previous` depends on whether it had an answer, how it asks
+/// again, and which answers its resolver keeps.
 fn judge_repeat(previous: &mut Attempt, repeat: &Message, id: u16, now: u64, known: &Known<'_>) {
     let same_socket = repeat.envelope.socket_cookie == previous.socket_cookie;
     let other_server = repeat.envelope.remote != previous.server;

@@ -1644,24 +1644,81 @@ fn threads_asking_at_once(read: fn(u32) -> ResolverContext, thread: [u32; 2]) ->
 /// glibc and musl resolve in the calling thread: another thread's query
 /// of the same question is another call, not a retry. Judged as a retry,
 /// the slow server's first answers read as a timeout and a late answer.
+/// The calls still share a lookup, as ever for one process.
 #[test]
-fn threads_of_glibc_or_musl_asking_one_name_at_once_look_it_up_each() {
+fn threads_of_glibc_or_musl_asking_one_name_at_once_are_not_each_others_retries() {
     for read in [GLIBC, MUSL] {
         let (out, diagnoses) = threads_asking_at_once(read, [8, 9]).settle(SECOND);
         let lookups = lookups(&out);
-        assert_eq!(lookups.len(), 2, "{lookups:#?}");
-        for lookup in lookups {
-            assert_eq!(lookup.outcome(), LookupOutcome::Resolved, "{lookup:#?}");
-            assert!(
-                lookup
-                    .attempts
-                    .iter()
-                    .all(|a| a.outcome == Outcome::Answered),
-                "{lookup:#?}"
-            );
-        }
+        assert_eq!(lookups.len(), 1, "{lookups:#?}");
+        assert_eq!(lookups[0].outcome(), LookupOutcome::Resolved);
+        assert!(
+            lookups[0]
+                .attempts
+                .iter()
+                .all(|a| a.outcome == Outcome::Answered),
+            "{lookups:#?}"
+        );
         assert!(diagnoses.is_empty(), "{diagnoses:#?}");
     }
+}
+
+const TRUNCATED: Answer = Answer {
+    rcode: 0,
+    flags: Flags::TC,
+    answers: 0,
+    additional: 0,
+};
+
+impl Scenario {
+    fn tcp_from_thread(
+        &mut self,
+        tid: u32,
+        direction: Direction,
+        socket: Socket,
+        id: u16,
+        at: u64,
+    ) {
+        let answer = (direction == Direction::Recv).then_some(GOOD);
+        let mut m = message(direction, socket, id, "db.test.", A, at, answer);
+        m.envelope.transport = Transport::Tcp;
+        if let Some(process) = &mut m.envelope.process {
+            process.tid = tid;
+        }
+        let m = self.enriched(m);
+        self.correlator.observe(&m, &mut self.out);
+    }
+}
+
+/// Two glibc threads get a truncated answer each and retry over TCP: each
+/// thread's TCP query judges its own UDP attempt alone, and every
+/// truncated answer was followed over TCP.
+#[test]
+fn glibc_threads_falling_back_to_tcp_at_once_each_follow_their_own() {
+    let mut s = Scenario::reading(GLIBC);
+    let (udp_a, udp_b) = (Socket::new(7, 1, server(1)), Socket::new(7, 2, server(1)));
+    let (tcp_a, tcp_b) = (Socket::new(7, 3, server(1)), Socket::new(7, 4, server(1)));
+    s.query_from_thread(8, udp_a, 0x100, A, 0);
+    s.query_from_thread(9, udp_b, 0x200, A, MS / 2);
+    s.answer(udp_a, 0x100, "db.test.", A, MS, TRUNCATED);
+    s.tcp_from_thread(8, Direction::Send, tcp_a, 0x100, 2 * MS);
+    s.answer(udp_b, 0x200, "db.test.", A, 2 * MS + MS / 2, TRUNCATED);
+    s.tcp_from_thread(9, Direction::Send, tcp_b, 0x200, 3 * MS);
+    s.tcp_from_thread(8, Direction::Recv, tcp_a, 0x100, 3 * MS + MS / 2);
+    s.tcp_from_thread(9, Direction::Recv, tcp_b, 0x200, 4 * MS);
+    let (out, diagnoses) = s.settle(SECOND);
+    let udp: Vec<Outcome> = (lookups(&out).iter())
+        .flat_map(|l| &l.attempts)
+        .filter(|a| a.transport == Transport::Udp)
+        .map(|a| a.outcome)
+        .collect();
+    let switched = Outcome::Rejected(super::attempt::Rejection::SwitchedToTcp);
+    assert_eq!(udp, [switched, switched]);
+    assert_eq!(
+        causes(&diagnoses),
+        [Cause::TruncatedTcpFallback],
+        "{diagnoses:#?}"
+    );
 }
 
 /// Where the resolver may send from any thread (Go's goroutines move
