@@ -64,6 +64,9 @@ pub enum Client {
     Musl,
     /// Go's pure resolver; [`Lookup::times`] lookups, 100 ms apart.
     Go,
+    /// The same program built with cgo, as Go builds by default where a C
+    /// compiler is: it maps glibc, and still resolves with Go's resolver.
+    GoCgo,
     /// c-ares through Node's `dns.Resolver`; [`Lookup::times`] lookups.
     Node,
     /// dnsperf sending `queries` distinct names once each, at most
@@ -85,6 +88,7 @@ impl Client {
             Client::PythonMany { .. } => "python-many",
             Client::Musl => "musl",
             Client::Go => "go",
+            Client::GoCgo => "go-cgo",
             Client::Node => "node",
             Client::Dnsperf { .. } => "dnsperf",
             Client::UdpQuery { .. } => "udp-query",
@@ -104,6 +108,7 @@ impl Client {
             Client::Musl => comm == MUSL_CLIENT,
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
+            Client::GoCgo => comm == GO_CGO_CLIENT,
             Client::Node => comm == "node",
             Client::Dnsperf { .. } => comm == "dnsperf",
         }
@@ -154,7 +159,7 @@ impl Client {
         );
         command.arg(files.path());
         command.args(self.argv(lookup, files.path()));
-        if self == Client::Go {
+        if matches!(self, Client::Go | Client::GoCgo) {
             command.env("GODEBUG", "netdns=go");
         }
         let mut child = command
@@ -252,10 +257,14 @@ impl Client {
                     lookup.times.to_string(),
                 ]
             }
-            Client::Go => {
+            Client::Go | Client::GoCgo => {
                 needs_port_53();
+                let program = match self {
+                    Client::Go => go_client(),
+                    _ => go_cgo_client(),
+                };
                 vec![
-                    go_client().display().to_string(),
+                    program.display().to_string(),
                     "-n".into(),
                     lookup.times.to_string(),
                     "-every".into(),
@@ -565,6 +574,7 @@ impl ClientRun {
 /// The musl client's executable name, which is also its comm.
 const MUSL_CLIENT: &str = "musl-resolve";
 const GO_CLIENT: &str = "go-resolve";
+const GO_CGO_CLIENT: &str = "go-resolve-cgo";
 
 /// Builds the musl client once per test process.
 fn musl_client() -> &'static Path {
@@ -587,23 +597,35 @@ fn musl_client() -> &'static Path {
 /// Builds the Go client once per test process, without modules or cgo.
 pub fn go_client() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let source = workspace_dir().join("tests/clients/go-resolve/main.go");
-        let go_home = target_dir().join("dnstrace-tests/go");
-        build_client(GO_CLIENT, |output| {
-            let mut command = Command::new("go");
-            command
-                .args(["build", "-tags", "netgo", "-o"])
-                .arg(output)
-                .arg(source)
-                .env("GO111MODULE", "off")
-                .env("CGO_ENABLED", "0")
-                .env("GOFLAGS", "")
-                // HOME may be unset in CI; keep Go's state in target/.
-                .env("GOPATH", go_home.join("path"))
-                .env("GOCACHE", go_home.join("cache"));
-            command
-        })
+    BUILT.get_or_init(|| build_go_client(GO_CLIENT, false))
+}
+
+/// Builds the Go client once per test process with cgo, linked to glibc.
+pub fn go_cgo_client() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build_go_client(GO_CGO_CLIENT, true))
+}
+
+fn build_go_client(name: &str, cgo: bool) -> PathBuf {
+    let source = workspace_dir().join("tests/clients/go-resolve/main.go");
+    let go_home = target_dir().join("dnstrace-tests/go");
+    build_client(name, |output| {
+        let mut command = Command::new("go");
+        command.arg("build");
+        if !cgo {
+            command.args(["-tags", "netgo"]);
+        }
+        command
+            .arg("-o")
+            .arg(output)
+            .arg(source)
+            .env("GO111MODULE", "off")
+            .env("CGO_ENABLED", if cgo { "1" } else { "0" })
+            .env("GOFLAGS", "")
+            // HOME may be unset in CI; keep Go's state in target/.
+            .env("GOPATH", go_home.join("path"))
+            .env("GOCACHE", go_home.join("cache"));
+        command
     })
 }
 

@@ -7,10 +7,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
+    process::Command,
 };
 
 use dnstrace_tests::{
-    clients::{Client, ClientRun, Lookup, PausedClient},
+    clients::{Client, ClientRun, Lookup, PausedClient, go_cgo_client},
     netns::{Family, Topology},
     servers::{ANSWER_V4, ANSWER_V6, DnsServer, NXDOMAIN_SUBZONE, ServerKind, V4_ONLY_SUBZONE},
     trace::{Attempt, Diagnosis, Trace, TracedLookup, Tracer},
@@ -406,6 +407,43 @@ fn ndots_search_expansion_counts_the_wasted_queries() {
     assert!(
         diagnosis.explanation.contains("6 wasted queries") && diagnosis.fix.contains("ndots"),
         "{diagnosis:#?}"
+    );
+}
+
+/// A Go program built with cgo maps glibc but resolves with Go's own
+/// resolver: dnstrace names Go, and judges its lame answers as Go's. It
+/// looks the name up three times, 100 ms apart, so that it still runs
+/// when its facts are read.
+#[test]
+fn go_built_with_cgo_is_read_as_go() {
+    let linked = Command::new("ldd")
+        .arg(go_cgo_client())
+        .output()
+        .expect("run ldd");
+    let linked = String::from_utf8_lossy(&linked.stdout);
+    assert!(linked.contains("libc.so.6"), "built with cgo: {linked}");
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let lookup = Lookup::in_subzone("go-cgo", "lame", shaping.socket(Family::V4)).times(3);
+    let (run, trace) = traced(
+        &net,
+        Client::GoCgo,
+        &lookup,
+        PausedClient::run_expecting_failure,
+    );
+    let lookups = lookups_of(&trace, &run);
+    assert!(
+        lookups.len() == 3
+            && lookups
+                .iter()
+                .all(|l| l.resolver.as_deref() == Some("Go resolver")),
+        "{lookups:#?}"
+    );
+    let diagnosis = the_diagnosis(&trace, &run, "answer_rejected");
+    assert!(
+        diagnosis.explanation.contains("Its resolver: Go resolver."),
+        "{}",
+        diagnosis.explanation
     );
 }
 

@@ -14,7 +14,10 @@
 use std::{
     fs::File,
     io::{self, Read},
-    os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, OwnedFd},
+        unix::fs::FileExt,
+    },
     path::Path,
 };
 
@@ -115,6 +118,25 @@ impl RegularFile {
             file: File::from(fd),
             identity: (stat.st_dev, stat.st_ino),
         })
+    }
+
+    /// `len` bytes from `offset`; fewer where the file ends sooner.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            match self
+                .file
+                .read_at(&mut bytes[filled..], offset + filled as u64)
+            {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        bytes.truncate(filled);
+        Ok(bytes)
     }
 
     /// The whole file, if it holds at most `cap` bytes.

@@ -13,6 +13,7 @@
 
 mod confined;
 pub mod container;
+mod elf;
 mod resolver_files;
 mod worker;
 

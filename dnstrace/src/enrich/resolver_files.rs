@@ -3,17 +3,18 @@
 
 use std::{collections::HashMap, fs, io::Read, path::Path};
 
-use super::confined::{RegularFile, Root};
+use super::{
+    confined::{RegularFile, Root},
+    elf,
+};
 use crate::resolver::{Library, ResolvConf, ResolverContext};
 
 /// A resolv.conf is a few lines; glibc reads at most a few KiB of it.
 const MAX_RESOLV_CONF: u64 = 64 << 10;
 /// /proc/PID/maps of a process with very many mappings is not read whole.
 const MAX_MAPS: u64 = 4 << 20;
-/// glibc's version marker sits within its first 2 MiB; Go's build info
-/// within the first tens of MiB of a binary.
+/// glibc's version marker sits within its first 2 MiB.
 const MAX_LIBC_SCAN: u64 = 16 << 20;
-const MAX_EXE_SCAN: u64 = 64 << 20;
 /// Files whose library is remembered, by device and inode.
 const MAX_KNOWN_FILES: usize = 1024;
 
@@ -49,8 +50,14 @@ pub fn read_context(pid: u32, libraries: &mut Libraries) -> ResolverContext {
     }
 }
 
-/// From the libraries mapped into the process, or its executable's markers.
+/// Go's own resolver, by its executable's build info (a Go binary built
+/// with cgo maps glibc too, and still resolves with Go's), else from the C
+/// library mapped into the process.
 fn library_of(pid: u32, root: &Root, libraries: &mut Libraries) -> Option<Library> {
+    let executable = RegularFile::open_kernel_link(Path::new(&format!("/proc/{pid}/exe"))).ok()?;
+    if is_go(&executable, libraries) {
+        return Some(Library::Go);
+    }
     let mut maps = String::new();
     fs::File::open(format!("/proc/{pid}/maps"))
         .ok()?
@@ -84,17 +91,22 @@ fn library_of(pid: u32, root: &Root, libraries: &mut Libraries) -> Option<Librar
             };
         }
     }
-    // A static binary: Go marks its build info.
-    let executable = RegularFile::open_kernel_link(Path::new(&format!("/proc/{pid}/exe"))).ok()?;
+    None
+}
+
+/// Whether `executable` is a Go program: Go keeps its build info in a
+/// section of its own, even in a stripped binary.
+fn is_go(executable: &RegularFile, libraries: &mut Libraries) -> bool {
     if let Some(known) = libraries.by_file.get(&executable.identity) {
-        return known.clone();
+        return *known == Some(Library::Go);
     }
-    let identity = executable.identity;
-    let go = executable
-        .find(b"\xff Go buildinf:", 0, MAX_EXE_SCAN)
-        .ok()?
-        .map(|_| Library::Go);
-    libraries.remember(identity, go)
+    let go = elf::has_section(
+        |offset, len| executable.read_at(offset, len),
+        b".go.buildinfo",
+    )
+    .unwrap_or(false);
+    libraries.remember(executable.identity, go.then_some(Library::Go));
+    go
 }
 
 /// glibc embeds "release version 2.36" in libc.so.6.
@@ -150,7 +162,11 @@ mod tests {
             matches!(context.library, Some(Library::Glibc { major: 2, .. })),
             "{context:?}"
         );
-        assert_eq!(libraries.by_file.len(), 1, "libc.so.6 remembered");
+        assert_eq!(
+            libraries.by_file.len(),
+            2,
+            "the executable (not Go) and libc.so.6 remembered"
+        );
         assert_eq!(
             read_context(std::process::id(), &mut libraries).library,
             context.library
