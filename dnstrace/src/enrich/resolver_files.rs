@@ -54,8 +54,8 @@ pub fn read_context(pid: u32, libraries: &mut Libraries) -> ResolverContext {
 /// with cgo maps glibc too, and still resolves with Go's), else from the C
 /// library mapped into the process.
 fn library_of(pid: u32, root: &Root, libraries: &mut Libraries) -> Option<Library> {
-    let executable = RegularFile::open_kernel_link(Path::new(&format!("/proc/{pid}/exe"))).ok()?;
-    if is_go(&executable, libraries) {
+    let executable = RegularFile::open_kernel_link(Path::new(&format!("/proc/{pid}/exe")));
+    if executable.is_ok_and(|executable| is_go(&executable, libraries)) {
         return Some(Library::Go);
     }
     let mut maps = String::new();
