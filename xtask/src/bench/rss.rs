@@ -306,9 +306,18 @@ fn flood_and_watch(
 
 /// A `kB` field of /proc/PID/status.
 fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
+    proc_kib(pid, "status", key)
+}
+
+/// Pss from /proc/PID/smaps_rollup.
+fn pss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_kib(pid, "smaps_rollup", "Pss:")
+}
+
+/// The `key: N kB` field of /proc/PID/`file`.
+fn proc_kib(pid: u32, file: &str, key: &str) -> anyhow::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}"))?;
+    text.lines()
         .find_map(|line| {
             line.strip_prefix(key)?
                 .split_whitespace()
@@ -316,21 +325,7 @@ fn status_kib(pid: u32, key: &str) -> anyhow::Result<u64> {
                 .parse()
                 .ok()
         })
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))
-}
-
-fn pss_kib(pid: u32) -> anyhow::Result<u64> {
-    let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))?;
-    rollup
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("Pss:")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no Pss in /proc/{pid}/smaps_rollup"))
+        .with_context(|| format!("no {key} in /proc/{pid}/{file}"))
 }
 
 /// `dnstrace_lookups_pending` from the agent's metrics endpoint.
