@@ -1612,7 +1612,12 @@ fn a_busy_client_starts_new_lookups_but_copies_and_new_questions_still_join() {
 impl Scenario {
     /// A query sent by thread `tid` of the socket's process.
     fn query_from_thread(&mut self, tid: u32, socket: Socket, id: u16, qtype: u16, at: u64) {
-        let mut m = message(Direction::Send, socket, id, "db.test.", qtype, at, None);
+        let m = message(Direction::Send, socket, id, "db.test.", qtype, at, None);
+        self.observe_from_thread(tid, m);
+    }
+
+    /// `m`, as of thread `tid` of its process.
+    fn observe_from_thread(&mut self, tid: u32, mut m: Message) {
         if let Some(process) = &mut m.envelope.process {
             process.tid = tid;
         }
@@ -1682,11 +1687,7 @@ impl Scenario {
         let answer = (direction == Direction::Recv).then_some(GOOD);
         let mut m = message(direction, socket, id, "db.test.", A, at, answer);
         m.envelope.transport = Transport::Tcp;
-        if let Some(process) = &mut m.envelope.process {
-            process.tid = tid;
-        }
-        let m = self.enriched(m);
-        self.correlator.observe(&m, &mut self.out);
+        self.observe_from_thread(tid, m);
     }
 }
 
