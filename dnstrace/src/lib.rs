@@ -5,10 +5,13 @@
 //! (attempts, lookups) → `diagnose` (one rule per file) → `output` (one
 //! module per format). `pipeline` joins the last three, `agent` feeds it
 //! live; this file only wires the parts. The binary (main.rs) only calls
-//! `run`; the library exists so the fuzz targets (fuzz/) reach the parsers.
+//! `run`; the library exists so the fuzz targets (fuzz/) reach the parsers
+//! and the pipeline bench (benches/pipeline.rs) its replay (`bench`).
 
 mod agent;
 mod analyze;
+#[doc(hidden)]
+pub mod bench;
 mod capture;
 mod cli;
 mod clock;

@@ -44,25 +44,58 @@ pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// target's artifacts (an explicit `--target` keeps it from build scripts
 /// and proc macros, which cannot be static).
 pub fn build_static(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+    run(static_cargo().args([
+        "build",
+        "--release",
+        "--target",
+        STATIC_TARGET,
+        "--package",
+        package,
+        "--bin",
+        bin,
+    ]))?;
+    Ok(workspace_root().join(format!("target/{STATIC_TARGET}/release/{bin}")))
+}
+
+/// Builds the bench target `bench` of `package` as [`build_static`] builds
+/// binaries, and returns its path (cargo names it with a hash).
+pub fn build_static_bench(package: &str, bench: &str) -> anyhow::Result<PathBuf> {
+    let output = static_cargo()
+        .args(["bench", "--no-run", "--message-format", "json"])
+        .args([
+            "--target",
+            STATIC_TARGET,
+            "--package",
+            package,
+            "--bench",
+            bench,
+        ])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running cargo bench --no-run")?;
+    if !output.status.success() {
+        bail!("building the {bench} bench failed");
+    }
+    // The artifact line of the bench target names its executable.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == bench)
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo named no executable for the {bench} bench"))
+}
+
+/// Cargo with the static flag for [`STATIC_TARGET`]'s artifacts.
+fn static_cargo() -> Command {
     // Cargo's per-target variable, named from the target so the two
     // cannot drift apart.
     let rustflags = format!(
         "CARGO_TARGET_{}_RUSTFLAGS",
         STATIC_TARGET.to_uppercase().replace('-', "_")
     );
-    run(cargo()
-        .env(rustflags, "-C target-feature=+crt-static")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            STATIC_TARGET,
-            "--package",
-            package,
-            "--bin",
-            bin,
-        ]))?;
-    Ok(workspace_root().join(format!("target/{STATIC_TARGET}/release/{bin}")))
+    let mut command = cargo();
+    command.env(rustflags, "-C target-feature=+crt-static");
+    command
 }
 
 /// The agent as it ships: one static release binary that `run`, `demo`,

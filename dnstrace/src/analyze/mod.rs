@@ -185,13 +185,36 @@ impl Input {
     }
 }
 
-pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
+/// The pipeline that `args` asks for, its outputs open.
+pub fn open_pipeline(args: &AnalyzeArgs) -> Result<Pipeline, Failure> {
     refuse_overwriting_inputs(args)?;
     let mut outputs = output::open_all(&args.output)?;
     if let Some(metrics) = MetricsOutput::open(&args.output.metrics, false)? {
         outputs.push(Box::new(metrics) as Box<dyn Output>);
     }
-    let mut pipeline = Pipeline::offline(outputs);
+    Ok(Pipeline::offline(outputs))
+}
+
+/// Hands messages in time order to the pipeline, telling it each time a
+/// file's clock has moved on by `ADVANCE_EVERY_NS`.
+#[derive(Default)]
+pub struct Feed {
+    advanced_to: u64,
+}
+
+impl Feed {
+    pub fn message(&mut self, pipeline: &mut Pipeline, message: &Message) {
+        let now = message.envelope.monotonic_ns;
+        if now >= self.advanced_to.saturating_add(ADVANCE_EVERY_NS) {
+            pipeline.advance(now);
+            self.advanced_to = now;
+        }
+        pipeline.message(message);
+    }
+}
+
+pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
+    let mut pipeline = open_pipeline(args)?;
     let options = ReadOptions {
         ports: args.ports.clone(),
         keep_payloads: pipeline.needs_payloads(),
@@ -208,7 +231,7 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
         inputs.push(input);
     }
 
-    let mut advanced_to = 0u64;
+    let mut feed = Feed::default();
     while let Some(input) = inputs
         .iter_mut()
         .filter(|input| input.next.is_some())
@@ -216,11 +239,7 @@ pub fn run(args: &AnalyzeArgs) -> Result<(), Failure> {
     {
         let message = input.next.take().expect("filtered on next");
         input.pull();
-        if message.envelope.monotonic_ns >= advanced_to.saturating_add(ADVANCE_EVERY_NS) {
-            pipeline.advance(message.envelope.monotonic_ns);
-            advanced_to = message.envelope.monotonic_ns;
-        }
-        pipeline.message(&message);
+        feed.message(&mut pipeline, &message);
         if let Some(error) = pipeline.take_write_error() {
             // Still close what can be closed (a dnstap file's STOP frame).
             pipeline.finish();
@@ -320,7 +339,7 @@ fn read_up_to(input: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Opens `path` with the reader its first bytes call for.
-fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> {
+pub fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failure> {
     let failure = |reason: String| Failure::setup(format!("{}: {reason}", path.display()));
     let mut file = File::open(path).map_err(|e| failure(format!("cannot read: {e}")))?;
     let mut magic = [0u8; 4];

@@ -145,6 +145,12 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         Some(agent) => agent.clone(),
         None => command::build_static_agent()?,
     };
+    // The replay is of the workspace's code: beside another build's agent
+    // it would measure something else.
+    let replay = match (&options.agent, options.no_pipeline) {
+        (None, false) => Some(command::build_static_bench("dnstrace", "pipeline")?),
+        _ => None,
+    };
     let namespace = Namespace::create()?;
     let work = setup::WorkDir::create()?;
     let knot = setup::start_knot(&namespace, &work.path)?;
@@ -188,7 +194,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     };
     let pipeline = match options.no_pipeline {
         true => None,
-        false => Some(pipeline::measure(&agent, &world)?),
+        false => Some(pipeline::measure(&agent, replay.as_deref(), &world)?),
     };
     let text = report::markdown(&configs, &runs, memory.as_ref(), pipeline.as_ref(), options)?;
     println!("\n{text}");

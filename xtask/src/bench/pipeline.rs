@@ -1,12 +1,15 @@
 //! The agent's own work without the kernel: decode → correlate → JSON over
 //! a recorded trace, on one core. A trace of dnsperf against knot is
-//! recorded once with `dnstrace -w`, then `dnstrace analyze` reads it back
-//! several times with JSON to /dev/null; messages per CPU second of the
-//! analyze process is the rate (reading pcapng is counted too, so the rate
-//! is if anything low).
+//! recorded once with `dnstrace -w`. The pipeline bench
+//! (dnstrace/benches/pipeline.rs) reads it into memory and runs it through
+//! decode → correlate → JSON to /dev/null several times: messages per CPU
+//! second of those runs is the rate the target speaks of. `dnstrace
+//! analyze` of the same file is measured too (reading pcapng is then in
+//! the time), and the two must write the same JSON, byte for byte.
 
 use std::{
-    io::Write as _,
+    fs::File,
+    io::{Read, Write as _},
     path::Path,
     process::{Command, Stdio},
 };
@@ -20,7 +23,7 @@ use super::{Tracer, World, reap, report::median};
 const PASSES: u32 = 50_000;
 /// Paced so the recording itself loses nothing on a busy machine.
 const QUERIES_PER_SECOND: u32 = 20_000;
-/// analyze runs over the trace; the median is reported.
+/// Runs over the trace of each (replay, analyze); the median is reported.
 const REPEATS: usize = 3;
 
 /// What the pipeline managed.
@@ -29,17 +32,25 @@ pub struct Pipeline {
     pub messages: u64,
     /// Lost while recording (the trace then has fewer messages than sent).
     pub lost: u64,
+    /// Messages per CPU second of each run of the pipeline bench (none
+    /// when the bench measures another build than the workspace's).
+    pub replay_rates: Vec<f64>,
     /// Messages per CPU second of each analyze run.
-    pub rates: Vec<f64>,
+    pub analyze_rates: Vec<f64>,
 }
 
 impl Pipeline {
-    pub fn median_rate(&self) -> f64 {
-        median(self.rates.clone())
+    pub fn median_replay_rate(&self) -> Option<f64> {
+        (!self.replay_rates.is_empty()).then(|| median(self.replay_rates.clone()))
+    }
+
+    pub fn median_analyze_rate(&self) -> f64 {
+        median(self.analyze_rates.clone())
     }
 }
 
-pub fn measure(agent: &Path, world: &World) -> anyhow::Result<Pipeline> {
+/// `replay`: the pipeline bench's binary, of the same code as `agent`.
+pub fn measure(agent: &Path, replay: Option<&Path>, world: &World) -> anyhow::Result<Pipeline> {
     let trace = world.work.path.join("pipeline.pcapng");
     let trace_arg = trace.to_str().context("work path is not UTF-8")?;
     let tracer = Tracer::start(
@@ -63,23 +74,115 @@ pub fn measure(agent: &Path, world: &World) -> anyhow::Result<Pipeline> {
         bail!("dnsperf exited with {status} while recording the pipeline's trace");
     }
     let (_, summary) = tracer.stop()?;
-    let mut rates = Vec::new();
+    let mut replay_rates = Vec::new();
+    if let Some(replay) = replay {
+        same_json(agent, replay, &trace, world)?;
+        for (messages, cpu_ns) in replay_runs(replay, &trace, "/dev/null", REPEATS)? {
+            replay_rates.push(messages as f64 / (cpu_ns as f64 / 1e9).max(1e-9));
+        }
+    }
+    let mut analyze_rates = Vec::new();
     for _ in 0..REPEATS {
-        let cpu_s = analyze_cpu_seconds(agent, &trace)?;
-        rates.push(summary.messages as f64 / cpu_s.max(1e-9));
+        let cpu_s = analyze_cpu_seconds(agent, &trace, "/dev/null")?;
+        analyze_rates.push(summary.messages as f64 / cpu_s.max(1e-9));
     }
     Ok(Pipeline {
         messages: summary.messages,
         lost: summary.lost,
-        rates,
+        replay_rates,
+        analyze_rates,
     })
 }
 
-/// CPU seconds of one `dnstrace analyze` of `trace`, JSON to /dev/null.
-fn analyze_cpu_seconds(agent: &Path, trace: &Path) -> anyhow::Result<f64> {
+/// The bench's replay must do all that analyze does: the same JSON.
+fn same_json(agent: &Path, replay: &Path, trace: &Path, world: &World) -> anyhow::Result<()> {
+    let from_analyze = world.work.path.join("analyze.json");
+    let from_replay = world.work.path.join("replay.json");
+    let path = |p: &Path| {
+        p.to_str()
+            .map(str::to_owned)
+            .context("work path is not UTF-8")
+    };
+    analyze_cpu_seconds(agent, trace, &path(&from_analyze)?)?;
+    replay_runs(replay, trace, &path(&from_replay)?, 1)?;
+    let same = same_bytes(&from_analyze, &from_replay)?;
+    let _ = std::fs::remove_file(&from_analyze);
+    let _ = std::fs::remove_file(&from_replay);
+    if !same {
+        bail!("the pipeline bench's JSON differs from dnstrace analyze's over the same trace");
+    }
+    Ok(())
+}
+
+fn same_bytes(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    let (mut a, mut b) = (File::open(a)?, File::open(b)?);
+    let (mut chunk_a, mut chunk_b) = (vec![0; 1 << 20], vec![0; 1 << 20]);
+    loop {
+        let read_a = read_full(&mut a, &mut chunk_a)?;
+        let read_b = read_full(&mut b, &mut chunk_b)?;
+        if chunk_a[..read_a] != chunk_b[..read_b] {
+            return Ok(false);
+        }
+        if read_a == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads until `buffer` is full or the file ends; how much was read.
+fn read_full(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..])? {
+            0 => break,
+            read => filled += read,
+        }
+    }
+    Ok(filled)
+}
+
+/// `runs` runs of the pipeline bench over `trace`, JSON to `output`: each
+/// run's messages and CPU nanoseconds, as the bench prints them.
+fn replay_runs(
+    replay: &Path,
+    trace: &Path,
+    output: &str,
+    runs: usize,
+) -> anyhow::Result<Vec<(u64, u64)>> {
+    let out = Command::new(replay)
+        .args(["--runs", &runs.to_string()])
+        .args(["--format", "json", "-o", output])
+        .arg(trace)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting the pipeline bench")?;
+    if !out.status.success() {
+        bail!("the pipeline bench exited with {}", out.status);
+    }
+    let parse = |line: &str| -> Option<(u64, u64)> {
+        let mut words = line.split_whitespace();
+        let messages = words.nth(1)?.parse().ok()?;
+        let cpu_ns = words.nth(1)?.parse().ok()?;
+        Some((messages, cpu_ns))
+    };
+    let runs_read: Vec<(u64, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| parse(line).with_context(|| format!("pipeline bench printed {line:?}")))
+        .collect::<anyhow::Result<_>>()?;
+    if runs_read.len() != runs {
+        bail!(
+            "the pipeline bench reported {} runs of {runs}",
+            runs_read.len()
+        );
+    }
+    Ok(runs_read)
+}
+
+/// CPU seconds of one `dnstrace analyze` of `trace`, JSON to `output`.
+fn analyze_cpu_seconds(agent: &Path, trace: &Path, output: &str) -> anyhow::Result<f64> {
     let mut child = Command::new(agent)
         .arg("analyze")
-        .args(["--format", "json", "-o", "/dev/null"])
+        .args(["--format", "json", "-o", output])
         .arg(trace)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
