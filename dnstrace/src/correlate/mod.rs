@@ -141,10 +141,15 @@ impl Correlator {
     fn on_query(&mut self, message: &Message, client: Client, id: u16, out: &mut Vec<Correlated>) {
         let question = message.dns.question.clone().expect("checked by observe");
         let now = message.envelope.monotonic_ns;
-        // The process's resolver, as the enrich stage found it.
+        // The process's resolver, as the enrich stage found it: borrowed,
+        // as only a new lookup keeps it.
+        let unknown;
         let context = match &message.envelope.process {
-            Some(process) => Arc::clone(&process.facts.resolver),
-            None => Arc::clone(&self.unknown_context),
+            Some(process) => &process.facts.resolver,
+            None => {
+                unknown = Arc::clone(&self.unknown_context);
+                &unknown
+            }
         };
         let name = context.name_as_asked(&question.name);
         let sender = Sender::of(message, context.library.as_ref());
@@ -282,7 +287,7 @@ impl Correlator {
                 lookups.push_back(Lookup {
                     client: client.clone(),
                     name: name.clone(),
-                    context: Arc::clone(&context),
+                    context: Arc::clone(context),
                     // Most lookups make one attempt, and a Vec's first
                     // push makes room for four: 300 bytes each.
                     attempts: Vec::with_capacity(1),
