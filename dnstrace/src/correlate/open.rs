@@ -141,8 +141,13 @@ struct Summary {
     /// The distinct questions, while there are at most four (0: none).
     identities: [u64; 4],
     many_questions: bool,
-    /// `Lookup::is_over`.
+    /// `Lookup::is_over`, worked out again only when a change may have
+    /// altered it (`refresh`).
     over: bool,
+    /// Attempts with a response, and those rejected or mismatched, as of
+    /// the last change: what decides whether `over` can have changed.
+    answered: u16,
+    discounted: u16,
     /// `Lookup::retries_on_fresh_socket`, worked out when first asked
     /// after a change.
     fresh_socket_retries: Cell<Option<Option<bool>>>,
@@ -166,11 +171,19 @@ impl Summary {
             identities: [0; 4],
             many_questions: false,
             over: false,
+            answered: 0,
+            discounted: 0,
             fresh_socket_retries: Cell::new(None),
             quiet_until: 0,
         };
         summary.refresh(lookup);
+        summary.over = summary.is_over(lookup);
         summary
+    }
+
+    /// Identities compare in a step, names without case byte by byte.
+    fn is_over(&self, lookup: &Lookup) -> bool {
+        lookup.is_over(|a, b| self.questions[a] == self.questions[b])
     }
 
     /// Brings the summary up to date after `lookup` changed.
@@ -179,6 +192,7 @@ impl Summary {
             self.label = label_key(&lookup.name);
             self.label_of_len = lookup.name.len();
         }
+        let mut new_question = false;
         for attempt in &lookup.attempts[self.questions.len()..] {
             let identity = question_identity(&attempt.question);
             self.questions.push(identity);
@@ -186,6 +200,8 @@ impl Summary {
             self.sockets |= bit(attempt.socket_cookie);
             self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
             if !self.identities.contains(&identity) {
+                // Past four questions, any may be new.
+                new_question = true;
                 match self.identities.iter_mut().find(|slot| **slot == 0) {
                     Some(slot) => *slot = identity,
                     None => self.many_questions = true,
@@ -195,15 +211,35 @@ impl Summary {
         self.pending = 0;
         self.unmoved = false;
         self.dropped = false;
+        let (mut answered, mut discounted) = (0, 0);
         for (attempt, &identity) in lookup.attempts.iter().zip(&self.questions) {
             self.dropped |= attempt.drop.is_some();
+            answered += u16::from(attempt.response.is_some());
+            discounted += u16::from(matches!(
+                attempt.outcome,
+                Outcome::Rejected(_) | Outcome::Mismatched(_)
+            ));
             if attempt.outcome == Outcome::Pending {
                 self.pending |= bit(identity);
                 self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
             }
         }
-        // Identities compare in a step, names without case byte by byte.
-        self.over = lookup.is_over(|a, b| self.questions[a] == self.questions[b]);
+        // But where the kernel dropped a packet (drops.rs takes back a
+        // response the process never had, and judges its attempt again),
+        // responses are never taken back and a rejected or mismatched
+        // attempt stays so. So a lookup that was over stays over unless an
+        // answer was discounted or a question added; one that was not
+        // becomes over only with a new response. Most changes of a busy
+        // lookup (32 attempts) are neither.
+        let may_have_changed = self.dropped
+            || match self.over {
+                true => discounted > self.discounted || new_question,
+                false => answered > self.answered,
+            };
+        if may_have_changed {
+            self.over = self.is_over(lookup);
+        }
+        (self.answered, self.discounted) = (answered, discounted);
         self.fresh_socket_retries.set(None);
         self.quiet_until = 0;
     }
