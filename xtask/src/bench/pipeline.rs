@@ -24,7 +24,7 @@ const PASSES: u32 = 50_000;
 /// Paced so the recording itself loses nothing on a busy machine.
 const QUERIES_PER_SECOND: u32 = 20_000;
 /// Runs over the trace of each (replay, analyze); the median is reported.
-const REPEATS: usize = 3;
+const REPEATS: usize = 5;
 
 /// What the pipeline managed.
 pub struct Pipeline {
