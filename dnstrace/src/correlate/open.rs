@@ -144,10 +144,11 @@ struct Summary {
     /// `Lookup::is_over`, worked out again only when a change may have
     /// altered it (`refresh`).
     over: bool,
-    /// Attempts with a response, and those rejected or mismatched, as of
-    /// the last change: what decides whether `over` can have changed.
+    /// Attempts with a response, and those rejected, as of the last
+    /// change: what decides whether `over` can have changed. (Mismatched
+    /// responses are strays, never in an open lookup.)
     answered: u16,
-    discounted: u16,
+    rejected: u16,
     /// `Lookup::retries_on_fresh_socket`, worked out when first asked
     /// after a change.
     fresh_socket_retries: Cell<Option<Option<bool>>>,
@@ -172,7 +173,7 @@ impl Summary {
             many_questions: false,
             over: false,
             answered: 0,
-            discounted: 0,
+            rejected: 0,
             fresh_socket_retries: Cell::new(None),
             quiet_until: 0,
         };
@@ -211,35 +212,32 @@ impl Summary {
         self.pending = 0;
         self.unmoved = false;
         self.dropped = false;
-        let (mut answered, mut discounted) = (0, 0);
+        let (mut answered, mut rejected) = (0, 0);
         for (attempt, &identity) in lookup.attempts.iter().zip(&self.questions) {
             self.dropped |= attempt.drop.is_some();
             answered += u16::from(attempt.response.is_some());
-            discounted += u16::from(matches!(
-                attempt.outcome,
-                Outcome::Rejected(_) | Outcome::Mismatched(_)
-            ));
+            rejected += u16::from(matches!(attempt.outcome, Outcome::Rejected(_)));
             if attempt.outcome == Outcome::Pending {
                 self.pending |= bit(identity);
                 self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
             }
         }
-        // But where the kernel dropped a packet (drops.rs takes back a
-        // response the process never had, and judges its attempt again),
-        // responses are never taken back and a rejected or mismatched
-        // attempt stays so. So a lookup that was over stays over unless an
-        // answer was discounted or a question added; one that was not
-        // becomes over only with a new response. Most changes of a busy
-        // lookup (32 attempts) are neither.
+        // A lookup that was over stays over unless an answer was rejected
+        // or a question added; one that was not becomes over only with a
+        // new response. Most changes of a busy lookup (32 attempts) are
+        // neither. That holds as responses are never taken back and a
+        // rejected attempt stays so, but where the kernel dropped a packet:
+        // drops.rs takes back a response the process never had and judges
+        // its attempt again.
         let may_have_changed = self.dropped
             || match self.over {
-                true => discounted > self.discounted || new_question,
+                true => rejected > self.rejected || new_question,
                 false => answered > self.answered,
             };
         if may_have_changed {
             self.over = self.is_over(lookup);
         }
-        (self.answered, self.discounted) = (answered, discounted);
+        (self.answered, self.rejected) = (answered, rejected);
         self.fresh_socket_retries.set(None);
         self.quiet_until = 0;
     }
