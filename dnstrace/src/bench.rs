@@ -42,6 +42,10 @@ impl Replay {
         let mut reader = analyze::open(path, &options).map_err(|e| e.to_string())?;
         let mut messages = Vec::new();
         while let Some(message) = reader.next_message().map_err(|e| e.to_string())? {
+            // JSON Lines keep no DNS bytes: nothing to decode again.
+            if message.payload.is_empty() && message.size > 0 {
+                return Err(format!("{}: holds no DNS payloads", path.display()));
+            }
             messages.push(Captured {
                 envelope: message.envelope,
                 payload: message.payload,

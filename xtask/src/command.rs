@@ -61,7 +61,13 @@ pub fn build_static(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
 /// binaries, and returns its path (cargo names it with a hash).
 pub fn build_static_bench(package: &str, bench: &str) -> anyhow::Result<PathBuf> {
     let output = static_cargo()
-        .args(["bench", "--no-run", "--message-format", "json"])
+        // Diagnostics rendered to stderr; the artifact lines on stdout.
+        .args([
+            "bench",
+            "--no-run",
+            "--message-format",
+            "json-render-diagnostics",
+        ])
         .args([
             "--target",
             STATIC_TARGET,

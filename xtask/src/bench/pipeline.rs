@@ -78,12 +78,19 @@ pub fn measure(agent: &Path, replay: Option<&Path>, world: &World) -> anyhow::Re
     if let Some(replay) = replay {
         same_json(agent, replay, &trace, world)?;
         for (messages, cpu_ns) in replay_runs(replay, &trace, "/dev/null", REPEATS)? {
+            // Both rates over the recording's count of messages.
+            if messages != summary.messages {
+                bail!(
+                    "the pipeline bench read {messages} messages of the {} recorded",
+                    summary.messages
+                );
+            }
             replay_rates.push(messages as f64 / (cpu_ns as f64 / 1e9).max(1e-9));
         }
     }
     let mut analyze_rates = Vec::new();
     for _ in 0..REPEATS {
-        let cpu_s = analyze_cpu_seconds(agent, &trace, "/dev/null")?;
+        let cpu_s = run_analyze(agent, &trace, "/dev/null")?;
         analyze_rates.push(summary.messages as f64 / cpu_s.max(1e-9));
     }
     Ok(Pipeline {
@@ -103,7 +110,7 @@ fn same_json(agent: &Path, replay: &Path, trace: &Path, world: &World) -> anyhow
             .map(str::to_owned)
             .context("work path is not UTF-8")
     };
-    analyze_cpu_seconds(agent, trace, &path(&from_analyze)?)?;
+    run_analyze(agent, trace, &path(&from_analyze)?)?;
     replay_runs(replay, trace, &path(&from_replay)?, 1)?;
     let same = same_bytes(&from_analyze, &from_replay)?;
     let _ = std::fs::remove_file(&from_analyze);
@@ -160,10 +167,12 @@ fn replay_runs(
         bail!("the pipeline bench exited with {}", out.status);
     }
     let parse = |line: &str| -> Option<(u64, u64)> {
-        let mut words = line.split_whitespace();
-        let messages = words.nth(1)?.parse().ok()?;
-        let cpu_ns = words.nth(1)?.parse().ok()?;
-        Some((messages, cpu_ns))
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["messages", messages, "cpu_ns", cpu_ns] => {
+                Some((messages.parse().ok()?, cpu_ns.parse().ok()?))
+            }
+            _ => None,
+        }
     };
     let runs_read: Vec<(u64, u64)> = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -178,8 +187,8 @@ fn replay_runs(
     Ok(runs_read)
 }
 
-/// CPU seconds of one `dnstrace analyze` of `trace`, JSON to `output`.
-fn analyze_cpu_seconds(agent: &Path, trace: &Path, output: &str) -> anyhow::Result<f64> {
+/// Runs `dnstrace analyze` of `trace`, JSON to `output`: its CPU seconds.
+fn run_analyze(agent: &Path, trace: &Path, output: &str) -> anyhow::Result<f64> {
     let mut child = Command::new(agent)
         .arg("analyze")
         .args(["--format", "json", "-o", output])
