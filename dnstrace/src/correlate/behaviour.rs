@@ -55,6 +55,14 @@ pub fn retries_on_fresh_socket(library: Option<&Library>) -> Option<bool> {
     library.map(|library| *library == Library::Go)
 }
 
+/// Whether `library` resolves in the thread that calls it and sends a
+/// query again (after a timeout, to the next server, over TCP) with the
+/// query's own id: glibc re-sends the same buffer, musl retransmits the
+/// same query. Go makes a new query, and a new socket, for every try.
+pub fn retries_with_the_same_id(library: Option<&Library>) -> bool {
+    matches!(library, Some(Library::Glibc { .. } | Library::Musl))
+}
+
 /// Whether `library` ignores an answer whose question is not the query's
 /// (glibc, Go); musl checks the id alone and takes it.
 pub fn checks_question(library: Option<&Library>) -> Option<bool> {

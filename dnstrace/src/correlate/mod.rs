@@ -152,7 +152,6 @@ impl Correlator {
             }
         };
         let name = context.name_as_asked(&question.name);
-        let sender = Sender::of(message, context.library.as_ref());
         if !self.lookups.contains_key(&client.id) && self.lookups.len() >= MAX_PROCESSES {
             self.evict_oldest_process(out);
         }
@@ -164,10 +163,17 @@ impl Correlator {
 
         // A lookup the summary rules out would not change below.
         let mut next = 0;
-        while let Some(index) = lookups.next_maybe_repeated(next, &keys) {
+        #[cfg(debug_assertions)]
+        let mut passed = Vec::new();
+        let over_tcp = message.envelope.transport == Transport::Tcp;
+        while let Some(index) = lookups.next_maybe_repeated(next, &keys, over_tcp) {
+            #[cfg(debug_assertions)]
+            passed.extend(next..index);
             next = index + 1;
             let over = lookups.is_over(index);
             lookups.change(index, |lookup| {
+                // Judged as the lookup's resolver would retry.
+                let sender = Sender::of(message, id, lookup.context.library.as_ref());
                 let same_name = lookup.name == name;
                 // What a repeat needs is worked out only for a lookup that has
                 // one: a busy process has hundreds open.
@@ -214,6 +220,21 @@ impl Correlator {
                     judge_repeat(previous, message, id, now, &known);
                 }
             });
+        }
+        #[cfg(debug_assertions)]
+        {
+            passed.extend(next..lookups.len());
+            for index in passed {
+                let lookup = lookups.get(index);
+                let sender = Sender::of(message, id, lookup.context.library.as_ref());
+                let concerned = lookup.attempts.iter().any(|a| {
+                    a.outcome == Outcome::Pending
+                        && !sender.is_another_call_than(a)
+                        && (a.question.same_as(&question)
+                            || (a.response.is_some() && !a.moved_on && lookup.name != name))
+                });
+                debug_assert!(!concerned, "a query passed over a lookup it concerns");
+            }
         }
 
         // A new lookup unless this continues an unfinished one for the name.
@@ -307,7 +328,7 @@ impl Correlator {
             }
             lookup.attempts.push(Attempt {
                 client,
-                tid: sender.tid,
+                tid: message.envelope.process.as_ref().map(|p| p.tid),
                 socket_cookie: message.envelope.socket_cookie,
                 transport: message.envelope.transport,
                 server: message.envelope.remote,
@@ -603,28 +624,41 @@ struct Sender {
     /// sends; a TCP segment carries its socket's first sender, which for
     /// these resolvers is the thread that opened it for its lookup.
     thread: Option<u32>,
-    tid: Option<u32>,
+    /// The query's id and transport, of such a process.
+    id: Option<u16>,
+    transport: Transport,
 }
 
 impl Sender {
-    fn of(message: &Message, library: Option<&Library>) -> Self {
+    fn of(message: &Message, id: u16, library: Option<&Library>) -> Self {
         let tid = message.envelope.process.as_ref().map(|p| p.tid);
-        let resolves_in_caller = matches!(library, Some(Library::Glibc { .. } | Library::Musl));
+        let judged_by_id = behaviour::retries_with_the_same_id(library);
         Self {
-            thread: tid.filter(|_| resolves_in_caller),
-            tid,
+            thread: tid.filter(|_| judged_by_id),
+            id: judged_by_id.then_some(id),
+            transport: message.envelope.transport,
         }
     }
 
     /// Whether `attempt` was sent by another call of the resolver than
-    /// this query: glibc and musl retry only in the thread that called
+    /// this query. glibc and musl retry only in the thread that called
     /// them, so a question from another thread (the threads of a server
     /// often look one name up at once) is never a retry that judges this
-    /// thread's attempt. Such queries still join one lookup: the C library
+    /// thread's attempt. And they send a query again (to the next server,
+    /// over TCP) with its own id, so a query with another id is another
+    /// call for an attempt still waiting for its answer (a program that
+    /// asks one name twice at once from one thread: c-ares in Node, a load
+    /// generator), but for a switch from UDP to TCP, taken as the fallback
+    /// whatever its id. Such queries still join one lookup: the C library
     /// mapped is not always the resolver used (Go built with cgo, dig),
     /// and lookups split by thread would misread those.
     fn is_another_call_than(&self, attempt: &Attempt) -> bool {
-        self.thread.is_some() && attempt.tid.is_some() && attempt.tid != self.thread
+        let other_thread =
+            self.thread.is_some() && attempt.tid.is_some() && attempt.tid != self.thread;
+        let fallback = attempt.transport == Transport::Udp && self.transport == Transport::Tcp;
+        let other_id =
+            self.id.is_some_and(|id| id != attempt.id) && attempt.response.is_none() && !fallback;
+        other_thread || other_id
     }
 }
 

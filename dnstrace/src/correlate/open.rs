@@ -16,6 +16,7 @@ use smallvec::SmallVec;
 use super::{
     Judged,
     attempt::{Attempt, Outcome},
+    behaviour,
     lookup::Lookup,
 };
 use crate::{decode::Question, tally::Tally};
@@ -57,28 +58,66 @@ struct Index {
     /// Attempts by `query_key`: only a query with the socket and id of one
     /// of them can be a copy, which even a sealed lookup takes.
     queries: Tally<u64, foldhash::fast::RandomState>,
+    /// Attempts of lookups whose resolver retries with the query's id, by
+    /// `asked_key`: only a query with the question and id of one of them
+    /// can be a retry of such an attempt that waits for its answer
+    /// (`Summary::repeat_filter`).
+    asked: Tally<u64, foldhash::fast::RandomState>,
+}
+
+/// A lookup's attempts as the index keeps them: `asked`, their questions
+/// (`Summary::questions`) when the lookup's resolver retries by id.
+struct Keyed<'a> {
+    attempts: &'a [Attempt],
+    asked: Option<&'a [u64]>,
+}
+
+impl<'a> Keyed<'a> {
+    const NONE: Keyed<'static> = Keyed {
+        attempts: &[],
+        asked: None,
+    };
+
+    fn of(lookup: &'a Lookup, summary: &'a Summary, from: usize) -> Self {
+        Self {
+            attempts: &lookup.attempts[from..],
+            asked: (summary.retries_by_id).then(|| &summary.questions[from..]),
+        }
+    }
+
+    fn asked_keys(&self) -> impl Iterator<Item = u64> + '_ {
+        let asked = self.asked.unwrap_or(&[]);
+        (self.attempts.iter().zip(asked))
+            .map(|(attempt, &identity)| asked_key(identity, attempt.id))
+    }
 }
 
 impl Index {
-    fn add(&mut self, scan: &Scan, attempts: &[Attempt]) {
+    fn add(&mut self, scan: &Scan, keyed: &Keyed<'_>) {
         for key in scan.label_keys() {
             self.labels.add(key);
         }
-        self.add_queries(attempts);
+        self.add_queries(keyed);
     }
 
-    fn add_queries(&mut self, attempts: &[Attempt]) {
-        for attempt in attempts {
+    fn add_queries(&mut self, keyed: &Keyed<'_>) {
+        for attempt in keyed.attempts {
             (self.queries).add(query_key(attempt.socket_cookie, attempt.id));
+        }
+        for key in keyed.asked_keys() {
+            self.asked.add(key);
         }
     }
 
-    fn remove(&mut self, scan: &Scan, attempts: &[Attempt]) {
+    fn remove(&mut self, scan: &Scan, keyed: &Keyed<'_>) {
         for key in scan.label_keys() {
             self.labels.take(&key);
         }
-        for attempt in attempts {
+        for attempt in keyed.attempts {
             (self.queries).take(&query_key(attempt.socket_cookie, attempt.id));
+        }
+        for key in keyed.asked_keys() {
+            self.asked.take(&key);
         }
     }
 
@@ -128,9 +167,14 @@ struct Summary {
     /// Inline up to two: most lookups make one or two attempts, and a Vec
     /// was an allocation per lookup.
     questions: SmallVec<[u64; 2]>,
-    /// The questions asked, and those of attempts still pending.
+    /// The questions asked, those of attempts still pending, and those of
+    /// attempts pending with a response.
     asked: u64,
     pending: u64,
+    pending_answered: u64,
+    /// The lookup's resolver sends a query again with its own id
+    /// (`behaviour::retries_with_the_same_id`).
+    retries_by_id: bool,
     /// The sockets, and the (socket, id) pairs, its queries left from.
     sockets: u64,
     queries: u64,
@@ -165,6 +209,8 @@ impl Summary {
             questions: SmallVec::new(),
             asked: 0,
             pending: 0,
+            pending_answered: 0,
+            retries_by_id: behaviour::retries_with_the_same_id(lookup.context.library.as_ref()),
             sockets: 0,
             queries: 0,
             unmoved: false,
@@ -210,6 +256,7 @@ impl Summary {
             }
         }
         self.pending = 0;
+        self.pending_answered = 0;
         self.unmoved = false;
         self.dropped = false;
         let (mut answered, mut rejected) = (0, 0);
@@ -219,7 +266,10 @@ impl Summary {
             rejected += u16::from(matches!(attempt.outcome, Outcome::Rejected(_)));
             if attempt.outcome == Outcome::Pending {
                 self.pending |= bit(identity);
-                self.unmoved |= attempt.response.is_some() && !attempt.moved_on;
+                if attempt.response.is_some() {
+                    self.pending_answered |= bit(identity);
+                    self.unmoved |= !attempt.moved_on;
+                }
             }
         }
         // A lookup that was over stays over unless an answer was rejected
@@ -248,6 +298,7 @@ impl Summary {
         let fresh = Self::of(lookup);
         (self.label, &self.questions, self.asked, self.pending)
             == (fresh.label, &fresh.questions, fresh.asked, fresh.pending)
+            && self.pending_answered == fresh.pending_answered
             && (self.sockets, self.queries, self.unmoved, self.dropped)
                 == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
             && (self.identities, self.many_questions, self.over)
@@ -272,8 +323,20 @@ impl Summary {
     }
 
     /// The questions a repeat of which concerns the lookup: those pending,
-    /// or any while an answer waits to be moved on from.
+    /// or any while an answer waits to be moved on from. Of a resolver
+    /// that retries with the query's id, an attempt still waiting for its
+    /// answer concerns only a query with its id (which `Index::asked`
+    /// tells) or over TCP: left out here.
     fn repeat_filter(&self) -> u64 {
+        match (self.unmoved, self.retries_by_id) {
+            (true, _) => u64::MAX,
+            (false, true) => self.pending_answered,
+            (false, false) => self.pending,
+        }
+    }
+
+    /// `repeat_filter` for a query that may be a retry of any attempt.
+    fn repeat_filter_with_retries(&self) -> u64 {
         if self.unmoved { u64::MAX } else { self.pending }
     }
 }
@@ -286,6 +349,7 @@ pub struct Keys {
     socket: u64,
     query: u64,
     query_key: u64,
+    asked_key: u64,
 }
 
 impl Keys {
@@ -299,6 +363,7 @@ impl Keys {
             socket: bit(socket_cookie),
             query: bit(query_key),
             query_key,
+            asked_key: identity.map_or(0, |identity| asked_key(identity, id)),
         }
     }
 }
@@ -335,7 +400,7 @@ impl Open {
         let summary = &entry.summary;
         self.with_drops += usize::from(summary.dropped);
         let scan = summary.scan();
-        self.index.add(&scan, &entry.lookup.attempts);
+        (self.index).add(&scan, &Keyed::of(&entry.lookup, summary, 0));
         self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
         self.entries.push_back(entry);
@@ -346,7 +411,7 @@ impl Open {
         self.with_drops -= usize::from(summary.dropped);
         let scan = self.scans.pop_front()?;
         self.repeats.pop_front();
-        self.index.remove(&scan, &lookup.attempts);
+        (self.index).remove(&scan, &Keyed::of(&lookup, &summary, 0));
         Some(lookup)
     }
 
@@ -360,10 +425,10 @@ impl Open {
         summary.refresh(lookup);
         let (old, new) = (self.scans[index], summary.scan());
         if (old.label, old.sealed) != (new.label, new.sealed) {
-            self.index.remove(&old, &[]);
-            self.index.add(&new, &[]);
+            self.index.remove(&old, &Keyed::NONE);
+            self.index.add(&new, &Keyed::NONE);
         }
-        self.index.add_queries(&lookup.attempts[added..]);
+        (self.index).add_queries(&Keyed::of(lookup, summary, added));
         #[cfg(debug_assertions)]
         debug_assert!(
             summary.is_true_of(lookup),
@@ -463,7 +528,7 @@ impl Open {
             {
                 let mut rebuilt = Index::default();
                 for (scan, entry) in self.scans.iter().zip(&self.entries) {
-                    rebuilt.add(scan, &entry.lookup.attempts);
+                    rebuilt.add(scan, &Keyed::of(&entry.lookup, &entry.summary, 0));
                 }
                 debug_assert_eq!(self.index, rebuilt, "the index fell behind the lookups");
             }
@@ -506,7 +571,14 @@ impl Open {
     /// question may concern: one with an attempt pending with that
     /// question, or with a response that a query about another name would
     /// move on from.
-    pub fn next_maybe_repeated(&self, from: usize, keys: &Keys) -> Option<usize> {
+    pub fn next_maybe_repeated(&self, from: usize, keys: &Keys, over_tcp: bool) -> Option<usize> {
+        if over_tcp || self.index.asked.contains(&keys.asked_key) {
+            // Perhaps a retry, or a fallback to TCP: rare, so the summaries
+            // themselves are read.
+            return (from..self.len()).find(|&index| {
+                self.entries[index].summary.repeat_filter_with_retries() & keys.question != 0
+            });
+        }
         first_overlapping(&self.repeats, from, keys.question)
     }
 
@@ -619,6 +691,11 @@ fn question_identity(question: &Question) -> u64 {
 
 fn query_key(socket_cookie: u64, id: u16) -> u64 {
     socket_cookie.rotate_left(16) ^ u64::from(id)
+}
+
+/// A question (`question_identity`) and an id.
+fn asked_key(identity: u64, id: u16) -> u64 {
+    identity.rotate_left(16) ^ u64::from(id)
 }
 
 #[cfg(test)]

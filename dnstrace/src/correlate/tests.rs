@@ -1722,6 +1722,47 @@ fn glibc_threads_falling_back_to_tcp_at_once_each_follow_their_own() {
     );
 }
 
+/// One thread of a glibc or musl process asks one name twice at once
+/// (c-ares in Node, a load generator), with another id each time: the
+/// second is another call, not a retry, however long the first waits.
+/// Judged as a retry, the first read as a timeout and its answer as late.
+#[test]
+fn one_glibc_or_musl_thread_asking_one_name_twice_at_once_makes_two_calls() {
+    for read in [GLIBC, MUSL] {
+        let (out, diagnoses) = threads_asking_at_once(read, [8, 8]).settle(SECOND);
+        let lookups = lookups(&out);
+        assert_eq!(lookups.len(), 1, "{lookups:#?}");
+        assert_eq!(lookups[0].outcome(), LookupOutcome::Resolved);
+        assert!(
+            (lookups[0].attempts.iter()).all(|a| a.outcome == Outcome::Answered),
+            "{lookups:#?}"
+        );
+        assert!(diagnoses.is_empty(), "{diagnoses:#?}");
+    }
+}
+
+/// glibc and musl send a query again with its own id, from another socket
+/// when they ask the next server: still a retry, which the first query's
+/// answer comes too late for.
+#[test]
+fn a_glibc_or_musl_retry_to_the_next_server_keeps_its_id_and_judges_the_first() {
+    for read in [GLIBC, MUSL] {
+        let mut s = Scenario::reading(read);
+        let (slow, next) = (Socket::new(7, 1, server(1)), Socket::new(7, 2, server(2)));
+        s.query(slow, 0x700, "db.test.", A, 0);
+        s.query(next, 0x700, "db.test.", A, 1_500 * MS);
+        s.answer(slow, 0x700, "db.test.", A, 1_500 * MS + 2_000, GOOD);
+        s.answer(next, 0x700, "db.test.", A, 1_501 * MS, GOOD);
+        let (out, diagnoses) = s.settle(1_501 * MS);
+        let outcomes: Vec<Outcome> = (lookups(&out).iter())
+            .flat_map(|l| &l.attempts)
+            .map(|a| a.outcome)
+            .collect();
+        assert_eq!(outcomes, [Outcome::Late, Outcome::Answered]);
+        assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
+    }
+}
+
 /// Where the resolver may send from any thread (Go's goroutines move
 /// between threads), or is not known, another thread's query of a
 /// pending question still concerns the lookup, as from one thread.
