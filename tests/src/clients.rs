@@ -34,7 +34,8 @@ const RUN_PATIENCE: Duration = Duration::from_secs(60);
 /// The uid the Python client drops to, so `uid` is checked against a value
 /// other than root's.
 pub const NOBODY: u32 = 65534;
-/// How long after one another [`Client::PythonThreads`]'s threads start.
+/// How long after one another the calls of [`Client::PythonThreads`] and
+/// [`Client::NodeAtOnce`] start.
 pub const THREAD_STAGGER_MS: u32 = 150;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub enum Client {
     GoCgo,
     /// c-ares through Node's `dns.Resolver`; [`Lookup::times`] lookups.
     Node,
+    /// The same, `lookups` lookups at once from Node's one thread, each
+    /// started [`THREAD_STAGGER_MS`] after the one before.
+    NodeAtOnce { lookups: u32 },
     /// dnsperf sending `queries` distinct names once each, at most
     /// `per_second` a second.
     Dnsperf { queries: u32, per_second: u32 },
@@ -90,6 +94,7 @@ impl Client {
             Client::Go => "go",
             Client::GoCgo => "go-cgo",
             Client::Node => "node",
+            Client::NodeAtOnce { .. } => "node-at-once",
             Client::Dnsperf { .. } => "dnsperf",
             Client::UdpQuery { .. } => "udp-query",
         }
@@ -109,7 +114,7 @@ impl Client {
             // Go threads keep the executable's name.
             Client::Go => comm == GO_CLIENT,
             Client::GoCgo => comm == GO_CGO_CLIENT,
-            Client::Node => comm == "node",
+            Client::Node | Client::NodeAtOnce { .. } => comm == "node",
             Client::Dnsperf { .. } => comm == "dnsperf",
         }
     }
@@ -280,6 +285,16 @@ impl Client {
                     .to_string(),
                 domain.clone(),
                 lookup.times.to_string(),
+            ],
+            Client::NodeAtOnce { lookups } => vec![
+                "node".into(),
+                workspace_dir()
+                    .join("tests/clients/node-resolve.js")
+                    .display()
+                    .to_string(),
+                domain.clone(),
+                lookups.to_string(),
+                THREAD_STAGGER_MS.to_string(),
             ],
             Client::UdpQuery { read } => vec![
                 "/usr/bin/python3".into(),

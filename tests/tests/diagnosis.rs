@@ -379,6 +379,43 @@ fn threads_looking_one_name_up_at_once_are_not_each_others_retries() {
     );
 }
 
+/// c-ares in Node looks one name up three times at once from Node's one
+/// thread, each call 150 ms after the one before, against a server that
+/// answers after 1.5 s: each call's queries are its own, not retries of
+/// the others' (Node maps glibc, whose retries keep the query's id; these
+/// queries each have an id of their own).
+#[test]
+fn one_thread_looking_one_name_up_at_once_makes_calls_not_retries() {
+    let net = Topology::new();
+    let shaping = DnsServer::start(ServerKind::Shaping, &net);
+    let lookup = Lookup::in_subzone("at-once", "late", shaping.socket(Family::V4));
+    let client = Client::NodeAtOnce { lookups: 3 };
+    let (run, trace) = traced(&net, client, &lookup, |client| client.run());
+
+    let lookups = lookups_of(&trace, &run);
+    assert!(
+        !lookups.is_empty() && lookups.iter().all(|l| l.outcome == "resolved"),
+        "{lookups:#?}"
+    );
+    assert_every_attempt(&trace, &run, "answered", |a| a.outcome == "answered");
+    let queries: Vec<_> = (trace.messages.iter())
+        .filter(|m| m.pid == Some(run.pid) && m.qr == Some(false))
+        .collect();
+    let tids: BTreeSet<u32> = queries.iter().filter_map(|m| m.tid).collect();
+    let ids: BTreeSet<u16> = queries.iter().filter_map(|m| m.id).collect();
+    assert_eq!(tids.len(), 1, "one thread: {tids:?}");
+    assert_eq!(
+        (queries.len(), ids.len()),
+        (6, 6),
+        "A and AAAA for each call"
+    );
+    assert!(
+        trace.diagnoses_of(run.pid).is_empty(),
+        "{:#?}",
+        trace.diagnoses_of(run.pid)
+    );
+}
+
 #[test]
 fn ndots_search_expansion_counts_the_wasted_queries() {
     let net = Topology::new();
