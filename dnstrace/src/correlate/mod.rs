@@ -165,8 +165,8 @@ impl Correlator {
         let mut next = 0;
         #[cfg(debug_assertions)]
         let mut passed = Vec::new();
-        let over_tcp = message.envelope.transport == Transport::Tcp;
-        while let Some(index) = lookups.next_maybe_repeated(next, &keys, over_tcp) {
+        let retry = lookups.may_be_a_retry(&keys, message.envelope.transport == Transport::Tcp);
+        while let Some(index) = lookups.next_maybe_repeated(next, &keys, retry) {
             #[cfg(debug_assertions)]
             passed.extend(next..index);
             next = index + 1;
@@ -227,13 +227,10 @@ impl Correlator {
             for index in passed {
                 let lookup = lookups.get(index);
                 let sender = Sender::of(message, id, lookup.context.library.as_ref());
-                let concerned = lookup.attempts.iter().any(|a| {
-                    a.outcome == Outcome::Pending
-                        && !sender.is_another_call_than(a)
-                        && (a.question.same_as(&question)
-                            || (a.response.is_some() && !a.moved_on && lookup.name != name))
-                });
-                debug_assert!(!concerned, "a query passed over a lookup it concerns");
+                debug_assert!(
+                    !concerns(lookup, &sender, &question, &name),
+                    "a query passed over a lookup it concerns"
+                );
             }
         }
 
@@ -624,7 +621,7 @@ struct Sender {
     /// sends; a TCP segment carries its socket's first sender, which for
     /// these resolvers is the thread that opened it for its lookup.
     thread: Option<u32>,
-    /// The query's id and transport, of such a process.
+    /// The query's id, of such a process.
     id: Option<u16>,
     transport: Transport,
 }
@@ -655,11 +652,28 @@ impl Sender {
     fn is_another_call_than(&self, attempt: &Attempt) -> bool {
         let other_thread =
             self.thread.is_some() && attempt.tid.is_some() && attempt.tid != self.thread;
+        // glibc and musl move to TCP after a truncated answer and re-send
+        // with the same ids, so this matters only where the tracer missed
+        // something: a fallback is never read as another call.
         let fallback = attempt.transport == Transport::Udp && self.transport == Transport::Tcp;
         let other_id =
             self.id.is_some_and(|id| id != attempt.id) && attempt.response.is_none() && !fallback;
         other_thread || other_id
     }
+}
+
+/// Whether a query of `question` (for `name`) from `sender` would change
+/// `lookup`: an attempt of its question that it judges, or an answer to
+/// another name that it moves on from. (Checked of the lookups the filters
+/// pass over; those they let through are judged as they come.)
+#[cfg(debug_assertions)]
+fn concerns(lookup: &Lookup, sender: &Sender, question: &Question, name: &str) -> bool {
+    lookup.attempts.iter().any(|a| {
+        a.outcome == Outcome::Pending
+            && !sender.is_another_call_than(a)
+            && (a.question.same_as(question)
+                || (a.response.is_some() && !a.moved_on && lookup.name != name))
+    })
 }
 
 /// The process asked `previous`'s question again, with `id`. What that

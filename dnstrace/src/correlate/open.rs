@@ -38,9 +38,11 @@ pub struct Open {
     /// What every query reads of every open lookup, copied out of the
     /// summaries and packed, so that a pass over hundreds stays in cache:
     /// what rules a lookup out of being continued, and
-    /// `Summary::repeat_filter`.
+    /// `Summary::repeat_filter`, and the same for a query that may be a
+    /// retry (`Summary::repeat_filter_with_retries`).
     scans: VecDeque<Scan>,
     repeats: VecDeque<u64>,
+    retry_repeats: VecDeque<u64>,
     /// How many lookups have an attempt with a dropped packet: with none,
     /// no message needs looking for one.
     with_drops: usize,
@@ -58,66 +60,49 @@ struct Index {
     /// Attempts by `query_key`: only a query with the socket and id of one
     /// of them can be a copy, which even a sealed lookup takes.
     queries: Tally<u64, foldhash::fast::RandomState>,
-    /// Attempts of lookups whose resolver retries with the query's id, by
-    /// `asked_key`: only a query with the question and id of one of them
-    /// can be a retry of such an attempt that waits for its answer
-    /// (`Summary::repeat_filter`).
-    asked: Tally<u64, foldhash::fast::RandomState>,
-}
-
-/// A lookup's attempts as the index keeps them: `asked`, their questions
-/// (`Summary::questions`) when the lookup's resolver retries by id.
-struct Keyed<'a> {
-    attempts: &'a [Attempt],
-    asked: Option<&'a [u64]>,
-}
-
-impl<'a> Keyed<'a> {
-    const NONE: Keyed<'static> = Keyed {
-        attempts: &[],
-        asked: None,
-    };
-
-    fn of(lookup: &'a Lookup, summary: &'a Summary, from: usize) -> Self {
-        Self {
-            attempts: &lookup.attempts[from..],
-            asked: (summary.retries_by_id).then(|| &summary.questions[from..]),
-        }
-    }
-
-    fn asked_keys(&self) -> impl Iterator<Item = u64> + '_ {
-        let asked = self.asked.unwrap_or(&[]);
-        (self.attempts.iter().zip(asked))
-            .map(|(attempt, &identity)| asked_key(identity, attempt.id))
-    }
+    /// The attempts that wait for their answer, of lookups whose resolver
+    /// sends a query again with its own id, by `asked_key` (question and
+    /// id): only a query with the question and id of one of them can be its
+    /// retry (`Summary::repeat_filter`).
+    waiting: Tally<u64, foldhash::fast::RandomState>,
 }
 
 impl Index {
-    fn add(&mut self, scan: &Scan, keyed: &Keyed<'_>) {
+    fn add(&mut self, scan: &Scan, attempts: &[Attempt]) {
         for key in scan.label_keys() {
             self.labels.add(key);
         }
-        self.add_queries(keyed);
+        self.add_queries(attempts);
     }
 
-    fn add_queries(&mut self, keyed: &Keyed<'_>) {
-        for attempt in keyed.attempts {
+    fn add_queries(&mut self, attempts: &[Attempt]) {
+        for attempt in attempts {
             (self.queries).add(query_key(attempt.socket_cookie, attempt.id));
         }
-        for key in keyed.asked_keys() {
-            self.asked.add(key);
-        }
     }
 
-    fn remove(&mut self, scan: &Scan, keyed: &Keyed<'_>) {
+    fn remove(&mut self, scan: &Scan, attempts: &[Attempt]) {
         for key in scan.label_keys() {
             self.labels.take(&key);
         }
-        for attempt in keyed.attempts {
+        for attempt in attempts {
             (self.queries).take(&query_key(attempt.socket_cookie, attempt.id));
         }
-        for key in keyed.asked_keys() {
-            self.asked.take(&key);
+    }
+
+    /// Counts the attempts of `lookup` whose bits `started` sets as waiting,
+    /// and those whose bits `ended` sets no more (`Summary::waiting`).
+    fn wait(&mut self, lookup: &Lookup, summary: &Summary, started: u64, ended: u64) {
+        for (mut mask, add) in [(started, true), (ended, false)] {
+            while mask != 0 {
+                let at = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                let key = asked_key(summary.questions[at], lookup.attempts[at].id);
+                match add {
+                    true => self.waiting.add(key),
+                    false => self.waiting.take(&key),
+                }
+            }
         }
     }
 
@@ -175,6 +160,9 @@ struct Summary {
     /// The lookup's resolver sends a query again with its own id
     /// (`behaviour::retries_with_the_same_id`).
     retries_by_id: bool,
+    /// Of such a lookup (of at most 64 attempts), bit `i` set while attempt
+    /// `i` is pending without a response (`Index::waiting`).
+    waiting: u64,
     /// The sockets, and the (socket, id) pairs, its queries left from.
     sockets: u64,
     queries: u64,
@@ -211,6 +199,7 @@ impl Summary {
             pending: 0,
             pending_answered: 0,
             retries_by_id: behaviour::retries_with_the_same_id(lookup.context.library.as_ref()),
+            waiting: 0,
             sockets: 0,
             queries: 0,
             unmoved: false,
@@ -257,10 +246,12 @@ impl Summary {
         }
         self.pending = 0;
         self.pending_answered = 0;
+        self.waiting = 0;
+        let by_id = self.retries_by_id && lookup.attempts.len() <= 64;
         self.unmoved = false;
         self.dropped = false;
         let (mut answered, mut rejected) = (0, 0);
-        for (attempt, &identity) in lookup.attempts.iter().zip(&self.questions) {
+        for (at, (attempt, &identity)) in lookup.attempts.iter().zip(&self.questions).enumerate() {
             self.dropped |= attempt.drop.is_some();
             answered += u16::from(attempt.response.is_some());
             rejected += u16::from(matches!(attempt.outcome, Outcome::Rejected(_)));
@@ -269,6 +260,8 @@ impl Summary {
                 if attempt.response.is_some() {
                     self.pending_answered |= bit(identity);
                     self.unmoved |= !attempt.moved_on;
+                } else if by_id {
+                    self.waiting |= 1 << at;
                 }
             }
         }
@@ -298,7 +291,7 @@ impl Summary {
         let fresh = Self::of(lookup);
         (self.label, &self.questions, self.asked, self.pending)
             == (fresh.label, &fresh.questions, fresh.asked, fresh.pending)
-            && self.pending_answered == fresh.pending_answered
+            && (self.pending_answered, self.waiting) == (fresh.pending_answered, fresh.waiting)
             && (self.sockets, self.queries, self.unmoved, self.dropped)
                 == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
             && (self.identities, self.many_questions, self.over)
@@ -328,10 +321,11 @@ impl Summary {
     /// answer concerns only a query with its id (which `Index::asked`
     /// tells) or over TCP: left out here.
     fn repeat_filter(&self) -> u64 {
-        match (self.unmoved, self.retries_by_id) {
+        match (self.unmoved, self.waiting) {
             (true, _) => u64::MAX,
-            (false, true) => self.pending_answered,
-            (false, false) => self.pending,
+            (false, 0) => self.pending,
+            // Every attempt pending without a response is in `waiting`.
+            (false, _) => self.pending_answered,
         }
     }
 
@@ -400,9 +394,11 @@ impl Open {
         let summary = &entry.summary;
         self.with_drops += usize::from(summary.dropped);
         let scan = summary.scan();
-        (self.index).add(&scan, &Keyed::of(&entry.lookup, summary, 0));
+        self.index.add(&scan, &entry.lookup.attempts);
+        (self.index).wait(&entry.lookup, summary, summary.waiting, 0);
         self.scans.push_back(scan);
         self.repeats.push_back(summary.repeat_filter());
+        (self.retry_repeats).push_back(summary.repeat_filter_with_retries());
         self.entries.push_back(entry);
     }
 
@@ -411,7 +407,9 @@ impl Open {
         self.with_drops -= usize::from(summary.dropped);
         let scan = self.scans.pop_front()?;
         self.repeats.pop_front();
-        (self.index).remove(&scan, &Keyed::of(&lookup, &summary, 0));
+        self.retry_repeats.pop_front();
+        self.index.remove(&scan, &lookup.attempts);
+        (self.index).wait(&lookup, &summary, 0, summary.waiting);
         Some(lookup)
     }
 
@@ -422,13 +420,16 @@ impl Open {
         self.with_drops -= usize::from(summary.dropped);
         // Attempts are only ever added, their socket and id never change.
         let added = summary.questions.len();
+        let waiting = summary.waiting;
         summary.refresh(lookup);
         let (old, new) = (self.scans[index], summary.scan());
         if (old.label, old.sealed) != (new.label, new.sealed) {
-            self.index.remove(&old, &Keyed::NONE);
-            self.index.add(&new, &Keyed::NONE);
+            self.index.remove(&old, &[]);
+            self.index.add(&new, &[]);
         }
-        (self.index).add_queries(&Keyed::of(lookup, summary, added));
+        self.index.add_queries(&lookup.attempts[added..]);
+        let (started, ended) = (summary.waiting & !waiting, waiting & !summary.waiting);
+        self.index.wait(lookup, summary, started, ended);
         #[cfg(debug_assertions)]
         debug_assert!(
             summary.is_true_of(lookup),
@@ -437,6 +438,7 @@ impl Open {
         self.with_drops += usize::from(summary.dropped);
         self.scans[index] = new;
         self.repeats[index] = summary.repeat_filter();
+        self.retry_repeats[index] = summary.repeat_filter_with_retries();
         result
     }
 
@@ -454,6 +456,7 @@ impl Open {
         let entries = std::mem::take(&mut self.entries);
         self.scans = VecDeque::new();
         self.repeats = VecDeque::new();
+        self.retry_repeats = VecDeque::new();
         self.with_drops = 0;
         self.index = Index::default();
         for mut entry in entries {
@@ -528,7 +531,8 @@ impl Open {
             {
                 let mut rebuilt = Index::default();
                 for (scan, entry) in self.scans.iter().zip(&self.entries) {
-                    rebuilt.add(scan, &Keyed::of(&entry.lookup, &entry.summary, 0));
+                    rebuilt.add(scan, &entry.lookup.attempts);
+                    rebuilt.wait(&entry.lookup, &entry.summary, entry.summary.waiting, 0);
                 }
                 debug_assert_eq!(self.index, rebuilt, "the index fell behind the lookups");
             }
@@ -567,19 +571,23 @@ impl Open {
         None
     }
 
+    /// Whether a query may be a retry of an attempt that waits for its
+    /// answer, of a resolver that retries with the query's id: one with
+    /// the question and id of such an attempt, or over TCP.
+    pub fn may_be_a_retry(&self, keys: &Keys, over_tcp: bool) -> bool {
+        over_tcp || self.index.waiting.contains(&keys.asked_key)
+    }
+
     /// The first lookup from `from` on that a repeat of the query's
     /// question may concern: one with an attempt pending with that
     /// question, or with a response that a query about another name would
-    /// move on from.
-    pub fn next_maybe_repeated(&self, from: usize, keys: &Keys, over_tcp: bool) -> Option<usize> {
-        if over_tcp || self.index.asked.contains(&keys.asked_key) {
-            // Perhaps a retry, or a fallback to TCP: rare, so the summaries
-            // themselves are read.
-            return (from..self.len()).find(|&index| {
-                self.entries[index].summary.repeat_filter_with_retries() & keys.question != 0
-            });
-        }
-        first_overlapping(&self.repeats, from, keys.question)
+    /// move on from. `retry`: `may_be_a_retry`.
+    pub fn next_maybe_repeated(&self, from: usize, keys: &Keys, retry: bool) -> Option<usize> {
+        let filters = match retry {
+            true => &self.retry_repeats,
+            false => &self.repeats,
+        };
+        first_overlapping(filters, from, keys.question)
     }
 
     /// Whether the lookup at `index` may have asked the query's question.
@@ -756,7 +764,10 @@ mod tests {
         assert!(settled.iter().map(|l| l.first_monotonic_ns).eq(0..511));
         let room = (open.entries.capacity(), open.scans.capacity());
         assert!(
-            room.0 < 64 && room.1 < 64 && open.repeats.capacity() < 64,
+            room.0 < 64
+                && room.1 < 64
+                && open.repeats.capacity() < 64
+                && open.retry_repeats.capacity() < 64,
             "{room:?}"
         );
     }

@@ -1763,6 +1763,44 @@ fn a_glibc_or_musl_retry_to_the_next_server_keeps_its_id_and_judges_the_first() 
     }
 }
 
+/// The retry's name in other case (resolvers that mix case, 0x20) is
+/// still the same question, and found by question and id.
+#[test]
+fn a_retry_in_other_case_keeps_its_id_and_judges_the_first() {
+    let mut s = Scenario::reading(GLIBC);
+    let (slow, next) = (Socket::new(7, 1, server(1)), Socket::new(7, 2, server(2)));
+    s.query(slow, 0x700, "db.test.", A, 0);
+    s.query(next, 0x700, "dB.TeSt.", A, 1_500 * MS);
+    s.answer(next, 0x700, "dB.TeSt.", A, 1_501 * MS, GOOD);
+    let (out, diagnoses) = s.settle(1_501 * MS);
+    let outcomes: Vec<Outcome> = (lookups(&out).iter())
+        .flat_map(|l| &l.attempts)
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, [Outcome::Timeout, Outcome::Answered]);
+    assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
+}
+
+/// A program that maps glibc but resolves with code of its own that makes
+/// a new id each try (unbound, hickory): its retry is read as another
+/// call, so the unanswered first attempt is judged by time, after the
+/// resolver's timeout and its slack, and still reads as a timeout.
+#[test]
+fn a_glibc_process_retrying_with_a_new_id_still_times_out_by_time() {
+    let mut s = Scenario::reading(GLIBC);
+    let socket = Socket::new(7, 1, server(1));
+    s.query(socket, 0x700, "db.test.", A, 0);
+    s.query(socket, 0x701, "db.test.", A, 400 * MS);
+    s.answer(socket, 0x701, "db.test.", A, 450 * MS, GOOD);
+    let (out, diagnoses) = s.settle(7 * SECOND);
+    let outcomes: Vec<Outcome> = (lookups(&out).iter())
+        .flat_map(|l| &l.attempts)
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(outcomes, [Outcome::Timeout, Outcome::Answered]);
+    assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
+}
+
 /// Where the resolver may send from any thread (Go's goroutines move
 /// between threads), or is not known, another thread's query of a
 /// pending question still concerns the lookup, as from one thread.
