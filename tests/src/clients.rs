@@ -277,25 +277,23 @@ impl Client {
                     domain.clone(),
                 ]
             }
-            Client::Node => vec![
-                "node".into(),
-                workspace_dir()
-                    .join("tests/clients/node-resolve.js")
-                    .display()
-                    .to_string(),
-                domain.clone(),
-                lookup.times.to_string(),
-            ],
-            Client::NodeAtOnce { lookups } => vec![
-                "node".into(),
-                workspace_dir()
-                    .join("tests/clients/node-resolve.js")
-                    .display()
-                    .to_string(),
-                domain.clone(),
-                lookups.to_string(),
-                THREAD_STAGGER_MS.to_string(),
-            ],
+            Client::Node | Client::NodeAtOnce { .. } => {
+                let mut argv = vec![
+                    "node".into(),
+                    workspace_dir()
+                        .join("tests/clients/node-resolve.js")
+                        .display()
+                        .to_string(),
+                    domain.clone(),
+                ];
+                argv.extend(match self {
+                    Client::NodeAtOnce { lookups } => {
+                        vec![lookups.to_string(), THREAD_STAGGER_MS.to_string()]
+                    }
+                    _ => vec![lookup.times.to_string()],
+                });
+                argv
+            }
             Client::UdpQuery { read } => vec![
                 "/usr/bin/python3".into(),
                 workspace_dir()

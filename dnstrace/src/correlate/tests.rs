@@ -293,6 +293,14 @@ fn causes(diagnoses: &[crate::diagnose::Diagnosis]) -> Vec<Cause> {
     diagnoses.iter().map(|d| d.cause).collect()
 }
 
+/// Every attempt's outcome, lookup by lookup.
+fn outcomes(out: &[Correlated]) -> Vec<Outcome> {
+    (lookups(out).iter())
+        .flat_map(|l| &l.attempts)
+        .map(|a| a.outcome)
+        .collect()
+}
+
 #[test]
 fn glibc_both_lame_is_answer_rejected_by_asking_again() {
     let mut s = Scenario::new();
@@ -1754,11 +1762,7 @@ fn a_glibc_or_musl_retry_to_the_next_server_keeps_its_id_and_judges_the_first() 
         s.answer(slow, 0x700, "db.test.", A, 1_500 * MS + 2_000, GOOD);
         s.answer(next, 0x700, "db.test.", A, 1_501 * MS, GOOD);
         let (out, diagnoses) = s.settle(1_501 * MS);
-        let outcomes: Vec<Outcome> = (lookups(&out).iter())
-            .flat_map(|l| &l.attempts)
-            .map(|a| a.outcome)
-            .collect();
-        assert_eq!(outcomes, [Outcome::Late, Outcome::Answered]);
+        assert_eq!(outcomes(&out), [Outcome::Late, Outcome::Answered]);
         assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
     }
 }
@@ -1773,11 +1777,7 @@ fn a_retry_in_other_case_keeps_its_id_and_judges_the_first() {
     s.query(next, 0x700, "dB.TeSt.", A, 1_500 * MS);
     s.answer(next, 0x700, "dB.TeSt.", A, 1_501 * MS, GOOD);
     let (out, diagnoses) = s.settle(1_501 * MS);
-    let outcomes: Vec<Outcome> = (lookups(&out).iter())
-        .flat_map(|l| &l.attempts)
-        .map(|a| a.outcome)
-        .collect();
-    assert_eq!(outcomes, [Outcome::Timeout, Outcome::Answered]);
+    assert_eq!(outcomes(&out), [Outcome::Timeout, Outcome::Answered]);
     assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
 }
 
@@ -1793,11 +1793,7 @@ fn a_glibc_process_retrying_with_a_new_id_still_times_out_by_time() {
     s.query(socket, 0x701, "db.test.", A, 400 * MS);
     s.answer(socket, 0x701, "db.test.", A, 450 * MS, GOOD);
     let (out, diagnoses) = s.settle(7 * SECOND);
-    let outcomes: Vec<Outcome> = (lookups(&out).iter())
-        .flat_map(|l| &l.attempts)
-        .map(|a| a.outcome)
-        .collect();
-    assert_eq!(outcomes, [Outcome::Timeout, Outcome::Answered]);
+    assert_eq!(outcomes(&out), [Outcome::Timeout, Outcome::Answered]);
     assert_eq!(causes(&diagnoses), [Cause::Timeout], "{out:#?}");
 }
 
