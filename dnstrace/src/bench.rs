@@ -3,11 +3,9 @@
 //! memory, as the live agent does it once a record is off the ring buffer.
 //! Reading the file is done once, before, and is not measured.
 
-use clap::Parser as _;
-
 use crate::{
     analyze::{self, Feed, ReadOptions},
-    cli::{AnalyzeArgs, Args, Command},
+    cli::AnalyzeArgs,
     message::{Envelope, Message},
 };
 
@@ -27,11 +25,7 @@ impl Replay {
     /// Reads the trace that `analyze_args` (`dnstrace analyze`'s arguments,
     /// one trace) names, whole, keeping each message's bytes.
     pub fn read(analyze_args: &[&str]) -> Result<Self, String> {
-        let args = Args::try_parse_from(["dnstrace", "analyze"].iter().chain(analyze_args))
-            .map_err(|e| e.to_string())?;
-        let Some(Command::Analyze(args)) = args.command else {
-            return Err("not an analyze command line".into());
-        };
+        let args = AnalyzeArgs::parse_from(analyze_args)?;
         let [path] = &args.files[..] else {
             return Err("one trace, please".into());
         };
@@ -169,20 +163,8 @@ mod tests {
         write_trace(&trace);
         let (from_analyze, from_replay) = (dir.path().join("a.json"), dir.path().join("r.json"));
         let args = |output: &std::path::Path| {
-            let args = Args::try_parse_from([
-                "dnstrace".as_ref(),
-                "analyze".as_ref(),
-                trace.as_os_str(),
-                "--format".as_ref(),
-                "json".as_ref(),
-                "-o".as_ref(),
-                output.as_os_str(),
-            ])
-            .unwrap();
-            match args.command {
-                Some(Command::Analyze(analyze)) => analyze,
-                None => panic!("not analyze"),
-            }
+            let (trace, output) = (trace.to_str().unwrap(), output.to_str().unwrap());
+            AnalyzeArgs::parse_from(&[trace, "--format", "json", "-o", output]).unwrap()
         };
         analyze::run(&args(&from_analyze)).unwrap();
         let replay = Replay::read(&[

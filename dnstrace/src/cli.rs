@@ -53,6 +53,18 @@ pub struct AnalyzeArgs {
     pub output: OutputArgs,
 }
 
+impl AnalyzeArgs {
+    /// `dnstrace analyze`'s arguments, as from a command line after them.
+    pub fn parse_from(args: &[&str]) -> Result<Self, String> {
+        let args = Args::try_parse_from(["dnstrace", "analyze"].iter().chain(args))
+            .map_err(|e| e.to_string())?;
+        match args.command {
+            Some(Command::Analyze(analyze)) => Ok(analyze),
+            None => Err("not an analyze command line".into()),
+        }
+    }
+}
+
 /// What to trace.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {

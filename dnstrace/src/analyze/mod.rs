@@ -380,18 +380,7 @@ pub fn open(path: &Path, options: &ReadOptions) -> Result<Box<dyn Reader>, Failu
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
-    use crate::cli::{Args, Command};
-
-    fn analyze_args(args: &[&str]) -> AnalyzeArgs {
-        let args = Args::try_parse_from(["dnstrace", "analyze"].iter().chain(args)).unwrap();
-        match args.command {
-            Some(Command::Analyze(analyze)) => analyze,
-            None => panic!("not analyze"),
-        }
-    }
 
     #[test]
     fn an_input_is_never_also_an_output() {
@@ -400,7 +389,7 @@ mod tests {
         std::fs::write(&path, content).unwrap();
         let name = path.to_str().unwrap();
         for option in ["--json", "-o", "-w", "--dnstap", "--metrics-file"] {
-            let error = run(&analyze_args(&[name, option, name])).unwrap_err();
+            let error = run(&AnalyzeArgs::parse_from(&[name, option, name]).unwrap()).unwrap_err();
             assert!(error.message.contains("is an input"), "{option}: {error}");
             assert_eq!(std::fs::read_to_string(&path).unwrap(), content, "{option}");
         }
