@@ -318,7 +318,7 @@ impl Summary {
     /// The questions a repeat of which concerns the lookup: those pending,
     /// or any while an answer waits to be moved on from. Of a resolver
     /// that retries with the query's id, an attempt still waiting for its
-    /// answer concerns only a query with its id (which `Index::asked`
+    /// answer concerns only a query with its id (which `Index::waiting`
     /// tells) or over TCP: left out here.
     fn repeat_filter(&self) -> u64 {
         match (self.unmoved, self.waiting) {
