@@ -5,6 +5,11 @@
 //! record, so at full rate each message then costs a cache miss on both
 //! sides. This reader publishes it once per batch (and every
 //! `PUBLISH_BYTES` within a long one, so that producers get room back).
+//!
+//! The kernel lets a reader map the data pages twice in a row, so that a
+//! record that wraps around reads as one slice. VmRSS then counts the
+//! ring twice (32 MiB for the default 16), so this reader maps the data
+//! once and copies the rare record that wraps (one per turn of the ring).
 
 use std::{
     io,
@@ -67,12 +72,13 @@ impl Drop for Mapping {
 pub struct Ring {
     /// One page: the consumer position, which only we write.
     consumer: Mapping,
-    /// One page with the producer position, then the data pages mapped
-    /// twice in a row, so a record that wraps around reads as one slice.
+    /// One page with the producer position, then the data pages.
     producer: Mapping,
     page_size: usize,
     /// The data size (a power of two) minus one.
     mask: usize,
+    /// A record that wraps around the end of the data, put together.
+    wrapped: Vec<u8>,
 }
 
 impl Ring {
@@ -86,9 +92,10 @@ impl Ring {
         }
         Ok(Self {
             consumer: Mapping::new(fd, 0, page_size, true)?,
-            producer: Mapping::new(fd, page_size, page_size + 2 * size, false)?,
+            producer: Mapping::new(fd, page_size, page_size + size, false)?,
             page_size,
             mask: size - 1,
+            wrapped: Vec::new(),
         })
     }
 
@@ -115,8 +122,8 @@ impl Ring {
         // Only this reader writes the consumer position.
         let mut pos = self.consumer_pos().load(Ordering::Relaxed);
         let mut published = pos;
-        // SAFETY: the data pages follow the producer page, mapped twice:
-        // 2 * (mask + 1) bytes.
+        let size = self.mask + 1;
+        // SAFETY: the data pages follow the producer page: `size` bytes.
         let data = unsafe { self.producer.start.add(self.page_size) };
         // At most one ring's worth per call: producers that keep up with
         // the reader must not keep it here, away from signals and ticks.
@@ -130,7 +137,8 @@ impl Ring {
             while pos != end {
                 let offset = pos & self.mask;
                 // SAFETY: offset < size, so the 8-aligned header lies in the
-                // mapping; the kernel writes it atomically.
+                // mapping (size is a multiple of 8, so it never wraps); the
+                // kernel writes it atomically.
                 let header = unsafe { data.add(offset).cast::<AtomicU32>().as_ref() };
                 // Acquire pairs with the kernel's commit: the record's bytes
                 // are written before its busy bit is cleared.
@@ -147,12 +155,27 @@ impl Ring {
                     return;
                 }
                 if header & DISCARD_BIT == 0 {
+                    // Where the record's bytes start, and how many lie before
+                    // the end of the data (the rest from its start).
+                    let from = (offset + HEADER_LEN) & self.mask;
+                    let before_end = len.min(size - from);
                     // SAFETY: a committed record of `len` bytes after its
-                    // header; the data is mapped twice, so it lies within
-                    // the mapping even when it wraps, and the kernel does not
-                    // reuse it until the position we publish passes it.
-                    let record = unsafe {
-                        std::slice::from_raw_parts(data.add(offset + HEADER_LEN).as_ptr(), len)
+                    // header, in two pieces if it wraps, each within the
+                    // data; the kernel does not reuse them until the
+                    // position we publish passes them.
+                    let (head, tail) = unsafe {
+                        (
+                            std::slice::from_raw_parts(data.add(from).as_ptr(), before_end),
+                            std::slice::from_raw_parts(data.as_ptr(), len - before_end),
+                        )
+                    };
+                    let record = if tail.is_empty() {
+                        head
+                    } else {
+                        self.wrapped.clear();
+                        self.wrapped.extend_from_slice(head);
+                        self.wrapped.extend_from_slice(tail);
+                        &self.wrapped
                     };
                     handle(record, end.wrapping_sub(pos));
                 }
@@ -165,5 +188,57 @@ impl Ring {
         }
         // Release: the kernel may reuse the space once it sees this.
         self.consumer_pos().store(pos, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Write, os::fd::AsFd};
+
+    use super::*;
+
+    /// Lays out a ring as the kernel's map does (consumer page, producer
+    /// page, data), with records written from `start` on, and reads it.
+    fn read_ring(size: usize, start: usize, records: &[&[u8]]) -> Vec<Vec<u8>> {
+        // SAFETY: sysconf only reads a configuration value.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut file = vec![0u8; 2 * page + size];
+        file[..8].copy_from_slice(&start.to_ne_bytes());
+        let mut pos = start;
+        for record in records {
+            let header = u32::try_from(record.len()).unwrap().to_ne_bytes();
+            for (i, byte) in header.iter().chain(&[0; 4]).chain(*record).enumerate() {
+                file[2 * page + (pos + i) % size] = *byte;
+            }
+            pos += (HEADER_LEN + record.len()).next_multiple_of(8);
+        }
+        file[page..page + 8].copy_from_slice(&pos.to_ne_bytes());
+        let mut backing = tempfile::tempfile().unwrap();
+        backing.write_all(&file).unwrap();
+        let mut ring = Ring::new(backing.as_fd(), size).unwrap();
+        let mut read = Vec::new();
+        ring.drain(|record, _| read.push(record.to_vec()));
+        assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), pos);
+        read
+    }
+
+    #[test]
+    fn a_record_that_wraps_around_the_end_reads_whole() {
+        // SAFETY: as above.
+        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let records: [&[u8]; 3] = [&[1; 40], &[2; 300], &[3; 17]];
+        // The second record's header sits 64 bytes before the end, so its
+        // bytes wrap.
+        let start = size - 48 - 64;
+        assert_eq!(
+            read_ring(size, start, &records),
+            records.map(<[u8]>::to_vec)
+        );
+        // A record that ends exactly at the end, and one after it.
+        let start = size - 8 - 40;
+        assert_eq!(
+            read_ring(size, start, &records),
+            records.map(<[u8]>::to_vec)
+        );
     }
 }

@@ -122,7 +122,7 @@ pub struct Memory {
     /// VmRSS when that was read, KiB.
     rss_at_peak_kib: u64,
     /// Pss then, KiB: the same pages, each counted once however often
-    /// the agent maps it (the ring buffer's data pages are mapped twice).
+    /// the agent maps it, and a page shared with other processes in part.
     pss_at_peak_kib: u64,
     /// Before the queries, KiB.
     idle_kib: u64,
@@ -149,7 +149,7 @@ impl Memory {
             text,
             "VmRSS {:.1} MiB before, {:.1} MiB with {} lookups open \
              (dnstrace_lookups_pending at its most; VmRSS the most while 95 % of those were \
-             open; Pss then {:.1} MiB, the ring buffer's twice-mapped pages counted once), \
+             open; Pss then {:.1} MiB), \
              VmHWM {:.1} MiB once they had timed out ({} s) and been reported. Agent: {}.",
             mib(self.idle_kib),
             mib(self.rss_at_peak_kib),
