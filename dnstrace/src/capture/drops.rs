@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     fs,
-    io::{self, BufRead, BufReader},
+    io::{BufRead, BufReader, Read, Seek},
     sync::Arc,
 };
 
@@ -220,97 +220,141 @@ impl DropNames {
     }
 }
 
-/// Kernel text symbols, sorted by address. A kernel has over 100,000:
-/// their names share one buffer (4.8 MiB for 121,056 here, against 7.7
-/// with a `String` each).
-#[derive(Default)]
-struct KernelSymbols {
-    /// (address, where its name starts in `names`, its length).
-    starts: Vec<(u64, u32, u16)>,
-    names: String,
+/// Kernel text symbols, sorted by address. A kernel has over 100,000; only
+/// their addresses are held (1.4 MiB for 121,056 here, against 4.8 MiB
+/// with their names), each with its line in /proc/kallsyms, where a place's
+/// name is read when it is first named (the kernel writes the file out to
+/// that line: 50 ms for all of it here). Drops come from a few places,
+/// each named once (`DropNames::locations`).
+struct KernelSymbols<File = fs::File> {
+    /// Opened at start: the kernel decides at open whether the file shows
+    /// addresses, and the agent keeps no CAP_SYSLOG after attaching.
+    file: Option<File>,
+    addresses: Vec<u64>,
+    lines: Vec<u32>,
 }
 
 impl KernelSymbols {
-    /// Read once at start, a line at a time (the file is 8 MiB).
     /// Without privileges the file shows every address as 0; then none are
     /// kept.
     fn read() -> Self {
         match fs::File::open("/proc/kallsyms") {
-            Ok(file) => Self::parse(BufReader::new(file)),
-            Err(_) => Self::parse(io::empty()),
+            Ok(file) => Self::index(file),
+            Err(_) => Self::index_of_none(),
+        }
+    }
+}
+
+impl<File: Read + Seek> KernelSymbols<File> {
+    fn index_of_none() -> Self {
+        Self {
+            file: None,
+            addresses: Vec::new(),
+            lines: Vec::new(),
         }
     }
 
-    /// One name per address: the first, as the kernel's own lookup picks
+    /// One symbol per address: the first, as the kernel's own lookup picks
     /// (`memcpy`, not its alias `__pi_memcpy`). A read that fails part way
     /// keeps nothing, so that no place is named after a wrong symbol.
-    fn parse(mut text: impl BufRead) -> Self {
-        let mut symbols = Self::default();
+    fn index(mut file: File) -> Self {
+        let mut symbols = Self::index_of_none();
+        if file.rewind().is_err() {
+            return symbols;
+        }
+        let mut by_address = Vec::new();
+        let mut text = BufReader::new(&mut file);
         let mut line = Vec::new();
-        loop {
+        for number in 0u32.. {
             line.clear();
             match text.read_until(b'\n', &mut line) {
                 Ok(0) => break,
-                Ok(_) => symbols.add(&line),
-                Err(_) => return Self::default(),
+                Ok(_) => {
+                    if let Some((address, _)) = text_symbol(&line) {
+                        by_address.push((address, number));
+                    }
+                }
+                Err(_) => return symbols,
             }
         }
         // Sorted by address, then by place in the file.
-        symbols.starts.sort_unstable();
-        symbols.starts.dedup_by_key(|&mut (address, ..)| address);
-        symbols.starts.shrink_to_fit();
-        symbols.names.shrink_to_fit();
+        by_address.sort_unstable();
+        by_address.dedup_by_key(|&mut (address, _)| address);
+        (symbols.addresses, symbols.lines) = by_address.into_iter().unzip();
+        symbols.file = Some(file);
         symbols
     }
 
-    /// Keeps a line's text symbol: `address kind name [module]`.
-    fn add(&mut self, line: &[u8]) {
-        let Ok(line) = std::str::from_utf8(line) else {
-            return;
+    fn name(&mut self, address: u64) -> String {
+        let named = match self.named(address) {
+            Some(None) => {
+                // A module came or went since: the lines moved.
+                match self.file.take() {
+                    Some(file) => {
+                        *self = Self::index(file);
+                        self.named(address).flatten()
+                    }
+                    None => None,
+                }
+            }
+            named => named.flatten(),
         };
-        let mut fields = line.split_whitespace();
-        let (Some(address), Some(kind), Some(name)) = (fields.next(), fields.next(), fields.next())
-        else {
-            return;
-        };
-        let Ok(address) = u64::from_str_radix(address, 16) else {
-            return;
-        };
-        let (Ok(start), Ok(len)) = (u32::try_from(self.names.len()), u16::try_from(name.len()))
-        else {
-            return;
-        };
-        if address != 0 && matches!(kind, "t" | "T") {
-            self.starts.push((address, start, len));
-            self.names.push_str(name);
-        }
+        named.unwrap_or_else(|| format!("{address:#x}"))
     }
 
-    fn name(&self, address: u64) -> String {
-        let index = self.starts.partition_point(|&(start, ..)| start <= address);
-        let Some(&(start, name, len)) = index.checked_sub(1).map(|i| &self.starts[i]) else {
-            return format!("{address:#x}");
-        };
-        let name = &self.names[name as usize..][..usize::from(len)];
-        format!("{name}+{:#x}", address - start)
+    /// `symbol+0xoffset`; `None` without a symbol before it, `Some(None)`
+    /// when its line no longer holds it.
+    fn named(&mut self, address: u64) -> Option<Option<String>> {
+        let index = self.addresses.partition_point(|&start| start <= address);
+        let index = index.checked_sub(1)?;
+        let offset = address - self.addresses[index];
+        Some(
+            self.name_at(index)
+                .map(|name| format!("{name}+{offset:#x}")),
+        )
     }
+
+    /// The name on the symbol's line, if that line still holds it.
+    fn name_at(&mut self, index: usize) -> Option<String> {
+        let file = self.file.as_mut()?;
+        file.rewind().ok()?;
+        let mut text = BufReader::new(file);
+        for _ in 0..self.lines[index] {
+            text.skip_until(b'\n').ok()?;
+        }
+        let mut line = Vec::new();
+        text.read_until(b'\n', &mut line).ok()?;
+        let (address, name) = text_symbol(&line)?;
+        (address == self.addresses[index]).then(|| name.to_owned())
+    }
+}
+
+/// A line's text symbol, `address kind name [module]`, if it is one.
+fn text_symbol(line: &[u8]) -> Option<(u64, &str)> {
+    let mut fields = std::str::from_utf8(line).ok()?.split_whitespace();
+    let (address, kind, name) = (fields.next()?, fields.next()?, fields.next()?);
+    let address = u64::from_str_radix(address, 16).ok()?;
+    (address != 0 && matches!(kind, "t" | "T")).then_some((address, name))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read;
+    use std::io::{self, Write};
 
     use super::*;
 
+    fn symbols(text: &str) -> KernelSymbols<io::Cursor<Vec<u8>>> {
+        KernelSymbols::index(io::Cursor::new(text.as_bytes().to_vec()))
+    }
+
     #[test]
     fn a_location_is_named_by_the_symbol_before_it() {
-        let symbols = KernelSymbols::parse(
+        let mut symbols = symbols(
             "ffffffff81000000 T _stext\n\
              ffffffff81a00100 t nf_hook_slow\n\
              ffffffff81000100 t out_of_order\n\
              ffffffff81a00300 T udp_queue_rcv_one_skb [foo]\n\
-             0000000000000000 D jiffies\n"
-                .as_bytes(),
+             0000000000000000 D jiffies\n",
         );
         assert_eq!(symbols.name(0xffffffff81000104), "out_of_order+0x4");
         assert_eq!(symbols.name(0xffffffff81a0011c), "nf_hook_slow+0x1c");
@@ -323,44 +367,77 @@ mod tests {
 
     #[test]
     fn an_address_with_aliases_is_named_by_its_first_symbol() {
-        let symbols = KernelSymbols::parse(
+        let mut symbols = symbols(
             "ffffffff81c00000 T memcpy\n\
              ffffffff81c00000 T __memcpy\n\
              ffffffff81c00000 T __pi_memcpy\n\
-             ffffffff81c00080 T memmove\n"
-                .as_bytes(),
+             ffffffff81c00080 T memmove\n",
         );
         assert_eq!(symbols.name(0xffffffff81c00010), "memcpy+0x10");
-        assert_eq!(symbols.starts.len(), 2);
+        assert_eq!(symbols.addresses.len(), 2);
+    }
+
+    /// A module loaded after the index was made moves the lines below it:
+    /// the index is made again, and the place named all the same.
+    #[test]
+    fn a_place_is_named_after_kallsyms_changed() {
+        let mut symbols = symbols(
+            "ffffffff81000000 T _stext\n\
+             ffffffff81a00100 t nf_hook_slow\n",
+        );
+        *symbols.file.as_mut().unwrap().get_mut() = b"ffffffff81000000 T _stext\n\
+              ffffffffc0000000 t new_module_function [new]\n\
+              ffffffff81a00100 t nf_hook_slow\n"
+            .to_vec();
+        assert_eq!(symbols.name(0xffffffff81a0011c), "nf_hook_slow+0x1c");
+        assert_eq!(symbols.name(0xffffffffc0000004), "new_module_function+0x4");
+        // And once it is gone again.
+        *symbols.file.as_mut().unwrap().get_mut() = b"ffffffff81000000 T _stext\n\
+              ffffffff81a00100 t nf_hook_slow\n"
+            .to_vec();
+        assert_eq!(symbols.name(0xffffffff81a00120), "nf_hook_slow+0x20");
     }
 
     /// A line that is not text is passed over; a read that fails keeps
     /// nothing, rather than name later places after the last symbol read.
     #[test]
     fn a_failed_read_of_kallsyms_names_no_place() {
-        let bad_line = &b"ffffffff81000000 T _stext\nffffffff81000100 t \xff\xfe\n"[..];
-        let symbols = KernelSymbols::parse(bad_line);
+        let bad_line = b"ffffffff81000000 T _stext\nffffffff81000100 t \xff\xfe\n";
+        let mut symbols = KernelSymbols::index(io::Cursor::new(bad_line.to_vec()));
         assert_eq!(symbols.name(0xffffffff81000104), "_stext+0x104");
 
-        let failing =
-            io::BufReader::new("ffffffff81000000 T _stext\n".as_bytes().chain(FailingRead));
-        let symbols = KernelSymbols::parse(failing);
+        let text = io::Cursor::new(b"ffffffff81000000 T _stext\n".to_vec());
+        let mut symbols = KernelSymbols::index(FailingAtEnd(text));
         assert_eq!(symbols.name(0xffffffff81000104), "0xffffffff81000104");
     }
 
-    struct FailingRead;
+    /// Reads its text, then fails where it would end.
+    struct FailingAtEnd(io::Cursor<Vec<u8>>);
 
-    impl io::Read for FailingRead {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Err(io::Error::other("read failed"))
+    impl Read for FailingAtEnd {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buffer)? {
+                0 => Err(io::Error::other("read failed")),
+                read => Ok(read),
+            }
+        }
+    }
+
+    impl Seek for FailingAtEnd {
+        fn seek(&mut self, position: io::SeekFrom) -> io::Result<u64> {
+            self.0.seek(position)
         }
     }
 
     #[test]
     fn a_place_is_named_once_and_the_names_kept_are_bounded() {
+        let mut kallsyms = tempfile::tempfile().unwrap();
+        kallsyms
+            .write_all(b"ffffffff81a00100 t nf_hook_slow\n")
+            .unwrap();
         let mut names = DropNames {
             reasons: HashMap::new(),
-            symbols: KernelSymbols::parse("ffffffff81a00100 t nf_hook_slow\n".as_bytes()),
+            symbols: KernelSymbols::index(kallsyms),
             locations: HashMap::new(),
         };
         let first = names.location(0xffffffff81a0018d);
@@ -371,6 +448,17 @@ mod tests {
             assert_eq!(*name, format!("nf_hook_slow+{offset:#x}"));
             assert!(names.locations.len() <= MAX_LOCATIONS);
         }
+    }
+
+    /// Where this kernel's /proc/kallsyms shows addresses (to root).
+    #[test]
+    fn a_place_in_this_kernel_is_named() {
+        let mut symbols = KernelSymbols::read();
+        let Some(&last) = symbols.addresses.last() else {
+            return;
+        };
+        let name = symbols.name(last + 1);
+        assert!(name.ends_with("+0x1") && !name.starts_with("0x"), "{name}");
     }
 
     /// The offsets the drop program reads come from this kernel's BTF.
