@@ -66,9 +66,9 @@ impl Backend {
 }
 
 /// The ring buffer map, held for its descriptor, which polls readable when
-/// records wait. Not aya's `RingBuf`: that maps the ring's pages a second
-/// time (32 MiB of resident set for the default 16 MiB ring, whose data
-/// pages the kernel maps twice), and `ring::Ring` already maps them.
+/// records wait. Not aya's `RingBuf`: that maps the ring's data pages
+/// twice in a row (32 MiB of resident set for the default 16 MiB ring),
+/// and `ring::Ring` maps them once.
 struct RingMap(MapData);
 
 impl AsRawFd for RingMap {

@@ -136,9 +136,10 @@ impl Ring {
             }
             while pos != end {
                 let offset = pos & self.mask;
-                // SAFETY: offset < size, so the 8-aligned header lies in the
-                // mapping (size is a multiple of 8, so it never wraps); the
-                // kernel writes it atomically.
+                // SAFETY: offset < size, so the header lies in the mapping;
+                // it never wraps, as positions advance by multiples of 8
+                // from 0 and size is one too. The kernel writes it
+                // atomically.
                 let header = unsafe { data.add(offset).cast::<AtomicU32>().as_ref() };
                 // Acquire pairs with the kernel's commit: the record's bytes
                 // are written before its busy bit is cleared.
@@ -193,52 +194,113 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write, os::fd::AsFd};
+    use std::{fs::File, io::Write, os::fd::AsFd, os::unix::fs::FileExt};
 
     use super::*;
 
-    /// Lays out a ring as the kernel's map does (consumer page, producer
-    /// page, data), with records written from `start` on, and reads it.
-    fn read_ring(size: usize, start: usize, records: &[&[u8]]) -> Vec<Vec<u8>> {
+    fn page_size() -> usize {
         // SAFETY: sysconf only reads a configuration value.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let mut file = vec![0u8; 2 * page + size];
-        file[..8].copy_from_slice(&start.to_ne_bytes());
+        usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap()
+    }
+
+    /// A record's bytes, each record its own pattern.
+    fn record(len: usize, seed: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + seed * 31) as u8).collect()
+    }
+
+    /// A ring's map laid out as the kernel's is (consumer page, producer
+    /// page, `size` bytes of data), with records written from `start` on,
+    /// each with its header's flag bits.
+    fn lay_out(size: usize, start: usize, records: &[(Vec<u8>, u32)]) -> Vec<u8> {
+        let page = page_size();
+        let mut bytes = vec![0u8; 2 * page + size];
+        bytes[..8].copy_from_slice(&start.to_ne_bytes());
         let mut pos = start;
-        for record in records {
-            let header = u32::try_from(record.len()).unwrap().to_ne_bytes();
-            for (i, byte) in header.iter().chain(&[0; 4]).chain(*record).enumerate() {
-                file[2 * page + (pos + i) % size] = *byte;
+        for (record, flags) in records {
+            let header = (u32::try_from(record.len()).unwrap() | flags).to_ne_bytes();
+            for (i, byte) in header.iter().chain(&[0; 4]).chain(record).enumerate() {
+                bytes[2 * page + (pos + i) % size] = *byte;
             }
             pos += (HEADER_LEN + record.len()).next_multiple_of(8);
         }
-        file[page..page + 8].copy_from_slice(&pos.to_ne_bytes());
-        let mut backing = tempfile::tempfile().unwrap();
-        backing.write_all(&file).unwrap();
-        let mut ring = Ring::new(backing.as_fd(), size).unwrap();
+        bytes[page..page + 8].copy_from_slice(&pos.to_ne_bytes());
+        bytes
+    }
+
+    fn file_of(bytes: &[u8]) -> File {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(bytes).unwrap();
+        file
+    }
+
+    /// The records a ring of `size` bytes of data hands over, and the
+    /// consumer position it publishes.
+    fn drain(ring: &mut Ring) -> (Vec<Vec<u8>>, usize) {
         let mut read = Vec::new();
         ring.drain(|record, _| read.push(record.to_vec()));
-        assert_eq!(ring.consumer_pos().load(Ordering::Relaxed), pos);
-        read
+        (read, ring.consumer_pos().load(Ordering::Relaxed))
+    }
+
+    fn read(size: usize, start: usize, records: &[(Vec<u8>, u32)]) -> (Vec<Vec<u8>>, usize) {
+        let file = file_of(&lay_out(size, start, records));
+        drain(&mut Ring::new(file.as_fd(), size).unwrap())
     }
 
     #[test]
-    fn a_record_that_wraps_around_the_end_reads_whole() {
-        // SAFETY: as above.
-        let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let records: [&[u8]; 3] = [&[1; 40], &[2; 300], &[3; 17]];
-        // The second record's header sits 64 bytes before the end, so its
-        // bytes wrap.
-        let start = size - 48 - 64;
-        assert_eq!(
-            read_ring(size, start, &records),
-            records.map(<[u8]>::to_vec)
-        );
-        // A record that ends exactly at the end, and one after it.
-        let start = size - 8 - 40;
-        assert_eq!(
-            read_ring(size, start, &records),
-            records.map(<[u8]>::to_vec)
-        );
+    fn every_record_reads_whole_wherever_it_wraps() {
+        let size = page_size();
+        for len in [0, 1, 7, 40, 300] {
+            // Headers from 320 bytes before the end to the last 8 bytes:
+            // the second record wraps at every split, or starts at 0.
+            for start in (size - 320..size).step_by(8) {
+                let records = [record(24, 1), record(len, 2), record(17, 3)];
+                let (read, consumed) = read(size, start, &records.clone().map(|r| (r, 0)));
+                assert_eq!(read, records, "len {len}, start {start}");
+                let end = start + 32 + (8 + len).next_multiple_of(8) + 32;
+                assert_eq!(consumed, end);
+            }
+        }
+    }
+
+    #[test]
+    fn a_discarded_record_is_passed_over_and_a_busy_one_stops_the_read() {
+        let size = page_size();
+        let start = size - 64;
+        let written = [
+            (record(100, 1), DISCARD_BIT),
+            (record(30, 2), 0),
+            (record(50, 3), BUSY_BIT),
+            (record(10, 4), 0),
+        ];
+        let (read, consumed) = read(size, start, &written);
+        assert_eq!(read, [record(30, 2)]);
+        // Up to the busy record, which the reader waits for.
+        assert_eq!(consumed, start + 112 + 40);
+    }
+
+    #[test]
+    fn a_length_past_the_ring_stops_the_read() {
+        let size = page_size();
+        // Laid out in twice the room, read as a ring of `size`.
+        let written = [(record(8, 1), 0), (record(size, 2), 0)];
+        let file = file_of(&lay_out(2 * size, 0, &written));
+        let (read, consumed) = drain(&mut Ring::new(file.as_fd(), size).unwrap());
+        assert_eq!(read, [record(8, 1)]);
+        assert_eq!(consumed, 16);
+    }
+
+    /// A shorter record wrapping after a longer one reads as itself, not
+    /// with the longer one's bytes behind it.
+    #[test]
+    fn a_second_wrap_reads_no_bytes_of_the_first() {
+        let size = page_size();
+        let file = file_of(&lay_out(size, size - 64, &[(record(300, 1), 0)]));
+        let mut ring = Ring::new(file.as_fd(), size).unwrap();
+        let (first, _) = drain(&mut ring);
+        // A turn later (what came between read already).
+        let later = lay_out(size, 2 * size - 32, &[(record(60, 2), 0)]);
+        file.write_all_at(&later, 0).unwrap();
+        let (second, _) = drain(&mut ring);
+        assert_eq!([first, second].concat(), [record(300, 1), record(60, 2)]);
     }
 }
