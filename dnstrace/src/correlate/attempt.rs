@@ -223,6 +223,19 @@ impl DroppedPacket {
 }
 
 impl Attempt {
+    /// Takes its response: one that comes after the process gave up on it
+    /// is late.
+    pub fn receive(&mut self, response: Response) {
+        self.outcome = match self.outcome {
+            Outcome::Timeout => Outcome::Late,
+            outcome => outcome,
+        };
+        if self.outcome == Outcome::Pending {
+            self.ended_monotonic_ns = Some(response.monotonic_ns);
+        }
+        self.response = Some(Box::new(response));
+    }
+
     /// Query to response, or to the moment the process gave up.
     pub fn latency_ns(&self) -> Option<u64> {
         Some(

@@ -317,31 +317,25 @@ impl Correlator {
                 lookups.len() - 1
             }
         };
-        lookups.change(index, |lookup| {
-            lookup.last_monotonic_ns = now;
-            if name.len() < lookup.name.len() {
-                // The shortest name tried is the one the process asked for.
-                lookup.name = name;
-            }
-            lookup.attempts.push(Attempt {
-                client,
-                tid: message.envelope.process.as_ref().map(|p| p.tid),
-                socket_cookie: message.envelope.socket_cookie,
-                transport: message.envelope.transport,
-                server: message.envelope.remote,
-                local: message.envelope.local,
-                server_pod: None,
-                question,
-                id,
-                sent_monotonic_ns: Some(now),
-                sent_wall_time_ns: Some(message.envelope.wall_time_ns),
-                response: None,
-                outcome: Outcome::Pending,
-                moved_on: false,
-                ended_monotonic_ns: None,
-                drop: None,
-            });
-        });
+        let attempt = Attempt {
+            client,
+            tid: message.envelope.process.as_ref().map(|p| p.tid),
+            socket_cookie: message.envelope.socket_cookie,
+            transport: message.envelope.transport,
+            server: message.envelope.remote,
+            local: message.envelope.local,
+            server_pod: None,
+            question,
+            id,
+            sent_monotonic_ns: Some(now),
+            sent_wall_time_ns: Some(message.envelope.wall_time_ns),
+            response: None,
+            outcome: Outcome::Pending,
+            moved_on: false,
+            ended_monotonic_ns: None,
+            drop: None,
+        };
+        lookups.add_query(index, name, now, attempt);
     }
 
     fn on_response(
@@ -760,19 +754,8 @@ fn give_newest(
     else {
         return Err(response);
     };
-    lookups.change(index, |lookup| give(&mut lookup.attempts[at], response));
+    lookups.receive(index, at, response);
     Ok(())
-}
-
-fn give(attempt: &mut Attempt, response: Response) {
-    attempt.outcome = match attempt.outcome {
-        Outcome::Timeout => Outcome::Late,
-        outcome => outcome,
-    };
-    if attempt.outcome == Outcome::Pending {
-        attempt.ended_monotonic_ns = Some(response.monotonic_ns);
-    }
-    attempt.response = Some(Box::new(response));
 }
 
 /// When a copy of `attempt` (the same query from the same socket to another

@@ -15,7 +15,7 @@ use smallvec::SmallVec;
 
 use super::{
     Judged,
-    attempt::{Attempt, Outcome},
+    attempt::{Attempt, Outcome, Response},
     behaviour,
     lookup::Lookup,
 };
@@ -224,26 +224,7 @@ impl Summary {
 
     /// Brings the summary up to date after `lookup` changed.
     fn refresh(&mut self, lookup: &Lookup) {
-        if lookup.name.len() != self.label_of_len {
-            self.label = label_key(&lookup.name);
-            self.label_of_len = lookup.name.len();
-        }
-        let mut new_question = false;
-        for attempt in &lookup.attempts[self.questions.len()..] {
-            let identity = question_identity(&attempt.question);
-            self.questions.push(identity);
-            self.asked |= bit(identity);
-            self.sockets |= bit(attempt.socket_cookie);
-            self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
-            if !self.identities.contains(&identity) {
-                // Past four questions, any may be new.
-                new_question = true;
-                match self.identities.iter_mut().find(|slot| **slot == 0) {
-                    Some(slot) => *slot = identity,
-                    None => self.many_questions = true,
-                }
-            }
-        }
+        let new_question = self.add_attempts(lookup);
         self.pending = 0;
         self.pending_answered = 0;
         self.waiting = 0;
@@ -265,6 +246,69 @@ impl Summary {
                 }
             }
         }
+        self.judge_over(lookup, answered, rejected, new_question);
+    }
+
+    /// `refresh` after the only change was a query added (and the name
+    /// shortened): a busy lookup's 32 attempts need no new count.
+    fn refresh_after_query(&mut self, lookup: &Lookup) {
+        let at = self.questions.len();
+        if lookup.attempts.len() != at + 1 || at >= 64 {
+            return self.refresh(lookup);
+        }
+        let new_question = self.add_attempts(lookup);
+        // A query is added pending, without a response or a drop.
+        self.pending |= bit(self.questions[at]);
+        if self.retries_by_id {
+            self.waiting |= 1 << at;
+        }
+        self.judge_over(lookup, self.answered, self.rejected, new_question);
+    }
+
+    /// `refresh` after the only change was a response given to attempt
+    /// `at`, which had none (`Attempt::receive`).
+    fn refresh_after_response(&mut self, lookup: &Lookup, at: usize) {
+        if at >= 64 {
+            return self.refresh(lookup);
+        }
+        let attempt = &lookup.attempts[at];
+        if attempt.outcome == Outcome::Pending {
+            self.pending_answered |= bit(self.questions[at]);
+            self.unmoved |= !attempt.moved_on;
+            self.waiting &= !(1 << at);
+        }
+        self.judge_over(lookup, self.answered + 1, self.rejected, false);
+    }
+
+    /// Hashes the questions of attempts added since the last refresh, and
+    /// tells whether one of them is a question not asked before.
+    fn add_attempts(&mut self, lookup: &Lookup) -> bool {
+        if lookup.name.len() != self.label_of_len {
+            self.label = label_key(&lookup.name);
+            self.label_of_len = lookup.name.len();
+        }
+        let mut new_question = false;
+        for attempt in &lookup.attempts[self.questions.len()..] {
+            let identity = question_identity(&attempt.question);
+            self.questions.push(identity);
+            self.asked |= bit(identity);
+            self.sockets |= bit(attempt.socket_cookie);
+            self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+            if !self.identities.contains(&identity) {
+                // Past four questions, any may be new.
+                new_question = true;
+                match self.identities.iter_mut().find(|slot| **slot == 0) {
+                    Some(slot) => *slot = identity,
+                    None => self.many_questions = true,
+                }
+            }
+        }
+        new_question
+    }
+
+    /// Works `over` out again where the change may have altered it, with
+    /// the counts of attempts answered and rejected now.
+    fn judge_over(&mut self, lookup: &Lookup, answered: u16, rejected: u16, new_question: bool) {
         // A lookup that was over stays over unless an answer was rejected
         // or a question added; one that was not becomes over only with a
         // new response. Most changes of a busy lookup (32 attempts) are
@@ -417,11 +461,46 @@ impl Open {
     pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
         let Entry { lookup, summary } = &mut *self.entries[index];
         let result = change(lookup);
-        self.with_drops -= usize::from(summary.dropped);
-        // Attempts are only ever added, their socket and id never change.
-        let added = summary.questions.len();
-        let waiting = summary.waiting;
+        let before = (summary.questions.len(), summary.waiting, summary.dropped);
         summary.refresh(lookup);
+        self.changed(index, before);
+        result
+    }
+
+    /// Adds `attempt` to the lookup at `index`, which asked it as `name`
+    /// at `now`.
+    pub fn add_query(&mut self, index: usize, name: String, now: u64, attempt: Attempt) {
+        let Entry { lookup, summary } = &mut *self.entries[index];
+        lookup.last_monotonic_ns = now;
+        if name.len() < lookup.name.len() {
+            // The shortest name tried is the one the process asked for.
+            lookup.name = name;
+        }
+        lookup.attempts.push(attempt);
+        let before = (summary.questions.len(), summary.waiting, summary.dropped);
+        summary.refresh_after_query(lookup);
+        self.changed(index, before);
+    }
+
+    /// Gives attempt `at` of the lookup at `index` its response.
+    pub fn receive(&mut self, index: usize, at: usize, response: Response) {
+        let Entry { lookup, summary } = &mut *self.entries[index];
+        let first = lookup.attempts[at].response.is_none();
+        lookup.attempts[at].receive(response);
+        let before = (summary.questions.len(), summary.waiting, summary.dropped);
+        match first {
+            true => summary.refresh_after_response(lookup, at),
+            false => summary.refresh(lookup),
+        }
+        self.changed(index, before);
+    }
+
+    /// Brings the filters and the index up to date with the summary at
+    /// `index`, refreshed since it had `before`: (attempts, waiting mask,
+    /// dropped).
+    fn changed(&mut self, index: usize, (added, waiting, dropped): (usize, u64, bool)) {
+        let Entry { lookup, summary } = &*self.entries[index];
+        // Attempts are only ever added, their socket and id never change.
         let (old, new) = (self.scans[index], summary.scan());
         if (old.label, old.sealed) != (new.label, new.sealed) {
             self.index.remove(&old, &[]);
@@ -435,11 +514,10 @@ impl Open {
             summary.is_true_of(lookup),
             "a summary fell behind its lookup"
         );
-        self.with_drops += usize::from(summary.dropped);
+        self.with_drops = self.with_drops - usize::from(dropped) + usize::from(summary.dropped);
         self.scans[index] = new;
         self.repeats[index] = summary.repeat_filter();
         self.retry_repeats[index] = summary.repeat_filter_with_retries();
-        result
     }
 
     /// Judges every lookup by time at `now` with `judge`, oldest first
