@@ -335,7 +335,7 @@ impl Correlator {
             ended_monotonic_ns: None,
             drop: None,
         };
-        lookups.add_query(index, name, now, attempt);
+        lookups.add_query(index, &keys, name, now, attempt);
     }
 
     fn on_response(

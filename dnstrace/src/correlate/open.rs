@@ -250,15 +250,17 @@ impl Summary {
     }
 
     /// `refresh` after the only change was a query added (and the name
-    /// shortened): a busy lookup's 32 attempts need no new count.
-    fn refresh_after_query(&mut self, lookup: &Lookup) {
+    /// shortened), whose question is `identity`: a busy lookup's 32
+    /// attempts need no new count.
+    fn refresh_after_query(&mut self, lookup: &Lookup, identity: u64) {
         let at = self.questions.len();
         if lookup.attempts.len() != at + 1 || at >= 64 {
             return self.refresh(lookup);
         }
-        let new_question = self.add_attempts(lookup);
+        self.relabel(lookup);
+        let new_question = self.add_attempt(&lookup.attempts[at], identity);
         // A query is added pending, without a response or a drop.
-        self.pending |= bit(self.questions[at]);
+        self.pending |= bit(identity);
         if self.retries_by_id {
             self.waiting |= 1 << at;
         }
@@ -283,27 +285,37 @@ impl Summary {
     /// Hashes the questions of attempts added since the last refresh, and
     /// tells whether one of them is a question not asked before.
     fn add_attempts(&mut self, lookup: &Lookup) -> bool {
+        self.relabel(lookup);
+        let mut new_question = false;
+        for attempt in &lookup.attempts[self.questions.len()..] {
+            new_question |= self.add_attempt(attempt, question_identity(&attempt.question));
+        }
+        new_question
+    }
+
+    fn relabel(&mut self, lookup: &Lookup) {
         if lookup.name.len() != self.label_of_len {
             self.label = label_key(&lookup.name);
             self.label_of_len = lookup.name.len();
         }
-        let mut new_question = false;
-        for attempt in &lookup.attempts[self.questions.len()..] {
-            let identity = question_identity(&attempt.question);
-            self.questions.push(identity);
-            self.asked |= bit(identity);
-            self.sockets |= bit(attempt.socket_cookie);
-            self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
-            if !self.identities.contains(&identity) {
-                // Past four questions, any may be new.
-                new_question = true;
-                match self.identities.iter_mut().find(|slot| **slot == 0) {
-                    Some(slot) => *slot = identity,
-                    None => self.many_questions = true,
-                }
-            }
+    }
+
+    /// Adds an attempt whose question is `identity`; tells whether that
+    /// is a question not asked before.
+    fn add_attempt(&mut self, attempt: &Attempt, identity: u64) -> bool {
+        self.questions.push(identity);
+        self.asked |= bit(identity);
+        self.sockets |= bit(attempt.socket_cookie);
+        self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
+        if self.identities.contains(&identity) {
+            return false;
         }
-        new_question
+        // Past four questions, any may be new.
+        match self.identities.iter_mut().find(|slot| **slot == 0) {
+            Some(slot) => *slot = identity,
+            None => self.many_questions = true,
+        }
+        true
     }
 
     /// Works `over` out again where the change may have altered it, with
@@ -468,8 +480,15 @@ impl Open {
     }
 
     /// Adds `attempt` to the lookup at `index`, which asked it as `name`
-    /// at `now`.
-    pub fn add_query(&mut self, index: usize, name: String, now: u64, attempt: Attempt) {
+    /// at `now`; `keys` are its query's.
+    pub fn add_query(
+        &mut self,
+        index: usize,
+        keys: &Keys,
+        name: String,
+        now: u64,
+        attempt: Attempt,
+    ) {
         let Entry { lookup, summary } = &mut *self.entries[index];
         lookup.last_monotonic_ns = now;
         if name.len() < lookup.name.len() {
@@ -478,7 +497,10 @@ impl Open {
         }
         lookup.attempts.push(attempt);
         let before = (summary.questions.len(), summary.waiting, summary.dropped);
-        summary.refresh_after_query(lookup);
+        match keys.identity {
+            0 => summary.refresh(lookup),
+            identity => summary.refresh_after_query(lookup, identity),
+        }
         self.changed(index, before);
     }
 
