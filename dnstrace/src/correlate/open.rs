@@ -352,6 +352,7 @@ impl Summary {
                 == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
             && (self.identities, self.many_questions, self.over)
                 == (fresh.identities, fresh.many_questions, fresh.over)
+            && (self.answered, self.rejected) == (fresh.answered, fresh.rejected)
             && self.over
                 == lookup.is_over(|a, b| {
                     lookup.attempts[a]
