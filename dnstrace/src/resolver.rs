@@ -2,7 +2,7 @@
 //! decide how it treats odd answers (docs/resolvers.md). What they say, not
 //! how they are read: `enrich` reads them, off the event thread.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 /// What `/proc/PID/root/etc/resolv.conf` says, with glibc's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl ResolvConf {
 
     /// The name a process asked for, given one name it queried: the query
     /// with a search suffix taken off, or the name itself without its dot.
-    pub fn name_as_asked(&self, qname: &str) -> String {
+    pub fn name_as_asked<'a>(&self, qname: &'a str) -> Cow<'a, str> {
         let name = qname.trim_end_matches('.');
         for suffix in &self.search {
             if let Some(base) = name
@@ -82,10 +82,10 @@ impl ResolvConf {
                 .and_then(|b| b.strip_suffix('.'))
                 && !base.is_empty()
             {
-                return base.to_ascii_lowercase();
+                return lowercase(base);
             }
         }
-        name.to_ascii_lowercase()
+        lowercase(name)
     }
 }
 
@@ -123,11 +123,20 @@ impl ResolverContext {
         u64::from(self.conf.as_ref().map_or(5, |c| c.timeout_secs)) * 1_000_000_000
     }
 
-    pub fn name_as_asked(&self, qname: &str) -> String {
+    pub fn name_as_asked<'a>(&self, qname: &'a str) -> Cow<'a, str> {
         match &self.conf {
             Some(conf) => conf.name_as_asked(qname),
-            None => qname.trim_end_matches('.').to_ascii_lowercase(),
+            None => lowercase(qname.trim_end_matches('.')),
         }
+    }
+}
+
+/// Borrowed when it is lowercase already, as nearly every name asked is:
+/// no copy per query.
+fn lowercase(name: &str) -> Cow<'_, str> {
+    match name.bytes().any(|byte| byte.is_ascii_uppercase()) {
+        true => Cow::Owned(name.to_ascii_lowercase()),
+        false => Cow::Borrowed(name),
     }
 }
 

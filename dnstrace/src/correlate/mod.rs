@@ -304,7 +304,7 @@ impl Correlator {
                 self.open += 1;
                 lookups.push_back(Lookup {
                     client: client.clone(),
-                    name: name.clone(),
+                    name: name.to_string(),
                     context: Arc::clone(context),
                     // Most lookups make one attempt, and a Vec's first
                     // push makes room for four: 300 bytes each.
@@ -317,6 +317,8 @@ impl Correlator {
                 lookups.len() - 1
             }
         };
+        // The shortest name tried is the one the process asked for.
+        let shorter = (name.len() < lookups.get(index).name.len()).then(|| name.into_owned());
         let attempt = Attempt {
             client,
             tid: message.envelope.process.as_ref().map(|p| p.tid),
@@ -335,7 +337,7 @@ impl Correlator {
             ended_monotonic_ns: None,
             drop: None,
         };
-        lookups.add_query(index, &keys, name, now, attempt);
+        lookups.add_query(index, &keys, shorter, now, attempt);
     }
 
     fn on_response(

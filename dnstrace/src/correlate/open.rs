@@ -480,20 +480,19 @@ impl Open {
         result
     }
 
-    /// Adds `attempt` to the lookup at `index`, which asked it as `name`
-    /// at `now`; `keys` are its query's.
+    /// Adds `attempt` to the lookup at `index`, sent at `now`, and names
+    /// the lookup `shorter` if given; `keys` are its query's.
     pub fn add_query(
         &mut self,
         index: usize,
         keys: &Keys,
-        name: String,
+        shorter: Option<String>,
         now: u64,
         attempt: Attempt,
     ) {
         let Entry { lookup, summary } = &mut *self.entries[index];
         lookup.last_monotonic_ns = now;
-        if name.len() < lookup.name.len() {
-            // The shortest name tried is the one the process asked for.
+        if let Some(name) = shorter {
             lookup.name = name;
         }
         lookup.attempts.push(attempt);
