@@ -286,32 +286,27 @@ impl<File: Read + Seek> KernelSymbols<File> {
     }
 
     fn name(&mut self, address: u64) -> String {
-        let named = match self.named(address) {
-            Some(None) => {
-                // A module came or went since: the lines moved.
-                match self.file.take() {
-                    Some(file) => {
-                        *self = Self::index(file);
-                        self.named(address).flatten()
-                    }
-                    None => None,
-                }
-            }
-            named => named.flatten(),
+        let Some(index) = self.symbol_before(address) else {
+            return format!("{address:#x}");
         };
-        named.unwrap_or_else(|| format!("{address:#x}"))
+        let named = match self.name_at(index) {
+            Some(name) => Some((name, self.addresses[index])),
+            // A module came or went since: the lines moved.
+            None => self.file.take().and_then(|file| {
+                *self = Self::index(file);
+                let index = self.symbol_before(address)?;
+                Some((self.name_at(index)?, self.addresses[index]))
+            }),
+        };
+        match named {
+            Some((name, start)) => format!("{name}+{:#x}", address - start),
+            None => format!("{address:#x}"),
+        }
     }
 
-    /// `symbol+0xoffset`; `None` without a symbol before it, `Some(None)`
-    /// when its line no longer holds it.
-    fn named(&mut self, address: u64) -> Option<Option<String>> {
-        let index = self.addresses.partition_point(|&start| start <= address);
-        let index = index.checked_sub(1)?;
-        let offset = address - self.addresses[index];
-        Some(
-            self.name_at(index)
-                .map(|name| format!("{name}+{offset:#x}")),
-        )
+    fn symbol_before(&self, address: u64) -> Option<usize> {
+        let after = self.addresses.partition_point(|&start| start <= address);
+        after.checked_sub(1)
     }
 
     /// The name on the symbol's line, if that line still holds it.
