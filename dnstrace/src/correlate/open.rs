@@ -318,6 +318,16 @@ impl Summary {
         true
     }
 
+    /// What `Open::changed` compares the refreshed summary with, taken
+    /// after the lookup changed and before the summary follows it.
+    fn before_refresh(&self) -> BeforeRefresh {
+        BeforeRefresh {
+            attempts: self.questions.len(),
+            waiting: self.waiting,
+            dropped: self.dropped,
+        }
+    }
+
     /// Works `over` out again where the change may have altered it, with
     /// the counts of attempts answered and rejected now.
     fn judge_over(&mut self, lookup: &Lookup, answered: u16, rejected: u16, new_question: bool) {
@@ -390,6 +400,15 @@ impl Summary {
     fn repeat_filter_with_retries(&self) -> u64 {
         if self.unmoved { u64::MAX } else { self.pending }
     }
+}
+
+/// Of a summary before its refresh: the attempts it had summed up (those
+/// after are new to the index), the attempts it had waiting, and whether
+/// it counted among the lookups with drops.
+struct BeforeRefresh {
+    attempts: usize,
+    waiting: u64,
+    dropped: bool,
 }
 
 /// What a message is looked up by, hashed once per message.
@@ -474,7 +493,7 @@ impl Open {
     pub fn change<R>(&mut self, index: usize, change: impl FnOnce(&mut Lookup) -> R) -> R {
         let Entry { lookup, summary } = &mut *self.entries[index];
         let result = change(lookup);
-        let before = (summary.questions.len(), summary.waiting, summary.dropped);
+        let before = summary.before_refresh();
         summary.refresh(lookup);
         self.changed(index, before);
         result
@@ -496,7 +515,7 @@ impl Open {
             lookup.name = name;
         }
         lookup.attempts.push(attempt);
-        let before = (summary.questions.len(), summary.waiting, summary.dropped);
+        let before = summary.before_refresh();
         match keys.identity {
             0 => summary.refresh(lookup),
             identity => summary.refresh_after_query(lookup, identity),
@@ -509,7 +528,7 @@ impl Open {
         let Entry { lookup, summary } = &mut *self.entries[index];
         let first = lookup.attempts[at].response.is_none();
         lookup.attempts[at].receive(response);
-        let before = (summary.questions.len(), summary.waiting, summary.dropped);
+        let before = summary.before_refresh();
         match first {
             true => summary.refresh_after_response(lookup, at),
             false => summary.refresh(lookup),
@@ -518,9 +537,13 @@ impl Open {
     }
 
     /// Brings the filters and the index up to date with the summary at
-    /// `index`, refreshed since it had `before`: (attempts, waiting mask,
-    /// dropped).
-    fn changed(&mut self, index: usize, (added, waiting, dropped): (usize, u64, bool)) {
+    /// `index`, refreshed since `before`.
+    fn changed(&mut self, index: usize, before: BeforeRefresh) {
+        let BeforeRefresh {
+            attempts: added,
+            waiting,
+            dropped,
+        } = before;
         let Entry { lookup, summary } = &*self.entries[index];
         // Attempts are only ever added, their socket and id never change.
         let (old, new) = (self.scans[index], summary.scan());
