@@ -281,7 +281,8 @@ impl<File: Read + Seek> KernelSymbols<File> {
         by_address.sort_unstable();
         by_address.dedup_by_key(|&mut (address, _)| address);
         (symbols.addresses, symbols.lines) = by_address.into_iter().unzip();
-        symbols.file = Some(file);
+        // Kept open only to name places of the symbols indexed.
+        symbols.file = (!symbols.addresses.is_empty()).then_some(file);
         symbols
     }
 
