@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use super::{
     attempt::{Attempt, Outcome, Shape},
     behaviour,
@@ -41,7 +43,8 @@ pub struct Lookup {
     /// The name as the process asked for it, search suffixes taken off.
     pub name: String,
     pub context: Arc<ResolverContext>,
-    pub attempts: Vec<Attempt>,
+    /// The first inline: most lookups make one attempt.
+    pub attempts: SmallVec<[Attempt; 1]>,
     pub first_monotonic_ns: u64,
     pub first_wall_time_ns: i128,
     pub last_monotonic_ns: u64,

@@ -20,6 +20,8 @@ pub(crate) mod tests;
 
 use std::{collections::HashMap, sync::Arc};
 
+use smallvec::SmallVec;
+
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
     lookup::Lookup,
@@ -306,9 +308,7 @@ impl Correlator {
                     client: client.clone(),
                     name: name.to_string(),
                     context: Arc::clone(context),
-                    // Most lookups make one attempt, and a Vec's first
-                    // push makes room for four: 300 bytes each.
-                    attempts: Vec::with_capacity(1),
+                    attempts: SmallVec::new(),
                     first_monotonic_ns: now,
                     first_wall_time_ns: message.envelope.wall_time_ns,
                     last_monotonic_ns: now,

@@ -22,10 +22,10 @@ use super::{
 use crate::{decode::Question, tally::Tally};
 
 /// A lookup, and its summary: brought up to date each time it changes.
-/// The lookup is boxed on its own, to be reported as it is: a burst of
-/// timeouts reports tens of thousands at once.
+/// One allocation with the lookup's first attempt: an open lookup is
+/// nearly always a single query, and each allocation costs 16 bytes more.
 struct Entry {
-    lookup: Box<Lookup>,
+    lookup: Lookup,
     summary: Summary,
 }
 
@@ -448,11 +448,11 @@ impl Open {
     }
 
     pub fn front(&self) -> Option<&Lookup> {
-        self.entries.front().map(|entry| &*entry.lookup)
+        self.entries.front().map(|entry| &entry.lookup)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Lookup> {
-        self.entries.iter().map(|entry| &*entry.lookup)
+        self.entries.iter().map(|entry| &entry.lookup)
     }
 
     pub fn get(&self, index: usize) -> &Lookup {
@@ -461,7 +461,6 @@ impl Open {
 
     pub fn push_back(&mut self, lookup: Lookup) {
         let summary = Summary::of(&lookup);
-        let lookup = Box::new(lookup);
         self.append(Box::new(Entry { lookup, summary }));
     }
 
@@ -486,7 +485,7 @@ impl Open {
         self.retry_repeats.pop_front();
         self.index.remove(&scan, &lookup.attempts);
         (self.index).wait(&lookup, &summary, 0, summary.waiting);
-        Some(lookup)
+        Some(Box::new(lookup))
     }
 
     /// Changes the lookup at `index`, and its summary with it.
@@ -600,7 +599,7 @@ impl Open {
                 );
             }
             if settled(lookup) {
-                out(entry.lookup);
+                out(Box::new(entry.lookup));
                 continue;
             }
             #[cfg(debug_assertions)]
@@ -618,7 +617,7 @@ impl Open {
     }
 
     pub fn into_lookups(self) -> impl Iterator<Item = Box<Lookup>> {
-        self.entries.into_iter().map(|entry| entry.lookup)
+        self.entries.into_iter().map(|entry| Box::new(entry.lookup))
     }
 
     /// `Lookup::is_over` of the lookup at `index`.

@@ -127,7 +127,7 @@ pub(crate) fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u6
         client: client.clone(),
         name: name.into(),
         context: Default::default(),
-        attempts,
+        attempts: attempts.into(),
         first_monotonic_ns: at,
         first_wall_time_ns: 0,
         last_monotonic_ns: at + MS,

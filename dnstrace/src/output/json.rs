@@ -1286,7 +1286,7 @@ mod tests {
             client,
             name: "x".into(),
             context: Default::default(),
-            attempts: vec![attempt.clone()],
+            attempts: [attempt.clone()].into(),
             first_monotonic_ns: 0,
             first_wall_time_ns: 0,
             last_monotonic_ns: 0,

@@ -558,7 +558,7 @@ mod tests {
             client: client.clone(),
             name: "x".into(),
             context: Default::default(),
-            attempts: Vec::new(),
+            attempts: Default::default(),
             first_monotonic_ns: 0,
             first_wall_time_ns: 0,
             last_monotonic_ns: u64::MAX,
