@@ -144,7 +144,7 @@ struct Summary {
     /// lookup whose name shares it; and the name's length when hashed (a
     /// lookup's name only ever changes to a shorter one).
     label: u64,
-    label_of_len: usize,
+    label_of_len: u32,
     /// Each attempt's question by `question_identity`, hashed once: an
     /// attempt's question, socket and id never change, and attempts are
     /// only ever added, so a busy lookup's 32 need no hashing again at
@@ -170,9 +170,6 @@ struct Summary {
     unmoved: bool,
     /// Whether some attempt has a packet the kernel dropped.
     dropped: bool,
-    /// The distinct questions, while there are at most four (0: none).
-    identities: [u64; 4],
-    many_questions: bool,
     /// `Lookup::is_over`, worked out again only when a change may have
     /// altered it (`refresh`).
     over: bool,
@@ -193,7 +190,7 @@ impl Summary {
     fn of(lookup: &Lookup) -> Self {
         let mut summary = Self {
             label: 0,
-            label_of_len: usize::MAX,
+            label_of_len: u32::MAX,
             questions: SmallVec::new(),
             asked: 0,
             pending: 0,
@@ -204,8 +201,6 @@ impl Summary {
             queries: 0,
             unmoved: false,
             dropped: false,
-            identities: [0; 4],
-            many_questions: false,
             over: false,
             answered: 0,
             rejected: 0,
@@ -294,28 +289,35 @@ impl Summary {
     }
 
     fn relabel(&mut self, lookup: &Lookup) {
-        if lookup.name.len() != self.label_of_len {
+        let len = u32::try_from(lookup.name.len()).unwrap_or(u32::MAX);
+        if len != self.label_of_len {
             self.label = label_key(&lookup.name);
-            self.label_of_len = lookup.name.len();
+            self.label_of_len = len;
         }
     }
 
     /// Adds an attempt whose question is `identity`; tells whether that
     /// is a question not asked before.
     fn add_attempt(&mut self, attempt: &Attempt, identity: u64) -> bool {
+        let new_question = !self.questions.contains(&identity);
         self.questions.push(identity);
         self.asked |= bit(identity);
         self.sockets |= bit(attempt.socket_cookie);
         self.queries |= bit(query_key(attempt.socket_cookie, attempt.id));
-        if self.identities.contains(&identity) {
-            return false;
+        new_question
+    }
+
+    /// The distinct questions, if there are at most four (0: none).
+    fn distinct_questions(&self) -> Option<[u64; 4]> {
+        let mut distinct = [0; 4];
+        let mut len = 0;
+        for &identity in &self.questions {
+            if !distinct[..len].contains(&identity) {
+                *distinct.get_mut(len)? = identity;
+                len += 1;
+            }
         }
-        // Past four questions, any may be new.
-        match self.identities.iter_mut().find(|slot| **slot == 0) {
-            Some(slot) => *slot = identity,
-            None => self.many_questions = true,
-        }
-        true
+        Some(distinct)
     }
 
     /// What `Open::changed` compares the refreshed summary with, taken
@@ -360,8 +362,7 @@ impl Summary {
             && (self.pending_answered, self.waiting) == (fresh.pending_answered, fresh.waiting)
             && (self.sockets, self.queries, self.unmoved, self.dropped)
                 == (fresh.sockets, fresh.queries, fresh.unmoved, fresh.dropped)
-            && (self.identities, self.many_questions, self.over)
-                == (fresh.identities, fresh.many_questions, fresh.over)
+            && self.over == fresh.over
             && (self.answered, self.rejected) == (fresh.answered, fresh.rejected)
             && self.over
                 == lookup.is_over(|a, b| {
@@ -375,8 +376,8 @@ impl Summary {
         Scan {
             label: self.label,
             queries: self.queries,
-            sealed: match self.over && !self.many_questions {
-                true => self.identities,
+            sealed: match self.over {
+                true => self.distinct_questions().unwrap_or_default(),
                 false => [0; 4],
             },
         }
