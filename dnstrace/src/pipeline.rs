@@ -271,7 +271,7 @@ impl Pipeline {
                 Correlated::Lookup(mut lookup) => {
                     self.correlator.servers.name(&mut lookup);
                     reads::settle(&mut lookup, self.read_counts.as_deref_mut(), self.now_ns);
-                    if self.gaps.meet(lookup.first_monotonic_ns, self.now_ns) {
+                    if self.gaps.meet(lookup.first_monotonic_ns(), self.now_ns) {
                         lookup.mark_incomplete();
                     }
                     if lookup.incomplete {
@@ -279,14 +279,14 @@ impl Pipeline {
                     }
                     self.diagnoser.lookup(&lookup);
                     if self.processes.len() >= MAX_REPORTED_PROCESSES
-                        && !self.processes.contains_key(&lookup.client.id)
+                        && !self.processes.contains_key(&lookup.client().id)
                     {
                         self.forget_least_active_process();
                     }
                     let report = self
                         .processes
-                        .entry(lookup.client.id)
-                        .or_insert_with(|| ProcessReport::new(lookup.client.clone()));
+                        .entry(lookup.client().id)
+                        .or_insert_with(|| ProcessReport::new(lookup.client().clone()));
                     report.add(&lookup);
                     self.each_output(|output| output.lookup(&lookup));
                 }

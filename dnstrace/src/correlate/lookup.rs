@@ -39,20 +39,48 @@ impl LookupOutcome {
 
 #[derive(Clone, Debug)]
 pub struct Lookup {
-    pub client: Client,
     /// The name as the process asked for it, search suffixes taken off.
     pub name: String,
     pub context: Arc<ResolverContext>,
-    /// The first inline: most lookups make one attempt.
+    /// Never empty ([`Lookup::new`]), and only ever added to: the first is
+    /// the query that began the lookup. Inline: most lookups make one.
     pub attempts: SmallVec<[Attempt; 1]>,
-    pub first_monotonic_ns: u64,
-    pub first_wall_time_ns: i128,
     pub last_monotonic_ns: u64,
     /// Set by [`Lookup::mark_incomplete`].
     pub incomplete: bool,
 }
 
 impl Lookup {
+    /// A lookup begun by the query `first`.
+    pub fn new(name: String, context: Arc<ResolverContext>, first: Attempt) -> Self {
+        Self {
+            name,
+            context,
+            last_monotonic_ns: first.sent_monotonic_ns.unwrap_or_default(),
+            attempts: SmallVec::from_buf([first]),
+            incomplete: false,
+        }
+    }
+
+    /// The query that began the lookup.
+    fn first(&self) -> &Attempt {
+        &self.attempts[0]
+    }
+
+    /// The process, as its first query showed it.
+    pub fn client(&self) -> &Client {
+        &self.first().client
+    }
+
+    /// When the first query left.
+    pub fn first_monotonic_ns(&self) -> u64 {
+        self.first().sent_monotonic_ns.unwrap_or_default()
+    }
+
+    pub fn first_wall_time_ns(&self) -> i128 {
+        self.first().sent_wall_time_ns.unwrap_or_default()
+    }
+
     /// Query names in the order the process first tried them.
     pub fn names_tried(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
@@ -237,7 +265,7 @@ impl Lookup {
             .filter_map(|a| a.ended_monotonic_ns)
             .max()
             .unwrap_or(self.last_monotonic_ns);
-        end.saturating_sub(self.first_monotonic_ns)
+        end.saturating_sub(self.first_monotonic_ns())
     }
 
     pub fn queries(&self) -> usize {
@@ -314,7 +342,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut lookup = lookup(&client(7, "client"), "db.test.", attempts, 0);
+            let mut lookup = lookup("db.test.", attempts, 0);
             lookup.context = Arc::new(ResolverContext {
                 conf: None,
                 library,

@@ -20,8 +20,6 @@ pub(crate) mod tests;
 
 use std::{collections::HashMap, sync::Arc};
 
-use smallvec::SmallVec;
-
 use self::{
     attempt::{Attempt, Mismatch, Outcome, ReadState, Rejection, Response, Shape},
     lookup::Lookup,
@@ -293,33 +291,7 @@ impl Correlator {
                     && lookup.every_question_answered());
             !starts_over
         });
-        let index = match position {
-            Some(index) => index,
-            None => {
-                if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
-                    self.evicted += 1;
-                    self.open = self.open.saturating_sub(1);
-                    if let Some(oldest) = lookups.pop_front() {
-                        out.push(Correlated::Lookup(reported_early(oldest)));
-                    }
-                }
-                self.open += 1;
-                lookups.push_back(Lookup {
-                    client: client.clone(),
-                    name: name.to_string(),
-                    context: Arc::clone(context),
-                    attempts: SmallVec::new(),
-                    first_monotonic_ns: now,
-                    first_wall_time_ns: message.envelope.wall_time_ns,
-                    last_monotonic_ns: now,
-                    incomplete: false,
-                });
-                lookups.len() - 1
-            }
-        };
-        // The shortest name tried is the one the process asked for.
-        let shorter = (name.len() < lookups.get(index).name.len()).then(|| name.into_owned());
-        let attempt = Attempt {
+        let query = |question| Attempt {
             client,
             tid: message.envelope.process.as_ref().map(|p| p.tid),
             socket_cookie: message.envelope.socket_cookie,
@@ -337,7 +309,26 @@ impl Correlator {
             ended_monotonic_ns: None,
             drop: None,
         };
-        lookups.add_query(index, &keys, shorter, now, attempt);
+        match position {
+            Some(index) => {
+                // The shortest name tried is the one the process asked for.
+                let shorter =
+                    (name.len() < lookups.get(index).name.len()).then(|| name.into_owned());
+                lookups.add_query(index, &keys, shorter, now, query(question));
+            }
+            None => {
+                if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
+                    self.evicted += 1;
+                    self.open = self.open.saturating_sub(1);
+                    if let Some(oldest) = lookups.pop_front() {
+                        out.push(Correlated::Lookup(reported_early(oldest)));
+                    }
+                }
+                self.open += 1;
+                let name = name.into_owned();
+                lookups.push_back(Lookup::new(name, Arc::clone(context), query(question)));
+            }
+        }
     }
 
     fn on_response(
@@ -473,7 +464,7 @@ impl Correlator {
             .flat_map(|(_, l)| l.into_lookups())
             .collect();
         // In the order they began, whichever client they belong to.
-        open.sort_by_key(|lookup| lookup.first_monotonic_ns);
+        open.sort_by_key(|lookup| lookup.first_monotonic_ns());
         out.extend(
             open.into_iter()
                 .map(|l| Correlated::Lookup(close_as_it_stands(l))),

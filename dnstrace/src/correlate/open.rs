@@ -874,17 +874,17 @@ mod tests {
         let mut open = super::Open::default();
         for at in 0..512 {
             let attempts = vec![attempt(&client, 1, 1, Outcome::Pending, at, None)];
-            open.push_back(lookup(&client, "db.test", attempts, at));
+            open.push_back(lookup("db.test", attempts, at));
         }
         let mut settled = Vec::new();
         let judge = |_: &mut _| Judged {
             decided: false,
             quiet_until: u64::MAX,
         };
-        let all_but_the_last = |lookup: &super::Lookup| lookup.first_monotonic_ns < 511;
+        let all_but_the_last = |lookup: &super::Lookup| lookup.first_monotonic_ns() < 511;
         open.settle(0, judge, all_but_the_last, |lookup| settled.push(lookup));
         assert_eq!((settled.len(), open.len()), (511, 1));
-        assert!(settled.iter().map(|l| l.first_monotonic_ns).eq(0..511));
+        assert!(settled.iter().map(|l| l.first_monotonic_ns()).eq(0..511));
         let room = (open.entries.capacity(), open.scans.capacity());
         assert!(
             room.0 < 64

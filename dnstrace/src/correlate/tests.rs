@@ -121,18 +121,14 @@ pub(crate) fn attempt(
     }
 }
 
-/// A lookup of `name` by `client` made of `attempts`, begun at `at`.
-pub(crate) fn lookup(client: &Client, name: &str, attempts: Vec<Attempt>, at: u64) -> Lookup {
-    Lookup {
-        client: client.clone(),
-        name: name.into(),
-        context: Default::default(),
-        attempts: attempts.into(),
-        first_monotonic_ns: at,
-        first_wall_time_ns: 0,
-        last_monotonic_ns: at + MS,
-        incomplete: false,
-    }
+/// A lookup of `name` made of `attempts`, the last message at `at + MS`.
+pub(crate) fn lookup(name: &str, attempts: Vec<Attempt>, at: u64) -> Lookup {
+    let mut attempts = attempts.into_iter();
+    let first = attempts.next().expect("a lookup has an attempt");
+    let mut lookup = Lookup::new(name.into(), Default::default(), first);
+    lookup.attempts.extend(attempts);
+    lookup.last_monotonic_ns = at + MS;
+    lookup
 }
 
 pub(crate) fn server(n: u8) -> SocketAddr {
@@ -1519,7 +1515,7 @@ fn the_pod_that_answered_behind_a_service_address_is_named() {
         if let Correlated::Lookup(lookup) = item {
             s.correlator.servers.name(lookup);
             let pod = lookup.server_pod().and_then(|p| p.name.clone());
-            named.push((lookup.client.pid(), pod));
+            named.push((lookup.client().pid(), pod));
         }
     }
     named.sort();

@@ -57,7 +57,7 @@ fn finding(
     let mut explanation = format!(
         "{} answer(s) from {server} reached {} and were thrown away: it {detail}. Rejected: {}.",
         from_server.len(),
-        lookup.client,
+        lookup.client(),
         describe_shape(&rejected_shape)
     );
     explanation.push_str(&reads_sentence(from_server));
@@ -117,7 +117,9 @@ fn finding(
         explanation,
         fix,
         shapes: Some((rejected_shape, accepted_shape)),
-        wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+        wall_time_ns: first
+            .sent_wall_time_ns
+            .unwrap_or(lookup.first_wall_time_ns()),
     })
 }
 

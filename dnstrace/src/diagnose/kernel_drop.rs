@@ -22,7 +22,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 "The kernel dropped the {} of {} for {} {} to {} ({} at {}, {} ms after the query \
                  was sent).",
                 drop.packet.name(),
-                lookup.client,
+                lookup.client(),
                 attempt.question.name,
                 qtype_name(attempt.question.qtype),
                 attempt.server,
@@ -41,7 +41,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 shapes: None,
                 wall_time_ns: attempt
                     .sent_wall_time_ns
-                    .unwrap_or(lookup.first_wall_time_ns),
+                    .unwrap_or(lookup.first_wall_time_ns()),
             })
         })
         .collect()

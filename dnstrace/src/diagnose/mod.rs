@@ -123,7 +123,7 @@ impl Diagnoser {
         if lookup.incomplete {
             return Vec::new();
         }
-        let accepted = self.accepted.entry(lookup.client.id).or_default();
+        let accepted = self.accepted.entry(lookup.client().id).or_default();
         for shape in lookup
             .attempts
             .iter()
@@ -152,7 +152,7 @@ impl Diagnoser {
                 .iter()
                 .rfind(|a| Some(a.server) == finding.server && a.server_pod.is_some())
                 .and_then(|a| a.server_pod.as_deref());
-            self.record(&lookup.client, finding, server_pod);
+            self.record(lookup.client(), finding, server_pod);
         }
         findings
     }

@@ -33,7 +33,7 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
     }
     let wasted_ms = first_resolving
         .sent_monotonic_ns?
-        .saturating_sub(lookup.first_monotonic_ns)
+        .saturating_sub(lookup.first_monotonic_ns())
         / 1_000_000;
     let mut tried: Vec<String> = Vec::new();
     for attempt in &before {
@@ -66,7 +66,7 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
         explanation: format!(
             "{} asked for \"{}\"; the search list made it try {} first ({} wasted queries, \
              {wasted_ms} ms) before {} resolved. {why}",
-            lookup.client,
+            lookup.client(),
             lookup.name,
             tried.join(", "),
             before.len(),
@@ -78,6 +78,6 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
             dots.max(1)
         ),
         shapes: None,
-        wall_time_ns: lookup.first_wall_time_ns,
+        wall_time_ns: lookup.first_wall_time_ns(),
     })
 }

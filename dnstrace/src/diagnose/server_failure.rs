@@ -24,7 +24,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                      and a resolver with no other server left fails the lookup.",
                     rcode_name(rcode),
                     from_server.len(),
-                    lookup.client
+                    lookup.client()
                 ),
                 fix: format!(
                     "Find why {server} answers {}: for SERVFAIL its upstreams or DNSSEC validation \
@@ -33,7 +33,9 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     rcode_name(rcode)
                 ),
                 shapes: None,
-                wall_time_ns: first.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                wall_time_ns: first
+                    .sent_wall_time_ns
+                    .unwrap_or(lookup.first_wall_time_ns()),
             })
         })
         .collect()

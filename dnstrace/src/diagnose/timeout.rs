@@ -37,14 +37,14 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                          came back, and {waited_ms} ms later it sent both again with the same ids. \
                          This is the signature of conntrack dropping one of two simultaneous UDP \
                          packets of a flow (a race in the Linux NAT path, common in Kubernetes).",
-                        lookup.client, lost.server
+                        lookup.client(), lost.server
                     ),
                     fix: "Add `options single-request-reopen` (glibc) to resolv.conf, or avoid DNAT \
                           to the DNS server (NodeLocal DNSCache), or a kernel with the conntrack \
                           race fixes."
                         .into(),
                     shapes: None,
-                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
                 }
             } else {
                 Finding {
@@ -54,7 +54,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     evidence: vec![lost.id],
                     explanation: format!(
                         "{} got no answer from {} for {} {} and gave up after {waited_ms} ms{}.",
-                        lookup.client,
+                        lookup.client(),
                         lost.server,
                         lost.question.name,
                         crate::decode::qtype_name(lost.question.qtype),
@@ -69,7 +69,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                         lost.server
                     ),
                     shapes: None,
-                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
                 }
             }
         })

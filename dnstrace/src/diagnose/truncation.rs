@@ -37,7 +37,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     format!(
                         "{} answered {} with TC=1 over UDP; {} asked again over TCP, which \
                          costs a TCP handshake per lookup.",
-                        attempt.server, attempt.question.name, lookup.client
+                        attempt.server, attempt.question.name, lookup.client()
                     ),
                     "Fine as it is; to save the round trips, keep answers under the UDP size (fewer \
                      records), or let the client send EDNS with a larger buffer (`options edns0`)."
@@ -49,7 +49,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                     format!(
                         "{} answered {} with TC=1 over UDP, and {} never asked over TCP: it \
                          used the truncated answer or gave up. musl before 1.2.4 has no TCP fallback.",
-                        attempt.server, attempt.question.name, lookup.client
+                        attempt.server, attempt.question.name, lookup.client()
                     ),
                     "Keep the answer under 512 bytes (fewer records), or use a resolver with TCP \
                      fallback (musl 1.2.4 or later, glibc, Go)."
@@ -64,7 +64,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 explanation,
                 fix,
                 shapes: None,
-                wall_time_ns: attempt.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns),
+                wall_time_ns: attempt.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
             }
         })
         .collect()

@@ -899,8 +899,8 @@ impl<'a> LookupRecord<'a> {
     pub fn new(lookup: &'a Lookup) -> Self {
         Self {
             kind: "lookup",
-            ts: Rfc3339(lookup.first_wall_time_ns),
-            client: ClientFields::of(&lookup.client),
+            ts: Rfc3339(lookup.first_wall_time_ns()),
+            client: ClientFields::of(lookup.client()),
             name: &lookup.name,
             names_tried: lookup.names_tried(),
             outcome: lookup.outcome().name(),
@@ -1282,16 +1282,7 @@ mod tests {
             ended_monotonic_ns: Some(1),
             drop: None,
         };
-        let lookup = Lookup {
-            client,
-            name: "x".into(),
-            context: Default::default(),
-            attempts: [attempt.clone()].into(),
-            first_monotonic_ns: 0,
-            first_wall_time_ns: 0,
-            last_monotonic_ns: 0,
-            incomplete: false,
-        };
+        let lookup = Lookup::new("x".into(), Default::default(), attempt.clone());
         let mut diagnoser = crate::diagnose::Diagnoser::default();
         diagnoser.lookup(&lookup);
         let diagnosis = diagnoser.all()[0].clone();

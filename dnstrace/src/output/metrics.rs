@@ -480,7 +480,7 @@ impl Output for MetricsOutput {
     fn lookup(&mut self, lookup: &Lookup) -> io::Result<()> {
         self.now_ns = self.now_ns.max(lookup.last_monotonic_ns);
         let now = self.now_ns;
-        let client = self.identity(&lookup.client);
+        let client = self.identity(lookup.client());
         let outcome = lookup.outcome().name();
         let labels = LookupLabels {
             client: client.clone(),

@@ -554,16 +554,17 @@ mod tests {
             comm: None,
             facts: None,
         };
-        let lookup = Lookup {
-            client: client.clone(),
-            name: "x".into(),
-            context: Default::default(),
-            attempts: Default::default(),
-            first_monotonic_ns: 0,
-            first_wall_time_ns: 0,
-            last_monotonic_ns: u64::MAX,
-            incomplete: false,
-        };
+        let mut first = crate::correlate::tests::attempt(
+            &client,
+            1,
+            1,
+            crate::correlate::attempt::Outcome::Pending,
+            0,
+            None,
+        );
+        first.ended_monotonic_ns = None;
+        let mut lookup = Lookup::new("x".into(), Default::default(), first);
+        lookup.last_monotonic_ns = u64::MAX;
         let mut report = ProcessReport::new(client);
         report.add(&lookup);
         report.add(&lookup);

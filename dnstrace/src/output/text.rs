@@ -213,10 +213,10 @@ fn format_lookup(lookup: &Lookup) -> String {
     if names.len() > 1 {
         odd.push(format!("tried {}", names.join(" ")));
     }
-    let (pid, comm) = client_columns(&lookup.client);
+    let (pid, comm) = client_columns(lookup.client());
     let mut line = format!(
         "{} {pid:<7} {comm:<15} {:<9} {:>9.1}ms {} {} ({}) via {}",
-        TimeOfDay(lookup.first_wall_time_ns),
+        TimeOfDay(lookup.first_wall_time_ns()),
         lookup.outcome().name().to_uppercase(),
         lookup.total_ns() as f64 / 1e6,
         lookup.name,

@@ -40,7 +40,7 @@ fn resolved(client: &Client, name: &str, at: u64) -> Lookup {
         attempt(client, 1, 1, Outcome::Answered, at),
         attempt(client, 1, 28, Outcome::Answered, at),
     ];
-    lookup(client, name, attempts, at)
+    lookup(name, attempts, at)
 }
 
 fn text(output: &MetricsOutput) -> String {
@@ -78,9 +78,7 @@ fn a_lookup_is_counted_under_its_client_outcome_and_types() {
         ),
         attempt(&getent, 2, 1, Outcome::Timeout, SECOND),
     ];
-    metrics
-        .lookup(&lookup(&getent, "x.test", failed, SECOND))
-        .unwrap();
+    metrics.lookup(&lookup("x.test", failed, SECOND)).unwrap();
     let text = text(&metrics);
     let who = r#"namespace="",pod="",container="",comm="getent""#;
     assert!(
@@ -121,7 +119,7 @@ fn clients_and_servers_past_their_bounds_are_folded_into_other() {
         let client = client(u32::from(n), &format!("p{n}"));
         let timeout = attempt(&client, n, 1, Outcome::Timeout, SECOND);
         metrics
-            .lookup(&lookup(&client, "x.test", vec![timeout], SECOND))
+            .lookup(&lookup("x.test", vec![timeout], SECOND))
             .unwrap();
     }
     let text = text(&metrics);
@@ -205,7 +203,7 @@ fn a_diagnosis_counts_what_it_grew_by() {
     let mut metrics = output(&args(500, 32, 0));
     let app = client(1, "app");
     let timeout = attempt(&app, 1, 1, Outcome::Timeout, SECOND);
-    let lookup = lookup(&app, "x.test", vec![timeout], SECOND);
+    let lookup = lookup("x.test", vec![timeout], SECOND);
     let mut diagnoser = crate::diagnose::Diagnoser::default();
     for count in [1, 3] {
         while diagnoser.all()[..].first().is_none_or(|d| d.count < count) {
@@ -234,7 +232,7 @@ fn every_metric_is_in_docs_metrics_md() {
         attempt(&app, 1, 1, Outcome::Rejected(Rejection::AskedAgain), SECOND),
         attempt(&app, 1, 1, Outcome::Timeout, SECOND),
     ];
-    let failed = lookup(&app, "x.test", attempts, SECOND);
+    let failed = lookup("x.test", attempts, SECOND);
     metrics.lookup(&failed).unwrap();
     let mut diagnoser = crate::diagnose::Diagnoser::default();
     diagnoser.lookup(&failed);
