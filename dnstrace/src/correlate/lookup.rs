@@ -37,10 +37,31 @@ impl LookupOutcome {
     }
 }
 
+/// A lookup's name: where it begins one of its queries' names (nearly
+/// always, as the name as asked is their lowercase start), that query and
+/// the name's length instead of a copy of its own.
+#[derive(Clone, Debug)]
+enum Name {
+    InQuery { attempt: u8, len: u16 },
+    Copy(Box<str>),
+}
+
+impl Name {
+    fn of(name: &str, attempts: &[Attempt]) -> Self {
+        let found = (attempts.iter().enumerate().rev())
+            .find(|(_, a)| a.question.name.starts_with(name))
+            .map(|(at, _)| at);
+        match (found.map(u8::try_from), u16::try_from(name.len())) {
+            (Some(Ok(attempt)), Ok(len)) => Self::InQuery { attempt, len },
+            _ => Self::Copy(name.into()),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Lookup {
     /// The name as the process asked for it, search suffixes taken off.
-    pub name: String,
+    name: Name,
     pub context: Arc<ResolverContext>,
     /// Never empty ([`Lookup::new`]), and only ever added to: the first is
     /// the query that began the lookup. Inline: most lookups make one.
@@ -51,8 +72,11 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// A lookup begun by the query `first`.
-    pub fn new(name: String, context: Arc<ResolverContext>, first: Attempt) -> Self {
+    /// A lookup begun by the query `first`, of the name its resolver
+    /// asked it for.
+    pub fn new(context: Arc<ResolverContext>, first: Attempt) -> Self {
+        let name = context.name_as_asked(&first.question.name);
+        let name = Name::of(&name, std::slice::from_ref(&first));
         Self {
             name,
             context,
@@ -60,6 +84,22 @@ impl Lookup {
             attempts: SmallVec::from_buf([first]),
             incomplete: false,
         }
+    }
+
+    /// The name as the process asked for it, search suffixes taken off.
+    pub fn name(&self) -> &str {
+        match &self.name {
+            Name::InQuery { attempt, len } => {
+                &self.attempts[usize::from(*attempt)].question.name[..usize::from(*len)]
+            }
+            Name::Copy(name) => name,
+        }
+    }
+
+    /// Gives the lookup another name: the shortest tried is the one the
+    /// process asked for.
+    pub fn rename(&mut self, name: &str) {
+        self.name = Name::of(name, &self.attempts);
     }
 
     /// The query that began the lookup.
@@ -280,6 +320,8 @@ impl Lookup {
 mod tests {
     use std::sync::Arc;
 
+    use super::{Lookup, Name};
+
     use crate::{
         correlate::{
             attempt::{Attempt, Outcome, Rejection},
@@ -409,5 +451,34 @@ mod tests {
         // than eight questions too.
         assert!((300..2_700).contains(&over), "{over} of 3,000 over");
         assert!(many_questions > 50, "{many_questions} with more than eight");
+    }
+
+    #[test]
+    fn a_name_is_read_from_the_query_it_begins_or_kept_as_a_copy() {
+        let client = client(7, "client");
+        let asked = |name: &str| {
+            let mut query = attempt(&client, 1, 1, Outcome::Pending, 0, None);
+            query.question.name = name.into();
+            query
+        };
+        let context = Arc::new(ResolverContext {
+            conf: Some(crate::resolver::ResolvConf {
+                search: vec!["ns.svc.cluster.local".into()],
+                ..Default::default()
+            }),
+            library: None,
+        });
+        let mut lookup = Lookup::new(Arc::clone(&context), asked("db.ns.svc.cluster.local."));
+        assert_eq!(lookup.name(), "db");
+        assert!(matches!(lookup.name, Name::InQuery { attempt: 0, len: 2 }));
+        // Another query's name, shorter: read from that query.
+        lookup.attempts.push(asked("d."));
+        lookup.rename("d");
+        assert!(matches!(lookup.name, Name::InQuery { attempt: 1, len: 1 }));
+        assert_eq!(lookup.name(), "d");
+        // A name asked in capitals is the lowercase one, a copy.
+        let lookup = Lookup::new(context, asked("DB.ns.svc.cluster.local."));
+        assert!(matches!(lookup.name, Name::Copy(_)));
+        assert_eq!(lookup.name(), "db");
     }
 }

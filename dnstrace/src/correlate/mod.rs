@@ -174,7 +174,7 @@ impl Correlator {
             lookups.change(index, |lookup| {
                 // Judged as the lookup's resolver would retry.
                 let sender = Sender::of(message, id, lookup.context.library.as_ref());
-                let same_name = lookup.name == name;
+                let same_name = lookup.name() == name;
                 // What a repeat needs is worked out only for a lookup that has
                 // one: a busy process has hundreds open.
                 let repeated = lookup.attempts.iter().any(|a| {
@@ -247,9 +247,9 @@ impl Correlator {
         // an answer.)
         let position = lookups.newest_continued(&keys, |index| {
             let lookup = lookups.get(index);
-            let continues = lookup.name == name
+            let continues = lookup.name() == name
                 || (search_unknown
-                    && first_label(&lookup.name) == first_label(&name)
+                    && first_label(lookup.name()) == first_label(&name)
                     && !lookup.has_positive_response());
             if !continues || lookup.attempts.len() >= MAX_ATTEMPTS_PER_LOOKUP {
                 return false;
@@ -313,7 +313,7 @@ impl Correlator {
             Some(index) => {
                 // The shortest name tried is the one the process asked for.
                 let shorter =
-                    (name.len() < lookups.get(index).name.len()).then(|| name.into_owned());
+                    (name.len() < lookups.get(index).name().len()).then(|| name.into_owned());
                 lookups.add_query(index, &keys, shorter, now, query(question));
             }
             None => {
@@ -325,8 +325,7 @@ impl Correlator {
                     }
                 }
                 self.open += 1;
-                let name = name.into_owned();
-                lookups.push_back(Lookup::new(name, Arc::clone(context), query(question)));
+                lookups.push_back(Lookup::new(Arc::clone(context), query(question)));
             }
         }
     }
@@ -659,7 +658,7 @@ fn concerns(lookup: &Lookup, sender: &Sender, question: &Question, name: &str) -
         a.outcome == Outcome::Pending
             && !sender.is_another_call_than(a)
             && (a.question.same_as(question)
-                || (a.response.is_some() && !a.moved_on && lookup.name != name))
+                || (a.response.is_some() && !a.moved_on && lookup.name() != name))
     })
 }
 

@@ -289,9 +289,9 @@ impl Summary {
     }
 
     fn relabel(&mut self, lookup: &Lookup) {
-        let len = u32::try_from(lookup.name.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(lookup.name().len()).unwrap_or(u32::MAX);
         if len != self.label_of_len {
-            self.label = label_key(&lookup.name);
+            self.label = label_key(lookup.name());
             self.label_of_len = len;
         }
     }
@@ -511,10 +511,10 @@ impl Open {
     ) {
         let Entry { lookup, summary } = &mut *self.entries[index];
         lookup.last_monotonic_ns = now;
-        if let Some(name) = shorter {
-            lookup.name = name;
-        }
         lookup.attempts.push(attempt);
+        if let Some(name) = shorter {
+            lookup.rename(&name);
+        }
         let before = summary.before_refresh();
         match keys.identity {
             0 => summary.refresh(lookup),

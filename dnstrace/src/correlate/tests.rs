@@ -125,7 +125,8 @@ pub(crate) fn attempt(
 pub(crate) fn lookup(name: &str, attempts: Vec<Attempt>, at: u64) -> Lookup {
     let mut attempts = attempts.into_iter();
     let first = attempts.next().expect("a lookup has an attempt");
-    let mut lookup = Lookup::new(name.into(), Default::default(), first);
+    let mut lookup = Lookup::new(Default::default(), first);
+    lookup.rename(name);
     lookup.attempts.extend(attempts);
     lookup.last_monotonic_ns = at + MS;
     lookup
@@ -561,7 +562,8 @@ fn search_list_expansion_counts_the_wasted_queries() {
     let lookups = lookups(&out);
     assert_eq!(lookups.len(), 1, "{lookups:#?}");
     assert_eq!(
-        lookups[0].name, "db",
+        lookups[0].name(),
+        "db",
         "the shortest name is the one asked for"
     );
     assert_eq!(
@@ -730,7 +732,7 @@ fn a_known_search_list_groups_the_expansion_under_the_name_asked() {
     let (out, diagnoses) = s.settle(3 * MS);
     let lookups = lookups(&out);
     assert_eq!(lookups.len(), 1, "{lookups:#?}");
-    assert_eq!(lookups[0].name, "api");
+    assert_eq!(lookups[0].name(), "api");
     assert_eq!(lookups[0].wasted_queries(), 1);
     assert_eq!(causes(&diagnoses), [Cause::SearchExpansion]);
     assert!(diagnoses[0].fix.contains("ndots"), "{}", diagnoses[0].fix);

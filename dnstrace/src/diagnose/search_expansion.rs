@@ -41,7 +41,7 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
             tried.push(attempt.question.name.clone());
         }
     }
-    let dots = lookup.name.matches('.').count();
+    let dots = lookup.name().matches('.').count();
     // Without the client's resolv.conf (a file read by `analyze`), its
     // ndots is not known, only that the name had too few dots for it.
     let why = match lookup.context.conf.as_ref() {
@@ -67,7 +67,7 @@ pub fn check(lookup: &Lookup) -> Option<Finding> {
             "{} asked for \"{}\"; the search list made it try {} first ({} wasted queries, \
              {wasted_ms} ms) before {} resolved. {why}",
             lookup.client(),
-            lookup.name,
+            lookup.name(),
             tried.join(", "),
             before.len(),
             resolving

@@ -901,7 +901,7 @@ impl<'a> LookupRecord<'a> {
             kind: "lookup",
             ts: Rfc3339(lookup.first_wall_time_ns()),
             client: ClientFields::of(lookup.client()),
-            name: &lookup.name,
+            name: lookup.name(),
             names_tried: lookup.names_tried(),
             outcome: lookup.outcome().name(),
             total_us: lookup.total_ns() / 1_000,
@@ -1282,7 +1282,7 @@ mod tests {
             ended_monotonic_ns: Some(1),
             drop: None,
         };
-        let lookup = Lookup::new("x".into(), Default::default(), attempt.clone());
+        let lookup = Lookup::new(Default::default(), attempt.clone());
         let mut diagnoser = crate::diagnose::Diagnoser::default();
         diagnoser.lookup(&lookup);
         let diagnosis = diagnoser.all()[0].clone();

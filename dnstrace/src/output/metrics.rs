@@ -503,7 +503,7 @@ impl Output for MetricsOutput {
             self.attempt(&client, attempt);
         }
         if self.count_names {
-            let name = self.name(&lookup.name);
+            let name = self.name(lookup.name());
             self.clients
                 .lookups_by_name
                 .get(NameLabels { name, outcome }, now)

@@ -563,7 +563,7 @@ mod tests {
             None,
         );
         first.ended_monotonic_ns = None;
-        let mut lookup = Lookup::new("x".into(), Default::default(), first);
+        let mut lookup = Lookup::new(Default::default(), first);
         lookup.last_monotonic_ns = u64::MAX;
         let mut report = ProcessReport::new(client);
         report.add(&lookup);

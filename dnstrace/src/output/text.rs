@@ -219,7 +219,7 @@ fn format_lookup(lookup: &Lookup) -> String {
         TimeOfDay(lookup.first_wall_time_ns()),
         lookup.outcome().name().to_uppercase(),
         lookup.total_ns() as f64 / 1e6,
-        lookup.name,
+        lookup.name(),
         match lookup.queries() {
             1 => "1 query".to_string(),
             n => format!("{n} queries"),
