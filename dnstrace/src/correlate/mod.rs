@@ -49,7 +49,7 @@ const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
 /// longest) is reported as it stands and counted as evicted. A lookup with
 /// one attempt takes about 1 KiB with its filters and index entries, so
 /// 65,536 take about 62 MiB (docs/benchmarks.md, "Memory").
-const MAX_LOOKUPS_PER_PROCESS: usize = 512;
+pub(super) const MAX_LOOKUPS_PER_PROCESS: usize = 512;
 pub const MAX_OPEN_LOOKUPS: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
 /// A lookup with this many attempts takes no more; real resolvers make at

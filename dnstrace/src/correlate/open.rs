@@ -14,7 +14,7 @@ use std::{
 use smallvec::SmallVec;
 
 use super::{
-    Judged,
+    Judged, MAX_LOOKUPS_PER_PROCESS,
     attempt::{Attempt, Outcome, Response},
     behaviour,
     lookup::Lookup,
@@ -472,10 +472,13 @@ impl Open {
         let scan = summary.scan();
         self.index.add(&scan, &entry.lookup.attempts);
         (self.index).wait(&entry.lookup, summary, summary.waiting, 0);
-        self.scans.push_back(scan);
-        self.repeats.push_back(summary.repeat_filter());
-        (self.retry_repeats).push_back(summary.repeat_filter_with_retries());
-        self.entries.push_back(entry);
+        push_back(&mut self.scans, scan);
+        push_back(&mut self.repeats, summary.repeat_filter());
+        push_back(
+            &mut self.retry_repeats,
+            summary.repeat_filter_with_retries(),
+        );
+        push_back(&mut self.entries, entry);
     }
 
     pub fn pop_front(&mut self) -> Option<Box<Lookup>> {
@@ -764,6 +767,18 @@ impl Open {
 /// The first of `filters` from `from` on that shares a bit with `mask`.
 /// Every query passes over all of a busy process's hundreds, and nearly
 /// all fail: eight at a time, with no branch among them.
+/// Pushes onto one of a process's deques, whose room grows by half (up
+/// to the cap of a process's lookups), not double: past a power of two,
+/// doubling left up to half of every deque of a busy process unused.
+fn push_back<T>(deque: &mut VecDeque<T>, value: T) {
+    let len = deque.len();
+    if len == deque.capacity() {
+        let room = (len + len / 2).clamp(4, MAX_LOOKUPS_PER_PROCESS.max(len + 1));
+        deque.reserve_exact(room - len);
+    }
+    deque.push_back(value);
+}
+
 fn first_overlapping(filters: &VecDeque<u64>, from: usize, mask: u64) -> Option<usize> {
     let in_slice = |filters: &[u64], from: usize| {
         let filters = filters.get(from..)?;
@@ -859,6 +874,36 @@ mod tests {
             }
         }
         assert!(wrapped > 30, "the ring wrapped {wrapped} times");
+    }
+
+    /// A process's deques grow by half: 262 lookups open (as the bench's
+    /// processes hold at its memory peak) take room for 316, not 512, and
+    /// no deque takes more than the cap of a process's lookups.
+    #[test]
+    fn room_for_lookups_grows_by_half_up_to_the_cap() {
+        use super::super::{
+            MAX_LOOKUPS_PER_PROCESS,
+            attempt::Outcome,
+            tests::{attempt, client, lookup},
+        };
+        let client = client(7, "busy");
+        let mut open = super::Open::default();
+        let rooms = |open: &super::Open| {
+            [
+                open.entries.capacity(),
+                open.scans.capacity(),
+                open.repeats.capacity(),
+                open.retry_repeats.capacity(),
+            ]
+        };
+        for at in 0..MAX_LOOKUPS_PER_PROCESS as u64 {
+            let attempts = vec![attempt(&client, 1, 1, Outcome::Pending, at, None)];
+            open.push_back(lookup("db.test", attempts, at));
+            if open.len() == 262 {
+                assert_eq!(rooms(&open), [316; 4]);
+            }
+        }
+        assert_eq!(rooms(&open), [MAX_LOOKUPS_PER_PROCESS; 4]);
     }
 
     /// Once a burst of lookups has settled, what is left takes room for
