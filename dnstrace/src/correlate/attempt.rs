@@ -202,8 +202,9 @@ pub struct KernelDrop {
     pub location: Arc<str>,
     /// From the query's sending to the drop.
     pub after_ns: u64,
-    /// How conntrack's failure counters moved, for a netfilter drop.
-    pub conntrack: Option<ConntrackChange>,
+    /// How conntrack's failure counters moved, for a netfilter drop;
+    /// boxed, as most drops have none and inline they took a quarter.
+    pub conntrack: Option<Box<ConntrackChange>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

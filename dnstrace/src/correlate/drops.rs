@@ -48,7 +48,7 @@ impl Correlator {
             reason: Arc::clone(&dropped.reason),
             location: Arc::clone(&dropped.location),
             after_ns: sent.map_or(0, |sent| now.saturating_sub(sent)),
-            conntrack: dropped.conntrack,
+            conntrack: dropped.conntrack.map(Box::new),
         };
         let client = message.client_id();
         if !header.is_response {

@@ -54,7 +54,7 @@ fn reason(drop: &KernelDrop, attempt: &Attempt) -> (String, String) {
                            DNS cache (NodeLocal DNSCache) so pods' queries are not DNATed, and a \
                            kernel with the conntrack clash fixes (Linux 5.0, backported to 4.19).";
     match &*drop.reason {
-        "NETFILTER_DROP" => match drop.conntrack {
+        "NETFILTER_DROP" => match drop.conntrack.as_deref() {
             Some(change) if change.insert_failed > 0 || change.drop > 0 => (
                 format!(
                     "Conntrack's insert_failed grew by {} and its drop counter by {} meanwhile: \
