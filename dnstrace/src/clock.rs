@@ -38,6 +38,24 @@ fn read(clock: libc::clockid_t) -> i128 {
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
+/// Nanoseconds since the Unix epoch, kept as bytes: an i128 field aligns
+/// its struct to 16 bytes, and an attempt (65,536 may be open) carried
+/// padding for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnalignedWallNs([u8; 16]);
+
+impl From<i128> for UnalignedWallNs {
+    fn from(wall_time_ns: i128) -> Self {
+        Self(wall_time_ns.to_ne_bytes())
+    }
+}
+
+impl UnalignedWallNs {
+    pub fn get(self) -> i128 {
+        i128::from_ne_bytes(self.0)
+    }
+}
+
 /// RFC 3339 in UTC with nanoseconds, `2026-11-27T05:49:46.123456789Z`,
 /// written straight into a formatter: this runs for every message.
 pub struct Rfc3339(pub i128);
@@ -145,6 +163,14 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wall_time_kept_unaligned_reads_back_the_same() {
+        for ns in [0, 1_795_758_586_123_456_789, -1, i128::MIN, i128::MAX] {
+            assert_eq!(UnalignedWallNs::from(ns).get(), ns);
+        }
+        assert_eq!(std::mem::align_of::<UnalignedWallNs>(), 1);
+    }
 
     #[test]
     fn formats_with_nanoseconds() {

@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use crate::{
+    clock::UnalignedWallNs,
     decode::{Flags, HeaderSummary, Question},
     message::{Client, ConntrackChange, Pod, Transport},
 };
@@ -178,7 +179,8 @@ pub struct Attempt {
     pub id: u16,
     /// When the query left; `None` for a response that matched no query.
     pub sent_monotonic_ns: Option<u64>,
-    pub sent_wall_time_ns: Option<i128>,
+    /// [`Attempt::sent_wall_time_ns`].
+    pub sent_wall: Option<UnalignedWallNs>,
     /// Boxed: most of the attempts held at a time wait for theirs, and
     /// inline it took a quarter of each.
     pub response: Option<Box<Response>>,
@@ -235,6 +237,11 @@ impl Attempt {
             self.ended_monotonic_ns = Some(response.monotonic_ns);
         }
         self.response = Some(Box::new(response));
+    }
+
+    /// When the query left, by the wall clock.
+    pub fn sent_wall_time_ns(&self) -> Option<i128> {
+        self.sent_wall.map(UnalignedWallNs::get)
     }
 
     /// Query to response, or to the moment the process gave up.

@@ -194,7 +194,7 @@ impl Correlator {
                 drop.after_ns += sent - envelope.monotonic_ns;
             }
             attempt.sent_monotonic_ns = Some(envelope.monotonic_ns);
-            attempt.sent_wall_time_ns = Some(envelope.wall_time_ns);
+            attempt.sent_wall = Some(envelope.wall_time_ns.into());
         });
         true
     }

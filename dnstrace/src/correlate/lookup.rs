@@ -118,7 +118,7 @@ impl Lookup {
     }
 
     pub fn first_wall_time_ns(&self) -> i128 {
-        self.first().sent_wall_time_ns.unwrap_or_default()
+        self.first().sent_wall_time_ns().unwrap_or_default()
     }
 
     /// Query names in the order the process first tried them.

@@ -302,7 +302,7 @@ impl Correlator {
             question,
             id,
             sent_monotonic_ns: Some(now),
-            sent_wall_time_ns: Some(message.envelope.wall_time_ns),
+            sent_wall: Some(message.envelope.wall_time_ns.into()),
             response: None,
             outcome: Outcome::Pending,
             moved_on: false,
@@ -849,7 +849,7 @@ fn stray(
         question,
         id,
         sent_monotonic_ns: None,
-        sent_wall_time_ns: None,
+        sent_wall: None,
         ended_monotonic_ns: Some(response.monotonic_ns),
         drop: None,
         // Reported as it arrives, before the process could read it.

@@ -876,6 +876,14 @@ mod tests {
         assert!(wrapped > 30, "the ring wrapped {wrapped} times");
     }
 
+    /// What the bench's memory budget counts on (docs/benchmarks.md): an
+    /// open lookup with its first attempt and summary in one allocation of
+    /// 392 bytes.
+    #[test]
+    fn an_open_lookup_is_one_allocation_of_392_bytes() {
+        assert_eq!(std::mem::size_of::<super::Entry>(), 392);
+    }
+
     /// A process's deques grow by half: 262 lookups open (as the bench's
     /// processes hold at its memory peak) take room for 316, not 512, and
     /// no deque takes more than the cap of a process's lookups.

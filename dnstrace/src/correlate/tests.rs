@@ -97,7 +97,7 @@ pub(crate) fn attempt(
         },
         id: 1,
         sent_monotonic_ns: Some(at),
-        sent_wall_time_ns: Some(0),
+        sent_wall: Some(0.into()),
         response: answer.map(|answer| {
             Box::new(Response {
                 monotonic_ns: at + MS,

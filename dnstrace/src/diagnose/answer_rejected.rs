@@ -118,7 +118,7 @@ fn finding(
         fix,
         shapes: Some((rejected_shape, accepted_shape)),
         wall_time_ns: first
-            .sent_wall_time_ns
+            .sent_wall_time_ns()
             .unwrap_or(lookup.first_wall_time_ns()),
     })
 }

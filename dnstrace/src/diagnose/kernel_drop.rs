@@ -40,7 +40,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 fix,
                 shapes: None,
                 wall_time_ns: attempt
-                    .sent_wall_time_ns
+                    .sent_wall_time_ns()
                     .unwrap_or(lookup.first_wall_time_ns()),
             })
         })

@@ -34,7 +34,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 ),
                 shapes: None,
                 wall_time_ns: first
-                    .sent_wall_time_ns
+                    .sent_wall_time_ns()
                     .unwrap_or(lookup.first_wall_time_ns()),
             })
         })

@@ -44,7 +44,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                           race fixes."
                         .into(),
                     shapes: None,
-                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
+                    wall_time_ns: lost.sent_wall_time_ns().unwrap_or(lookup.first_wall_time_ns()),
                 }
             } else {
                 Finding {
@@ -69,7 +69,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                         lost.server
                     ),
                     shapes: None,
-                    wall_time_ns: lost.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
+                    wall_time_ns: lost.sent_wall_time_ns().unwrap_or(lookup.first_wall_time_ns()),
                 }
             }
         })

@@ -64,7 +64,7 @@ pub fn check(lookup: &Lookup) -> Vec<Finding> {
                 explanation,
                 fix,
                 shapes: None,
-                wall_time_ns: attempt.sent_wall_time_ns.unwrap_or(lookup.first_wall_time_ns()),
+                wall_time_ns: attempt.sent_wall_time_ns().unwrap_or(lookup.first_wall_time_ns()),
             }
         })
         .collect()

@@ -828,7 +828,7 @@ impl<'a> AttemptRecord<'a> {
             kind: "attempt",
             ts: Rfc3339(
                 attempt
-                    .sent_wall_time_ns
+                    .sent_wall_time_ns()
                     .or(response.map(|r| r.wall_time_ns))
                     .unwrap_or_default(),
             ),
@@ -1275,7 +1275,7 @@ mod tests {
             },
             id: 1,
             sent_monotonic_ns: Some(0),
-            sent_wall_time_ns: Some(0),
+            sent_wall: Some(0.into()),
             response: None,
             outcome: crate::correlate::attempt::Outcome::Timeout,
             moved_on: false,
@@ -1490,7 +1490,7 @@ mod tests {
                         comm: None,
                         facts: None,
                     };
-                    lookup.attempts[0].sent_wall_time_ns = None;
+                    lookup.attempts[0].sent_wall = None;
                     lookup.attempts[0].sent_monotonic_ns = None;
                 }
                 for attempt in &lookup.attempts {
