@@ -47,8 +47,8 @@ const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
 /// processes tracked. Past any of them the oldest lookup (of the process,
 /// of the process holding the most, or every lookup of the process idle
 /// longest) is reported as it stands and counted as evicted. A lookup with
-/// one attempt takes about 1 KiB with its filters and index entries, so
-/// 65,536 take about 62 MiB (docs/benchmarks.md, "Memory").
+/// one attempt takes about 750 bytes with its filters and index entries,
+/// so 65,536 take about 48 MiB (docs/benchmarks.md, "Memory").
 pub(super) const MAX_LOOKUPS_PER_PROCESS: usize = 512;
 pub const MAX_OPEN_LOOKUPS: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
