@@ -39,8 +39,8 @@ fn read(clock: libc::clockid_t) -> i128 {
 }
 
 /// Nanoseconds since the Unix epoch, kept as bytes: an i128 field aligns
-/// its struct to 16 bytes, and an attempt (65,536 may be open) carried
-/// padding for it.
+/// its struct to 16 bytes, and every open lookup's first attempt (65,536
+/// lookups may be open) carried padding for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnalignedWallNs([u8; 16]);
 

@@ -179,7 +179,7 @@ pub struct Attempt {
     pub id: u16,
     /// When the query left; `None` for a response that matched no query.
     pub sent_monotonic_ns: Option<u64>,
-    /// [`Attempt::sent_wall_time_ns`].
+    /// When the query left, by the wall clock ([`Attempt::sent_wall_time_ns`]).
     pub sent_wall: Option<UnalignedWallNs>,
     /// Boxed: most of the attempts held at a time wait for theirs, and
     /// inline it took a quarter of each.
@@ -205,7 +205,7 @@ pub struct KernelDrop {
     /// From the query's sending to the drop.
     pub after_ns: u64,
     /// How conntrack's failure counters moved, for a netfilter drop;
-    /// boxed, as most drops have none and inline they took a quarter.
+    /// boxed, as most drops have none and inline they took a third.
     pub conntrack: Option<Box<ConntrackChange>>,
 }
 

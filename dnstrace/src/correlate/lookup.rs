@@ -1,7 +1,7 @@
 //! The chain of attempts one process makes to resolve one name: retries,
 //! the next server, the A/AAAA pair, the TCP fallback, the search list.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
 use smallvec::SmallVec;
 
@@ -40,7 +40,7 @@ impl LookupOutcome {
 /// A lookup's name: where it begins one of its queries' names (nearly
 /// always, as the name as asked is their lowercase start), that query and
 /// the name's length instead of a copy of its own.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum Name {
     InQuery { attempt: u8, len: u16 },
     Copy(Box<str>),
@@ -48,9 +48,7 @@ enum Name {
 
 impl Name {
     fn of(name: &str, attempts: &[Attempt]) -> Self {
-        let found = (attempts.iter().enumerate().rev())
-            .find(|(_, a)| a.question.name.starts_with(name))
-            .map(|(at, _)| at);
+        let found = (attempts.iter()).rposition(|a| a.question.name.starts_with(name));
         match (found.map(u8::try_from), u16::try_from(name.len())) {
             (Some(Ok(attempt)), Ok(len)) => Self::InQuery { attempt, len },
             _ => Self::Copy(name.into()),
@@ -58,7 +56,7 @@ impl Name {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Lookup {
     /// The name as the process asked for it, search suffixes taken off.
     name: Name,
@@ -69,6 +67,19 @@ pub struct Lookup {
     pub last_monotonic_ns: u64,
     /// Set by [`Lookup::mark_incomplete`].
     pub incomplete: bool,
+}
+
+/// With its name as read, not where it is kept.
+impl fmt::Debug for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lookup")
+            .field("name", &self.name())
+            .field("context", &self.context)
+            .field("attempts", &self.attempts)
+            .field("last_monotonic_ns", &self.last_monotonic_ns)
+            .field("incomplete", &self.incomplete)
+            .finish()
+    }
 }
 
 impl Lookup {
@@ -117,6 +128,7 @@ impl Lookup {
         self.first().sent_monotonic_ns.unwrap_or_default()
     }
 
+    /// When the first query left, by the wall clock.
     pub fn first_wall_time_ns(&self) -> i128 {
         self.first().sent_wall_time_ns().unwrap_or_default()
     }

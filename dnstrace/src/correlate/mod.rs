@@ -49,7 +49,7 @@ const SHORTEST_TIMEOUT_NS: u64 = 100_000_000;
 /// longest) is reported as it stands and counted as evicted. A lookup with
 /// one attempt takes about 750 bytes with its filters and index entries,
 /// so 65,536 take about 48 MiB (docs/benchmarks.md, "Memory").
-pub(super) const MAX_LOOKUPS_PER_PROCESS: usize = 512;
+const MAX_LOOKUPS_PER_PROCESS: usize = 512;
 pub const MAX_OPEN_LOOKUPS: usize = 65_536;
 const MAX_PROCESSES: usize = 4096;
 /// A lookup with this many attempts takes no more; real resolvers make at
@@ -291,7 +291,8 @@ impl Correlator {
                     && lookup.every_question_answered());
             !starts_over
         });
-        let query = |question| Attempt {
+        // Made once `name`, which borrows the question, is done with.
+        let attempt = |question| Attempt {
             client,
             tid: message.envelope.process.as_ref().map(|p| p.tid),
             socket_cookie: message.envelope.socket_cookie,
@@ -314,7 +315,7 @@ impl Correlator {
                 // The shortest name tried is the one the process asked for.
                 let shorter =
                     (name.len() < lookups.get(index).name().len()).then(|| name.into_owned());
-                lookups.add_query(index, &keys, shorter, now, query(question));
+                lookups.add_query(index, &keys, shorter, now, attempt(question));
             }
             None => {
                 if lookups.len() >= MAX_LOOKUPS_PER_PROCESS {
@@ -325,7 +326,7 @@ impl Correlator {
                     }
                 }
                 self.open += 1;
-                lookups.push_back(Lookup::new(Arc::clone(context), query(question)));
+                lookups.push_back(Lookup::new(Arc::clone(context), attempt(question)));
             }
         }
     }

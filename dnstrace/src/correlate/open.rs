@@ -32,8 +32,8 @@ struct Entry {
 #[derive(Default)]
 pub struct Open {
     /// Boxed: a process's lookups come and go by the hundred, and a
-    /// deque's room for them (up to twice as many) then costs a pointer
-    /// each, not a lookup and its summary.
+    /// deque's room for them (up to half as many again) then costs a
+    /// pointer each, not a lookup, its first attempt and its summary.
     entries: VecDeque<Box<Entry>>,
     /// What every query reads of every open lookup, copied out of the
     /// summaries and packed, so that a pass over hundreds stays in cache:
@@ -472,13 +472,13 @@ impl Open {
         let scan = summary.scan();
         self.index.add(&scan, &entry.lookup.attempts);
         (self.index).wait(&entry.lookup, summary, summary.waiting, 0);
-        push_back(&mut self.scans, scan);
-        push_back(&mut self.repeats, summary.repeat_filter());
-        push_back(
+        push_growing_by_half(&mut self.scans, scan);
+        push_growing_by_half(&mut self.repeats, summary.repeat_filter());
+        push_growing_by_half(
             &mut self.retry_repeats,
             summary.repeat_filter_with_retries(),
         );
-        push_back(&mut self.entries, entry);
+        push_growing_by_half(&mut self.entries, entry);
     }
 
     pub fn pop_front(&mut self) -> Option<Box<Lookup>> {
@@ -764,13 +764,10 @@ impl Open {
     }
 }
 
-/// The first of `filters` from `from` on that shares a bit with `mask`.
-/// Every query passes over all of a busy process's hundreds, and nearly
-/// all fail: eight at a time, with no branch among them.
 /// Pushes onto one of a process's deques, whose room grows by half (up
 /// to the cap of a process's lookups), not double: past a power of two,
 /// doubling left up to half of every deque of a busy process unused.
-fn push_back<T>(deque: &mut VecDeque<T>, value: T) {
+fn push_growing_by_half<T>(deque: &mut VecDeque<T>, value: T) {
     let len = deque.len();
     if len == deque.capacity() {
         let room = (len + len / 2).clamp(4, MAX_LOOKUPS_PER_PROCESS.max(len + 1));
@@ -779,6 +776,9 @@ fn push_back<T>(deque: &mut VecDeque<T>, value: T) {
     deque.push_back(value);
 }
 
+/// The first of `filters` from `from` on that shares a bit with `mask`.
+/// Every query passes over all of a busy process's hundreds, and nearly
+/// all fail: eight at a time, with no branch among them.
 fn first_overlapping(filters: &VecDeque<u64>, from: usize, mask: u64) -> Option<usize> {
     let in_slice = |filters: &[u64], from: usize| {
         let filters = filters.get(from..)?;
@@ -880,6 +880,7 @@ mod tests {
     /// open lookup with its first attempt and summary in one allocation of
     /// 392 bytes.
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn an_open_lookup_is_one_allocation_of_392_bytes() {
         assert_eq!(std::mem::size_of::<super::Entry>(), 392);
     }

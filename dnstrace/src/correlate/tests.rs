@@ -1464,6 +1464,7 @@ fn a_query_seen_after_its_drop_is_the_same_attempt() {
     let attempts = &lookups(&out)[0].attempts;
     assert_eq!(attempts.len(), 1, "{attempts:#?}");
     assert_eq!(attempts[0].sent_monotonic_ns, Some(0));
+    assert_eq!(lookups(&out)[0].first_monotonic_ns(), 0);
     assert_eq!(attempts[0].drop.as_ref().map(|d| d.after_ns), Some(MS));
     assert_eq!(causes(&diagnoses), [Cause::KernelDrop]);
 }
