@@ -326,7 +326,7 @@ impl Correlator {
                     }
                 }
                 self.open += 1;
-                lookups.push_back(Lookup::new(Arc::clone(context), attempt(question)));
+                lookups.push_back(Lookup::new(Arc::clone(context), attempt(question)), &keys);
             }
         }
     }

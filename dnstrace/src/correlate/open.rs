@@ -187,7 +187,9 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(lookup: &Lookup) -> Self {
+    /// `first_identity`: its first attempt's question, where the caller
+    /// has hashed it already.
+    fn of(lookup: &Lookup, first_identity: Option<u64>) -> Self {
         let mut summary = Self {
             label: 0,
             label_of_len: u32::MAX,
@@ -207,6 +209,9 @@ impl Summary {
             fresh_socket_retries: Cell::new(None),
             quiet_until: 0,
         };
+        if let Some(identity) = first_identity {
+            summary.add_attempt(&lookup.attempts[0], identity);
+        }
         summary.refresh(lookup);
         summary.over = summary.is_over(lookup);
         summary
@@ -356,7 +361,7 @@ impl Summary {
     /// Whether every filter is what `of` would make of the lookup now.
     #[cfg(debug_assertions)]
     fn is_true_of(&self, lookup: &Lookup) -> bool {
-        let fresh = Self::of(lookup);
+        let fresh = Self::of(lookup, None);
         (self.label, &self.questions, self.asked, self.pending)
             == (fresh.label, &fresh.questions, fresh.asked, fresh.pending)
             && (self.pending_answered, self.waiting) == (fresh.pending_answered, fresh.waiting)
@@ -460,8 +465,11 @@ impl Open {
         &self.entries[index].lookup
     }
 
-    pub fn push_back(&mut self, lookup: Lookup) {
-        let summary = Summary::of(&lookup);
+    /// Opens `lookup`, begun by the query whose keys are `keys`: its
+    /// question is hashed once, for both.
+    pub fn push_back(&mut self, lookup: Lookup, keys: &Keys) {
+        let identity = (keys.identity != 0).then_some(keys.identity);
+        let summary = Summary::of(&lookup, identity);
         self.append(Box::new(Entry { lookup, summary }));
     }
 
@@ -885,16 +893,34 @@ mod tests {
         assert_eq!(std::mem::size_of::<super::Entry>(), 392);
     }
 
+    /// Opens a lookup of one pending query, sent at `at`, as `on_query`
+    /// opens one.
+    fn open_pending(open: &mut super::Open, client: &crate::message::Client, at: u64) {
+        use super::super::{
+            attempt::Outcome,
+            tests::{attempt, lookup},
+        };
+        let lookup = lookup(
+            "db.test",
+            vec![attempt(client, 1, 1, Outcome::Pending, at, None)],
+            at,
+        );
+        let first = &lookup.attempts[0];
+        let keys = super::Keys::new(
+            lookup.name(),
+            Some(&first.question),
+            first.socket_cookie,
+            first.id,
+        );
+        open.push_back(lookup, &keys);
+    }
+
     /// A process's deques grow by half: 262 lookups open (as the bench's
     /// processes hold at its memory peak) take room for 316, not 512, and
     /// no deque takes more than the cap of a process's lookups.
     #[test]
     fn room_for_lookups_grows_by_half_up_to_the_cap() {
-        use super::super::{
-            MAX_LOOKUPS_PER_PROCESS,
-            attempt::Outcome,
-            tests::{attempt, client, lookup},
-        };
+        use super::super::{MAX_LOOKUPS_PER_PROCESS, tests::client};
         let client = client(7, "busy");
         let mut open = super::Open::default();
         let rooms = |open: &super::Open| {
@@ -906,8 +932,7 @@ mod tests {
             ]
         };
         for at in 0..MAX_LOOKUPS_PER_PROCESS as u64 {
-            let attempts = vec![attempt(&client, 1, 1, Outcome::Pending, at, None)];
-            open.push_back(lookup("db.test", attempts, at));
+            open_pending(&mut open, &client, at);
             if open.len() == 262 {
                 assert_eq!(rooms(&open), [316; 4]);
             }
@@ -919,16 +944,11 @@ mod tests {
     /// what is left, not for the burst.
     #[test]
     fn a_burst_settled_leaves_no_room_behind() {
-        use super::super::{
-            Judged,
-            attempt::Outcome,
-            tests::{attempt, client, lookup},
-        };
+        use super::super::{Judged, tests::client};
         let client = client(7, "burst");
         let mut open = super::Open::default();
         for at in 0..512 {
-            let attempts = vec![attempt(&client, 1, 1, Outcome::Pending, at, None)];
-            open.push_back(lookup("db.test", attempts, at));
+            open_pending(&mut open, &client, at);
         }
         let mut settled = Vec::new();
         let judge = |_: &mut _| Judged {
