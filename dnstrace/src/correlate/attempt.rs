@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc};
 use crate::{
     clock::UnalignedWallNs,
     decode::{Flags, HeaderSummary, Question},
-    message::{Client, ConntrackChange, Pod, Transport},
+    message::{Client, ConntrackChange, Message, Pod, Transport},
 };
 
 /// How an attempt ended.
@@ -226,6 +226,30 @@ impl DroppedPacket {
 }
 
 impl Attempt {
+    /// An attempt by `client` with `question` and `id`, on the socket and
+    /// between the addresses `message` went by: pending, nothing sent or
+    /// received yet.
+    pub fn of_message(message: &Message, client: Client, question: Question, id: u16) -> Self {
+        Self {
+            client,
+            tid: None,
+            socket_cookie: message.envelope.socket_cookie,
+            transport: message.envelope.transport,
+            server: message.envelope.remote,
+            local: message.envelope.local,
+            server_pod: None,
+            question,
+            id,
+            sent_monotonic_ns: None,
+            sent_wall: None,
+            response: None,
+            outcome: Outcome::Pending,
+            moved_on: false,
+            ended_monotonic_ns: None,
+            drop: None,
+        }
+    }
+
     /// Takes its response: one that comes after the process gave up on it
     /// is late.
     pub fn receive(&mut self, response: Response) {

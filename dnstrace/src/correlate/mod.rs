@@ -293,22 +293,10 @@ impl Correlator {
         });
         // Made once `name`, which borrows the question, is done with.
         let attempt = |question| Attempt {
-            client,
             tid: message.envelope.process.as_ref().map(|p| p.tid),
-            socket_cookie: message.envelope.socket_cookie,
-            transport: message.envelope.transport,
-            server: message.envelope.remote,
-            local: message.envelope.local,
-            server_pod: None,
-            question,
-            id,
             sent_monotonic_ns: Some(now),
             sent_wall: Some(message.envelope.wall_time_ns.into()),
-            response: None,
-            outcome: Outcome::Pending,
-            moved_on: false,
-            ended_monotonic_ns: None,
-            drop: None,
+            ..Attempt::of_message(message, client, question, id)
         };
         match position {
             Some(index) => {
@@ -840,26 +828,14 @@ fn stray(
     mismatch: Mismatch,
 ) -> Correlated {
     Correlated::Stray(Box::new(Attempt {
-        client,
-        tid: None,
-        socket_cookie: message.envelope.socket_cookie,
-        transport: message.envelope.transport,
-        server: message.envelope.remote,
-        local: message.envelope.local,
-        server_pod: None,
-        question,
-        id,
-        sent_monotonic_ns: None,
-        sent_wall: None,
         ended_monotonic_ns: Some(response.monotonic_ns),
-        drop: None,
         // Reported as it arrives, before the process could read it.
         response: Some(Box::new(Response {
             read: ReadState::Unknown,
             ..response
         })),
         outcome: Outcome::Mismatched(mismatch),
-        moved_on: false,
+        ..Attempt::of_message(message, client, question, id)
     }))
 }
 
